@@ -1,0 +1,135 @@
+"""What the proxy needs from the control plane: routing entries, token checks, wake-ups.
+
+The proxy sees the control plane only through `ControlPlane`. `InMemoryControlPlane` implements it
+for tests and for a static configuration (`endpointd proxy --routes FILE`); the real control plane
+implements the same protocol over its store.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+
+class AuthType(enum.StrEnum):
+    PUBLIC = "public"
+    AUTHENTICATED = "authenticated"
+    PRIVATE = "private"
+
+
+class RouteState(enum.StrEnum):
+    """What the proxy must do with a request, derived from the endpoint's lifecycle state."""
+
+    SERVING = "serving"  # forward to a ready replica, or wake the endpoint and hold
+    PAUSED = "paused"  # refuse: a user paused it, only `resume` brings it back
+    FAILED = "failed"  # refuse: it cannot start; waking would not help
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    id: str
+    address: str  # "127.0.0.1:PORT"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteEntry:
+    namespace: str
+    name: str
+    auth: AuthType
+    state: RouteState = RouteState.SERVING
+    replicas: tuple[Replica, ...] = ()  # ready and taking new requests; draining ones are left out
+    domain: str | None = None  # Host-based routing when set
+    message: str = ""  # shown to callers when the endpoint refuses (failed)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user: str
+    orgs: frozenset[str] = frozenset()
+    is_admin: bool = False
+
+    def may_access(self, namespace: str) -> bool:
+        return self.is_admin or self.user == namespace or namespace in self.orgs
+
+
+Listener = Callable[[RouteEntry], None]
+
+
+class ControlPlane(Protocol):
+    def lookup(self, namespace: str, name: str) -> RouteEntry | None:
+        """The routing entry of an endpoint; synchronous because it is on every request's path."""
+
+    def lookup_host(self, host: str) -> RouteEntry | None:
+        """The entry whose route domain is `host` (without port)."""
+
+    async def verify_token(self, token: str) -> Identity | None:
+        """The identity behind a bearer token, or None for an unknown or revoked one."""
+
+    def wake(self, namespace: str, name: str) -> None:
+        """Ask for at least one replica. Returns at once; readiness arrives through a listener."""
+
+    def subscribe(self, listener: Listener) -> None:
+        """Call `listener(entry)` whenever an endpoint's routing entry changes."""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class InMemoryControlPlane:
+    """A control plane held in dicts: filled by tests or by a static routes file."""
+
+    entries: dict[str, RouteEntry] = field(default_factory=dict)
+    tokens: dict[str, Identity] = field(default_factory=dict)  # sha256(token) -> identity
+    wakes: list[str] = field(default_factory=list)  # keys, in the order wakes were asked
+    on_wake: Callable[[str, str], None] | None = None
+    _listeners: list[Listener] = field(default_factory=list)
+    _by_host: dict[str, RouteEntry] = field(default_factory=dict)
+
+    def put(self, entry: RouteEntry) -> None:
+        old = self.entries.get(entry.key)
+        if old is not None and old.domain:
+            self._by_host.pop(old.domain, None)
+        self.entries[entry.key] = entry
+        if entry.domain:
+            self._by_host[entry.domain] = entry
+        for listener in list(self._listeners):
+            listener(entry)
+
+    def set_replicas(self, namespace: str, name: str, replicas: Iterable[Replica]) -> None:
+        self.put(replace(self.entries[f"{namespace}/{name}"], replicas=tuple(replicas)))
+
+    def add_token(self, token: str, identity: Identity) -> None:
+        self.tokens[hash_token(token)] = identity
+
+    def revoke_token(self, token: str) -> None:
+        self.tokens.pop(hash_token(token), None)
+
+    # ControlPlane protocol
+
+    def lookup(self, namespace: str, name: str) -> RouteEntry | None:
+        return self.entries.get(f"{namespace}/{name}")
+
+    def lookup_host(self, host: str) -> RouteEntry | None:
+        return self._by_host.get(host)
+
+    async def verify_token(self, token: str) -> Identity | None:
+        # Looked up by SHA-256 digest: timing can at most reveal digest prefixes, not the token.
+        # The token itself is never compared, so no comparison can leak it byte by byte.
+        return self.tokens.get(hash_token(token))
+
+    def wake(self, namespace: str, name: str) -> None:
+        self.wakes.append(f"{namespace}/{name}")
+        if self.on_wake is not None:
+            self.on_wake(namespace, name)
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)

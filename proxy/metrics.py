@@ -1,0 +1,70 @@
+"""The proxy's Prometheus metrics. Gauges are read from the counters at scrape time, so the
+request path pays only for the counters and histograms it updates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .pending import PendingCounter
+
+NO_ENDPOINT = ""  # label for requests that matched no endpoint: unbounded paths must not become labels
+NO_REPLICA = ""
+CLIENT_CLOSED = "499"  # the client went away before the response was complete (nginx's convention)
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+COLD_START_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+
+
+class _Gauges(Collector):
+    def __init__(self, counter: PendingCounter, held: Callable[[], Mapping[str, int]]):
+        self._counter = counter
+        self._held = held
+
+    def collect(self):
+        snap = self._counter.snapshot()
+        pending = GaugeMetricFamily(
+            "endpointd_proxy_pending_requests", "Requests admitted and not yet complete (held + in flight)",
+            labels=["endpoint"],
+        )
+        for key, n in snap.endpoints.items():
+            pending.add_metric([key], n)
+        in_flight = GaugeMetricFamily(
+            "endpointd_proxy_in_flight_requests", "Requests sent to a replica and not yet complete",
+            labels=["endpoint", "replica"],
+        )
+        for key, loads in snap.replicas.items():
+            for replica, n in loads.items():
+                in_flight.add_metric([key, replica], n)
+        held = GaugeMetricFamily(
+            "endpointd_proxy_held_requests", "Requests waiting for a replica to become ready",
+            labels=["endpoint"],
+        )
+        for key, n in self._held().items():
+            held.add_metric([key], n)
+        return [pending, in_flight, held]
+
+
+class ProxyMetrics:
+    def __init__(self, counter: PendingCounter, held: Callable[[], Mapping[str, int]]):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "endpointd_proxy_requests", "Requests answered, by endpoint, replica and status code",
+            ["endpoint", "replica", "code"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "endpointd_proxy_request_duration_seconds", "Time from arrival to the end of the response",
+            ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=self.registry,
+        )
+        self.cold_start_wait = Histogram(
+            "endpointd_proxy_cold_start_wait_seconds", "Time a request was held waiting for a ready replica",
+            ["endpoint"], buckets=COLD_START_BUCKETS_S, registry=self.registry,
+        )
+        self.refused = Counter(
+            "endpointd_proxy_refused", "Requests the proxy answered itself, by status code and cause",
+            ["endpoint", "code", "cause"], registry=self.registry,
+        )
+        self.registry.register(_Gauges(counter, held))

@@ -1,0 +1,123 @@
+"""The decisions on a request's path — route, authenticate, count, hold or refuse, pick a replica —
+free of any HTTP framework, so the server under them can be swapped for a faster one.
+
+    admission = await pipeline.admit(...)      # raises ProxyError to refuse
+    try:
+        replica = admission.choose()           # least pending; counted against it
+        ... forward, stream back ...
+    finally:
+        admission.finish(status)               # uncount, record metrics
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection
+
+from .auth import TokenCache, authorize
+from .balancer import pick
+from .config import ProxyConfig
+from .control import ControlPlane, Replica, RouteEntry
+from .errors import PayloadTooLarge, ProxyError
+from .hold import ReadinessGate, parse_scale_up_timeout, refuse_unless_serving
+from .metrics import NO_ENDPOINT, NO_REPLICA, ProxyMetrics
+from .pending import PendingCounter, Ticket
+from .routing import resolve
+
+
+class Admission:
+    """An admitted request: its endpoint, the path its replica sees, and its pending ticket."""
+
+    __slots__ = ("_pipeline", "entry", "upstream_path", "ticket", "_started")
+
+    def __init__(self, pipeline: Pipeline, entry: RouteEntry, upstream_path: str, ticket: Ticket, started: float):
+        self._pipeline = pipeline
+        self.entry = entry
+        self.upstream_path = upstream_path
+        self.ticket = ticket
+        self._started = started
+
+    def choose(self, exclude: Collection[str] = ()) -> Replica | None:
+        key = self.entry.key
+        replica = pick(self.entry.replicas, self._pipeline.counter.replica_loads(key), exclude)
+        if replica is not None:
+            self.ticket.bind(replica.id)
+        return replica
+
+    def refresh(self) -> None:
+        """Take the endpoint's current replicas (for a retry after a failed connection)."""
+        current = self._pipeline.control.lookup(self.entry.namespace, self.entry.name)
+        if current is not None:
+            self.entry = current
+
+    def refused(self, error: ProxyError) -> None:
+        """Count an error the proxy answered itself after admitting the request (502, 504, 413)."""
+        self._pipeline.metrics.refused.labels(self.entry.key, str(error.status), error.cause).inc()
+
+    def finish(self, code: int | str) -> None:
+        pipeline = self._pipeline
+        key = self.entry.key
+        pipeline.metrics.requests.labels(key, self.ticket.replica_id or NO_REPLICA, str(code)).inc()
+        pipeline.metrics.latency.labels(key).observe(pipeline.clock() - self._started)
+        self.ticket.close()
+
+
+class Pipeline:
+    def __init__(self, config: ProxyConfig, control: ControlPlane, clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.control = control
+        self.clock = clock
+        self.counter = PendingCounter()
+        self.tokens = TokenCache(control, config.token_cache_ttl_s, clock)
+        self.gate = ReadinessGate(
+            control,
+            max_held_per_endpoint=config.max_held_per_endpoint,
+            retry_after_s=config.retry_after_s,
+            wake_retry_s=config.wake_retry_s,
+            clock=clock,
+        )
+        self.metrics = ProxyMetrics(self.counter, lambda: self.gate.held)
+
+    async def admit(
+        self,
+        *,
+        host: str | None,
+        raw_path: str,
+        authorization: str | None,
+        scale_up_timeout: str | None,
+        content_length: int | None,
+    ) -> Admission:
+        started = self.clock()
+        key = NO_ENDPOINT
+        try:
+            entry, upstream_path = resolve(self.control, host, raw_path)
+            key = entry.key
+            await authorize(entry, authorization, self.tokens)
+            hold_s = parse_scale_up_timeout(scale_up_timeout, self.config.max_scale_up_timeout_s)
+            if content_length is not None and content_length > self.config.max_body_bytes:
+                raise self.too_large()
+            ticket = self.counter.track(key).__enter__()
+            try:
+                if entry.replicas:
+                    refuse_unless_serving(entry)
+                else:
+                    entry = await self.gate.ready_entry(entry, hold_s)
+                    self.metrics.cold_start_wait.labels(key).observe(self.clock() - started)
+            except BaseException:
+                ticket.close()
+                raise
+        except ProxyError as error:
+            self.refused(error, key)
+            raise
+        return Admission(self, entry, upstream_path, ticket, started)
+
+    def too_large(self) -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"the request body is larger than {self.config.max_body_bytes} bytes, the limit of this server"
+        )
+
+    def refused(self, error: ProxyError, key: str = NO_ENDPOINT) -> None:
+        """Count a request the proxy answered itself (before admission: not pending)."""
+        code = str(error.status)
+        self.metrics.refused.labels(key, code, error.cause).inc()
+        self.metrics.requests.labels(key, NO_REPLICA, code).inc()

@@ -1,0 +1,87 @@
+"""Config loading: precedence, coercion, and errors that name key, value, source and range."""
+
+import pytest
+
+from autoscaler import settings
+from autoscaler.cli import build_parser, main
+from proxy.config import ProxyConfig
+from proxy.static_routes import RoutesError, parse
+
+
+def test_defaults_and_precedence():
+    cfg = settings.load(
+        ProxyConfig, "proxy",
+        file_values={"port": 9000, "retry_after_s": 7, "max_held_per_endpoint": 5},
+        env={"ENDPOINTD_PORT": "9001", "ENDPOINTD_RETRY_AFTER_S": "8"},
+        flags={"port": "9002"},
+    )
+    assert cfg.port == 9002  # flag beats env beats file
+    assert cfg.retry_after_s == 8
+    assert cfg.max_held_per_endpoint == 5
+    assert cfg.max_scale_up_timeout_s == ProxyConfig().max_scale_up_timeout_s
+
+
+@pytest.mark.parametrize(
+    "layer, key, value, message",
+    [
+        ("flags", "port", "70000", "proxy.port = '70000' (from --port) is invalid: it must be an integer between 1 and 65535"),
+        ("env", "ENDPOINTD_MAX_HELD_PER_ENDPOINT", "0", "proxy.max_held_per_endpoint = '0' (from ENDPOINTD_MAX_HELD_PER_ENDPOINT)"),
+        ("env", "ENDPOINTD_TOKEN_CACHE_TTL_S", "soon", "must be a number between 0.0 and 300.0"),
+        ("file", "retry_after_s", 1.5, "proxy.retry_after_s = 1.5 (from the config file [proxy]) is invalid: it must be an integer"),
+        ("file", "upstream_idle_timeout_s", "nan", "upstream_idle_timeout_s"),
+        ("file", "port", True, "proxy.port = True"),
+    ],
+)
+def test_invalid_values_name_key_value_source_and_range(layer, key, value, message):
+    kwargs = {"flags": {}, "env": {}, "file_values": {}}
+    kwargs[{"flags": "flags", "env": "env", "file": "file_values"}[layer]][key] = value
+    with pytest.raises(settings.SettingsError) as info:
+        settings.load(ProxyConfig, "proxy", **kwargs)
+    assert message in str(info.value)
+
+
+def test_unknown_file_key_lists_valid_ones():
+    with pytest.raises(settings.SettingsError, match="unknown key proxy.prot .*valid keys: .*port"):
+        settings.load(ProxyConfig, "proxy", file_values={"prot": 1})
+
+
+def test_every_config_field_has_a_flag():
+    args = build_parser().parse_args(["proxy", "--routes", "r.toml", "--max-body-bytes", "12"])
+    assert settings.flags_of(args, ProxyConfig)["max_body_bytes"] == "12"
+
+
+def test_cli_reports_bad_config_without_traceback(tmp_path, capsys):
+    routes = tmp_path / "routes.toml"
+    routes.write_text("")
+    assert main(["proxy", "--routes", str(routes), "--port", "0"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "endpointd: proxy.port = '0' (from --port) is invalid: it must be an integer between 1 and 65535"
+    )
+    assert main(["proxy", "--routes", str(tmp_path / "missing.toml")]) == 2
+    assert "cannot read the routes file" in capsys.readouterr().err
+
+
+def test_static_routes():
+    control = parse({
+        "users": [{"name": "alice", "orgs": ["acme"], "tokens": ["t1"]}],
+        "endpoints": [{"namespace": "acme", "name": "e", "type": "protected",
+                       "replicas": ["127.0.0.1:1", "127.0.0.1:2"], "domain": "E.example"}],
+    })
+    entry = control.lookup("acme", "e")
+    assert entry.auth == "authenticated"
+    assert [r.address for r in entry.replicas] == ["127.0.0.1:1", "127.0.0.1:2"]
+    assert control.lookup_host("e.example") is entry
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"endpoints": [{"namespace": "a", "name": "e", "type": "secret"}]}, "endpoints[0].type must be public"),
+        ({"endpoints": [{"namespace": "a", "name": "e", "replicas": "127.0.0.1:1"}]}, "endpoints[0].replicas must be a list"),
+        ({"endpoints": [{"name": "e"}]}, "endpoints[0].namespace must be a non-empty string"),
+        ({"users": [{"name": "u", "tokens": [1]}]}, "users[0].tokens must be a list of strings"),
+    ],
+)
+def test_static_routes_errors(data, message):
+    with pytest.raises(RoutesError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse(data)
