@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 
@@ -83,16 +83,14 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-@dataclass
-class InMemoryControlPlane:
-    """A control plane held in dicts: filled by tests or by a static routes file."""
+class RouteTable:
+    """Routing entries in memory, with Host lookup and change notification: the part of a
+    control plane the proxy reads on every request."""
 
-    entries: dict[str, RouteEntry] = field(default_factory=dict)
-    tokens: dict[str, Identity] = field(default_factory=dict)  # sha256(token) -> identity
-    wakes: list[str] = field(default_factory=list)  # keys, in the order wakes were asked
-    on_wake: Callable[[str, str], None] | None = None
-    _listeners: list[Listener] = field(default_factory=list)
-    _by_host: dict[str, RouteEntry] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.entries: dict[str, RouteEntry] = {}
+        self._by_host: dict[str, RouteEntry] = {}
+        self._listeners: list[Listener] = []
 
     def put(self, entry: RouteEntry) -> None:
         old = self.entries.get(entry.key)
@@ -101,19 +99,23 @@ class InMemoryControlPlane:
         self.entries[entry.key] = entry
         if entry.domain:
             self._by_host[entry.domain] = entry
-        for listener in list(self._listeners):
-            listener(entry)
+        self._notify(entry)
+
+    def remove(self, namespace: str, name: str) -> None:
+        entry = self.entries.pop(f"{namespace}/{name}", None)
+        if entry is None:
+            return
+        if entry.domain:
+            self._by_host.pop(entry.domain, None)
+        # Listeners see it refuse: held requests for a deleted endpoint must not wait for nothing.
+        self._notify(replace(entry, replicas=(), state=RouteState.FAILED, message="the endpoint was deleted"))
 
     def set_replicas(self, namespace: str, name: str, replicas: Iterable[Replica]) -> None:
         self.put(replace(self.entries[f"{namespace}/{name}"], replicas=tuple(replicas)))
 
-    def add_token(self, token: str, identity: Identity) -> None:
-        self.tokens[hash_token(token)] = identity
-
-    def revoke_token(self, token: str) -> None:
-        self.tokens.pop(hash_token(token), None)
-
-    # ControlPlane protocol
+    def _notify(self, entry: RouteEntry) -> None:
+        for listener in list(self._listeners):
+            listener(entry)
 
     def lookup(self, namespace: str, name: str) -> RouteEntry | None:
         return self.entries.get(f"{namespace}/{name}")
@@ -121,15 +123,28 @@ class InMemoryControlPlane:
     def lookup_host(self, host: str) -> RouteEntry | None:
         return self._by_host.get(host)
 
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+
+class InMemoryControlPlane(RouteTable):
+    """A whole control plane in memory: filled by tests or by a static routes file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens: dict[str, Identity] = {}  # sha256(token) -> identity
+        self.wakes: list[str] = []  # endpoint keys, in the order wakes were asked
+
+    def add_token(self, token: str, identity: Identity) -> None:
+        self.tokens[hash_token(token)] = identity
+
+    def revoke_token(self, token: str) -> None:
+        self.tokens.pop(hash_token(token), None)
+
     async def verify_token(self, token: str) -> Identity | None:
-        # Looked up by SHA-256 digest: timing can at most reveal digest prefixes, not the token.
-        # The token itself is never compared, so no comparison can leak it byte by byte.
+        # Looked up by SHA-256 digest: the token itself is never compared, so no comparison can
+        # leak it byte by byte.
         return self.tokens.get(hash_token(token))
 
     def wake(self, namespace: str, name: str) -> None:
         self.wakes.append(f"{namespace}/{name}")
-        if self.on_wake is not None:
-            self.on_wake(namespace, name)
-
-    def subscribe(self, listener: Listener) -> None:
-        self._listeners.append(listener)

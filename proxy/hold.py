@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from .control import ControlPlane, RouteEntry, RouteState
-from .errors import BadRequest, EndpointPaused, Unavailable
+from .errors import BadRequest, EndpointPaused, NotFound, Unavailable
 
 HEADER = "X-Scale-Up-Timeout"
 
@@ -106,7 +106,7 @@ class ReadinessGate:
                     await event.wait()
                     current = self._control.lookup(entry.namespace, entry.name)
                     if current is None:
-                        raise Unavailable(f"endpoint {entry.key} was deleted", cause="deleted")
+                        raise NotFound(f"endpoint {entry.key} was deleted while the request waited for it")
                     refuse_unless_serving(current)
                     if current.replicas:
                         return current

@@ -419,3 +419,14 @@ async def test_metrics_are_exposed(harness):
 async def _post(harness, path, **kw):
     async with harness.request("POST", path, data=b"x", **kw) as r:
         return r.status, await r.read()
+
+
+async def test_held_request_for_a_deleted_endpoint_is_404(harness):
+    harness.endpoint()
+    await harness.start()
+    held = asyncio.create_task(_post(harness, EP, headers={"X-Scale-Up-Timeout": "30"}))
+    await until(lambda: harness.pending() == 1)
+    harness.control.remove("acme", "e1")
+    status, body = await held
+    assert status == 404
+    assert b"was deleted" in body
