@@ -1,0 +1,434 @@
+"""Engine presets: an endpoint's `model.image` variant (wire format) -> the ContainerSpec of one replica.
+
+One preset per variant of the Inference Endpoints API (`vLLM`, `tgi`, `sGLang`, `llamacpp`, `tei`,
+`huggingface`/`hfServe`, `custom`), each with the engine's own documented command line or
+environment variables. Variant keys are camelCase as on the wire; every variant also takes `url`
+(image override), `port` and `healthRoute`. Unknown keys are refused rather than ignored.
+
+The endpoint's `env`, `secrets`, `command` and `args` apply on top of the preset:
+  - env overrides the preset's variables, except those an engine reserves (a PresetError names it);
+  - secrets go to `secret_env` (never logged nor shown) and take precedence over env;
+  - `command` replaces the entrypoint and, with it, the preset's arguments (the container runs
+    exactly `command + args`);
+  - `args` alone are appended to the preset's arguments (the engine's parser keeps the last value,
+    so they can also override a preset flag).
+
+Errors:
+    PresetError       the variant cannot be turned into a container; the message says what to fix
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from engines.artifacts import REPOSITORY_TARGET, repository_mounts
+from engines.hardware import Resources
+from engines.runtime import ContainerSpec, RegistryAuth
+
+GIB = 1024**3
+
+# Operators pin versions with `default_images` (same keys). "-gpu" keys are used when the replica
+# has GPUs, for engines that ship separate CPU and CUDA builds.
+DEFAULT_IMAGES: Mapping[str, str] = {
+    "vLLM": "vllm/vllm-openai:latest",  # vLLM docs, "Using Docker"
+    "tgi": "ghcr.io/huggingface/text-generation-inference:latest",  # TGI README
+    "sGLang": "lmsysorg/sglang:latest",  # SGLang docs, "Install SGLang: Method 3: Using docker"
+    "llamacpp": "ghcr.io/ggml-org/llama.cpp:server",  # llama.cpp docs/docker.md, CPU server image
+    "llamacpp-gpu": "ghcr.io/ggml-org/llama.cpp:server-cuda",  # same page, CUDA server image
+    "tei": "ghcr.io/huggingface/text-embeddings-inference:cpu-latest",  # TEI README, CPU image
+    # The Ampere-80 build (A100/A30). Other architectures have their own tags (turing-, 86-, 89-,
+    # hopper-): pin the one matching the host's GPUs with default_images["tei-gpu"].
+    "tei-gpu": "ghcr.io/huggingface/text-embeddings-inference:latest",
+    # huggingface-inference-toolkit publishes no image; build its Dockerfile
+    # (`make inference-pytorch-cpu`) under this name, or point default_images["huggingface"] at yours.
+    "huggingface": "endpointd/inference-toolkit:latest",
+}
+
+# Docker's default /dev/shm is 64 MiB; engines that exchange tensors between processes (NCCL,
+# vLLM's multiprocessing ring buffers) need more. Values from each engine's documented `docker run`.
+VLLM_SHM_BYTES = 10 * GIB  # vLLM docs ask for --ipc=host or a large --shm-size
+SGLANG_SHM_BYTES = 32 * GIB  # SGLang's docker example: --shm-size 32g
+TGI_SHM_BYTES = 1 * GIB  # TGI README: --shm-size 1g
+
+# The inference toolkit's entrypoint.sh always binds 5000; a `port` key only says where a
+# replacement image (`url`) listens.
+TOOLKIT_PORT = 5000
+
+# Offload every layer when the replica has GPUs: llama.cpp clamps the number to the model's layers.
+LLAMACPP_ALL_LAYERS = 999
+
+# Variables the reference service reserves for llama.cpp, plus LLAMA_ARG_THREADS_HTTP: the name
+# llama-server actually reads (common/arg.cpp) where the reference docs write LLAMA_ARG_HTTP_THREADS.
+LLAMACPP_RESERVED = frozenset({
+    "LLAMA_ARG_MODEL", "LLAMA_ARG_HTTP_THREADS", "LLAMA_ARG_THREADS_HTTP", "LLAMA_ARG_N_GPU_LAYERS",
+    "LLAMA_ARG_EMBEDDINGS", "LLAMA_ARG_HOST", "LLAMA_ARG_PORT", "LLAMA_ARG_NO_MMAP",
+    "LLAMA_ARG_CTX_SIZE", "LLAMA_ARG_N_PARALLEL", "LLAMA_ARG_ENDPOINT_METRICS",
+})
+LLAMACPP_MODES = ("text-generation", "embedding")
+
+_COMMON_KEYS = ("url", "port", "healthRoute", "health_route")  # health_route: the 2023 spec's spelling
+
+
+class PresetError(ValueError):
+    """The image variant cannot be turned into a container spec; the message says what to fix."""
+
+
+class _Options:
+    """One variant's dict, read key by key with type checks; `leftover()` is whatever was not read."""
+
+    def __init__(self, variant: str, body: Any) -> None:
+        if not isinstance(body, Mapping):
+            raise PresetError(f"model.image.{variant} must be an object, got {type(body).__name__}")
+        self.variant = variant
+        self._body = body
+        self._read: set[str] = set()
+
+    def path(self, key: str) -> str:
+        return f"model.image.{self.variant}.{key}"
+
+    def _get(self, key: str) -> Any:
+        self._read.add(key)
+        return self._body.get(key)
+
+    def integer(self, key: str, minimum: int = 1) -> int | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise PresetError(f"{self.path(key)} must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    def text(self, key: str) -> str | None:
+        value = self._get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value:
+            raise PresetError(f"{self.path(key)} must be a non-empty string, got {value!r}")
+        return value
+
+    def flag(self, key: str) -> bool | None:
+        value = self._get(key)
+        if value is not None and not isinstance(value, bool):
+            raise PresetError(f"{self.path(key)} must be true or false, got {value!r}")
+        return value
+
+    def relative_path(self, key: str) -> str | None:
+        value = self.text(key)
+        if value is not None and (value.startswith("/") or ".." in value.split("/")):
+            raise PresetError(
+                f"{self.path(key)} must be a path inside the repository such as \"model-q4_k_m.gguf\", got {value!r}"
+            )
+        return value
+
+    def mapping(self, key: str) -> Mapping[str, Any] | None:
+        value = self._get(key)
+        if value is not None and not isinstance(value, Mapping):
+            raise PresetError(f"{self.path(key)} must be an object, got {value!r}")
+        return value
+
+    def leftover(self) -> list[str]:
+        return sorted(set(self._body) - self._read)
+
+
+@dataclass(frozen=True)
+class _Engine:
+    """What a preset decides, before the endpoint's env/secrets/command/args are applied."""
+
+    image_key: str | None  # key into DEFAULT_IMAGES; None: the variant must name its image (`url`)
+    port: int
+    entrypoint: tuple[str, ...] | None = None
+    args: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    shm_size_bytes: int | None = None
+    reserved_env: frozenset[str] = frozenset()
+    needs_model: bool = True
+    registry_auth: RegistryAuth | None = None
+
+
+def _flags(options: _Options, table: Sequence[tuple[str, str, Callable[[str], Any]]]) -> list[str]:
+    """`--flag value` for each (key, flag, reader) of the table the variant sets."""
+    out: list[str] = []
+    for key, flag, read in table:
+        value = read(key)
+        if value is not None:
+            out += [flag, str(value)]
+    return out
+
+
+def _gpu_parallelism(options: _Options, resources: Resources, tp: int | None, dp: int = 1) -> int | None:
+    """The tensor-parallel size: the variant's, else every GPU of the replica; never more GPUs than it has."""
+    if resources.gpu_count == 0:
+        return tp
+    tp = tp if tp is not None else max(resources.gpu_count // dp, 1)
+    if tp * dp > resources.gpu_count:
+        asked = (f"{options.path('tensorParallelSize')} × dataParallelSize = {tp} × {dp} = {tp * dp}" if dp > 1
+                 else f"{options.path('tensorParallelSize')} = {tp}")
+        raise PresetError(
+            f"{asked} GPUs, but the instance has {resources.gpu_count}: use at most {resources.gpu_count} "
+            f"(or a larger instanceSize)"
+        )
+    return tp
+
+
+def _vllm(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
+    dp = options.integer("dataParallelSize")
+    tp = _gpu_parallelism(options, resources, options.integer("tensorParallelSize"), dp or 1)
+    args = ["--model", REPOSITORY_TARGET, "--served-model-name", served_model_name,
+            "--host", "0.0.0.0", "--port", str(port)]
+    if tp is not None:
+        args += ["--tensor-parallel-size", str(tp)]
+    if dp is not None:
+        args += ["--data-parallel-size", str(dp)]
+    args += _flags(options, [
+        ("maxNumSeqs", "--max-num-seqs", options.integer),
+        ("maxNumBatchedTokens", "--max-num-batched-tokens", options.integer),
+        ("kvCacheDtype", "--kv-cache-dtype", options.text),
+    ])
+    # The module form works in every vLLM image (`vllm serve` took a positional model in some).
+    return _Engine("vLLM", port, ("python3", "-m", "vllm.entrypoints.openai.api_server"), tuple(args),
+                   shm_size_bytes=VLLM_SHM_BYTES)
+
+
+def _sglang(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
+    tp = _gpu_parallelism(options, resources, options.integer("tensorParallelSize"))
+    args = ["--model-path", REPOSITORY_TARGET, "--served-model-name", served_model_name,
+            "--host", "0.0.0.0", "--port", str(port)]
+    if tp is not None:
+        args += ["--tp", str(tp)]
+    args += _flags(options, [
+        ("maxRunningRequests", "--max-running-requests", options.integer),
+        ("maxPrefillTokens", "--max-prefill-tokens", options.integer),
+        # -1 disables chunked prefill (SGLang server arguments).
+        ("chunkedPrefillSize", "--chunked-prefill-size", lambda key: options.integer(key, minimum=-1)),
+        ("kvCacheDtype", "--kv-cache-dtype", options.text),
+    ])
+    return _Engine("sGLang", port, ("python3", "-m", "sglang.launch_server"), tuple(args),
+                   shm_size_bytes=SGLANG_SHM_BYTES)
+
+
+def _tgi(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
+    # text-generation-launcher reads every flag from the environment variable of the same name.
+    env = {"MODEL_ID": REPOSITORY_TARGET, "PORT": str(port)}
+    if resources.gpu_count:
+        env["NUM_SHARD"] = str(resources.gpu_count)
+    for key, name in [
+        ("maxInputLength", "MAX_INPUT_TOKENS"),  # MAX_INPUT_LENGTH is its deprecated alias since TGI 2.1
+        ("maxTotalTokens", "MAX_TOTAL_TOKENS"),
+        ("maxBatchPrefillTokens", "MAX_BATCH_PREFILL_TOKENS"),
+        ("maxBatchTotalTokens", "MAX_BATCH_TOTAL_TOKENS"),
+    ]:
+        value = options.integer(key)
+        if value is not None:
+            env[name] = str(value)
+    quantize = options.text("quantize")
+    if quantize is not None:
+        env["QUANTIZE"] = quantize
+    if options.flag("disableCustomKernels"):
+        env["DISABLE_CUSTOM_KERNELS"] = "true"
+    return _Engine("tgi", port, env=env, shm_size_bytes=TGI_SHM_BYTES,
+                   reserved_env=frozenset({"MODEL_ID", "PORT"}))
+
+
+def _tei(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
+    args = ["--model-id", REPOSITORY_TARGET, "--port", str(port)]
+    args += _flags(options, [
+        ("maxBatchTokens", "--max-batch-tokens", options.integer),
+        ("maxConcurrentRequests", "--max-concurrent-requests", options.integer),
+        ("pooling", "--pooling", options.text),
+    ])
+    return _Engine("tei-gpu" if resources.gpu_count else "tei", port, args=tuple(args))
+
+
+def _llamacpp(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
+    model_path = options.relative_path("modelPath")
+    if model_path is None:
+        raise PresetError(
+            f"{options.path('modelPath')} is required: the .gguf file to serve, relative to the "
+            f"repository root, e.g. \"model-q4_k_m.gguf\""
+        )
+    # llama-server reads each flag from LLAMA_ARG_* (common/arg.cpp, `set_env`).
+    env = {
+        "LLAMA_ARG_MODEL": posixpath.join(REPOSITORY_TARGET, model_path),
+        "LLAMA_ARG_ALIAS": served_model_name,
+        "LLAMA_ARG_HOST": "0.0.0.0",
+        "LLAMA_ARG_PORT": str(port),
+        "LLAMA_ARG_ENDPOINT_METRICS": "1",
+    }
+    for key, name, minimum in [
+        ("ctxSize", "LLAMA_ARG_CTX_SIZE", 0),  # 0: the model's own context length
+        ("nParallel", "LLAMA_ARG_N_PARALLEL", 1),
+        ("threadsHttp", "LLAMA_ARG_THREADS_HTTP", 1),
+        ("nGpuLayers", "LLAMA_ARG_N_GPU_LAYERS", 0),
+    ]:
+        value = options.integer(key, minimum)
+        if value is not None:
+            env[name] = str(value)
+    if resources.gpu_count and "LLAMA_ARG_N_GPU_LAYERS" not in env:
+        env["LLAMA_ARG_N_GPU_LAYERS"] = str(LLAMACPP_ALL_LAYERS)
+    mmproj = options.relative_path("mmprojModelPath")
+    if mmproj is not None:
+        env["LLAMA_ARG_MMPROJ"] = posixpath.join(REPOSITORY_TARGET, mmproj)
+    mode = options.text("mode")
+    if mode is not None and mode not in LLAMACPP_MODES:
+        raise PresetError(f"{options.path('mode')} {mode!r} is not one of {', '.join(LLAMACPP_MODES)}")
+    if mode == "embedding":
+        env["LLAMA_ARG_EMBEDDINGS"] = "1"
+    pooling = options.text("pooling")
+    if pooling is not None:
+        env["LLAMA_ARG_POOLING"] = pooling
+    return _Engine("llamacpp-gpu" if resources.gpu_count else "llamacpp", port, env=env,
+                   reserved_env=LLAMACPP_RESERVED)
+
+
+def _huggingface(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
+    # huggingface-inference-toolkit: loads /repository (its handler.py if there is one) and serves
+    # POST / and GET /health with starlette.
+    return _Engine("huggingface", port, env={"HF_MODEL_DIR": REPOSITORY_TARGET},
+                   reserved_env=frozenset({"HF_MODEL_DIR"}))
+
+
+def _custom(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
+    if options.text("url") is None:
+        raise PresetError(f"{options.path('url')} is required: the image to run, e.g. \"ghcr.io/acme/server:1.2\"")
+    auth = None
+    credentials = options.mapping("credentials")
+    if credentials is not None:
+        username, password = credentials.get("username"), credentials.get("password")
+        if not isinstance(username, str) or not username:
+            raise PresetError(f"{options.path('credentials.username')} must be a non-empty string")
+        if password is not None and not isinstance(password, str):
+            raise PresetError(f"{options.path('credentials.password')} must be a string")
+        auth = RegistryAuth(username=username, password=password)
+    return _Engine(None, port, needs_model=False, registry_auth=auth)
+
+
+@dataclass(frozen=True)
+class _Preset:
+    build: Callable[[_Options, int, str, Resources], _Engine]
+    default_port: int
+    keys: tuple[str, ...]  # the variant's own keys, besides url/port/healthRoute
+
+
+PRESETS: Mapping[str, _Preset] = {
+    "vLLM": _Preset(_vllm, 8000, (
+        "tensorParallelSize", "dataParallelSize", "maxNumSeqs", "maxNumBatchedTokens", "kvCacheDtype")),
+    "tgi": _Preset(_tgi, 80, (
+        "maxInputLength", "maxTotalTokens", "maxBatchPrefillTokens", "maxBatchTotalTokens", "quantize",
+        "disableCustomKernels")),
+    "sGLang": _Preset(_sglang, 30000, (
+        "tensorParallelSize", "maxRunningRequests", "maxPrefillTokens", "chunkedPrefillSize", "kvCacheDtype")),
+    "llamacpp": _Preset(_llamacpp, 8080, (
+        "modelPath", "ctxSize", "nParallel", "threadsHttp", "nGpuLayers", "mmprojModelPath", "mode", "pooling")),
+    "tei": _Preset(_tei, 80, ("maxBatchTokens", "maxConcurrentRequests", "pooling")),
+    "huggingface": _Preset(_huggingface, TOOLKIT_PORT, ()),
+    "hfServe": _Preset(_huggingface, TOOLKIT_PORT, ()),
+    "custom": _Preset(_custom, 80, ("credentials",)),
+}
+
+
+def _variant(image: Mapping[str, Any]) -> tuple[str, _Options]:
+    if not isinstance(image, Mapping) or len(image) != 1:
+        raise PresetError(
+            f"model.image must be an object with exactly one key, one of {', '.join(PRESETS)}; got {image!r}"
+        )
+    (given, body), = image.items()
+    # Case-insensitive, so {"vllm": ...} is not refused for a capital letter.
+    name = {known.lower(): known for known in PRESETS}.get(str(given).lower())
+    if name is None:
+        raise PresetError(f"model.image variant {given!r} is unknown; use one of {', '.join(PRESETS)}")
+    return name, _Options(name, body)
+
+
+def _check_env(name: str, values: Mapping[str, str], reserved: frozenset[str], variant: str) -> None:
+    for key, value in values.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise PresetError(f"model.{name}[{key!r}] must map a string to a string")
+        if key in reserved:
+            raise PresetError(
+                f"model.{name} sets {key}, which the {variant} preset reserves; set it through "
+                f"model.image.{variant} instead (reserved: {', '.join(sorted(reserved))})"
+            )
+
+
+def build_container_spec(
+    image: Mapping[str, Any],
+    *,
+    model_dir: str | None,
+    served_model_name: str,
+    resources: Resources,
+    env: Mapping[str, str] = {},
+    secrets: Mapping[str, str] = {},
+    command: Sequence[str] | None = None,
+    args: Sequence[str] | None = None,
+    default_images: Mapping[str, str] | None = None,
+) -> ContainerSpec:
+    """The container for one replica of an endpoint whose `model.image` is `image`."""
+    name, options = _variant(image)
+    preset = PRESETS[name]
+
+    url = options.text("url")
+    port = options.integer("port", minimum=1) or preset.default_port
+    if port > 65535:
+        raise PresetError(f"{options.path('port')} must be a TCP port, 1 to 65535, got {port}")
+    health_route = options.text("healthRoute") or options.text("health_route") or "/health"
+    if not health_route.startswith("/"):
+        raise PresetError(f"{options.path('healthRoute')} must start with '/', got {health_route!r}")
+
+    engine = preset.build(options, port, served_model_name, resources)
+    unknown = [key for key in options.leftover() if key not in preset.keys + _COMMON_KEYS]
+    if unknown:
+        raise PresetError(
+            f"model.image.{name} has unknown keys {', '.join(unknown)}; it takes "
+            f"{', '.join(preset.keys + _COMMON_KEYS[:3])}"
+        )
+
+    images = dict(DEFAULT_IMAGES)
+    if default_images:
+        bad = sorted(set(default_images) - set(DEFAULT_IMAGES))
+        if bad:
+            raise PresetError(f"default_images has unknown keys {', '.join(bad)}; known: {', '.join(DEFAULT_IMAGES)}")
+        images.update(default_images)
+
+    if engine.needs_model and model_dir is None:
+        raise PresetError(f"the {name} preset serves the model's files, but none were fetched (model_dir is None)")
+    if model_dir is not None and not model_dir.startswith("/"):
+        raise PresetError(f"model_dir must be an absolute host path, got {model_dir!r}")
+    if len(resources.gpu_device_ids) != resources.gpu_count:
+        raise PresetError(
+            f"the replica needs {resources.gpu_count} GPUs but has {len(resources.gpu_device_ids)} device ids "
+            f"assigned; assign them with GpuAllocator before building its container"
+        )
+
+    _check_env("env", env, engine.reserved_env, name)
+    _check_env("secrets", secrets, engine.reserved_env, name)
+    both = sorted(set(env) & set(secrets))
+    if both:
+        raise PresetError(f"model.env and model.secrets both set {', '.join(both)}; keep each in one of them")
+    merged_env = {**engine.env, **env}
+    for key in secrets:  # a secret replaces the preset's value and never sits in the plain env
+        merged_env.pop(key, None)
+
+    if command is not None:
+        entrypoint, final_args = tuple(command), tuple(args or ())
+    else:
+        entrypoint = engine.entrypoint
+        final_args = engine.args if args is None else (*(engine.args or ()), *args)
+
+    return ContainerSpec(
+        image=url if url is not None else images[engine.image_key],
+        port=port,
+        health_route=health_route,
+        entrypoint=entrypoint,
+        args=final_args,
+        env=merged_env,
+        secret_env=dict(secrets),
+        mounts=repository_mounts(model_dir) if model_dir is not None else (),
+        shm_size_bytes=engine.shm_size_bytes,
+        cpus=resources.cpus,
+        memory_bytes=resources.memory_bytes,
+        gpu_device_ids=resources.gpu_device_ids,
+        registry_auth=engine.registry_auth,
+    )
