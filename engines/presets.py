@@ -302,7 +302,9 @@ def _custom(options: _Options, port: int, served_model_name: str, resources: Res
         if password is not None and not isinstance(password, str):
             raise PresetError(f"{options.path('credentials.password')} must be a string")
         auth = RegistryAuth(username=username, password=password)
-    return _Engine(None, port, needs_model=False, registry_auth=auth)
+    env = options.mapping("env") or {}
+    _check_env("image.custom.env", env, frozenset(), "custom")
+    return _Engine(None, port, env=dict(env), needs_model=False, registry_auth=auth)
 
 
 @dataclass(frozen=True)
@@ -325,7 +327,7 @@ PRESETS: Mapping[str, _Preset] = {
     "tei": _Preset(_tei, 80, ("maxBatchTokens", "maxConcurrentRequests", "pooling")),
     "huggingface": _Preset(_huggingface, TOOLKIT_PORT, ()),
     "hfServe": _Preset(_huggingface, TOOLKIT_PORT, ()),
-    "custom": _Preset(_custom, 80, ("credentials",)),
+    "custom": _Preset(_custom, 80, ("credentials", "env")),  # env: as in the UI's exported payloads
 }
 
 

@@ -1,0 +1,308 @@
+"""The management API in the Inference Endpoints v2 wire format (HF-API.md), plus whoami.
+
+Handlers parse and check the request, change the desired state in the store, hand it to the
+controller, record an audit entry, and render the endpoint as the client expects it.
+
+Errors, one root, mapped to HTTP by `errors_middleware` (its test is a table):
+    ApiError         status + a sentence that says what to fix
+      Unauthenticated 401, Forbidden 403, NotFound 404, Conflict 409, Invalid 400
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from aiohttp import web
+
+from engines import hardware
+from engines.presets import PresetError
+from engines.gpus import Gpu, GpuAllocator
+from engines.runtime import EndpointKey
+from proxy.auth import bearer_token
+from proxy.forward import REQUEST_ID, request_id
+
+from . import store as store_mod
+from . import wire
+from .controller import Controller, Desired
+from .state import State
+from .store import Store
+
+log = logging.getLogger("endpointd.api")
+
+
+class ApiError(Exception):
+    status = 500
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class Invalid(ApiError):
+    status = 400
+
+
+class Unauthenticated(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+def error_body(status: int, message: str, rid: str) -> web.Response:
+    return web.json_response(
+        {"error": message}, status=status, headers={REQUEST_ID: rid, "X-Error-Message": message[:200]}
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler):
+    """Every failure of a management call becomes `{"error": ...}` with its status; no traceback
+    reaches a caller."""
+    rid = request_id(request.headers.get(REQUEST_ID))
+    try:
+        return await handler(request)
+    except ApiError as error:
+        return error_body(error.status, error.message, rid)
+    except (wire.WireError, hardware.HardwareError, PresetError) as error:
+        return error_body(400, str(error), rid)
+    except store_mod.NotFound as error:
+        return error_body(404, str(error), rid)
+    except store_mod.Conflict as error:
+        return error_body(409, str(error), rid)
+    except web.HTTPException as error:
+        if error.status >= 400 and error.content_type != "application/json":
+            return error_body(error.status, f"{error.reason}: {request.method} {request.path}", rid)
+        raise
+    except Exception:
+        log.exception("management call %s %s failed (request id %s)", request.method, request.path, rid)
+        return error_body(500, f"internal error; quote request id {rid} when reporting it", rid)
+
+
+API = web.AppKey("management_api", "ManagementApi")
+
+
+class ManagementApi:
+    def __init__(
+        self,
+        store: Store,
+        controller: Controller,
+        *,
+        endpoint_url: Callable[[str, str], str],
+        check: Callable[[wire.EndpointSpec], None],
+        inventory: list[Gpu],
+        allocator: GpuAllocator,
+        cpu_count: int,
+        memory_bytes: int,
+    ) -> None:
+        self.store = store
+        self.controller = controller
+        self.endpoint_url = endpoint_url
+        self.check = check
+        self.inventory = inventory
+        self.allocator = allocator
+        self.cpu_count = cpu_count
+        self.memory_bytes = memory_bytes
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    async def identity(self, request: web.Request):
+        token = bearer_token(request.headers.get("Authorization"))
+        if token is None:
+            raise Unauthenticated("this call needs a token: send the header 'Authorization: Bearer <token>'")
+        identity = await self.store.verify_token(token)
+        if identity is None:
+            raise Unauthenticated("the bearer token is invalid or revoked")
+        return identity
+
+    async def member(self, request: web.Request, namespace: str):
+        identity = await self.identity(request)
+        if not (identity.is_admin or identity.user == namespace or namespace in identity.orgs):
+            raise Forbidden(f"user {identity.user} may not manage namespace {namespace}: it is neither that user nor a member of that org")
+        return identity
+
+    async def audit(self, request: web.Request, actor: str, action: str, ns: str, name: str, details: dict) -> None:
+        await self.store.record_audit(
+            actor, action, ns, name, details, request.remote or "", request_id(request.headers.get(REQUEST_ID)),
+        )
+
+    async def record(self, ns: str, name: str):
+        try:
+            return await self.store.get_endpoint(ns, name)
+        except store_mod.NotFound:
+            raise NotFound(f"endpoint {ns}/{name} does not exist") from None
+
+    def desired(self, rec) -> Desired:
+        spec = wire.spec_from_json(rec.spec)
+        scaling = spec.compute.scaling
+        return Desired(
+            key=EndpointKey(rec.namespace, rec.name),
+            revision=rec.revision,
+            auth=spec.auth,
+            health_route=spec.health_route,
+            min_replicas=scaling.min_replica,
+            max_replicas=scaling.max_replica,
+            target=rec.target_replicas,
+            paused=rec.paused,
+            domain=spec.route_domain,
+            spec=spec,
+        )
+
+    def render(self, rec) -> dict[str, Any]:
+        spec = wire.spec_from_json(rec.spec)
+        status = self.controller.status(EndpointKey(rec.namespace, rec.name))
+        state = status.state if status else State(rec.state)
+        message = status.message if status else rec.message
+        serving = state in (State.RUNNING, State.SCALED_TO_ZERO, State.UPDATING, State.UPDATE_FAILED)
+        return wire.render_endpoint(
+            spec,
+            wire.StatusView(
+                state=state,
+                message=message,
+                created_at=rec.created_at,
+                updated_at=rec.updated_at,
+                url=self.endpoint_url(rec.namespace, rec.name) if serving else None,
+                ready_replica=status.ready if status else 0,
+                target_replica=status.target if status else rec.target_replicas,
+            ),
+        )
+
+    # --- routes ------------------------------------------------------------------------------
+
+    async def whoami(self, request: web.Request) -> web.Response:
+        identity = await self.identity(request)
+        return web.json_response(
+            {"type": "user", "name": identity.user, "orgs": [{"name": o} for o in sorted(identity.orgs)],
+             "isAdmin": identity.is_admin}
+        )
+
+    async def list_endpoints(self, request: web.Request) -> web.Response:
+        ns = request.match_info["ns"]
+        await self.member(request, ns)
+        records = await self.store.list_endpoints(ns)
+        return web.json_response(wire.render_list([self.render(r) for r in records]))
+
+    async def create(self, request: web.Request) -> web.Response:
+        ns = request.match_info["ns"]
+        identity = await self.member(request, ns)
+        if await self.store.namespace_kind(ns) is None:
+            raise NotFound(f"namespace {ns} does not exist; create the user or org first (`endpointd users add`)")
+        spec = wire.parse_create(await _json(request))
+        self.check(spec)
+        target = max(spec.compute.scaling.min_replica, 1)
+        rec = await self.store.create_endpoint(
+            ns, spec.name, wire.spec_to_json(spec), state=State.PENDING, target_replicas=target
+        )
+        self.controller.set_desired(self.desired(rec))
+        await self.audit(request, identity.user, "create", ns, spec.name, wire.audit_details(spec))
+        return web.json_response(self.render(rec))
+
+    async def get(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        await self.member(request, ns)
+        return web.json_response(self.render(await self.record(ns, name)))
+
+    async def update(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        identity = await self.member(request, ns)
+        rec = await self.record(ns, name)
+        body = await _json(request)
+        old = wire.spec_from_json(rec.spec)
+        spec, change = wire.apply_update(old, body)
+        self.check(spec)
+        scaling = spec.compute.scaling
+        target = rec.target_replicas
+        if not rec.paused and target > 0:
+            target = min(max(target, scaling.min_replica, 1), scaling.max_replica)
+        elif scaling.min_replica > 0 and not rec.paused:
+            target = scaling.min_replica  # min raised above zero: wake it up
+        rec = await self.store.update_endpoint(
+            ns, name, spec=wire.spec_to_json(spec), bump_revision=change is wire.ChangeKind.ROLL,
+            target_replicas=target,
+        )
+        self.controller.set_desired(self.desired(rec))
+        await self.audit(request, identity.user, "update", ns, name, {"change": str(change), "keys": sorted(body)})
+        return web.json_response(self.render(rec))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        identity = await self.member(request, ns)
+        await self.record(ns, name)
+        await self.store.delete_endpoint(ns, name)
+        self.controller.delete(EndpointKey(ns, name))
+        await self.audit(request, identity.user, "delete", ns, name, {})
+        return web.json_response({})
+
+    async def pause(self, request: web.Request) -> web.Response:
+        return await self._set(request, "pause", paused=True, target=0)
+
+    async def resume(self, request: web.Request) -> web.Response:
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        rec = await self.record(ns, name)
+        status = self.controller.status(EndpointKey(ns, name))
+        if not rec.paused and status is not None and status.state == State.RUNNING:
+            await self.member(request, ns)
+            raise Invalid(f"endpoint {ns}/{name} is already running")
+        scaling = wire.spec_from_json(rec.spec).compute.scaling
+        return await self._set(request, "resume", paused=False, target=max(scaling.min_replica, 1))
+
+    async def scale_to_zero(self, request: web.Request) -> web.Response:
+        return await self._set(request, "scale-to-zero", paused=None, target=0)
+
+    async def _set(self, request: web.Request, action: str, *, paused: bool | None, target: int) -> web.Response:
+        ns, name = request.match_info["ns"], request.match_info["name"]
+        identity = await self.member(request, ns)
+        await self.record(ns, name)
+        rec = await self.store.update_endpoint(ns, name, paused=paused, target_replicas=target)
+        self.controller.set_desired(self.desired(rec))
+        await self.audit(request, identity.user, action, ns, name, {"targetReplica": target})
+        return web.json_response(self.render(rec))
+
+    async def provider(self, request: web.Request) -> web.Response:
+        ns = request.match_info["ns"]
+        await self.member(request, ns)
+        offers = hardware.describe_offer(
+            self.cpu_count, self.memory_bytes, self.inventory, self.allocator.holders
+        )
+        return web.json_response(wire.render_provider(offers))
+
+
+async def _json(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw or b"null")
+    except ValueError as error:
+        raise Invalid(f"the request body is not valid JSON: {error}") from None
+
+
+def add_api(app: web.Application, api: ManagementApi) -> None:
+    """Mount the API as sub-apps, so its error middleware never runs on the proxy's hot path."""
+    v2 = web.Application(middlewares=[errors_middleware])
+    v2[API] = api
+    r = v2.router
+    r.add_get("/endpoint/{ns}", api.list_endpoints)
+    r.add_post("/endpoint/{ns}", api.create)
+    r.add_get("/endpoint/{ns}/{name}", api.get)
+    r.add_put("/endpoint/{ns}/{name}", api.update)
+    r.add_delete("/endpoint/{ns}/{name}", api.delete)
+    r.add_post("/endpoint/{ns}/{name}/pause", api.pause)
+    r.add_post("/endpoint/{ns}/{name}/resume", api.resume)
+    r.add_post("/endpoint/{ns}/{name}/scale-to-zero", api.scale_to_zero)
+    r.add_get("/provider/{ns}", api.provider)
+    hub = web.Application(middlewares=[errors_middleware])
+    hub.router.add_get("/whoami-v2", api.whoami)
+    app.add_subapp("/v2", v2)
+    app.add_subapp("/api", hub)

@@ -1,0 +1,32 @@
+"""The control plane's configuration (`endpointd serve`); the proxy's is proxy/config.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from proxy.config import setting
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    data_dir: str = setting("./endpointd-data", help="where the SQLite store, the admin token and model files live")
+    external_url: str = setting(
+        "", help="base URL handed out in endpoint URLs (default http://HOST:PORT)",
+    )
+    publish_host: str = setting(
+        "127.0.0.1", help="host address engine ports are published on; the proxy reaches replicas there",
+    )
+    ready_deadline_s: float = setting(
+        # Large models take minutes to load onto GPUs; the reference service waits this long too.
+        1800.0, min=1.0, max=86_400.0, help="time a new replica has to answer its health route",
+    )
+    drain_grace_s: float = setting(
+        # Long enough for a long generation to finish streaming before its replica is stopped.
+        300.0, min=0.0, max=86_400.0, help="time a replica being removed gets to finish its requests",
+    )
+    stop_grace_s: float = setting(
+        10.0, min=0.0, max=3600.0, help="time between SIGTERM and SIGKILL when stopping a container",
+    )
+    reconcile_interval_s: float = setting(
+        1.0, min=0.01, max=60.0, help="longest time between two reconcile rounds (changes trigger one at once)",
+    )

@@ -1,0 +1,25 @@
+"""The proxy's view of the control plane in `endpointd serve`: the controller's route table,
+tokens checked against the store, wakes handed to the controller."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from engines.runtime import EndpointKey
+from proxy.control import Identity, RouteTable
+
+
+class StoreControlPlane(RouteTable):
+    def __init__(self, verify: Callable[[str], Awaitable[Identity | None]]) -> None:
+        super().__init__()
+        self._verify = verify
+        self._wake: Callable[[EndpointKey], None] = lambda key: None
+
+    def bind_waker(self, wake: Callable[[EndpointKey], None]) -> None:
+        self._wake = wake
+
+    async def verify_token(self, token: str) -> Identity | None:
+        return await self._verify(token)
+
+    def wake(self, namespace: str, name: str) -> None:
+        self._wake(EndpointKey(namespace, name))

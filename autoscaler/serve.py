@@ -1,0 +1,139 @@
+"""`endpointd serve`: the management API, the proxy and the controller on one uvloop event loop
+and one listener, with SQLite as the store and the local Docker engine as the runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from engines import hardware
+from engines.docker import DockerRuntime
+from engines.gpus import GpuAllocator, read_inventory
+from engines.runtime import EndpointKey
+from proxy.app import add_proxy
+from proxy.config import ProxyConfig
+from proxy.control import Identity
+from proxy.pipeline import Pipeline
+
+from .api import ManagementApi, add_api
+from .config import ServeConfig
+from .controller import Controller, Desired, Status
+from .launcher import EngineLauncher
+from .plane import StoreControlPlane
+from .store import Store
+
+log = logging.getLogger("endpointd")
+
+ADMIN_TOKEN_FILE = "admin-token"
+STORE_FILE = "endpointd.db"
+# Time the controller's probe through the proxy may take; the replica already answered directly.
+PROBE_TIMEOUT_S = 10.0
+
+
+def base_url(proxy: ProxyConfig, serve: ServeConfig) -> str:
+    return (serve.external_url or f"http://{proxy.host}:{proxy.port}").rstrip("/")
+
+
+async def bootstrap_admin(store: Store, data_dir: Path) -> None:
+    """The admin token: ENDPOINTD_ADMIN_TOKEN when set, else generated once into a 0600 file."""
+    generated = await store.ensure_admin(os.environ.get("ENDPOINTD_ADMIN_TOKEN") or None)
+    path = data_dir / ADMIN_TOKEN_FILE
+    if generated:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(generated + "\n")
+        log.info("generated the admin token; it is in %s", path)
+    elif path.exists():
+        log.info("the admin token is in %s", path)
+
+
+async def build_app(proxy_config: ProxyConfig, serve_config: ServeConfig) -> web.Application:
+    """The whole of endpointd as one aiohttp app. What has a lifetime (the reconcile loop, the
+    connections to Docker and SQLite) is closed by the app's cleanup context."""
+    data_dir = Path(serve_config.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    store = await Store.open(data_dir / STORE_FILE)
+    await bootstrap_admin(store, data_dir)
+    internal_token = secrets.token_urlsafe(32)  # the controller's own, for probes through the proxy
+    internal = Identity("endpointd", frozenset(), is_admin=True)
+
+    async def verify(token: str) -> Identity | None:
+        if secrets.compare_digest(token, internal_token):
+            return internal
+        found = await store.verify_token(token)
+        return Identity(found.user, frozenset(found.orgs), found.is_admin) if found else None
+
+    plane = StoreControlPlane(verify)
+    pipeline = Pipeline(proxy_config, plane)
+    runtime = DockerRuntime(publish_host=serve_config.publish_host)
+    inventory = read_inventory()
+    allocator = GpuAllocator(inventory)
+    cpu_count, memory_bytes = hardware.host_cpu_count(), hardware.host_memory_bytes()
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S))
+    launcher = EngineLauncher(
+        runtime, session, inventory=inventory, allocator=allocator, cache_dir=data_dir / "models",
+        ready_deadline_s=serve_config.ready_deadline_s, cpu_count=cpu_count, memory_bytes=memory_bytes,
+    )
+
+    async def on_status(key: EndpointKey, status: Status) -> None:
+        await store.update_endpoint(key.namespace, key.name, state=str(status.state), message=status.message)
+
+    proxy_base = f"http://{proxy_config.host}:{proxy_config.port}/endpoints"
+
+    async def probe(desired: Desired) -> bool:
+        """`running` only once the health route answers 200 through the proxy itself."""
+        url = f"{proxy_base}/{desired.key.namespace}/{desired.key.name}{desired.health_route}"
+        try:
+            async with session.get(url, headers={"Authorization": f"Bearer {internal_token}"}) as r:
+                return r.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    controller = Controller(
+        runtime, launcher, plane,
+        in_flight=pipeline.counter.replica_loads, on_status=on_status, probe=probe,
+        drain_grace_s=serve_config.drain_grace_s, stop_grace_s=serve_config.stop_grace_s,
+        interval_s=serve_config.reconcile_interval_s,
+    )
+    plane.bind_waker(controller.wake)
+    url_base = base_url(proxy_config, serve_config)
+    api = ManagementApi(
+        store, controller,
+        endpoint_url=lambda ns, name: f"{url_base}/endpoints/{ns}/{name}",
+        check=launcher.check, inventory=inventory, allocator=allocator,
+        cpu_count=cpu_count, memory_bytes=memory_bytes,
+    )
+
+    async def reconciling(app: web.Application) -> AsyncIterator[None]:
+        for record in await store.list_endpoints():
+            controller.set_desired(api.desired(record))
+        adopted = await controller.adopt(await runtime.list())
+        log.info("adopted %d running replica(s); serving on %s", len(adopted), url_base)
+        tasks = [
+            asyncio.create_task(controller.run(), name="reconcile"),
+            asyncio.create_task(controller.watch_deaths(), name="watch deaths"),
+        ]
+        try:
+            yield
+        finally:
+            # Engine containers keep running: the next start adopts them.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await controller.close()
+            await session.close()
+            await runtime.close()
+            await store.close()
+
+    app = web.Application()
+    add_proxy(app, pipeline)
+    add_api(app, api)
+    app.cleanup_ctx.append(reconciling)
+    return app

@@ -1,0 +1,77 @@
+"""Running `endpointd serve` as a real process for end-to-end tests, and stopping what it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import urllib.error
+import urllib.request
+
+ENDPOINTD = [sys.executable, "-m", "autoscaler.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.1):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+class Serve:
+    def __init__(self, data_dir: Path, admin_token: str, extra_env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.admin_token = admin_token
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "ENDPOINTD_ADMIN_TOKEN": admin_token, "ENDPOINTD_DATA_DIR": str(data_dir),
+                    "ENDPOINTD_PORT": str(self.port), **(extra_env or {})}
+        self.log = data_dir / "serve.log"
+        self.process: subprocess.Popen | None = None
+
+    def cli(self, *args: str) -> str:
+        done = subprocess.run([*ENDPOINTD, *args], env=self.env, capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise AssertionError(f"endpointd {' '.join(args)} failed: {done.stderr}")
+        return done.stdout
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log, "ab")
+        self.process = subprocess.Popen([*ENDPOINTD, "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT)
+
+        def up():
+            if self.process.poll() is not None:
+                raise AssertionError(f"endpointd serve exited with {self.process.returncode}:\n{self.log.read_text()}")
+            request = urllib.request.Request(
+                f"{self.url}/api/whoami-v2", headers={"Authorization": f"Bearer {self.admin_token}"}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    return response.status == 200
+            except (urllib.error.URLError, ConnectionError):
+                return False
+
+        wait_for(up, 30, "endpointd serve to answer")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=60)
+        self.process = None
+        return code

@@ -1,0 +1,150 @@
+"""Acceptance: the unmodified huggingface_hub client drives `endpointd serve` on the real Docker
+engine, with the echo engine as a custom image."""
+
+from __future__ import annotations
+
+import signal
+
+import huggingface_hub.constants as hub_constants
+import pytest
+from huggingface_hub import HfApi, InferenceClient
+from huggingface_hub.errors import BadRequestError, HfHubHTTPError
+
+from .serve_process import Serve, wait_for
+
+pytestmark = pytest.mark.docker
+ECHO = {"url": "endpointd/echo:latest", "healthRoute": "/health", "env": {}}
+
+
+@pytest.fixture
+def serve(tmp_path, docker_engine, monkeypatch):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    s = Serve(tmp_path / "data", admin_token="test-admin-token")
+    s.cli("users", "add", "alice", "--org", "acme")
+    s.cli("users", "add", "eve")
+    s.alice = s.cli("tokens", "create", "alice").strip().splitlines()[-1]
+    s.eve = s.cli("tokens", "create", "eve").strip().splitlines()[-1]
+    s.model = str(model)
+    s.start()
+    monkeypatch.setattr(hub_constants, "INFERENCE_ENDPOINTS_ENDPOINT", f"{s.url}/v2")
+    # InferenceEndpoint objects (wait, fetch, .client) resolve the token like the CLI does.
+    monkeypatch.setenv("HF_TOKEN", s.alice)
+    yield s
+    if s.process is not None:
+        s.stop()
+
+
+def create(api: HfApi, serve: Serve, name: str, **kw):
+    args = dict(
+        repository=serve.model, framework="custom", accelerator="cpu", instance_size="x1",
+        instance_type="intel-icl", region="us-east-1", vendor="aws", custom_image=ECHO, type="private",
+    )
+    args.update(kw)
+    return api.create_inference_endpoint(name, **args)
+
+
+def test_the_client_drives_the_whole_lifecycle(serve):
+    api = HfApi(endpoint=serve.url, token=serve.alice)
+    endpoint = create(api, serve, "echo", min_replica=0, max_replica=2, scale_to_zero_timeout=15)
+    assert endpoint.namespace == "alice"  # from whoami
+    endpoint.wait(timeout=120, refresh_every=1)
+    assert endpoint.status == "running"
+    assert endpoint.url == f"{serve.url}/endpoints/alice/echo"
+
+    client, url = endpoint.client, endpoint.url
+    assert client.text_generation("hello from the client") == "hello from the client "
+    assert list(client.text_generation("one two", stream=True)) == ["one ", "two "]
+    chunks = list(client.chat_completion([{"role": "user", "content": "stream me"}], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "stream me "
+
+    # Private: another user's token is refused by the proxy.
+    with pytest.raises(HfHubHTTPError, match="403"):
+        InferenceClient(model=url, token=serve.eve).text_generation("x")
+
+    assert api.get_inference_endpoint("echo").status == "running"
+    assert [e.name for e in api.list_inference_endpoints()] == ["echo"]
+    assert [e.name for e in api.list_inference_endpoints(namespace="*")] == ["echo"]
+
+    endpoint.pause()
+    assert endpoint.status == "paused"
+    with pytest.raises(BadRequestError, match="is paused"):
+        InferenceClient(model=url).text_generation("x")  # refused, and it does not wake
+    assert api.get_inference_endpoint("echo").status == "paused"
+    endpoint.resume().wait(timeout=120, refresh_every=1)
+    assert endpoint.client.text_generation("back") == "back "
+    with pytest.raises(BadRequestError, match="already running"):
+        api.resume_inference_endpoint("echo", running_ok=False)  # the client hides it by default
+
+    endpoint.scale_to_zero()
+    wait_for(lambda: endpoint.fetch().status == "scaledToZero", 60, "scaledToZero")
+    with pytest.raises(HfHubHTTPError, match="503"):
+        InferenceClient(model=url).text_generation("no hold")
+    # That request woke it; put it back to zero, then a held request is served through the cold start.
+    wait_for(lambda: endpoint.fetch().status == "running", 60, "running after the wake")
+    endpoint.scale_to_zero()
+    wait_for(lambda: endpoint.fetch().status == "scaledToZero", 60, "scaledToZero")
+    held = InferenceClient(model=url, headers={"X-Scale-Up-Timeout": "60"})
+    assert held.text_generation("held through a cold start") == "held through a cold start "
+
+    endpoint.wait(timeout=60, refresh_every=1)
+    endpoint.update(min_replica=2, max_replica=2)  # scaling only: nothing restarts
+    wait_for(lambda: endpoint.fetch().raw["status"]["readyReplica"] == 2, 60, "two ready replicas")
+    before = {r for r in _replicas(serve)}
+    endpoint.update(custom_image={**ECHO, "env": {"ECHO_TOKEN_DELAY_S": "0"}, "healthRoute": "/info"})
+    wait_for(lambda: endpoint.fetch().status == "running" and not before & _replicas(serve), 120, "the roll to finish")
+    assert endpoint.raw["healthRoute"] == "/info"
+    assert endpoint.client.text_generation("rolled") == "rolled "
+
+    endpoint.delete()
+    with pytest.raises(HfHubHTTPError, match="404"):
+        api.get_inference_endpoint("echo")
+    wait_for(lambda: not _replicas(serve), 60, "containers removed")
+
+
+def test_restart_adopts_running_replicas_and_loses_nothing(serve):
+    api = HfApi(endpoint=serve.url, token=serve.alice)
+    create(api, serve, "durable", type="public").wait(timeout=120, refresh_every=1)
+    before = _replicas(serve)
+    assert serve.stop(signal.SIGTERM) == 0
+    assert _replicas(serve) == before  # engine containers outlive endpointd
+    serve.start()
+    endpoint = api.get_inference_endpoint("durable")
+    endpoint.wait(timeout=60, refresh_every=1)
+    assert _replicas(serve) == before  # adopted, not restarted
+    assert InferenceClient(model=endpoint.url).text_generation("still here") == "still here "
+    endpoint.delete()
+    wait_for(lambda: not _replicas(serve), 60, "containers removed")
+
+
+def test_errors_are_json_sentences_with_the_right_status(serve):
+    api = HfApi(endpoint=serve.url, token=serve.alice)
+    with pytest.raises(BadRequestError, match="name must be 1 to 32 lowercase letters"):
+        create(api, serve, "Bad_Name")
+    with pytest.raises(BadRequestError, match="minReplica \\(3\\) must not exceed"):
+        create(api, serve, "e", min_replica=3, max_replica=2)
+    with pytest.raises(BadRequestError, match="not a GPU of this host"):
+        create(api, serve, "e", accelerator="gpu", instance_type="nvidia-h100")
+    with pytest.raises(HfHubHTTPError, match="403"):
+        create(api, serve, "e", namespace="eve")
+    create(api, serve, "dup", min_replica=0, scale_to_zero_timeout=15)
+    with pytest.raises(HfHubHTTPError, match="409"):
+        create(api, serve, "dup")
+    with pytest.raises(HfHubHTTPError, match="404"):
+        api.get_inference_endpoint("nope")
+    with pytest.raises(HfHubHTTPError, match="Invalid user token"):
+        HfApi(endpoint=serve.url, token="wrong").whoami()
+    api.delete_inference_endpoint("dup")
+
+
+def _replicas(serve: Serve) -> set[str]:
+    import json
+    import subprocess
+
+    out = subprocess.run(
+        ["/usr/bin/docker", "ps", "-q", "--filter", "label=endpointd.managed=true",
+         "--filter", f"label=endpointd.namespace=alice", "--format", "{{json .Names}}"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return {json.loads(line) for line in out.split()}
