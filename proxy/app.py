@@ -39,7 +39,7 @@ def error_response(error: ProxyError, rid: str) -> web.Response:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    pipeline = request.app[PIPELINE]
+    pipeline = request.config_dict[PIPELINE]
     headers = request.headers
     rid = request_id(headers.get(REQUEST_ID))
     try:
@@ -54,7 +54,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return error_response(error, rid)
     code: int | str = CLIENT_CLOSED  # what is recorded if the client's disconnect cancels us
     try:
-        response = await forward(request, admission, pipeline, request.app[SESSION], rid)
+        response = await forward(request, admission, pipeline, request.config_dict[SESSION], rid)
         code = response.status
         return response
     except ProxyError as error:
@@ -72,19 +72,18 @@ async def handle(request: web.Request) -> web.StreamResponse:
         admission.finish(code)
 
 
-async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[PIPELINE].metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-@web.middleware
-async def host_routing(request: web.Request, handler):
-    """Requests whose Host is an endpoint's route domain go to that endpoint, whatever the path."""
+def routed_by_host(request: web.Request) -> bool:
+    """Whether the request's Host is an endpoint's route domain: then every path belongs to that
+    endpoint, even one the app also serves (/metrics, /v2/...)."""
     host = request.host
-    if host and handler is not handle:
-        if request.app[PIPELINE].control.lookup_host(strip_port(host).lower()) is not None:
-            return await handle(request)
-    return await handler(request)
+    return bool(host) and request.config_dict[PIPELINE].control.lookup_host(strip_port(host).lower()) is not None
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    if routed_by_host(request):
+        return await handle(request)
+    body = generate_latest(request.config_dict[PIPELINE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
@@ -107,12 +106,14 @@ async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
 
 
 def add_proxy(app: web.Application, pipeline: Pipeline) -> None:
-    """Mount the proxy on `app`: endpoint routes, Host routing, `/metrics`, the upstream pool."""
+    """Mount the proxy on `app`: endpoint routes, `/metrics`, and every path no other route
+    takes (Host-routed endpoints, or a JSON 404). No middleware: the hot path pays for none.
+    Other handlers of the app must defer to `handle` when `routed_by_host`."""
     app[PIPELINE] = pipeline
     app.cleanup_ctx.append(_upstream_session)
-    app.middlewares.append(host_routing)
     app.router.add_route("*", "/endpoints/{tail:.*}", handle)
     app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/{tail:.*}", handle)
 
 
 def make_app(config: ProxyConfig, control: ControlPlane) -> web.Application:

@@ -3,7 +3,8 @@ event by event, the client's disconnect cancelling the upstream call."""
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import secrets
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -27,6 +28,7 @@ NOT_RETURNED = HOP_BY_HOP | {"content-length"}
 REQUEST_ID = "X-Request-Id"
 MAX_REQUEST_ID_LEN = 200
 CHUNK_BYTES = 64 * 1024
+SMALL_BODY_BYTES = 64 * 1024
 
 
 class ResponseCut(Exception):
@@ -43,11 +45,17 @@ class ResponseCut(Exception):
         self.reason = reason
 
 
+# Generated ids: a random per-process prefix and a counter — unique, and cheaper than uuid4 on
+# every request (which showed up at 3 % of the proxy's CPU in a profile).
+_ID_PREFIX = secrets.token_hex(8)
+_id_counter = itertools.count(1)
+
+
 def request_id(incoming: str | None) -> str:
     """Keep the caller's id when it is printable and short; else make one."""
     if incoming and len(incoming) <= MAX_REQUEST_ID_LEN and incoming.isprintable() and incoming.isascii():
         return incoming
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
 def _dropped_by_connection(headers) -> set[str]:
@@ -94,7 +102,15 @@ async def forward(
     """Send the request to a replica and stream its response back. Raises ProxyError on failure
     before the response has started; after that, a failure aborts the connection."""
     headers = upstream_headers(request, rid)
-    body = _Body(request, pipeline.config.max_body_bytes) if request.body_exists else None
+    body: _Body | bytes | None = None
+    if request.body_exists:
+        length = request.content_length
+        if length is not None and length <= SMALL_BODY_BYTES:
+            # Small bodies of known length are read at once: one write upstream instead of a
+            # streaming task, and a retry can resend them. Anything larger streams.
+            body = await request.read()
+        else:
+            body = _Body(request, pipeline.config.max_body_bytes)
     tried: set[str] = set()
     refused: UpstreamFailed | None = None
     while True:
@@ -105,7 +121,7 @@ async def forward(
         url = f"http://{replica.address}{admission.upstream_path}"
         try:
             upstream = await session.request(
-                request.method, url, headers=headers, data=body.chunks() if body else None,
+                request.method, url, headers=headers, data=body.chunks() if isinstance(body, _Body) else body,
                 allow_redirects=False,
             )
         except aiohttp.ClientConnectorError as error:
@@ -114,7 +130,7 @@ async def forward(
                 cause="upstream_connect",
             )
             # Nothing was sent: safe to retry once, on another replica.
-            if len(tried) >= 2 or (body is not None and body.started):
+            if len(tried) >= 2 or (isinstance(body, _Body) and body.started):
                 raise refused from None
             admission.refresh()
             continue
@@ -124,7 +140,7 @@ async def forward(
                 f"{pipeline.config.upstream_idle_timeout_s:g} s",
             ) from None
         except aiohttp.ClientError as error:
-            if body is not None and body.too_large:
+            if isinstance(body, _Body) and body.too_large:
                 raise pipeline.too_large() from None
             raise UpstreamFailed(
                 f"replica {replica.id} of endpoint {admission.entry.key} failed: {error}",
@@ -132,14 +148,21 @@ async def forward(
         break
 
     async with upstream:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         drop = NOT_RETURNED | _dropped_by_connection(upstream.headers)
-        for name, value in upstream.headers.items():
-            if name.lower() not in drop:
-                response.headers.add(name, value)
-        response.headers[REQUEST_ID] = rid
-        if upstream.content_length is not None and "Transfer-Encoding" not in upstream.headers:
-            response.content_length = upstream.content_length
+        headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
+        headers[REQUEST_ID] = rid
+        length = upstream.content_length
+        if length is not None and length <= SMALL_BODY_BYTES and "Transfer-Encoding" not in upstream.headers:
+            # A small body of known length is sent with its headers in one write: half the
+            # syscalls of streaming it, and nothing is lost since it cannot be a stream.
+            try:
+                body = await upstream.content.read()
+            except (aiohttp.ClientError, TimeoutError) as error:
+                raise UpstreamFailed(f"replica {replica.id} broke the response: {error!r}") from None
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        if length is not None and "Transfer-Encoding" not in upstream.headers:
+            response.content_length = length
         await response.prepare(request)
         reader = upstream.content
         while True:

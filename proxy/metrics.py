@@ -4,6 +4,7 @@ request path pays only for the counters and histograms it updates."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -68,3 +69,20 @@ class ProxyMetrics:
             ["endpoint", "code", "cause"], registry=self.registry,
         )
         self.registry.register(_Gauges(counter, held))
+        self._request_children: dict[tuple[str, str, str], Any] = {}
+        self._latency_children: dict[str, Any] = {}
+
+    def answered(self, endpoint: str, replica: str, code: str, duration_s: float | None) -> None:
+        """Count one answered request. Label children are cached: prometheus' labels() takes a
+        lock and checks its arguments on every call, which the hot path need not pay."""
+        key = (endpoint, replica, code)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(endpoint, replica, code)
+        child.inc()
+        if duration_s is None:  # refused before admission: not a served request's latency
+            return
+        latency = self._latency_children.get(endpoint)
+        if latency is None:
+            latency = self._latency_children[endpoint] = self.latency.labels(endpoint)
+        latency.observe(duration_s)

@@ -56,9 +56,9 @@ class Admission:
 
     def finish(self, code: int | str) -> None:
         pipeline = self._pipeline
-        key = self.entry.key
-        pipeline.metrics.requests.labels(key, self.ticket.replica_id or NO_REPLICA, str(code)).inc()
-        pipeline.metrics.latency.labels(key).observe(pipeline.clock() - self._started)
+        pipeline.metrics.answered(
+            self.entry.key, self.ticket.replica_id or NO_REPLICA, str(code), pipeline.clock() - self._started
+        )
         self.ticket.close()
 
 
@@ -120,4 +120,4 @@ class Pipeline:
         """Count a request the proxy answered itself (before admission: not pending)."""
         code = str(error.status)
         self.metrics.refused.labels(key, code, error.cause).inc()
-        self.metrics.requests.labels(key, NO_REPLICA, code).inc()
+        self.metrics.answered(key, NO_REPLICA, code, None)
