@@ -1,335 +1,387 @@
 """The echo engine: a stand-in inference engine for tests, demos and load tests (no GPU, no weights).
 
-It speaks TGI (`POST /`, `/generate`, `/generate_stream`) and OpenAI (`/v1/chat/completions`,
-`/v1/completions`, `/v1/embeddings`, `/v1/models`), streams SSE like they do, answers `/health`
-(503 until ready) and `/metrics`. The "generated" text echoes the input's words back as tokens.
+It speaks the HTTP APIs of real engines, so that huggingface_hub's InferenceClient works against it:
+TGI (`POST /` and `/generate` as JSON, `/generate_stream` and `POST /` with `"stream": true` as SSE,
+`GET /info`), OpenAI (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `GET /v1/models`)
+and, with ECHO_TASK=feature-extraction, TEI's `POST /`. The "generated" tokens are the input's words
+echoed back. `GET /health` answers 503 until the engine is ready, `GET /metrics` in Prometheus text.
 
-Self-contained (stdlib + aiohttp, 3.8 API) because it runs in a Debian image whose python3-aiohttp
-is 3.8. Behaviour knobs, all environment variables:
-    PORT                        port to listen on (default 80)
-    ECHO_STARTUP_DELAY_S        seconds before /health answers 200 (default 0)
-    ECHO_TOKEN_DELAY_S          seconds before each generated token (default 0)
-    ECHO_CRASH_AFTER_REQUESTS   exit with code 3 after answering this many inference requests
-    ECHO_NEVER_READY            1: /health never answers 200
+Self-contained (stdlib + aiohttp, 3.8 API: no web.AppKey) because its image has Debian bookworm's
+python3-aiohttp 3.8. Behaviour knobs, environment variables validated at start:
+    PORT                        port to listen on, 1-65535 (default 80)
+    ECHO_STARTUP_DELAY_S        seconds >= 0 before /health and inference answer (default 0)
+    ECHO_TOKEN_DELAY_S          seconds >= 0 before each generated token (default 0)
+    ECHO_CRASH_AFTER_REQUESTS   integer >= 1: exit with code 3 after answering that many inference requests
+    ECHO_NEVER_READY            1/true: /health never answers 200 (default 0/false)
+    ECHO_TASK                   text-generation (default) or feature-extraction: what `POST /` does
 """
 
 import asyncio
 import hashlib
 import json
+import math
 import os
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 
 from aiohttp import web
 
+DEFAULT_PORT = 80  # what Inference Endpoints expects a custom image to listen on
+MODEL_ID = "echo"  # the model name in answers; the `model` a client sends ("dummy", "tgi") is ignored
+TASKS = ("text-generation", "feature-extraction")
+# The default cap on generated tokens when a request sets none (TGI's is 100): long inputs stay short.
+DEFAULT_MAX_NEW_TOKENS = 20
+EMPTY_INPUT_WORD = "echo"  # an input without words still yields one token, as a real engine would
+TOKEN_LOGPROB = -0.1  # every token's log-probability: TGI's stream events must carry one
+EMBEDDING_DIM = 8  # small and fixed: enough to tell two texts apart
 CRASH_EXIT_CODE = 3
-DEFAULT_MAX_TOKENS = 20
-EMBEDDING_DIM = 8
+CLIENT_CLOSED_STATUS = 499  # logged for a request whose client went away (nginx's convention)
+# After SIGTERM, in-flight requests get this long to finish, then are cut (aiohttp >= 3.9 waits it
+# twice: before and after cancelling): well inside Docker's 10 s stop grace.
+SHUTDOWN_TIMEOUT_S = 1.0
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+BOOLEANS = {"1": True, "true": True, "0": False, "false": False}
 
 
+def log(line):
+    """One line to stdout, flushed at once so that container logs show it."""
+    print(line, flush=True)
+
+
+def _env_number(environ, name, kind, default, low, high=math.inf):
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or not low <= value <= high:  # NaN fails the range
+        what = "an integer" if kind is int else "a number"
+        bounds = f">= {low}" if high == math.inf else f"from {low} to {high}"
+        raise ValueError(f"{name}={raw!r} is invalid: it must be {what} {bounds}")
+    return value
+
+
+def _env_choice(environ, name, choices, default):
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    if raw.lower() not in choices:
+        raise ValueError(f"{name}={raw!r} is invalid: it must be one of {', '.join(choices)}")
+    return raw.lower()
+
+
+@dataclass(frozen=True)
 class Settings:
-    def __init__(self, port=80, startup_delay_s=0.0, token_delay_s=0.0, crash_after=None, never_ready=False):
-        self.port = port
-        self.startup_delay_s = startup_delay_s
-        self.token_delay_s = token_delay_s
-        self.crash_after = crash_after
-        self.never_ready = never_ready
+    port: int = DEFAULT_PORT
+    startup_delay_s: float = 0.0
+    token_delay_s: float = 0.0
+    crash_after_requests: int | None = None
+    never_ready: bool = False
+    task: str = "text-generation"
 
     @classmethod
-    def from_env(cls, env):
-        def number(name, default, kind, minimum):
-            raw = env.get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                value = None
-            if value is None or value < minimum or value != value:
-                kind_name = "an integer" if kind is int else "a number"
-                raise ValueError(f"{name}={raw!r} is invalid: it must be {kind_name} >= {minimum}")
-            return value
-
-        never = env.get("ECHO_NEVER_READY", "").strip().lower()
-        if never not in ("", "0", "1", "true", "false"):
-            raise ValueError(f"ECHO_NEVER_READY={never!r} is invalid: it must be 1, true, 0 or false")
+    def from_env(cls, environ):
+        """Read the knobs; ValueError naming the variable, its value and the valid range when one is wrong."""
         return cls(
-            port=number("PORT", 80, int, 1),
-            startup_delay_s=number("ECHO_STARTUP_DELAY_S", 0.0, float, 0),
-            token_delay_s=number("ECHO_TOKEN_DELAY_S", 0.0, float, 0),
-            crash_after=number("ECHO_CRASH_AFTER_REQUESTS", None, int, 1),
-            never_ready=never in ("1", "true"),
+            port=_env_number(environ, "PORT", int, DEFAULT_PORT, 1, 65535),
+            startup_delay_s=_env_number(environ, "ECHO_STARTUP_DELAY_S", float, 0.0, 0),
+            token_delay_s=_env_number(environ, "ECHO_TOKEN_DELAY_S", float, 0.0, 0),
+            crash_after_requests=_env_number(environ, "ECHO_CRASH_AFTER_REQUESTS", int, None, 1),
+            never_ready=BOOLEANS[_env_choice(environ, "ECHO_NEVER_READY", tuple(BOOLEANS), "0")],
+            task=_env_choice(environ, "ECHO_TASK", TASKS, TASKS[0]),
         )
 
 
-class Engine:
-    def __init__(self, settings):
-        self.settings = settings
-        self.ready = False
-        self.requests = 0
-        self.in_flight = 0
-        self.tokens = 0
-
-    def tokens_for(self, text, limit):
-        words = str(text).split() or ["echo"]
-        return [w + " " for w in words[: max(1, limit)]]
-
-    async def each_token(self, tokens):
-        for token in tokens:
-            if self.settings.token_delay_s:
-                await asyncio.sleep(self.settings.token_delay_s)
-            self.tokens += 1
-            yield token
-
-    def answered(self):
-        """Count an inference request; crash after the configured number, once it is answered."""
-        self.requests += 1
-        crash_after = self.settings.crash_after
-        if crash_after is not None and self.requests >= crash_after:
-            print(f"echo engine: crashing after {self.requests} requests (ECHO_CRASH_AFTER_REQUESTS)", flush=True)
-            asyncio.get_event_loop().call_later(0.05, os._exit, CRASH_EXIT_CODE)
+class Invalid(Exception):
+    """A request the engine refuses: answered 422 in TGI's error shape, `error_type` "validation"."""
 
 
-def sse(obj):
-    return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
+async def _json_object(request):
+    try:
+        body = json.loads(await request.read())
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError alike
+        raise Invalid("the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise Invalid("the body must be a JSON object")
+    return body
 
 
-async def start_sse(request):
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+def _positive_int(value, name):
+    if value is None:
+        return DEFAULT_MAX_NEW_TOKENS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise Invalid(f"`{name}` must be a positive integer, got {value!r}")
+    return value
+
+
+def _strings(value, name):
+    """A string or a non-empty list of strings, as a list."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise Invalid(f"`{name}` must be a string or a non-empty list of strings")
+
+
+def _last_user_text(messages):
+    if not isinstance(messages, list) or not messages:
+        raise Invalid("`messages` must be a non-empty list")
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, list):  # OpenAI content parts: keep the text ones
+                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+            return content if isinstance(content, str) else ""
+    return ""
+
+
+def _tokens(text, cap):
+    """The words of `text` as tokens (each with its trailing space), at most `cap`; and whether the cap cut them."""
+    words = text.split() or [EMPTY_INPUT_WORD]
+    return [word + " " for word in words[:cap]], len(words) > cap
+
+
+def _embedding(text):
+    """EMBEDDING_DIM floats in [0, 1]: the first bytes of the text's SHA-256, so a pure function of it."""
+    return [byte / 255 for byte in hashlib.sha256(text.encode()).digest()[:EMBEDDING_DIM]]
+
+
+def _sse(payload):
+    return b"data: " + (payload if isinstance(payload, bytes) else json.dumps(payload).encode()) + b"\n\n"
+
+
+async def _start_sse(request):
+    response = web.StreamResponse(headers=SSE_HEADERS)
     await response.prepare(request)
     return response
 
 
-def engine_of(request):
-    return request.app["engine"]
-
-
-async def body_of(request):
-    try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text=json.dumps({"error": "the body is not JSON"}), content_type="application/json")
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text=json.dumps({"error": "the body must be a JSON object"}), content_type="application/json")
-    return body
-
-
 @web.middleware
-async def gate(request, handler):
-    """Inference routes answer 503 until the engine is ready; every request is logged."""
-    engine = engine_of(request)
-    inference = request.method == "POST"
-    if inference and not engine.ready:
-        response = web.json_response({"error": "loading"}, status=503)
-    elif inference:
-        engine.in_flight += 1
-        try:
-            response = await handler(request)
-        finally:
-            engine.in_flight -= 1
-        engine.answered()
-    else:
+async def log_requests(request, handler):
+    """One line per request: method, path, status."""
+    status = 500
+    try:
         response = await handler(request)
-    print(f"{request.method} {request.path} {response.status}", flush=True)
-    return response
+        status = response.status
+        return response
+    except web.HTTPException as error:  # the router's 404 and 405
+        status = error.status
+        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        status = CLIENT_CLOSED_STATUS
+        raise
+    finally:
+        log(f"{request.method} {request.path} {status}")
 
 
-async def health(request):
-    if engine_of(request).ready:
-        return web.json_response({"status": "ok"})
-    return web.json_response({"status": "loading"}, status=503)
+class Engine:
+    """The engine's state (readiness, counters, the crash countdown) and its handlers."""
 
+    def __init__(self, settings, exit_process):
+        self.settings = settings
+        self.exit_process = exit_process
+        self.ready = False
+        self.requests_total = 0
+        self.in_flight = 0
+        self.tokens_total = 0
+        self.created = int(time.time())
 
-async def info(request):
-    return web.json_response({"model_id": "/repository", "version": "echo", "max_total_tokens": 4096})
+    async def readiness(self, app):
+        """cleanup_ctx: ready ECHO_STARTUP_DELAY_S after the app starts (it listens at once)."""
+        timer = None
+        if not self.settings.never_ready and self.settings.startup_delay_s == 0:
+            self._become_ready()  # at once, so that no request can find it loading
+        elif not self.settings.never_ready:
+            timer = asyncio.get_running_loop().call_later(self.settings.startup_delay_s, self._become_ready)
+        yield
+        if timer is not None:
+            timer.cancel()
 
+    def _become_ready(self):
+        self.ready = True
+        log("echo engine ready")
 
-async def metrics(request):
-    engine = engine_of(request)
-    text = (
-        "# TYPE echo_requests_total counter\n"
-        f"echo_requests_total {engine.requests}\n"
-        "# TYPE echo_requests_in_flight gauge\n"
-        f"echo_requests_in_flight {engine.in_flight}\n"
-        "# TYPE echo_tokens_generated_total counter\n"
-        f"echo_tokens_generated_total {engine.tokens}\n"
-    )
-    return web.Response(text=text, content_type="text/plain")
+    def inference(self, handler):
+        """An inference route: 503 while loading, 422 for a bad request, counted, and the crash countdown."""
 
+        async def gated(request):
+            if not self.ready:
+                return web.json_response({"error": "loading"}, status=503)
+            # in_flight is decremented in `finally`: errors and client disconnects never leak a count.
+            self.in_flight += 1
+            try:
+                try:
+                    response = await handler(request, await _json_object(request))
+                except Invalid as error:
+                    response = web.json_response({"error": str(error), "error_type": "validation"}, status=422)
+            finally:
+                self.in_flight -= 1
+            self.requests_total += 1
+            if self.requests_total == self.settings.crash_after_requests:
+                # Send this answer in full first; the exit comes on the next turn of the loop.
+                await response.prepare(request)
+                await response.write_eof()
+                log(f"echo engine: exiting with code {CRASH_EXIT_CODE} after {self.requests_total} "
+                    f"inference requests (ECHO_CRASH_AFTER_REQUESTS)")
+                asyncio.get_running_loop().call_soon(self.exit_process, CRASH_EXIT_CODE)
+            return response
 
-def tgi_details(tokens, finish):
-    return {
-        "finish_reason": finish,
-        "generated_tokens": len(tokens),
-        "seed": None,
-        "prefill": [],
-        "tokens": [{"id": i, "text": t, "logprob": -0.1, "special": False} for i, t in enumerate(tokens)],
-    }
+        return gated
 
+    async def _produce_token(self):
+        await asyncio.sleep(self.settings.token_delay_s)
+        self.tokens_total += 1
 
-async def tgi(request, stream=None, as_list=False):
-    engine = engine_of(request)
-    body = await body_of(request)
-    params = body.get("parameters") or {}
-    limit = int(params.get("max_new_tokens") or DEFAULT_MAX_TOKENS)
-    words = str(body.get("inputs", "")).split() or ["echo"]
-    tokens = engine.tokens_for(body.get("inputs", ""), limit)
-    finish = "length" if len(words) > len(tokens) else "eos_token"
-    if stream if stream is not None else body.get("stream"):
-        response = await start_sse(request)
-        text = ""
-        i = 0
-        async for token in engine.each_token(tokens):
-            text += token
-            last = i == len(tokens) - 1
-            await response.write(sse({
-                "index": i,
-                "token": {"id": i, "text": token, "logprob": -0.1, "special": False},
-                "generated_text": text if last else None,
-                "details": {"finish_reason": finish, "generated_tokens": len(tokens), "seed": None} if last else None,
-            }))
-            i += 1
+    # --- TGI ---
+
+    async def tgi_root(self, request, body):
+        """TGI's compat route: a list when not streaming, SSE with `"stream": true`; TEI's embeddings
+        when the task is feature-extraction."""
+        if self.settings.task == "feature-extraction":
+            return web.json_response([_embedding(text) for text in _strings(body.get("inputs"), "inputs")])
+        return await self._tgi(request, body, stream=body.get("stream") is True, as_list=True)
+
+    async def tgi_generate(self, request, body):
+        return await self._tgi(request, body, stream=False, as_list=False)
+
+    async def tgi_generate_stream(self, request, body):
+        return await self._tgi(request, body, stream=True, as_list=False)
+
+    async def _tgi(self, request, body, stream, as_list):
+        inputs, params = body.get("inputs"), body.get("parameters") or {}
+        if not isinstance(inputs, str):
+            raise Invalid("`inputs` must be a string")
+        if not isinstance(params, dict):
+            raise Invalid("`parameters` must be an object")
+        tokens, cut = _tokens(inputs, _positive_int(params.get("max_new_tokens"), "max_new_tokens"))
+        summary = {"finish_reason": "length" if cut else "eos_token", "generated_tokens": len(tokens),
+                   "seed": params.get("seed")}
+        if stream:
+            response = await _start_sse(request)
+            for i, token in enumerate(tokens):
+                await self._produce_token()
+                last = i == len(tokens) - 1
+                await response.write(_sse({
+                    "index": i,
+                    "token": {"id": i, "text": token, "logprob": TOKEN_LOGPROB, "special": False},
+                    "generated_text": "".join(tokens) if last else None,
+                    "details": summary if last else None,
+                }))
+            await response.write_eof()
+            return response
+        for _ in tokens:
+            await self._produce_token()
+        result = {"generated_text": "".join(tokens)}
+        if params.get("details"):
+            result["details"] = {**summary, "prefill": [], "tokens": [
+                {"id": i, "text": token, "logprob": TOKEN_LOGPROB, "special": False} for i, token in enumerate(tokens)
+            ]}
+        return web.json_response([result] if as_list else result)
+
+    # --- OpenAI ---
+
+    async def chat_completions(self, request, body):
+        return await self._openai(request, body, _last_user_text(body.get("messages")), chat=True)
+
+    async def completions(self, request, body):
+        return await self._openai(request, body, " ".join(_strings(body.get("prompt"), "prompt")), chat=False)
+
+    async def _openai(self, request, body, prompt, chat):
+        tokens, cut = _tokens(prompt, _positive_int(body.get("max_tokens"), "max_tokens"))
+        finish = "length" if cut else "stop"
+        usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(tokens),
+                 "total_tokens": len(prompt.split()) + len(tokens)}
+        kind = "chat.completion" if chat else "text_completion"
+        head = {"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex, "created": int(time.time()),
+                "model": MODEL_ID, "system_fingerprint": MODEL_ID}
+
+        def choice(text, finish_reason, whole=False):
+            if not chat:
+                part = {"text": text}
+            elif whole:
+                part = {"message": {"role": "assistant", "content": text}}
+            else:
+                part = {"delta": {"role": "assistant", "content": text}}
+            return {"index": 0, **part, "logprobs": None, "finish_reason": finish_reason}
+
+        if not body.get("stream"):
+            for _ in tokens:
+                await self._produce_token()
+            return web.json_response({**head, "object": kind, "choices": [choice("".join(tokens), finish, whole=True)],
+                                      "usage": usage})
+        chunk = {**head, "object": (kind + ".chunk") if chat else kind}
+        response = await _start_sse(request)
+        for token in tokens:
+            await self._produce_token()
+            await response.write(_sse({**chunk, "choices": [choice(token, None)]}))
+        await response.write(_sse({**chunk, "choices": [choice("", finish)]}))
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            await response.write(_sse({**chunk, "choices": [], "usage": usage}))
+        await response.write(_sse(b"[DONE]"))
         await response.write_eof()
         return response
-    text = "".join([t async for t in engine.each_token(tokens)])
-    result = {"generated_text": text}
-    if params.get("details"):
-        result["details"] = tgi_details(tokens, finish)
-    return web.json_response([result] if as_list else result)
+
+    async def embeddings(self, request, body):
+        texts = _strings(body.get("input"), "input")
+        words = sum(len(text.split()) for text in texts)
+        return web.json_response({
+            "object": "list",
+            "data": [{"object": "embedding", "index": i, "embedding": _embedding(text)} for i, text in enumerate(texts)],
+            "model": MODEL_ID,
+            "usage": {"prompt_tokens": words, "total_tokens": words},
+        })
+
+    async def models(self, request):
+        return web.json_response({"object": "list", "data": [
+            {"id": MODEL_ID, "object": "model", "created": self.created, "owned_by": "endpointd"}
+        ]})
+
+    # --- operations ---
+
+    async def health(self, request):
+        if self.ready:
+            return web.Response(status=200)
+        return web.json_response({"error": "loading"}, status=503)
+
+    async def info(self, request):
+        return web.json_response({"model_id": MODEL_ID, "model_pipeline_tag": self.settings.task,
+                                  "max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "router": "echo-engine"})
+
+    async def metrics(self, request):
+        text = "".join(
+            f"# HELP {name} {about}\n# TYPE {name} {kind}\n{name} {value}\n"
+            for name, kind, about, value in (
+                ("echo_requests_total", "counter", "Inference requests answered.", self.requests_total),
+                ("echo_requests_in_flight", "gauge", "Inference requests being answered.", self.in_flight),
+                ("echo_tokens_generated_total", "counter", "Tokens generated.", self.tokens_total),
+            )
+        )
+        return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-async def tgi_root(request):
-    return await tgi(request, as_list=True)
-
-
-async def tgi_generate(request):
-    return await tgi(request, stream=False)
-
-
-async def tgi_generate_stream(request):
-    return await tgi(request, stream=True)
-
-
-def prompt_of_messages(messages):
-    for message in reversed(messages if isinstance(messages, list) else []):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):  # multimodal parts: keep the text ones
-                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return str(content or "")
-    return ""
-
-
-async def openai(request, chat):
-    engine = engine_of(request)
-    body = await body_of(request)
-    prompt = prompt_of_messages(body.get("messages")) if chat else body.get("prompt", "")
-    if isinstance(prompt, list):
-        prompt = " ".join(map(str, prompt))
-    limit = int(body.get("max_tokens") or body.get("max_completion_tokens") or DEFAULT_MAX_TOKENS)
-    tokens = engine.tokens_for(prompt, limit)
-    finish = "length" if len(str(prompt).split()) > len(tokens) else "stop"
-    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
-    created = int(time.time())
-    model = str(body.get("model") or "echo")
-    kind = "chat.completion" if chat else "text_completion"
-
-    def choice(text, final):
-        if chat:
-            delta = {"role": "assistant", "content": text}
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish if final else None}
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish if final else None}
-
-    if body.get("stream"):
-        response = await start_sse(request)
-        async for token in engine.each_token(tokens):
-            await response.write(sse({
-                "id": rid, "object": kind + (".chunk" if chat else ""), "created": created, "model": model,
-                "system_fingerprint": "echo", "choices": [choice(token, False)],
-            }))
-        final = choice("", True)
-        if chat:
-            final["delta"] = {}
-        await response.write(sse({
-            "id": rid, "object": kind + (".chunk" if chat else ""), "created": created, "model": model,
-            "system_fingerprint": "echo", "choices": [final],
-        }))
-        await response.write(sse(b"[DONE]"))
-        await response.write_eof()
-        return response
-    text = "".join([t async for t in engine.each_token(tokens)])
-    if chat:
-        first = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None, "finish_reason": finish}
-    else:
-        first = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-    return web.json_response({
-        "id": rid, "object": kind, "created": created, "model": model, "system_fingerprint": "echo",
-        "choices": [first],
-        "usage": {"prompt_tokens": len(str(prompt).split()), "completion_tokens": len(tokens),
-                  "total_tokens": len(str(prompt).split()) + len(tokens)},
-    })
-
-
-async def chat_completions(request):
-    return await openai(request, chat=True)
-
-
-async def completions(request):
-    return await openai(request, chat=False)
-
-
-def embedding(text):
-    digest = hashlib.sha256(str(text).encode()).digest()
-    return [round(b / 255.0, 6) for b in digest[:EMBEDDING_DIM]]
-
-
-async def embeddings(request):
-    body = await body_of(request)
-    inputs = body.get("input", "")
-    items = inputs if isinstance(inputs, list) else [inputs]
-    return web.json_response({
-        "object": "list",
-        "data": [{"object": "embedding", "index": i, "embedding": embedding(t)} for i, t in enumerate(items)],
-        "model": str(body.get("model") or "echo"),
-        "usage": {"prompt_tokens": sum(len(str(t).split()) for t in items), "total_tokens": sum(len(str(t).split()) for t in items)},
-    })
-
-
-async def models(request):
-    return web.json_response({"object": "list", "data": [{"id": "echo", "object": "model", "owned_by": "endpointd"}]})
-
-
-def make_app(settings):
-    app = web.Application(middlewares=[gate])
-    engine = app["engine"] = Engine(settings)
-
-    async def become_ready(app):
-        async def later():
-            await asyncio.sleep(settings.startup_delay_s)
-            engine.ready = True
-            print("echo engine ready", flush=True)
-
-        if not settings.never_ready:
-            app["ready_task"] = asyncio.get_event_loop().create_task(later())
-
-    async def stop(app):
-        task = app.get("ready_task")
-        if task is not None:
-            task.cancel()
-
-    app.on_startup.append(become_ready)
-    app.on_cleanup.append(stop)
-    app.router.add_get("/health", health)
-    app.router.add_get("/info", info)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_post("/", tgi_root)
-    app.router.add_post("/generate", tgi_generate)
-    app.router.add_post("/generate_stream", tgi_generate_stream)
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/embeddings", embeddings)
-    app.router.add_get("/v1/models", models)
+def make_app(settings, exit_process=os._exit):
+    """The engine as an aiohttp app; `exit_process(code)` ends the process when it crashes on purpose."""
+    engine = Engine(settings, exit_process)
+    app = web.Application(middlewares=[log_requests])
+    app.cleanup_ctx.append(engine.readiness)
+    app.router.add_get("/health", engine.health)
+    app.router.add_get("/info", engine.info)
+    app.router.add_get("/metrics", engine.metrics)
+    app.router.add_get("/v1/models", engine.models)
+    for path, handler in (
+        ("/", engine.tgi_root),
+        ("/generate", engine.tgi_generate),
+        ("/generate_stream", engine.tgi_generate_stream),
+        ("/v1/chat/completions", engine.chat_completions),
+        ("/v1/completions", engine.completions),
+        ("/v1/embeddings", engine.embeddings),
+    ):
+        app.router.add_post(path, engine.inference(handler))
     return app
 
 
@@ -339,9 +391,17 @@ def main():
     except ValueError as error:
         print(f"echo engine: {error}", file=sys.stderr, flush=True)
         return 2
-    print(f"echo engine listening on :{settings.port}", flush=True)
-    # As PID 1 in a container SIGTERM has no default action; run_app installs a handler for it.
-    web.run_app(make_app(settings), port=settings.port, print=None, shutdown_timeout=5)
+    # run_app stops gracefully on SIGTERM and SIGINT through loop signal handlers. As PID 1 in a
+    # container that handler is what makes SIGTERM stop the process: the kernel drops signals
+    # that PID 1 has no handler for. `print` is called once the port is listening.
+    web.run_app(
+        make_app(settings),
+        host="0.0.0.0",
+        port=settings.port,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        print=lambda _banner: log(f"echo engine listening on :{settings.port}"),
+    )
+    log("echo engine stopped")
     return 0
 
 
