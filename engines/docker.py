@@ -1,18 +1,24 @@
 """The Docker runtime: the only module that imports aiodocker.
 
-Every aiodocker error is wrapped here into `RuntimeError_` (or a subclass), naming the operation
-and the container or image, so nothing above this module knows Docker's error types.
+Every aiodocker error (and every failure to reach the engine) is wrapped here into `RuntimeError_`
+(or a subclass) naming the operation and the container or image, so nothing above this module
+knows Docker's error types. It also holds the image-building primitives `engines/images.py` uses.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import logging
+import math
+import os
 import tarfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing, asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -44,34 +50,67 @@ from .runtime import (
 
 log = logging.getLogger("endpointd.docker")
 
-MANAGED_FILTER = {"label": [f"{LABEL_MANAGED}=true"]}
-# Docker's own `stop` HTTP call blocks for the grace period; give the HTTP request that plus slack.
+# Explicit, so that a missing socket is a clear "cannot reach" error at the first call rather than
+# aiodocker's bare AssertionError when it finds no socket to default to.
+DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
+# The stop call blocks for up to the grace period; the HTTP request gets that plus this slack.
 STOP_SLACK_S = 15.0
+# Pulls, builds, imports and the event stream last as long as they last.
+NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
+# After the event stream breaks (engine restarted), wait this long before reconnecting; missed
+# events are replayed with `since`, so the delay loses nothing.
+EVENTS_RECONNECT_S = 1.0
+# Lines of build output kept to explain a failing build step.
+BUILD_OUTPUT_TAIL = 10
+# Hosts that mean "every interface" in a port binding; replicas are then reached on loopback.
+ANY_HOST = ("", "0.0.0.0", "::")
+# The label filter that matches every container endpointd owns, and nothing else.
+MANAGED = f"{LABEL_MANAGED}=true"
 
 
 @asynccontextmanager
-async def _wrapped(operation: str, target: str, not_found: bool = False):
+async def _wrapped(
+    operation: str, target: str, error: type[RuntimeError_] = RuntimeError_, *, replica: bool = False
+) -> AsyncIterator[None]:
+    """Docker's and the transport's errors, as `error(operation, target, detail)`; with `replica`,
+    a 404 (the container is gone) is ReplicaNotFound."""
     try:
         yield
-    except aiodocker.DockerError as error:
-        if not_found and error.status == 404:
+    except aiodocker.DockerError as failure:
+        if replica and failure.status == 404:
             raise ReplicaNotFound(operation, target, "no such container") from None
-        raise RuntimeError_(operation, target, f"{error.message} (Docker status {error.status})") from None
-    except (aiohttp.ClientError, OSError) as error:
-        raise RuntimeError_(operation, target, f"cannot reach the Docker engine: {error}") from None
+        if failure.status == 900:  # aiodocker's status for "could not connect"
+            raise error(operation, target, f"cannot reach the Docker engine: {failure.message}") from None
+        raise error(operation, target, f"{failure.message} (Docker status {failure.status})") from None
+    except TimeoutError:
+        raise error(operation, target, "the Docker engine did not answer in time") from None
+    except (aiohttp.ClientError, OSError) as failure:
+        raise error(operation, target, f"cannot reach the Docker engine: {type(failure).__name__}: {failure}") from None
+    except ValueError as failure:  # a stream line that is not the JSON Docker promises
+        raise error(operation, target, f"unexpected answer from the Docker engine: {failure}") from None
 
 
-def _auth_header(auth: RegistryAuth | None) -> dict[str, str] | None:
-    if auth is None:
-        return None
-    return {"username": auth.username, "password": auth.password or ""}
+def registry_auth_header(image: str, auth: RegistryAuth) -> str:
+    """The X-Registry-Auth header: base64url of the JSON credentials, as the Docker CLI sends it."""
+    first = image.split("/", 1)[0]
+    server = first if "/" in image and ("." in first or ":" in first or first == "localhost") else "docker.io"
+    config = {"username": auth.username, "password": auth.password or "", "serveraddress": server}
+    return base64.urlsafe_b64encode(json.dumps(config).encode()).decode()
 
 
-def _create_config(endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec, publish_host: str) -> dict[str, Any]:
+def _with_tag(image: str) -> str:
+    """Docker pulls every tag of a bare name; `docker pull` means `:latest`."""
+    last = image.rsplit("/", 1)[-1]
+    return image if ":" in last or "@" in last else f"{image}:latest"
+
+
+def create_config(
+    endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec, publish_host: str
+) -> dict[str, Any]:
+    """The `POST /containers/create` body for one replica."""
     port_key = f"{spec.port}/tcp"
-    env = {**spec.env, **spec.secret_env}
     host: dict[str, Any] = {
-        "PortBindings": {port_key: [{"HostIp": publish_host, "HostPort": ""}]},
+        "PortBindings": {port_key: [{"HostIp": publish_host, "HostPort": ""}]},  # "": a random free port
         "Binds": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.mounts],
         "RestartPolicy": {"Name": "no"},  # the controller replaces dead replicas itself
     }
@@ -87,7 +126,7 @@ def _create_config(endpoint: EndpointKey, replica_id: str, revision: str, spec: 
         ]
     config: dict[str, Any] = {
         "Image": spec.image,
-        "Env": [f"{k}={v}" for k, v in env.items()],
+        "Env": [f"{k}={v}" for k, v in {**spec.env, **spec.secret_env}.items()],
         "ExposedPorts": {port_key: {}},
         "Labels": {
             LABEL_MANAGED: "true",
@@ -107,197 +146,265 @@ def _create_config(endpoint: EndpointKey, replica_id: str, revision: str, spec: 
     return config
 
 
-def _info(data: dict[str, Any]) -> ReplicaInfo:
+def _info(data: Mapping[str, Any]) -> ReplicaInfo:
     """A ReplicaInfo from `docker inspect` data."""
     labels = data["Config"]["Labels"] or {}
     state = data["State"]
-    status = state.get("Status", "")
+    status = {"running": ReplicaStatus.RUNNING, "created": ReplicaStatus.CREATED}.get(
+        state.get("Status", ""), ReplicaStatus.EXITED
+    )
     address = None
-    if status == "running":
+    if status is ReplicaStatus.RUNNING:
         bindings = (data["NetworkSettings"].get("Ports") or {}).get(f"{labels.get(LABEL_PORT, '80')}/tcp") or []
         if bindings:
-            address = f"{bindings[0]['HostIp']}:{bindings[0]['HostPort']}"
+            host = bindings[0]["HostIp"]
+            address = f"{'127.0.0.1' if host in ANY_HOST else host}:{bindings[0]['HostPort']}"
     return ReplicaInfo(
         replica_id=labels[LABEL_REPLICA],
         endpoint=EndpointKey(labels[LABEL_NAMESPACE], labels[LABEL_NAME]),
         revision=labels.get(LABEL_REVISION, ""),
         container_id=data["Id"],
         container_name=data["Name"].lstrip("/"),
-        status=ReplicaStatus.RUNNING if status == "running" else (
-            ReplicaStatus.CREATED if status == "created" else ReplicaStatus.EXITED
-        ),
+        status=status,
         address=address,
         health_route=labels.get(LABEL_HEALTH_ROUTE, "/health"),
-        exit_code=None if status == "running" else state.get("ExitCode"),
+        exit_code=state.get("ExitCode") if status is ReplicaStatus.EXITED else None,
     )
 
 
+def usage_from_stats(stats: Mapping[str, Any]) -> Usage:
+    """CPU and memory the way `docker stats` (20.10) computes them from one stats sample.
+
+    CPU: the container's share of the host's CPU time since the previous sample, times the online
+    CPUs (200 % = two CPUs busy); 0 when the sample has no previous one (`precpu_stats` empty).
+    Memory: usage less the inactive page cache (cgroup v1 `total_inactive_file`, v2 `inactive_file`).
+    """
+    cpu, pre = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
+    percent = 0.0
+    if pre.get("system_cpu_usage"):
+        cpu_delta = cpu.get("cpu_usage", {}).get("total_usage", 0) - pre.get("cpu_usage", {}).get("total_usage", 0)
+        system_delta = cpu.get("system_cpu_usage", 0) - pre["system_cpu_usage"]
+        online = cpu.get("online_cpus") or len(cpu.get("cpu_usage", {}).get("percpu_usage") or ()) or 1
+        if cpu_delta > 0 and system_delta > 0:
+            percent = cpu_delta / system_delta * online * 100.0
+    memory = stats.get("memory_stats") or {}
+    used = int(memory.get("usage", 0))
+    details = memory.get("stats") or {}
+    inactive = details.get("total_inactive_file", details.get("inactive_file", 0))
+    if inactive < used:
+        used -= inactive
+    limit = memory.get("limit")
+    return Usage(cpu_percent=percent, memory_bytes=used, memory_limit_bytes=int(limit) if limit else None)
+
+
+def _context_tarball(context_dir: Path) -> bytes:
+    """A build context as a gzipped tarball, Python caches left out."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        tar.add(context_dir, arcname=".", filter=lambda item: None if "__pycache__" in item.name else item)
+    return buffer.getvalue()
+
+
 class DockerRuntime:
+    """`Runtime` on the local Docker engine. Create it inside a running event loop."""
+
     def __init__(self, publish_host: str = "127.0.0.1", url: str | None = None) -> None:
         self._publish_host = publish_host
-        self._docker = aiodocker.Docker(url=url)
+        self._docker = aiodocker.Docker(url=url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL)
 
-    async def _find(self, replica_id: str) -> aiodocker.containers.DockerContainer:
-        async with _wrapped("find", f"replica {replica_id}"):
+    async def _json_lines(
+        self, path: str, method: str = "GET", *, params: Mapping[str, str], data: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The JSON lines of a streaming endpoint. aiodocker has no public call for `docker import`,
+        for a pull with our own auth header, nor for one event stream per caller: hence `_query`."""
+        async with self._docker._query(
+            path, method, params=params, data=data, headers=headers, timeout=NO_TIMEOUT
+        ) as response:
+            async for raw in response.content:
+                if raw.strip():
+                    yield json.loads(raw)
+
+    async def _find(self, operation: str, replica_id: str) -> aiodocker.containers.DockerContainer:
+        target = f"replica {replica_id}"
+        async with _wrapped(operation, target):
             found = await self._docker.containers.list(
-                all=True, filters=json.dumps({"label": [f"{LABEL_MANAGED}=true", f"{LABEL_REPLICA}={replica_id}"]})
+                all=True, filters=json.dumps({"label": [MANAGED, f"{LABEL_REPLICA}={replica_id}"]})
             )
         if not found:
-            raise ReplicaNotFound("find", f"replica {replica_id}", "no container of endpointd has this replica id")
+            raise ReplicaNotFound(operation, target, "no container of endpointd has this replica id")
         return found[0]
 
     async def image_exists(self, image: str) -> bool:
-        try:
-            await self._docker.images.inspect(image)
-            return True
-        except aiodocker.DockerError as error:
-            if error.status == 404:
-                return False
-            raise RuntimeError_("inspect image", image, error.message) from None
+        return await self.image_labels(image) is not None
 
-    async def ensure_image(self, image: str, auth: RegistryAuth | None = None, progress: ProgressCallback | None = None) -> None:
+    async def image_labels(self, image: str) -> dict[str, str] | None:
+        """The image's labels, or None when there is no such image locally."""
+        async with _wrapped("inspect image", image):
+            try:
+                data = await self._docker.images.inspect(image)
+            except aiodocker.DockerError as error:
+                if error.status == 404:
+                    return None
+                raise
+        return dict((data.get("Config") or {}).get("Labels") or {})
+
+    async def ensure_image(
+        self, image: str, auth: RegistryAuth | None = None, progress: ProgressCallback | None = None
+    ) -> None:
         if await self.image_exists(image):
             return
-        if progress:
-            progress(f"pulling image {image}")
-        try:
-            async for line in self._docker.images.pull(image, auth=_auth_header(auth), stream=True):
+        report = progress or (lambda line: None)
+        report(f"pulling image {image}")
+        headers = {"X-Registry-Auth": registry_auth_header(image, auth)} if auth else None
+        seen: set[tuple[str, str]] = set()
+        lines = self._json_lines("images/create", "POST", params={"fromImage": _with_tag(image)}, headers=headers)
+        async with _wrapped("pull image", image, ImagePullFailed), aclosing(lines):
+            async for line in lines:
                 if "error" in line:
-                    raise aiodocker.DockerError(500, {"message": line["error"]})
-                if progress and line.get("status") and line.get("progress") is None:
-                    progress(f"pulling image {image}: {line['status']}")
-        except aiodocker.DockerError as error:
-            raise ImagePullFailed("pull image", image, f"{error.message}; is the name right, and is the registry reachable?") from None
-        except (aiohttp.ClientError, OSError) as error:
-            raise ImagePullFailed("pull image", image, f"cannot reach the Docker engine: {error}") from None
+                    raise ImagePullFailed("pull image", image, line["error"])
+                step = (line.get("id", ""), line.get("status", ""))
+                if step[1] and step not in seen:  # one line per layer and phase, not one per chunk
+                    seen.add(step)
+                    report(f"{image}: {' '.join(filter(None, step))}")
 
     async def start(self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec) -> ReplicaInfo:
         name = container_name(endpoint, replica_id)
-        config = _create_config(endpoint, replica_id, revision, spec, self._publish_host)
+        config = create_config(endpoint, replica_id, revision, spec, self._publish_host)
         async with _wrapped("start container", name):
             container = await self._docker.containers.create(config, name=name)
             try:
                 await container.start()
                 data = await container.show()
-            except aiodocker.DockerError:
-                await container.delete(force=True)
+            except BaseException:
+                # Leave no half-started container behind; the original error is the one to report.
+                with suppress(aiodocker.DockerError, aiohttp.ClientError, OSError):
+                    await asyncio.shield(container.delete(force=True))
                 raise
-        log.info("started %s (%s) from %s", name, data["Id"][:12], spec.image)
+        log.info("started %s (%s) from %s", name, data["Id"][:12], spec.image)  # never the env: secrets
         return _info(data)
 
     async def stop(self, replica_id: str, grace_s: float) -> None:
-        container = await self._find(replica_id)
-        target = f"replica {replica_id}"
-        async with _wrapped("stop container", target, not_found=True):
+        container = await self._find("stop container", replica_id)
+        async with _wrapped("stop container", f"replica {replica_id}"):
             try:
-                await container.stop(t=max(0, int(round(grace_s))), timeout=grace_s + STOP_SLACK_S)
+                # Docker sends SIGTERM, waits `t` whole seconds, then SIGKILL; an exited one is left as is.
+                await container.stop(t=math.ceil(grace_s), timeout=aiohttp.ClientTimeout(total=grace_s + STOP_SLACK_S))
+                await container.delete(force=True)
             except aiodocker.DockerError as error:
-                if error.status not in (304, 404):  # 304: already stopped
+                if error.status not in (404, 409):  # gone since we found it, or its removal under way
                     raise
-            await container.delete(force=True)
+        log.info("stopped replica %s", replica_id)
 
     async def list(self, endpoint: EndpointKey | None = None) -> list[ReplicaInfo]:
-        labels = [f"{LABEL_MANAGED}=true"]
+        labels = [MANAGED]
         if endpoint is not None:
             labels += [f"{LABEL_NAMESPACE}={endpoint.namespace}", f"{LABEL_NAME}={endpoint.name}"]
+        found = []
         async with _wrapped("list", "containers"):
-            found = await self._docker.containers.list(all=True, filters=json.dumps({"label": labels}))
-            return [_info(await c.show()) for c in found]
+            for container in await self._docker.containers.list(all=True, filters=json.dumps({"label": labels})):
+                try:
+                    found.append(_info(await container.show()))
+                except aiodocker.DockerError as error:
+                    if error.status != 404:  # 404: removed between the listing and its inspection
+                        raise
+        return found
 
     async def inspect(self, replica_id: str) -> ReplicaInfo:
-        container = await self._find(replica_id)
-        async with _wrapped("inspect", f"replica {replica_id}", not_found=True):
+        container = await self._find("inspect", replica_id)
+        async with _wrapped("inspect", f"replica {replica_id}", replica=True):
             return _info(await container.show())
 
     async def logs(self, replica_id: str, tail: int = 50) -> list[str]:
-        container = await self._find(replica_id)
-        async with _wrapped("logs", f"replica {replica_id}", not_found=True):
+        container = await self._find("logs", replica_id)
+        if tail <= 0:
+            return []
+        async with _wrapped("logs", f"replica {replica_id}", replica=True):
             chunks = await container.log(stdout=True, stderr=True, tail=tail)
-        return "".join(chunks).splitlines()[-tail:] if tail else "".join(chunks).splitlines()
+        return "".join(chunks).splitlines()[-tail:]
 
     async def follow_logs(self, replica_id: str, tail: int = 0) -> AsyncIterator[str]:
-        container = await self._find(replica_id)
+        """Lines as the container writes them (after its last `tail` ones), until it stops."""
+        container = await self._find("follow logs", replica_id)
+        chunks = container.log(stdout=True, stderr=True, follow=True, tail=tail)
         buffer = ""
-        async with _wrapped("follow logs", f"replica {replica_id}", not_found=True):
-            async for chunk in container.log(stdout=True, stderr=True, follow=True, tail=tail):
-                buffer += chunk
-                *lines, buffer = buffer.split("\n")
+        async with _wrapped("follow logs", f"replica {replica_id}", replica=True), aclosing(chunks):
+            async for chunk in chunks:
+                *lines, buffer = (buffer + chunk).split("\n")
                 for line in lines:
                     yield line
         if buffer:
             yield buffer
 
     async def usage(self, replica_id: str) -> Usage:
-        container = await self._find(replica_id)
-        async with _wrapped("stats", f"replica {replica_id}", not_found=True):
+        container = await self._find("stats", replica_id)
+        async with _wrapped("stats", f"replica {replica_id}", replica=True):
             samples = await container.stats(stream=False)
         return usage_from_stats(samples[0] if samples else {})
 
-    async def events(self) -> AsyncIterator[ReplicaEvent]:
-        """Deaths of containers endpointd owns. The stream reconnects if Docker drops it."""
+    def events(self) -> AsyncIterator[ReplicaEvent]:
+        """Deaths of containers endpointd owns, from this call on. The stream reconnects when
+        Docker drops it and replays what happened meanwhile (`since`), so no death is lost."""
+        return self._events_since(time.time())  # a timestamp for Docker, hence the wall clock
+
+    async def _events_since(self, start: float) -> AsyncIterator[ReplicaEvent]:
+        since = f"{start:.9f}"
+        filters = json.dumps({"type": ["container"], "event": ["die"], "label": [MANAGED]})
         while True:
-            params = {"filters": json.dumps({"type": ["container"], "event": ["die"], **MANAGED_FILTER})}
+            lines = self._json_lines("events", params={"filters": filters, "since": since})
             try:
-                async with self._docker._query("events", params=params, timeout=None) as response:
-                    async for raw in response.content:
-                        if not raw.strip():
-                            continue
-                        event = json.loads(raw)
+                async with _wrapped("watch", "container events"), aclosing(lines):
+                    async for event in lines:
+                        since = f"{(event['timeNano'] + 1) / 1e9:.9f}"  # resume after it, not at it
                         attrs = event.get("Actor", {}).get("Attributes", {})
-                        if LABEL_REPLICA not in attrs:
-                            continue
-                        code = attrs.get("exitCode")
-                        yield ReplicaEvent(
-                            EventKind.DIED,
-                            attrs[LABEL_REPLICA],
-                            EndpointKey(attrs.get(LABEL_NAMESPACE, ""), attrs.get(LABEL_NAME, "")),
-                            int(code) if code is not None else None,
-                        )
-            except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
-                log.warning("Docker event stream broke (%s); reconnecting", error)
-                await asyncio.sleep(1.0)
+                        if LABEL_REPLICA in attrs:
+                            code = attrs.get("exitCode")
+                            yield ReplicaEvent(
+                                EventKind.DIED,
+                                attrs[LABEL_REPLICA],
+                                EndpointKey(attrs.get(LABEL_NAMESPACE, ""), attrs.get(LABEL_NAME, "")),
+                                int(code) if code is not None else None,
+                            )
+                log.warning("the Docker event stream ended; reconnecting in %g s", EVENTS_RECONNECT_S)
+            except RuntimeError_ as error:
+                log.warning("%s; reconnecting in %g s", error, EVENTS_RECONNECT_S)
+            await asyncio.sleep(EVENTS_RECONNECT_S)
 
-    # --- images built locally (engines/images.py) ------------------------------------------
-
-    async def import_rootfs(self, chunks: AsyncIterator[bytes], tag: str) -> None:
-        """`docker import`: a root filesystem tarball becomes an image."""
+    async def import_rootfs(self, tarball: Path, tag: str) -> None:
+        """`docker import`: a root filesystem tarball becomes the image `tag`."""
         repo, _, version = tag.partition(":")
-        async with _wrapped("import image", tag):
-            async with self._docker._query(
-                "images/create", "POST",
-                params={"fromSrc": "-", "repo": repo, "tag": version or "latest"},
-                data=chunks, headers={"Content-Type": "application/x-tar"}, timeout=None,
-            ) as response:
-                body = await response.text()
-        for line in body.splitlines():
-            if '"error"' in line:
-                raise RuntimeError_("import image", tag, json.loads(line)["error"])
+        params = {"fromSrc": "-", "repo": repo, "tag": version or "latest"}
+        with tarball.open("rb") as body:
+            lines = self._json_lines("images/create", "POST", params=params, data=body, headers={"Content-Type": "application/x-tar"})
+            async with _wrapped("import image", tag), aclosing(lines):
+                async for line in lines:
+                    if "error" in line:
+                        raise RuntimeError_("import image", tag, line["error"])
 
-    async def build_image(self, context_dir: Path, tag: str) -> None:
-        """`docker build` of a small local context (sent as a gzipped tarball)."""
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            tar.add(context_dir, arcname=".")
-        buffer.seek(0)
-        async with _wrapped("build image", tag):
-            lines = await self._docker.images.build(fileobj=buffer, encoding="gzip", tag=tag, stream=False)
-        for line in lines:
-            if "error" in line:
-                raise RuntimeError_("build image", tag, line["error"].strip())
+    async def build_image(
+        self, context_dir: Path, tag: str, dockerfile: str = "Dockerfile", progress: ProgressCallback | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> None:
+        """`docker build` of a small local context; a failure names the failing step and its output."""
+        params = {"t": tag, "dockerfile": dockerfile, "rm": "1", "forcerm": "1"}
+        if labels:
+            params["labels"] = json.dumps(labels)
+        headers = {"Content-Type": "application/x-tar", "Content-Encoding": "gzip"}
+        step, output = "", deque[str](maxlen=BUILD_OUTPUT_TAIL)
+        lines = self._json_lines("build", "POST", params=params, data=_context_tarball(context_dir), headers=headers)
+        async with _wrapped("build image", tag), aclosing(lines):
+            async for line in lines:
+                if "error" in line:
+                    where = f" (at {step})" if step else ""
+                    raise RuntimeError_("build image", tag, f"{line['error'].strip()}{where}\n" + "\n".join(output))
+                for text in line.get("stream", "").splitlines():
+                    if text.startswith("Step "):
+                        step = text
+                        output.clear()
+                        if progress:
+                            progress(f"{tag}: {text}")
+                    elif text.strip():
+                        output.append(text)
 
     async def close(self) -> None:
         await self._docker.close()
-
-
-def usage_from_stats(stats: dict[str, Any]) -> Usage:
-    """CPU percent the way `docker stats` computes it; 0 on the first sample (no previous one)."""
-    cpu = stats.get("cpu_stats", {})
-    pre = stats.get("precpu_stats", {})
-    cpu_delta = cpu.get("cpu_usage", {}).get("total_usage", 0) - pre.get("cpu_usage", {}).get("total_usage", 0)
-    system_delta = cpu.get("system_cpu_usage", 0) - pre.get("system_cpu_usage", 0)
-    online = cpu.get("online_cpus") or len(cpu.get("cpu_usage", {}).get("percpu_usage") or []) or 1
-    percent = cpu_delta / system_delta * online * 100.0 if cpu_delta > 0 and system_delta > 0 else 0.0
-    memory = stats.get("memory_stats", {})
-    limit = memory.get("limit")
-    return Usage(cpu_percent=percent, memory_bytes=int(memory.get("usage", 0)), memory_limit_bytes=int(limit) if limit else None)
-

@@ -4,10 +4,11 @@ debootstrap and imported as `endpointd/base:bookworm`, then the echo engine on t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 from .docker import DockerRuntime
@@ -15,67 +16,90 @@ from .runtime import RuntimeError_
 
 BASE_IMAGE = "endpointd/base:bookworm"
 ECHO_IMAGE = "endpointd/echo:latest"
-# What the echo engine needs from Debian; minbase keeps the image near 270 MB.
+# What the echo engine needs from Debian; minbase keeps the image near 260 MB.
 BASE_PACKAGES = ("python3", "python3-aiohttp")
+DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 ECHO_CONTEXT = Path(__file__).parent / "echo"
+# Lines of a failing command's output shown in its error: debootstrap's reason is in its last ones.
+OUTPUT_TAIL = 15
+
+Progress = Callable[[str], None]
+
+
+CONTEXT_LABEL = "endpointd.context-sha256"
+CONTEXT_FILES = ("Dockerfile", "server.py")
+
+
+def context_digest(context: Path) -> str:
+    """SHA-256 over the files an image is built from, so an edit to them triggers a rebuild."""
+    digest = hashlib.sha256()
+    for name in CONTEXT_FILES:
+        digest.update(name.encode() + b"\0" + (context / name).read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 class BuildError(Exception):
-    pass
+    """An image could not be built; the message says which step failed and why."""
 
 
-async def _run(*cmd: str) -> None:
-    process = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+async def _run(*command: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
     output, _ = await process.communicate()
     if process.returncode != 0:
-        tail = "\n".join(output.decode(errors="replace").splitlines()[-15:])
-        raise BuildError(f"{cmd[0]} failed with exit code {process.returncode}:\n{tail}")
+        tail = "\n".join(output.decode(errors="replace").splitlines()[-OUTPUT_TAIL:])
+        raise BuildError(f"{command[0]} failed with exit code {process.returncode}:\n{tail}")
 
 
-async def _tar_stream(root: Path) -> AsyncIterator[bytes]:
-    process = await asyncio.create_subprocess_exec("tar", "-C", str(root), "-c", ".", stdout=asyncio.subprocess.PIPE)
-    assert process.stdout is not None
-    while chunk := await process.stdout.read(1 << 20):
-        yield chunk
-    if await process.wait() != 0:
-        raise BuildError(f"tar of {root} failed")
-
-
-async def build_base(docker: DockerRuntime, progress: Callable[[str], None]) -> None:
+async def build_base(docker: DockerRuntime, progress: Progress) -> None:
+    """debootstrap a minimal Debian with the base packages, tar it, `docker import` it."""
     if shutil.which("debootstrap") is None:
-        raise BuildError("debootstrap is not installed; install it with `apt-get install -y debootstrap`")
+        raise BuildError(f"debootstrap is not installed (needed to build {BASE_IMAGE}); install it with `apt-get install -y debootstrap`")
     with tempfile.TemporaryDirectory(prefix="endpointd-rootfs-") as tmp:
-        root = Path(tmp) / "rootfs"
-        progress(f"debootstrap bookworm ({', '.join(BASE_PACKAGES)}) into {root} (about a minute)")
-        await _run("debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", "bookworm", str(root), DEBIAN_MIRROR)
+        root, tarball = Path(tmp) / "rootfs", Path(tmp) / "rootfs.tar"
+        progress(f"debootstrap {DEBIAN_SUITE} with {', '.join(BASE_PACKAGES)} into {root} (about a minute)")
+        await _run(
+            "debootstrap", "--variant=minbase", f"--include={','.join(BASE_PACKAGES)}", DEBIAN_SUITE, str(root), DEBIAN_MIRROR
+        )
+        # A whole tarball first, so that a failing tar can never leave a truncated image behind.
+        await _run("tar", "-C", str(root), "-cf", str(tarball), ".")
         progress(f"importing {BASE_IMAGE}")
-        await docker.import_rootfs(_tar_stream(root), BASE_IMAGE)
+        await docker.import_rootfs(tarball, BASE_IMAGE)
 
 
-async def build_all(force: bool, progress: Callable[[str], None]) -> None:
+async def build_all(force: bool, progress: Progress) -> None:
+    """Build the base and echo images, skipping each one that exists unless `force`."""
     docker = DockerRuntime()
     try:
-        if force or not await docker.image_exists(BASE_IMAGE):
+        rebuilt_base = force or not await docker.image_exists(BASE_IMAGE)
+        if rebuilt_base:
             await build_base(docker, progress)
         else:
             progress(f"{BASE_IMAGE} exists")
-        if force or not await docker.image_exists(ECHO_IMAGE):
+        digest = context_digest(ECHO_CONTEXT)
+        labels = await docker.image_labels(ECHO_IMAGE)
+        # A new base, or a changed echo engine (its files' digest is a label), needs a new image.
+        if rebuilt_base or labels is None or labels.get(CONTEXT_LABEL) != digest:
             progress(f"building {ECHO_IMAGE} from {ECHO_CONTEXT}")
-            await docker.build_image(ECHO_CONTEXT, ECHO_IMAGE)
+            await docker.build_image(ECHO_CONTEXT, ECHO_IMAGE, progress=progress, labels={CONTEXT_LABEL: digest})
         else:
-            progress(f"{ECHO_IMAGE} exists")
+            progress(f"{ECHO_IMAGE} is up to date")
     finally:
         await docker.close()
 
 
 def main(force: bool = False) -> int:
+    """`endpointd images build`: 0 when both images are there, 1 with the reason when not."""
+
     def progress(message: str) -> None:
         print(f"endpointd images: {message}", flush=True)
 
     try:
         asyncio.run(build_all(force, progress))
-    except (BuildError, RuntimeError_) as error:
+    except (BuildError, RuntimeError_, OSError) as error:
         print(f"endpointd images: {error}", file=sys.stderr)
         return 1
+    progress("done")
     return 0

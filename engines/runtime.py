@@ -148,7 +148,7 @@ class Runtime(Protocol):
         """Create and start a container; its port is published on 127.0.0.1 at a random host port."""
 
     async def stop(self, replica_id: str, grace_s: float) -> None:
-        """SIGTERM, then SIGKILL after grace_s; then remove the container."""
+        """SIGTERM, then SIGKILL after grace_s; then remove the container. ReplicaNotFound if none."""
 
     async def list(self, endpoint: EndpointKey | None = None) -> list[ReplicaInfo]:
         """The containers endpointd owns (found by label), all of them or one endpoint's."""
@@ -166,7 +166,7 @@ class Runtime(Protocol):
         ...
 
     def events(self) -> AsyncIterator[ReplicaEvent]:
-        """Death of any container endpointd owns, as it happens."""
+        """Deaths of containers endpointd owns (a stop is one too), as they happen from this call on."""
 
     async def close(self) -> None:
         ...

@@ -1,95 +1,273 @@
-"""The Docker runtime against the real Docker engine, with the echo engine image."""
+"""The Docker runtime: its pure parts as tables, then against the real Docker engine with the echo
+engine image (marked `docker`; they fail, never skip, under ENDPOINTD_REQUIRE_DOCKER=1)."""
 
 import asyncio
+import base64
+import json
+import logging
 import time
+import uuid
 
 import aiohttp
 import pytest
 
 from engines import readiness
-from engines.docker import DockerRuntime
+from engines.docker import DockerRuntime, create_config, registry_auth_header, usage_from_stats
 from engines.images import ECHO_IMAGE
-from engines.runtime import ContainerSpec, EndpointKey, EventKind, ImagePullFailed, ReplicaNotFound, ReplicaStatus
+from engines.runtime import (
+    ContainerSpec,
+    EndpointKey,
+    EventKind,
+    ImagePullFailed,
+    Mount,
+    RegistryAuth,
+    ReplicaNotFound,
+    ReplicaStatus,
+    RuntimeError_,
+    Usage,
+)
 
-KEY = EndpointKey("test-ns", "echo")
+
+SECRET = "s3cret-value"
+# Generous bounds for behaviour checks, not benchmarks: a loaded CI machine may be slow.
+READY_DEADLINE_S = 30.0
+EVENT_WAIT_S = 30.0
+STOP_MARGIN_S = 10.0
 
 
-def spec(**env) -> ContainerSpec:
-    return ContainerSpec(image=ECHO_IMAGE, env={k: str(v) for k, v in env.items()}, secret_env={"TOKEN": "s3cret"})
+def new_id() -> str:
+    """Replica ids are unique across endpoints (the runtime finds a container by its id alone)."""
+    return f"r{uuid.uuid4().hex[:8]}"
 
 
-async def test_start_ready_serve_logs_usage_stop(docker_runtime):
-    info = await docker_runtime.start(KEY, "r1", "7", spec(ECHO_STARTUP_DELAY_S=0.3))
-    assert info.container_name == "endpointd-test-ns-echo-r1"
+def echo(**env: object) -> ContainerSpec:
+    return ContainerSpec(image=ECHO_IMAGE, env={k: str(v) for k, v in env.items()}, secret_env={"HF_TOKEN": SECRET})
+
+
+async def until_line(lines, text: str) -> str:
+    async for line in lines:
+        if text in line:
+            return line
+    raise AssertionError(f"the log ended without a line containing {text!r}")
+
+
+# --- pure parts ------------------------------------------------------------------------------
+
+
+def test_create_config_carries_labels_ports_limits_and_gpus():
+    spec = ContainerSpec(
+        image="img:1", port=8000, health_route="/ready", entrypoint=("serve",), args=("--x", "1"),
+        env={"A": "1"}, secret_env={"TOKEN": SECRET}, mounts=(Mount("/models/m", "/repository"),),
+        shm_size_bytes=1 << 30, cpus=1.5, memory_bytes=2 << 30, gpu_device_ids=("GPU-a", "GPU-b"),
+    )
+    config = create_config(EndpointKey("ns", "e"), "r1", "4", spec, "127.0.0.1")
+    host = config["HostConfig"]
+    assert config["Labels"] == {
+        "endpointd.managed": "true", "endpointd.namespace": "ns", "endpointd.name": "e",
+        "endpointd.replica": "r1", "endpointd.revision": "4", "endpointd.port": "8000",
+        "endpointd.health-route": "/ready",
+    }
+    assert host["PortBindings"] == {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
+    assert (config["Entrypoint"], config["Cmd"]) == (["serve"], ["--x", "1"])
+    assert config["Env"] == ["A=1", f"TOKEN={SECRET}"]
+    assert host["Binds"] == ["/models/m:/repository:ro"]
+    assert (host["ShmSize"], host["NanoCpus"], host["Memory"]) == (1 << 30, 1_500_000_000, 2 << 30)
+    assert host["DeviceRequests"] == [{"Driver": "nvidia", "DeviceIDs": ["GPU-a", "GPU-b"], "Capabilities": [["gpu"]]}]
+
+
+def test_create_config_leaves_the_image_defaults_and_no_gpu():
+    config = create_config(EndpointKey("ns", "e"), "r1", "1", ContainerSpec(image="img:1"), "127.0.0.1")
+    assert not {"Entrypoint", "Cmd"} & config.keys()
+    assert not {"DeviceRequests", "NanoCpus", "Memory", "ShmSize"} & config["HostConfig"].keys()
+
+
+def _stats(total, pre_total, system, pre_system, online=2, usage=100, inactive=None, limit=1000):
+    details = {} if inactive is None else {"total_inactive_file": inactive}
+    return {
+        "cpu_stats": {"cpu_usage": {"total_usage": total}, "system_cpu_usage": system, "online_cpus": online},
+        "precpu_stats": {"cpu_usage": {"total_usage": pre_total}, "system_cpu_usage": pre_system},
+        "memory_stats": {"usage": usage, "limit": limit, "stats": details},
+    }
+
+
+@pytest.mark.parametrize(
+    "stats, expected",
+    [
+        (_stats(50, 0, 1000, 0), Usage(0.0, 100, 1000)),  # first sample: no previous one, 0 %
+        (_stats(150, 100, 1100, 1000), Usage(100.0, 100, 1000)),  # 50/100 of 2 CPUs = one CPU busy
+        (_stats(300, 100, 1100, 1000, online=4), Usage(800.0, 100, 1000)),  # 200/100 × 4 × 100
+        (_stats(100, 100, 1100, 1000, usage=100, inactive=30), Usage(0.0, 70, 1000)),  # idle; cache not counted
+        ({}, Usage(0.0, 0, None)),  # a stopped container's empty sample
+    ],
+)
+def test_usage_is_computed_as_docker_stats_does(stats, expected):
+    assert usage_from_stats(stats) == expected
+
+
+@pytest.mark.parametrize(
+    "image, server",
+    [
+        ("ghcr.io/acme/engine:1", "ghcr.io"),
+        ("localhost:5000/engine", "localhost:5000"),
+        ("acme/engine:1", "docker.io"),
+    ],
+)
+def test_registry_auth_header_is_base64url_json(image, server):
+    header = registry_auth_header(image, RegistryAuth("bob", "pw"))
+    assert json.loads(base64.urlsafe_b64decode(header)) == {"username": "bob", "password": "pw", "serveraddress": server}
+
+
+async def test_an_unreachable_engine_is_a_runtime_error_naming_the_operation(tmp_path):
+    runtime = DockerRuntime(url=f"unix://{tmp_path}/no-docker.sock")
+    try:
+        with pytest.raises(RuntimeError_, match="list containers: cannot reach the Docker engine"):
+            await runtime.list()
+        with pytest.raises(RuntimeError_, match="stop container replica r1: cannot reach the Docker engine"):
+            await runtime.stop("r1", 1)
+    finally:
+        await runtime.close()
+
+
+# --- against the real Docker engine ---------------------------------------------------------
+
+
+@pytest.mark.docker
+async def test_start_serve_logs_usage_and_stop(docker_runtime, docker_key, caplog):
+    rid = new_id()
+    caplog.set_level(logging.DEBUG)
+    info = await docker_runtime.start(docker_key, rid, "7", echo(ECHO_STARTUP_DELAY_S=0.3))
+    assert SECRET not in caplog.text  # secrets reach the container, never the log
+    assert info.container_name == f"endpointd-{docker_key.namespace}-echo-{rid}"
     assert info.address.startswith("127.0.0.1:")  # published on loopback only
-    async with aiohttp.ClientSession() as session:
-        info = await readiness.wait_ready(docker_runtime, info, session=session, deadline_s=30)
-        async with session.post(f"http://{info.address}/generate", json={"inputs": "real docker"}) as r:
-            assert (await r.json()) == {"generated_text": "real docker "}
-    lines = await docker_runtime.logs("r1")
+    followed = docker_runtime.follow_logs(rid, tail=50)
+    request_line = asyncio.create_task(until_line(followed, "POST /generate 200"))
+    try:
+        async with aiohttp.ClientSession() as session:
+            info = await readiness.wait_ready(docker_runtime, info, session=session, deadline_s=READY_DEADLINE_S)
+            async with session.post(f"http://{info.address}/generate", json={"inputs": "real docker"}) as response:
+                assert (await response.json()) == {"generated_text": "real docker "}
+        assert await asyncio.wait_for(request_line, EVENT_WAIT_S) == "POST /generate 200"
+    finally:
+        request_line.cancel()
+        await followed.aclose()
+    lines = await docker_runtime.logs(rid)
     assert "echo engine ready" in lines and "POST /generate 200" in lines
-    usage = await docker_runtime.usage("r1")
+    usage = await docker_runtime.usage(rid)
     assert usage.memory_bytes > 0 and usage.cpu_percent >= 0
+
     started = time.monotonic()
-    await docker_runtime.stop("r1", grace_s=10)
-    assert time.monotonic() - started < 10  # the engine stops on SIGTERM, long before SIGKILL
-    assert await docker_runtime.list(KEY) == []
-    with pytest.raises(ReplicaNotFound, match="replica r1"):
-        await docker_runtime.inspect("r1")
+    await docker_runtime.stop(rid, grace_s=STOP_MARGIN_S)
+    assert time.monotonic() - started < STOP_MARGIN_S  # the engine exits on SIGTERM, no SIGKILL needed
+    assert await docker_runtime.list(docker_key) == []
+    with pytest.raises(ReplicaNotFound, match=f"inspect replica {rid}"):
+        await docker_runtime.inspect(rid)
 
 
-async def test_a_new_runtime_adopts_running_replicas_from_labels(docker_runtime):
-    info = await docker_runtime.start(KEY, "r2", "3", spec())
+@pytest.mark.docker
+async def test_stop_kills_a_container_that_ignores_sigterm_after_the_grace_period(docker_runtime, docker_key):
+    rid = new_id()
+    # As PID 1 without a handler, the process ignores SIGTERM: only the SIGKILL after grace ends it.
+    stubborn = ContainerSpec(image=ECHO_IMAGE, entrypoint=("python3", "-c"), args=("import time; time.sleep(600)",))
+    await docker_runtime.start(docker_key, rid, "1", stubborn)
+    started = time.monotonic()
+    await docker_runtime.stop(rid, grace_s=1)
+    assert 0.9 <= time.monotonic() - started < 1 + STOP_MARGIN_S
+    assert await docker_runtime.list(docker_key) == []
+
+
+@pytest.mark.docker
+async def test_a_new_runtime_adopts_running_replicas_from_their_labels(docker_runtime, docker_key):
+    rid = new_id()
+    info = await docker_runtime.start(docker_key, rid, "3", ContainerSpec(image=ECHO_IMAGE, health_route="/health"))
     fresh = DockerRuntime()
     try:
-        found = await fresh.list(KEY)
-        assert [(f.replica_id, f.revision, f.address, f.status) for f in found] == [
-            ("r2", "3", info.address, ReplicaStatus.RUNNING)
-        ]
-        assert found[0].health_route == "/health"
+        found = await fresh.list(docker_key)
     finally:
         await fresh.close()
+    assert [(f.replica_id, f.revision, f.address, f.status, f.health_route, f.container_id) for f in found] == [
+        (rid, "3", info.address, ReplicaStatus.RUNNING, "/health", info.container_id)
+    ]
 
 
-async def test_crash_is_reported_as_a_death_event(docker_runtime):
-    events = docker_runtime.events()
-    first = asyncio.ensure_future(events.__anext__())
-    info = await docker_runtime.start(KEY, "r3", "1", spec(ECHO_CRASH_AFTER_REQUESTS=1))
-    async with aiohttp.ClientSession() as session:
-        info = await readiness.wait_ready(docker_runtime, info, session=session, deadline_s=30)
-        async with session.post(f"http://{info.address}/generate", json={"inputs": "last words"}) as r:
-            assert r.status == 200
-    event = await asyncio.wait_for(first, 30)
-    assert (event.kind, event.replica_id, event.endpoint, event.exit_code) == (EventKind.DIED, "r3", KEY, 3)
-    await events.aclose()
+@pytest.mark.docker
+async def test_a_crash_arrives_as_a_death_event_with_its_exit_code(docker_runtime, docker_key):
+    rid = new_id()
+    events = docker_runtime.events()  # from now on: before the container exists
+
+    async def death() -> object:
+        async for event in events:
+            if event.replica_id == rid:
+                return event
+
+    died = asyncio.create_task(death())
+    try:
+        info = await docker_runtime.start(docker_key, rid, "1", echo(ECHO_CRASH_AFTER_REQUESTS=1))
+        async with aiohttp.ClientSession() as session:
+            info = await readiness.wait_ready(docker_runtime, info, session=session, deadline_s=READY_DEADLINE_S)
+            async with session.post(f"http://{info.address}/generate", json={"inputs": "last words"}) as response:
+                assert response.status == 200
+        event = await asyncio.wait_for(died, EVENT_WAIT_S)
+    finally:
+        died.cancel()
+        await events.aclose()
+    assert (event.kind, event.replica_id, event.endpoint, event.exit_code) == (EventKind.DIED, rid, docker_key, 3)
+    assert (await docker_runtime.inspect(rid)).status is ReplicaStatus.EXITED
 
 
-async def test_exit_during_start_up_names_the_code_and_the_last_lines(docker_runtime):
-    info = await docker_runtime.start(KEY, "r4", "1", spec(ECHO_STARTUP_DELAY_S=-1))  # invalid: exits 2
+@pytest.mark.docker
+async def test_an_exit_during_start_up_names_the_code_and_the_last_lines(docker_runtime, docker_key):
+    rid = new_id()
+    script = "import sys; print('loading weights'); print('CUDA out of memory', file=sys.stderr); sys.exit(7)"
+    spec = ContainerSpec(image=ECHO_IMAGE, entrypoint=("python3", "-c"), args=(script,))
+    info = await docker_runtime.start(docker_key, rid, "1", spec)
     async with aiohttp.ClientSession() as session:
         with pytest.raises(readiness.ReplicaStartFailed) as failure:
-            await readiness.wait_ready(docker_runtime, info, session=session, deadline_s=30)
-    assert failure.value.exit_code == 2
-    assert "ECHO_STARTUP_DELAY_S='-1' is invalid" in str(failure.value)
+            await readiness.wait_ready(docker_runtime, info, session=session, deadline_s=READY_DEADLINE_S)
+    assert failure.value.exit_code == 7
+    # Both streams; their relative order is not kept (two pipes, two readers in Docker).
+    assert sorted(failure.value.last_lines) == ["CUDA out of memory", "loading weights"]
+    assert f"start replica {rid}: exited with code 7" in str(failure.value)
 
 
-async def test_never_ready_times_out(docker_runtime):
-    info = await docker_runtime.start(KEY, "r5", "1", spec(ECHO_NEVER_READY=1))
+@pytest.mark.docker
+async def test_a_replica_never_ready_times_out(docker_runtime, docker_key):
+    rid = new_id()
+    info = await docker_runtime.start(docker_key, rid, "1", echo(ECHO_NEVER_READY=1))
     async with aiohttp.ClientSession() as session:
-        with pytest.raises(readiness.ReplicaStartTimeout, match="/health did not answer 200 within 1 s"):
+        with pytest.raises(readiness.ReplicaStartTimeout, match=f"replica {rid}: /health did not answer 200 within 1 s"):
             await readiness.wait_ready(docker_runtime, info, session=session, deadline_s=1)
 
 
-async def test_pull_failure_names_the_image(docker_runtime):
-    with pytest.raises(ImagePullFailed, match="pull image example.invalid/nothing:1"):
-        await docker_runtime.ensure_image("example.invalid/nothing:1")
-    await docker_runtime.ensure_image(ECHO_IMAGE)  # present locally: no pull
+@pytest.mark.docker
+async def test_a_pull_failure_names_the_image_and_a_local_image_is_not_pulled(docker_runtime):
+    with pytest.raises(ImagePullFailed, match="pull image example.invalid/nothing:1: .*example.invalid"):
+        await docker_runtime.ensure_image("example.invalid/nothing:1", RegistryAuth("bob", "pw"))
+    progress: list[str] = []
+    await docker_runtime.ensure_image(ECHO_IMAGE, progress=progress.append)
+    assert progress == []
 
 
-async def test_docker_errors_name_the_operation_and_container(docker_runtime):
-    from engines.runtime import RuntimeError_
+@pytest.mark.docker
+async def test_docker_errors_name_the_operation_and_the_container(docker_runtime, docker_key):
+    rid = new_id()
+    with pytest.raises(RuntimeError_, match=f"start container endpointd-{docker_key.namespace}-echo-{rid}: .*no-such-image"):
+        await docker_runtime.start(docker_key, rid, "1", ContainerSpec(image="no-such-image:never"))
+    assert await docker_runtime.list(docker_key) == []  # nothing half-created left behind
+    for operation, call in [
+        ("stop container", lambda: docker_runtime.stop(rid, 1)),
+        ("logs", lambda: docker_runtime.logs(rid)),
+        ("stats", lambda: docker_runtime.usage(rid)),
+    ]:
+        with pytest.raises(ReplicaNotFound, match=f"{operation} replica {rid}: no container of endpointd"):
+            await call()
 
-    with pytest.raises(RuntimeError_, match="start container endpointd-test-ns-echo-r6: .*no-such-image"):
-        await docker_runtime.start(KEY, "r6", "1", ContainerSpec(image="no-such-image:never"))
-    with pytest.raises(ReplicaNotFound, match="stop container|find replica r404"):
-        await docker_runtime.stop("r404", 1)
+
+@pytest.mark.docker
+async def test_a_failing_build_names_the_step_and_its_output(docker_runtime, tmp_path):
+    (tmp_path / "Dockerfile").write_text(
+        f"FROM {ECHO_IMAGE}\nRUN echo about to fail && exit 7\n"
+    )
+    tag = f"endpointd/test-broken:{uuid.uuid4().hex[:8]}"
+    with pytest.raises(RuntimeError_, match=f"(?s)build image {tag}: .*non-zero code: 7 \\(at Step 2/2 : RUN .*about to fail"):
+        await docker_runtime.build_image(tmp_path, tag)
+    assert not await docker_runtime.image_exists(tag)
