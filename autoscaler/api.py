@@ -22,6 +22,8 @@ from engines import hardware
 from engines.presets import PresetError
 from engines.gpus import Gpu, GpuAllocator
 from engines.runtime import EndpointKey
+from proxy.app import handle as proxy_handle
+from proxy.app import routed_by_host
 from proxy.auth import bearer_token
 from proxy.forward import REQUEST_ID, request_id
 
@@ -72,6 +74,8 @@ def error_body(status: int, message: str, rid: str) -> web.Response:
 async def errors_middleware(request: web.Request, handler):
     """Every failure of a management call becomes `{"error": ...}` with its status; no traceback
     reaches a caller."""
+    if routed_by_host(request):  # the Host names an endpoint: /v2/... is that endpoint's path
+        return await proxy_handle(request)
     rid = request_id(request.headers.get(REQUEST_ID))
     try:
         return await handler(request)
@@ -151,13 +155,13 @@ class ManagementApi:
         return Desired(
             key=EndpointKey(rec.namespace, rec.name),
             revision=rec.revision,
-            auth=spec.auth,
+            auth=spec.type,
             health_route=spec.health_route,
             min_replicas=scaling.min_replica,
             max_replicas=scaling.max_replica,
             target=rec.target_replicas,
             paused=rec.paused,
-            domain=spec.route_domain,
+            domain=spec.route.domain,
             spec=spec,
         )
 

@@ -1,382 +1,460 @@
-"""The Inference Endpoints v2 wire format (../shared/HF-API.md): request bodies parsed into a
-frozen `EndpointSpec` with clear errors, sparse updates, and responses in the client's shape.
-Pure functions: no HTTP, no storage."""
+"""The Inference Endpoints v2 wire format (HF-API.md): request bodies to `EndpointSpec`, sparse updates, responses."""
 
 from __future__ import annotations
 
+import copy
 import enum
+import json
 import re
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn, TypeVar
 
-from engines.hardware import ComputeOffer
+from engines.hardware import ACCELERATORS, ComputeOffer
 from proxy.control import AuthType
 
+from .spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
 from .state import State
 
-NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")  # 1-32 chars, no leading/trailing '-'
-SIZE = re.compile(r"x[1-9][0-9]*")
-VARIANTS = ("vLLM", "sGLang", "tgi", "tei", "llamacpp", "hfServe", "custom", "huggingface")
-TYPES = {"public": AuthType.PUBLIC, "authenticated": AuthType.AUTHENTICATED, "protected": AuthType.AUTHENTICATED,
-         "private": AuthType.PRIVATE}
-ACCELERATORS = ("cpu", "gpu")
-# Defaults of the reference service (HF-API.md §12, DESIGN.md "Control loop").
-DEFAULT_MIN_REPLICA, DEFAULT_MAX_REPLICA = 1, 2
-DEFAULT_THRESHOLDS = {"pendingRequests": 1.5, "hardwareUsage": 80.0}
-DEFAULT_SCALE_TO_ZERO_MIN = 15  # [spec-md] EndpointScaling: "default: 15, requires minReplica=0"
-# The reference accepts 15-2880 minutes; an on-prem host has no reason to forbid short idle
-# times (a test box, a laptop), so only the upper bound is kept.
-MAX_SCALE_TO_ZERO_MIN = 2880
-DEFAULT_HEALTH_ROUTE = "/health"
-LOCAL_PROVIDER = "local"  # vendor and region of this host in GET /v2/provider
+# One rule for every key of a body, create or update (HF-API.md §5, §6):
+# - absent: on create the default, or `WireError` for the keys the client always sends; on update, unchanged;
+# - null: the default (revision, task, command, args, route parts, privateService, cacheHttpResponses → null;
+#   env, secrets → {}; tags → []; measure → pendingRequests 1.5; scaleToZeroTimeout → 15 when minReplica is 0,
+#   else null). The client never sends null in an update (§6): this only lets a hand-written request reset a
+#   key. A required key cannot be null;
+# - a value: validated and taken. Objects (compute, scaling, model, provider, route) merge key by key; the
+#   leaves, `model.image`, `model.env`, `model.secrets`, `measure` and `privateService` included, are replaced
+#   whole, so `{}` clears env or secrets (§6: the client sends `{}` to mean that) and `model.image` is replaced.
+# Unknown keys are ignored at every level (forward compatibility); a known key of the wrong type is an error.
+
+NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")  # issue 4: 1-32 chars, no leading/trailing '-'
+SIZE = re.compile(r"x[1-9][0-9]*")  # x1, x2, ...: a count of CPUs or GPUs; x0 would be nothing
+VARIANTS = ("vLLM", "sGLang", "tgi", "tei", "llamacpp", "hfServe", "custom", "huggingface")  # §12, hf_api.py:9291
+TYPE_ALIASES = {"protected": AuthType.AUTHENTICATED}  # [spec-2023] spelling, still in UI exports (§12)
+# Defaults of the reference service when `measure` or its threshold is null or absent (§12, autoscaling.mdx).
+# pendingRequests is the default metric: the proxy counts pending requests exactly; hardware use is sampled.
+DEFAULT_THRESHOLDS = {ScalingMetric.PENDING_REQUESTS: 1.5, ScalingMetric.HARDWARE_USAGE: 80.0}
+DEFAULT_MEASURE = Measure(ScalingMetric.PENDING_REQUESTS, DEFAULT_THRESHOLDS[ScalingMetric.PENDING_REQUESTS])
+# minReplica 0 with a null scaleToZeroTimeout: [spec-md] EndpointScaling says "default: 15" (§12).
+DEFAULT_SCALE_TO_ZERO_MIN = 15
+# The reference accepts 15-2880 minutes (§12, third-party, UNCONFIRMED). The upper bound is kept; the lower
+# one is 1 because on one's own host a short idle time costs nothing, and tests need to see it happen.
+MIN_SCALE_TO_ZERO_MIN, MAX_SCALE_TO_ZERO_MIN = 1, 2880
+LOCAL_PROVIDER = "local"  # vendor and region of this host in GET /v2/provider (§9)
+
+T = TypeVar("T")
+_MISSING: Any = object()  # a key the body does not have; messages say "got nothing (the key is missing)"
 
 
 class WireError(ValueError):
-    """A request body that cannot be accepted; the message names the JSON path and what to fix."""
+    """A request body that cannot be accepted; the message names the JSON path, the bad value and what to send."""
 
 
 class ChangeKind(enum.StrEnum):
+    """What an update asks of the replicas."""
+
     NONE = "none"
-    IN_PLACE = "in-place"  # scaling, access, routing, tags: no container restarts
-    ROLL = "roll"  # model, image, hardware, env: new replicas replace the old ones
-
-
-@dataclass(frozen=True)
-class Scaling:
-    min_replica: int = DEFAULT_MIN_REPLICA
-    max_replica: int = DEFAULT_MAX_REPLICA
-    scale_to_zero_timeout_min: int | None = None
-    metric: str = "pendingRequests"
-    threshold: float = DEFAULT_THRESHOLDS["pendingRequests"]
-
-    @property
-    def idle_timeout_min(self) -> int | None:
-        """Minutes idle before scaling to zero; None when min > 0 (never)."""
-        if self.min_replica > 0:
-            return None
-        return self.scale_to_zero_timeout_min or DEFAULT_SCALE_TO_ZERO_MIN
-
-
-@dataclass(frozen=True)
-class Compute:
-    accelerator: str
-    instance_type: str
-    instance_size: str
-    scaling: Scaling = Scaling()
-
-
-@dataclass(frozen=True)
-class Model:
-    repository: str
-    framework: str = "pytorch"
-    revision: str | None = None
-    task: str | None = None
-    image: dict[str, Any] = field(default_factory=lambda: {"huggingface": {}})
-    command: tuple[str, ...] | None = None
-    args: tuple[str, ...] | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    secrets: dict[str, str] = field(default_factory=dict, repr=False)  # never rendered nor logged
-
-
-@dataclass(frozen=True)
-class EndpointSpec:
-    name: str
-    type: str
-    compute: Compute
-    model: Model
-    provider: dict[str, Any] = field(default_factory=dict)
-    route_domain: str | None = None
-    route_path: str | None = None
-    private_service: dict[str, Any] | None = None
-    cache_http_responses: bool | None = None
-    tags: tuple[str, ...] = ()
-
-    @property
-    def variant(self) -> str:
-        return next(iter(self.model.image))
-
-    @property
-    def health_route(self) -> str:
-        options = self.model.image[self.variant]
-        return options.get("healthRoute") or options.get("health_route") or DEFAULT_HEALTH_ROUTE
-
-    @property
-    def auth(self) -> AuthType:
-        return TYPES[self.type]
-
-
-# --- reading JSON with paths ----------------------------------------------------------------
-
-
-def _obj(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise WireError(f"{path} must be a JSON object; got {value!r}")
-    return value
-
-
-def _str(value: Any, path: str, *, optional: bool = False) -> str | None:
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value:
-        raise WireError(f"{path} must be a non-empty string; got {value!r}")
-    return value
-
-
-def _int(value: Any, path: str, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
-        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
-        raise WireError(f"{path} must be an integer {bound}; got {value!r}")
-    return value
-
-
-def _strings(value: Any, path: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise WireError(f"{path} must be a list of strings; got {value!r}")
-    return tuple(value)
-
-
-def _str_map(value: Any, path: str) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise WireError(f"{path} must be an object of string values; got a {type(value).__name__}")
-    return dict(value)
-
-
-def _image(value: Any) -> dict[str, Any]:
-    image = _obj(value, "model.image")
-    if len(image) != 1 or next(iter(image)) not in VARIANTS:
-        raise WireError(f"model.image must have exactly one key among {', '.join(VARIANTS)}; got {sorted(image)}")
-    variant, options = next(iter(image.items()))
-    _obj(options, f"model.image.{variant}")
-    if variant == "custom":
-        _str(options.get("url"), "model.image.custom.url")
-    route = options.get("healthRoute")
-    if route is not None and (not isinstance(route, str) or not route.startswith("/")):
-        raise WireError(f"model.image.{variant}.healthRoute must be a path starting with '/'; got {route!r}")
-    return {variant: dict(options)}
-
-
-def _scaling(body: dict[str, Any], base: Scaling) -> Scaling:
-    s = base
-    if "minReplica" in body:
-        s = replace(s, min_replica=_int(body["minReplica"], "compute.scaling.minReplica", 0))
-        if s.min_replica > 0:  # leaving scale-to-zero: its idle timeout no longer applies
-            s = replace(s, scale_to_zero_timeout_min=None)
-    if "maxReplica" in body:
-        s = replace(s, max_replica=_int(body["maxReplica"], "compute.scaling.maxReplica", 1))
-    if "scaleToZeroTimeout" in body and body["scaleToZeroTimeout"] is not None:
-        s = replace(s, scale_to_zero_timeout_min=_int(
-            body["scaleToZeroTimeout"], "compute.scaling.scaleToZeroTimeout", 1, MAX_SCALE_TO_ZERO_MIN))
-        if s.min_replica != 0:
-            raise WireError(
-                f"compute.scaling.scaleToZeroTimeout needs minReplica 0 (scale to zero); minReplica is {s.min_replica}"
-            )
-    measure = body.get("measure")
-    if measure is not None:
-        measure = _obj(measure, "compute.scaling.measure")
-        if len(measure) != 1 or next(iter(measure)) not in DEFAULT_THRESHOLDS:
-            raise WireError(f"compute.scaling.measure must have one key, pendingRequests or hardwareUsage; got {sorted(measure)}")
-        metric, threshold = next(iter(measure.items()))
-        if threshold is None:
-            threshold = DEFAULT_THRESHOLDS[metric]
-        hi = 100 if metric == "hardwareUsage" else None
-        if isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold <= 0 or (hi and threshold > hi):
-            raise WireError(
-                f"compute.scaling.measure.{metric} must be a number greater than 0{' and at most 100 (percent)' if hi else ''}; got {threshold!r}"
-            )
-        s = replace(s, metric=metric, threshold=float(threshold))
-    if s.max_replica < s.min_replica:
-        raise WireError(
-            f"compute.scaling.minReplica ({s.min_replica}) must not exceed compute.scaling.maxReplica ({s.max_replica})"
-        )
-    return s
-
-
-def _compute(body: dict[str, Any], base: Compute | None) -> Compute:
-    c = base
-    fields = {}
-    for key, attr in (("accelerator", "accelerator"), ("instanceType", "instance_type"), ("instanceSize", "instance_size")):
-        if key in body or base is None:
-            fields[attr] = _str(body.get(key), f"compute.{key}")
-    if fields.get("accelerator") is not None and fields["accelerator"] not in ACCELERATORS:
-        raise WireError(f"compute.accelerator must be cpu or gpu; got {fields['accelerator']!r}")
-    if fields.get("instance_size") is not None and not SIZE.fullmatch(fields["instance_size"]):
-        raise WireError(f"compute.instanceSize must look like x1, x2, x4…; got {fields['instance_size']!r}")
-    c = replace(c, **fields) if c is not None else Compute(**fields)
-    if "scaling" in body:
-        c = replace(c, scaling=_scaling(_obj(body["scaling"], "compute.scaling"), c.scaling))
-    return c
-
-
-def _model(body: dict[str, Any], base: Model | None) -> Model:
-    m = base if base is not None else Model(repository=_str(body.get("repository"), "model.repository"))
-    if "repository" in body:
-        m = replace(m, repository=_str(body["repository"], "model.repository"))
-    if "framework" in body:
-        m = replace(m, framework=_str(body["framework"], "model.framework", optional=True) or "pytorch")
-    for key in ("revision", "task"):
-        if key in body:
-            m = replace(m, **{key: _str(body[key], f"model.{key}", optional=True)})
-    if "image" in body:
-        m = replace(m, image=_image(body["image"]))
-    for key in ("command", "args"):
-        if key in body:
-            m = replace(m, **{key: _strings(body[key], f"model.{key}") if body[key] is not None else None})
-    for key in ("env", "secrets"):
-        if key in body and body[key] is not None:
-            m = replace(m, **{key: _str_map(body[key], f"model.{key}")})
-    overlap = set(m.env) & set(m.secrets)
-    if overlap:
-        raise WireError(f"model.env and model.secrets both set {sorted(overlap)[0]}; keep it in one of them")
-    return m
-
-
-def _top_level(body: dict[str, Any], spec: EndpointSpec) -> EndpointSpec:
-    if "type" in body:
-        kind = body["type"]
-        if kind not in TYPES:
-            raise WireError(f"type must be public, authenticated or private; got {kind!r}")
-        spec = replace(spec, type="authenticated" if kind == "protected" else kind)
-    if body.get("provider") is not None:
-        spec = replace(spec, provider=dict(_obj(body["provider"], "provider")))
-    if "route" in body and body["route"] is not None:
-        route = _obj(body["route"], "route")
-        domain = _str(route.get("domain"), "route.domain", optional=True)
-        spec = replace(spec, route_domain=domain.lower() if domain else None,
-                       route_path=_str(route.get("path"), "route.path", optional=True))
-    if "privateService" in body:
-        spec = replace(spec, private_service=_obj(body["privateService"], "privateService") if body["privateService"] else None)
-    if "cacheHttpResponses" in body and body["cacheHttpResponses"] is not None:
-        if not isinstance(body["cacheHttpResponses"], bool):
-            raise WireError(f"cacheHttpResponses must be true or false; got {body['cacheHttpResponses']!r}")
-        spec = replace(spec, cache_http_responses=body["cacheHttpResponses"])
-    if "tags" in body and body["tags"] is not None:
-        spec = replace(spec, tags=_strings(body["tags"], "tags"))
-    return spec
-
-
-def parse_create(body: Any) -> EndpointSpec:
-    """`POST /v2/endpoint/{ns}` (HF-API.md §5). Unknown keys are ignored, wrong types are not."""
-    body = _obj(body, "the request body")
-    name = body.get("name")
-    if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise WireError(
-            f"name must be 1 to 32 lowercase letters, digits or '-', not starting or ending with '-'; got {name!r}"
-        )
-    compute = _compute(_obj(body.get("compute"), "compute"), None)
-    model = _model(_obj(body.get("model"), "model"), None)
-    spec = EndpointSpec(name=name, type="authenticated", compute=compute, model=model)
-    return _top_level(body, spec)
-
-
-def apply_update(spec: EndpointSpec, body: Any) -> tuple[EndpointSpec, ChangeKind]:
-    """Sparse `PUT` (HF-API.md §6): only the keys sent change; `model.image` is replaced whole and
-    an empty `env`/`secrets` clears them. `name` cannot change."""
-    body = _obj(body, "the request body")
-    if "name" in body and body["name"] != spec.name:
-        raise WireError(f"name cannot be changed (it is {spec.name!r}); create a new endpoint instead")
-    new = spec
-    if "compute" in body:
-        new = replace(new, compute=_compute(_obj(body["compute"], "compute"), new.compute))
-    if "model" in body:
-        new = replace(new, model=_model(_obj(body["model"], "model"), new.model))
-    new = _top_level(body, new)
-    if new == spec:
-        return new, ChangeKind.NONE
-    hardware = (spec.compute.accelerator, spec.compute.instance_type, spec.compute.instance_size)
-    if new.model != spec.model or (new.compute.accelerator, new.compute.instance_type, new.compute.instance_size) != hardware:
-        return new, ChangeKind.ROLL
-    return new, ChangeKind.IN_PLACE
-
-
-# --- storage (secrets included: the store must keep them) -------------------------------------
-
-
-def spec_to_json(spec: EndpointSpec) -> dict[str, Any]:
-    s, m = spec.compute.scaling, spec.model
-    return {
-        "name": spec.name, "type": spec.type, "provider": spec.provider,
-        "compute": {"accelerator": spec.compute.accelerator, "instanceType": spec.compute.instance_type,
-                    "instanceSize": spec.compute.instance_size,
-                    "scaling": {"minReplica": s.min_replica, "maxReplica": s.max_replica,
-                                "scaleToZeroTimeout": s.scale_to_zero_timeout_min, "measure": {s.metric: s.threshold}}},
-        "model": {"repository": m.repository, "framework": m.framework, "revision": m.revision, "task": m.task,
-                  "image": m.image, "command": list(m.command) if m.command is not None else None,
-                  "args": list(m.args) if m.args is not None else None, "env": m.env, "secrets": m.secrets},
-        "route": {"domain": spec.route_domain, "path": spec.route_path},
-        "privateService": spec.private_service, "cacheHttpResponses": spec.cache_http_responses, "tags": list(spec.tags),
-    }
-
-
-def spec_from_json(data: dict[str, Any]) -> EndpointSpec:
-    return parse_create(data)
-
-
-# --- responses -----------------------------------------------------------------------------
+    SCALING_ONLY = "scaling-only"  # scaling, type, provider, route, privateService, cache, tags: no restart
+    ROLL = "roll"  # model.* (image, env, secrets, command, args...) or hardware: new replicas replace the old
 
 
 @dataclass(frozen=True)
 class StatusView:
+    """What the controller knows of an endpoint, as `render_endpoint` shows it under `status`."""
+
     state: State
     message: str
-    created_at: datetime
+    created_at: datetime  # timezone-aware
     updated_at: datetime
-    url: str | None
+    url: str | None  # only when the health route answers 200 (§13 item 5)
     ready_replica: int
     target_replica: int
+    error_message: str | None = None  # an extra `errorMessage`: the client ignores it (§7)
+
+    def __post_init__(self) -> None:
+        for moment in (self.created_at, self.updated_at):
+            if moment.tzinfo is None:
+                raise ValueError(f"StatusView times must be timezone-aware; got naive {moment.isoformat()}")
+
+
+# --- reading JSON, every failure naming its path ------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    if value is _MISSING:
+        return "nothing (the key is missing)"
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _json_type(value: Any) -> str:
+    """The JSON type of a value that must not be echoed (a secret)."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    return {str: "a string", int: "a number", float: "a number", list: "an array", dict: "an object"}.get(
+        type(value), type(value).__name__)
+
+
+def _fail(path: str, rule: str, value: Any) -> NoReturn:
+    raise WireError(f"{path} must be {rule}; got {_show(value)}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _take(body: dict[str, Any], key: str, path: str, parse: Callable[[Any, str], T],
+          keep: Any = _MISSING, default: Any = _MISSING) -> T:
+    """One key, by the rule above: absent → `keep` (update) or `default`, null → `default`; a key
+    without a default is required and its parser reports it."""
+    value = body.get(key, _MISSING)
+    if value is _MISSING and keep is not _MISSING:
+        return keep
+    if (value is None or value is _MISSING) and default is not _MISSING:
+        return default
+    return parse(value, _join(path, key))
+
+
+def _kept(base: Any, attr: str) -> Any:
+    return _MISSING if base is None else getattr(base, attr)
+
+
+def _object(value: Any, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        _fail(path, "a JSON object", value)
+    return value
+
+
+def _text(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        _fail(path, "a non-empty string", value)
+    return value
+
+
+def _texts(value: Any, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        _fail(path, "a list of strings", value)
+    return tuple(value)
+
+
+def _flag(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        _fail(path, "true or false", value)
+    return value
+
+
+def _integer(value: Any, path: str, lo: int, hi: int | None, rule: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (hi is not None and value > hi):
+        _fail(path, rule, value)
+    return value
+
+
+def _env(value: Any, path: str, *, secret: bool = False) -> dict[str, str]:
+    """Names to strings; a secret's value is never echoed, only its JSON type."""
+    for key, item in _object(value, path).items():
+        if not key or "=" in key:
+            _fail(path, "an object whose keys are variable names (non-empty, without '=')", key)
+        if not isinstance(item, str):
+            if secret:
+                raise WireError(f"{path}.{key} must be a string; got {_json_type(item)} (not shown: it is a secret)")
+            _fail(f"{path}.{key}", "a string", item)
+    return dict(value)
+
+
+def _secrets(value: Any, path: str) -> dict[str, str]:
+    return _env(value, path, secret=True)
+
+
+# --- the parts of a spec ------------------------------------------------------------------------
+
+
+def _name(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        _fail(path, "1 to 32 lowercase letters, digits or '-', not starting or ending with '-'", value)
+    return value
+
+
+def _type(value: Any, path: str) -> AuthType:
+    if isinstance(value, str) and value in TYPE_ALIASES:
+        return TYPE_ALIASES[value]
+    if value not in tuple(AuthType):
+        _fail(path, 'one of "public", "authenticated", "private" ("protected" is read as "authenticated")', value)
+    return AuthType(value)
+
+
+def _provider(body: dict[str, Any], base: Provider | None) -> Provider:
+    return Provider(
+        vendor=_take(body, "vendor", "provider", _text, keep=_kept(base, "vendor")),
+        region=_take(body, "region", "provider", _text, keep=_kept(base, "region")),
+    )
+
+
+def _route(body: dict[str, Any], base: Route | None) -> Route:
+    def path_(value: Any, path: str) -> str:
+        if not isinstance(value, str) or not value.startswith("/"):
+            _fail(path, "a path starting with '/'", value)
+        return value
+
+    return Route(
+        domain=_take(body, "domain", "route", lambda v, p: _text(v, p).lower(), _kept(base, "domain"), None),
+        path=_take(body, "path", "route", path_, _kept(base, "path"), None),
+    )
+
+
+def _measure(value: Any, path: str) -> Measure:
+    rule = 'an object with one key, "pendingRequests" or "hardwareUsage", e.g. {"pendingRequests": 1.5}'
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in tuple(ScalingMetric):
+        _fail(path, rule, value)
+    key, threshold = next(iter(value.items()))
+    metric = ScalingMetric(key)
+    if threshold is None:
+        return Measure(metric, DEFAULT_THRESHOLDS[metric])
+    percent = metric is ScalingMetric.HARDWARE_USAGE
+    if (isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold <= 0
+            or (percent and threshold > 100)):
+        _fail(f"{path}.{key}", "a number greater than 0" + (" and at most 100 (percent)" if percent else ""), threshold)
+    return Measure(metric, float(threshold))
+
+
+def _metric(value: Any, path: str) -> ScalingMetric:
+    if value not in tuple(ScalingMetric):
+        _fail(path, '"pendingRequests" or "hardwareUsage"', value)
+    return ScalingMetric(value)
+
+
+def _scaling_measure(body: dict[str, Any], base: Measure | None) -> Measure:
+    """`measure` is what the client sends; `metric` (UI exports, §12) only selects one; `threshold` is ignored."""
+    path = "compute.scaling"
+    named = _take(body, "metric", path, _metric, default=None)
+    if body.get("measure") is not None:
+        measure = _measure(body["measure"], f"{path}.measure")
+        if named is not None and named is not measure.metric:
+            _fail(f"{path}.metric", f'the key of {path}.measure ("{measure.metric}") or null', named)
+        return measure
+    if named is not None:
+        return base if base is not None and base.metric is named else Measure(named, DEFAULT_THRESHOLDS[named])
+    return base if base is not None and "measure" not in body else DEFAULT_MEASURE
+
+
+def _scaling(body: dict[str, Any], base: Scaling | None) -> Scaling:
+    path = "compute.scaling"
+    max_replica = _take(body, "maxReplica", path, lambda v, p: _integer(v, p, 1, None, "an integer of at least 1"),
+                        keep=_kept(base, "max_replica"))
+    if base is None or "minReplica" in body:
+        min_replica = _take(body, "minReplica", path, lambda v, p: _integer(
+            v, p, 0, max_replica, f"an integer between 0 and maxReplica ({max_replica})"))
+    elif base.min_replica > max_replica:
+        _fail(f"{path}.maxReplica", f"an integer of at least minReplica ({base.min_replica})", max_replica)
+    else:
+        min_replica = base.min_replica
+
+    timeout = body.get("scaleToZeroTimeout")
+    if timeout is not None:
+        timeout = _integer(timeout, f"{path}.scaleToZeroTimeout", MIN_SCALE_TO_ZERO_MIN, MAX_SCALE_TO_ZERO_MIN,
+                           f"an integer number of minutes between {MIN_SCALE_TO_ZERO_MIN} and {MAX_SCALE_TO_ZERO_MIN}")
+        if min_replica != 0:
+            raise WireError(
+                f"{path}.scaleToZeroTimeout needs {path}.minReplica 0 to scale to zero, but minReplica is "
+                f"{min_replica}: send minReplica 0, or scaleToZeroTimeout null; got {timeout}")
+    elif min_replica > 0:
+        timeout = None  # also when leaving scale-to-zero: its idle timeout no longer applies
+    elif base is not None and base.scale_to_zero_timeout_min is not None and "scaleToZeroTimeout" not in body:
+        timeout = base.scale_to_zero_timeout_min
+    else:
+        timeout = DEFAULT_SCALE_TO_ZERO_MIN
+    return Scaling(min_replica, max_replica, timeout, _scaling_measure(body, base and base.measure))
+
+
+def _accelerator(value: Any, path: str) -> str:
+    if value not in ACCELERATORS:
+        _fail(path, " or ".join(f'"{a}"' for a in ACCELERATORS), value)
+    return value
+
+
+def _size(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not SIZE.fullmatch(value):
+        _fail(path, 'an instance size such as "x1", "x2", "x4"', value)
+    return value
+
+
+def _compute(body: dict[str, Any], base: Compute | None) -> Compute:
+    k = partial(_kept, base)
+    return Compute(
+        accelerator=_take(body, "accelerator", "compute", _accelerator, k("accelerator")),
+        instance_type=_take(body, "instanceType", "compute", _text, k("instance_type")),
+        instance_size=_take(body, "instanceSize", "compute", _size, k("instance_size")),
+        scaling=_take(body, "scaling", "compute", lambda v, p: _scaling(_object(v, p), base and base.scaling),
+                      k("scaling")),
+    )
+
+
+def _image(value: Any, path: str) -> dict[str, Any]:
+    """Validated as far as its shape; each variant's own keys are the engine presets' to check."""
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in VARIANTS:
+        _fail(path, f"an object with exactly one key among {', '.join(VARIANTS)}", value)
+    variant, options = next(iter(value.items()))
+    where = f"{path}.{variant}"
+    _object(options, where)
+    if variant == "custom":
+        url = options.get("url", _MISSING)
+        if not isinstance(url, str) or not url:
+            _fail(f"{where}.url", 'the image to run, a non-empty string such as "ghcr.io/acme/server:1.2"', url)
+        credentials = options.get("credentials")
+        if credentials is not None:
+            _take(_object(credentials, f"{where}.credentials"), "username", f"{where}.credentials", _text)
+            if not isinstance(credentials.get("password", ""), str):
+                raise WireError(f"{where}.credentials.password must be a string or absent; got "
+                                f"{_json_type(credentials['password'])} (not shown: it is a secret)")
+    for key in ("healthRoute", "health_route"):
+        route = options.get(key)
+        if route is not None and (not isinstance(route, str) or not route.startswith("/")):
+            _fail(f"{where}.{key}", "a path starting with '/', such as \"/health\"", route)
+    return copy.deepcopy(value)
+
+
+def _model(body: dict[str, Any], base: Model | None) -> Model:
+    k = partial(_kept, base)
+    model = Model(
+        repository=_take(body, "repository", "model", _text, k("repository")),
+        framework=_take(body, "framework", "model", _text, k("framework")),
+        revision=_take(body, "revision", "model", _text, k("revision"), None),
+        task=_take(body, "task", "model", _text, k("task"), None),
+        image=_take(body, "image", "model", _image, k("image")),
+        command=_take(body, "command", "model", _texts, k("command"), None),
+        args=_take(body, "args", "model", _texts, k("args"), None),
+        env=_take(body, "env", "model", _env, k("env"), {}),
+        secrets=_take(body, "secrets", "model", _secrets, k("secrets"), {}),
+    )
+    both = sorted(set(model.env) & set(model.secrets))
+    if both:
+        raise WireError(f"model.env and model.secrets both set {', '.join(both)}; keep each name in one of them")
+    return model
+
+
+def _spec(body: dict[str, Any], base: EndpointSpec | None) -> EndpointSpec:
+    k = partial(_kept, base)
+    return EndpointSpec(
+        name=_take(body, "name", "", _name, k("name")),
+        type=_take(body, "type", "", _type, k("type")),
+        provider=_take(body, "provider", "", lambda v, p: _provider(_object(v, p), base and base.provider),
+                       k("provider")),
+        compute=_take(body, "compute", "", lambda v, p: _compute(_object(v, p), base and base.compute),
+                      k("compute")),
+        model=_take(body, "model", "", lambda v, p: _model(_object(v, p), base and base.model), k("model")),
+        route=_take(body, "route", "", lambda v, p: _route(_object(v, p), base and base.route), k("route"), Route()),
+        private_service=_take(body, "privateService", "", lambda v, p: copy.deepcopy(_object(v, p)),
+                              k("private_service"), None),
+        cache_http_responses=_take(body, "cacheHttpResponses", "", _flag, k("cache_http_responses"), None),
+        tags=_take(body, "tags", "", _texts, k("tags"), ()),
+    )
+
+
+def parse_create(body: Any) -> EndpointSpec:
+    """`POST /v2/endpoint/{ns}` (§5). Required: what the client always sends with a value (name, type,
+    provider.vendor/region, compute.accelerator/instanceType/instanceSize, compute.scaling.min/maxReplica,
+    model.repository/framework/image); everything else has a default."""
+    return _spec(_object(body, "the request body"), None)
+
+
+def apply_update(spec: EndpointSpec, body: Any) -> tuple[EndpointSpec, ChangeKind]:
+    """Sparse `PUT /v2/endpoint/{ns}/{name}` (§6): the spec with the sent keys changed, and what that
+    asks of the replicas. `name` cannot change."""
+    body = _object(body, "the request body")
+    if body.get("name", spec.name) != spec.name:
+        _fail("name", f'"{spec.name}", the name of this endpoint (create a new endpoint to rename it)', body["name"])
+    new = _spec(body, spec)
+    if new == spec:
+        return new, ChangeKind.NONE
+    if new.model != spec.model or _hardware(new) != _hardware(spec):
+        return new, ChangeKind.ROLL
+    return new, ChangeKind.SCALING_ONLY
+
+
+def _hardware(spec: EndpointSpec) -> tuple[str, str, str]:
+    return spec.compute.accelerator, spec.compute.instance_type, spec.compute.instance_size
+
+
+# --- storage and responses ----------------------------------------------------------------------
+
+
+def spec_to_json(spec: EndpointSpec) -> dict[str, Any]:
+    """The spec as a full create body, secrets and registry password included: what the store keeps."""
+    scaling, model = spec.compute.scaling, spec.model
+    return {
+        "name": spec.name,
+        "type": spec.type.value,
+        "provider": {"vendor": spec.provider.vendor, "region": spec.provider.region},
+        "compute": {
+            "accelerator": spec.compute.accelerator,
+            "instanceType": spec.compute.instance_type,
+            "instanceSize": spec.compute.instance_size,
+            "scaling": {
+                "minReplica": scaling.min_replica,
+                "maxReplica": scaling.max_replica,
+                "scaleToZeroTimeout": scaling.scale_to_zero_timeout_min,
+                "measure": {scaling.measure.metric.value: scaling.measure.threshold},
+                "metric": scaling.measure.metric.value,
+            },
+        },
+        "model": {
+            "repository": model.repository,
+            "framework": model.framework,
+            "revision": model.revision,
+            "task": model.task,
+            "image": copy.deepcopy(model.image),
+            "command": None if model.command is None else list(model.command),
+            "args": None if model.args is None else list(model.args),
+            "env": dict(model.env),
+            "secrets": dict(model.secrets),
+        },
+        "route": {"domain": spec.route.domain, "path": spec.route.path},
+        "privateService": copy.deepcopy(spec.private_service),
+        "cacheHttpResponses": spec.cache_http_responses,
+        "tags": list(spec.tags),
+    }
+
+
+def spec_from_json(data: dict[str, Any]) -> EndpointSpec:
+    """Read back `spec_to_json`: the stored form is a create body, so the same checks guard both doors."""
+    return parse_create(data)
 
 
 def wire_time(moment: datetime) -> str:
-    """`YYYY-MM-DDTHH:MM:SS.mmmZ`: the client rejects `+00:00` (HF-API.md §7)."""
+    """`YYYY-MM-DDTHH:MM:SS.mmmZ`: the client rejects `+00:00` (§7)."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _public_image(image: dict[str, Any]) -> dict[str, Any]:
-    variant, options = next(iter(image.items()))
-    options = dict(options)
-    if "credentials" in options:  # the username is shown, the password never
-        options["credentials"] = {"username": options["credentials"].get("username")}
-    return {variant: options}
-
-
 def render_endpoint(spec: EndpointSpec, status: StatusView) -> dict[str, Any]:
-    """`EndpointWithStatus` (HF-API.md §7). Secrets and registry passwords are never included."""
-    stored = spec_to_json(spec)
-    model = {k: v for k, v in stored["model"].items() if k != "secrets"}
-    model["image"] = _public_image(spec.model.image)
-    model["secrets"] = {}  # names only would leak nothing, but nothing is simpler and safe
-    body = {
-        "name": spec.name,
-        "type": spec.type,
-        "accountId": None,
-        "provider": spec.provider,
-        "compute": stored["compute"],
-        "model": model,
-        "healthRoute": spec.health_route,
-        "route": stored["route"],
-        "privateService": spec.private_service,
-        "cacheHttpResponses": spec.cache_http_responses,
-        "tags": list(spec.tags),
-        "status": {
-            "state": str(status.state),
-            "message": status.message,
-            "createdAt": wire_time(status.created_at),
-            "updatedAt": wire_time(status.updated_at),
-            "readyReplica": status.ready_replica,
-            "targetReplica": status.target_replica,
-        },
+    """`EndpointWithStatus` (§7). No secrets; a custom image's registry credentials keep only the username,
+    since a password marker sent back in a PUT of `model.image` would become the password."""
+    body = spec_to_json(spec)
+    del body["model"]["secrets"]
+    body["model"]["image"] = spec.model.public_image
+    body["healthRoute"] = spec.health_route
+    body["status"] = {
+        "state": status.state.value,
+        "message": status.message,
+        "createdAt": wire_time(status.created_at),
+        "updatedAt": wire_time(status.updated_at),
+        "readyReplica": status.ready_replica,
+        "targetReplica": status.target_replica,
     }
     if status.url is not None:
         body["status"]["url"] = status.url
+    if status.error_message is not None:
+        body["status"]["errorMessage"] = status.error_message
     return body
 
 
-def render_list(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"items": items}
+def render_list(items: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """`GET /v2/endpoint/{ns}`: one page with everything; the client ignores cursors (§12)."""
+    return {"items": list(items)}
 
 
 def render_provider(offers: list[ComputeOffer]) -> dict[str, Any]:
-    """`GET /v2/provider/{ns}` (HF-API.md §9): this host as one vendor with one region."""
+    """`GET /v2/provider/{ns}` (§9): this host as one vendor with one region."""
     computes = [
         {
             "id": f"{LOCAL_PROVIDER}-{o.instance_type}-{o.instance_size}",
@@ -391,11 +469,11 @@ def render_provider(offers: list[ComputeOffer]) -> dict[str, Any]:
 
 
 def audit_details(spec: EndpointSpec) -> dict[str, Any]:
-    """What an audit entry records of a spec: enough to see what changed, never a secret."""
-    s = spec.compute.scaling
+    """What an audit entry records of a spec: enough to see what changed, never a secret's value."""
+    compute, scaling = spec.compute, spec.compute.scaling
     return {
-        "repository": spec.model.repository, "revision": spec.model.revision, "image": spec.variant,
-        "instance": f"{spec.compute.accelerator}/{spec.compute.instance_type}/{spec.compute.instance_size}",
-        "replicas": [s.min_replica, s.max_replica], "type": spec.type,
+        "repository": spec.model.repository, "revision": spec.model.revision, "image": spec.model.variant,
+        "instance": f"{compute.accelerator}/{compute.instance_type}/{compute.instance_size}",
+        "replicas": [scaling.min_replica, scaling.max_replica], "type": spec.type.value,
         "env": sorted(spec.model.env), "secrets": sorted(spec.model.secrets),
     }

@@ -122,7 +122,7 @@ def test_errors_are_json_sentences_with_the_right_status(serve):
     api = HfApi(endpoint=serve.url, token=serve.alice)
     with pytest.raises(BadRequestError, match="name must be 1 to 32 lowercase letters"):
         create(api, serve, "Bad_Name")
-    with pytest.raises(BadRequestError, match="minReplica \\(3\\) must not exceed"):
+    with pytest.raises(BadRequestError, match=r"minReplica must be an integer between 0 and maxReplica \(2\); got 3"):
         create(api, serve, "e", min_replica=3, max_replica=2)
     with pytest.raises(BadRequestError, match="not a GPU of this host"):
         create(api, serve, "e", accelerator="gpu", instance_type="nvidia-h100")

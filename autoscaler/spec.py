@@ -1,0 +1,105 @@
+"""An endpoint as its owner declared it (HF-API.md §5): frozen dataclasses, units in the field names."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, fields
+from typing import Any
+
+from proxy.control import AuthType
+
+# Every engine this project runs (TGI, TEI, vLLM, SGLang, llama.cpp, the inference toolkit, the
+# echo engine) answers GET /health; the client needs *some* string here (HF-API.md §5, §7).
+DEFAULT_HEALTH_ROUTE = "/health"
+
+
+class ScalingMetric(enum.StrEnum):
+    """What `compute.scaling.measure` is keyed by (HF-API.md §5, §12)."""
+
+    PENDING_REQUESTS = "pendingRequests"  # requests in flight or held, per replica
+    HARDWARE_USAGE = "hardwareUsage"  # percent of the accelerator in use
+
+
+@dataclass(frozen=True)
+class Measure:
+    metric: ScalingMetric
+    threshold: float  # pending requests per replica, or percent for hardwareUsage
+
+
+@dataclass(frozen=True)
+class Scaling:
+    min_replica: int
+    max_replica: int
+    scale_to_zero_timeout_min: int | None  # set exactly when min_replica is 0: idle minutes before scaling to zero
+    measure: Measure
+
+
+@dataclass(frozen=True)
+class Compute:
+    accelerator: str  # "cpu" or "gpu"
+    instance_type: str
+    instance_size: str  # "x1", "x2", ...
+    scaling: Scaling
+
+
+@dataclass(frozen=True, repr=False)
+class Model:
+    """The dicts are copies of the request's, owned by this object: read them, never mutate them."""
+
+    repository: str  # a Hub repository id or a local directory
+    framework: str
+    revision: str | None
+    task: str | None
+    image: dict[str, Any]  # exactly one variant: {"tgi": {...}}, {"custom": {"url": ..., "credentials": ...}}, ...
+    command: tuple[str, ...] | None
+    args: tuple[str, ...] | None
+    env: dict[str, str]
+    secrets: dict[str, str]  # never rendered, never in repr
+
+    @property
+    def variant(self) -> str:
+        return next(iter(self.image))
+
+    @property
+    def public_image(self) -> dict[str, Any]:
+        """`image` without the registry password: what responses, logs and reprs may show."""
+        options = dict(self.image[self.variant])
+        if "credentials" in options:
+            options["credentials"] = {k: v for k, v in options["credentials"].items() if k != "password"}
+        return {self.variant: options}
+
+    def __repr__(self) -> str:
+        shown = {f.name: getattr(self, f.name) for f in fields(self)}
+        shown |= {"image": self.public_image, "secrets": sorted(self.secrets)}  # secret names only
+        return f"Model({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
+
+
+@dataclass(frozen=True)
+class Provider:
+    vendor: str  # recorded as given: this host is the only place it runs (issue 4)
+    region: str
+
+
+@dataclass(frozen=True)
+class Route:
+    domain: str | None = None  # Host-based routing in the proxy, lowercased
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    name: str
+    type: AuthType
+    provider: Provider
+    compute: Compute
+    model: Model
+    route: Route
+    private_service: dict[str, Any] | None  # recorded as given; nothing on this host acts on it
+    cache_http_responses: bool | None
+    tags: tuple[str, ...]
+
+    @property
+    def health_route(self) -> str:
+        """The image variant's `healthRoute` (or the 2023 spec's `health_route`), else /health."""
+        options = self.model.image[self.model.variant]
+        return options.get("healthRoute") or options.get("health_route") or DEFAULT_HEALTH_ROUTE
