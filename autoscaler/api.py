@@ -22,11 +22,12 @@ from engines import hardware
 from engines.presets import PresetError
 from engines.gpus import Gpu, GpuAllocator
 from engines.runtime import EndpointKey
-from proxy.app import handle as proxy_handle
+from proxy.app import serve as proxy_serve
 from proxy.app import routed_by_host
 from proxy.auth import bearer_token
 from proxy.forward import REQUEST_ID, request_id
 
+from . import openapi
 from . import store as store_mod
 from . import wire
 from .controller import Controller, Desired
@@ -75,7 +76,7 @@ async def errors_middleware(request: web.Request, handler):
     """Every failure of a management call becomes `{"error": ...}` with its status; no traceback
     reaches a caller."""
     if routed_by_host(request):  # the Host names an endpoint: /v2/... is that endpoint's path
-        return await proxy_handle(request)
+        return await proxy_serve(request, request.config_dict)
     rid = request_id(request.headers.get(REQUEST_ID))
     try:
         return await handler(request)
@@ -284,6 +285,10 @@ class ManagementApi:
         return web.json_response(wire.render_provider(offers))
 
 
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
+
+
 async def _json(request: web.Request) -> Any:
     raw = await request.read()
     try:
@@ -306,6 +311,7 @@ def add_api(app: web.Application, api: ManagementApi) -> None:
     r.add_post("/endpoint/{ns}/{name}/resume", api.resume)
     r.add_post("/endpoint/{ns}/{name}/scale-to-zero", api.scale_to_zero)
     r.add_get("/provider/{ns}", api.provider)
+    r.add_get("/openapi.json", openapi_document)
     hub = web.Application(middlewares=[errors_middleware])
     hub.router.add_get("/whoami-v2", api.whoami)
     app.add_subapp("/v2", v2)

@@ -4,7 +4,7 @@ connection pool owned by the app's lifecycle."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -17,7 +17,6 @@ from .forward import REQUEST_ID, ResponseCut, forward, request_id
 from .hold import HEADER as SCALE_UP_TIMEOUT
 from .metrics import CLIENT_CLOSED
 from .pipeline import Pipeline
-from .routing import strip_port
 
 log = logging.getLogger("endpointd.proxy")
 
@@ -39,7 +38,13 @@ def error_response(error: ProxyError, rid: str) -> web.Response:
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    pipeline = request.config_dict[PIPELINE]
+    return await serve(request, request.app)
+
+
+async def serve(request: web.Request, app: Mapping) -> web.StreamResponse:
+    """Proxy one request; `app` holds the pipeline and the upstream session (the main app, or a
+    sub-app's `config_dict` when a management route defers to an endpoint's domain)."""
+    pipeline = app[PIPELINE]
     headers = request.headers
     rid = request_id(headers.get(REQUEST_ID))
     try:
@@ -54,7 +59,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return error_response(error, rid)
     code: int | str = CLIENT_CLOSED  # what is recorded if the client's disconnect cancels us
     try:
-        response = await forward(request, admission, pipeline, request.config_dict[SESSION], rid)
+        response = await forward(request, admission, pipeline, app[SESSION], rid)
         code = response.status
         return response
     except ProxyError as error:
@@ -76,13 +81,13 @@ def routed_by_host(request: web.Request) -> bool:
     """Whether the request's Host is an endpoint's route domain: then every path belongs to that
     endpoint, even one the app also serves (/metrics, /v2/...)."""
     host = request.host
-    return bool(host) and request.config_dict[PIPELINE].control.lookup_host(strip_port(host).lower()) is not None
+    return bool(host) and request.config_dict[PIPELINE].control.lookup_host(host) is not None
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
     if routed_by_host(request):
         return await handle(request)
-    body = generate_latest(request.config_dict[PIPELINE].metrics.registry)
+    body = generate_latest(request.app[PIPELINE].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

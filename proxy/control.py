@@ -67,7 +67,7 @@ class ControlPlane(Protocol):
         """The routing entry of an endpoint; synchronous because it is on every request's path."""
 
     def lookup_host(self, host: str) -> RouteEntry | None:
-        """The entry whose route domain is `host` (without port)."""
+        """The entry whose route domain is the Host header `host` (any port, any case)."""
 
     async def verify_token(self, token: str) -> Identity | None:
         """The identity behind a bearer token, or None for an unknown or revoked one."""
@@ -77,6 +77,12 @@ class ControlPlane(Protocol):
 
     def subscribe(self, listener: Listener) -> None:
         """Call `listener(entry)` whenever an endpoint's routing entry changes."""
+
+
+def strip_port(host: str) -> str:
+    if host.startswith("["):  # [v6]:port
+        return host[: host.find("]") + 1]
+    return host.rpartition(":")[0] if ":" in host else host
 
 
 def hash_token(token: str) -> str:
@@ -121,7 +127,9 @@ class RouteTable:
         return self.entries.get(f"{namespace}/{name}")
 
     def lookup_host(self, host: str) -> RouteEntry | None:
-        return self._by_host.get(host)
+        if not self._by_host:  # the common case, on every request: no endpoint has a domain
+            return None
+        return self._by_host.get(strip_port(host).lower())
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)

@@ -23,8 +23,8 @@ HOP_BY_HOP = frozenset(
         "Transfer-Encoding", "Upgrade", "Proxy-Connection",
     )
 )
-NOT_FORWARDED = HOP_BY_HOP | {"host", "authorization", "expect", "x-scale-up-timeout"}
-NOT_RETURNED = HOP_BY_HOP | {"content-length"}
+NOT_FORWARDED = HOP_BY_HOP | frozenset({"host", "authorization", "expect", "x-scale-up-timeout"})
+NOT_RETURNED = HOP_BY_HOP | frozenset({"content-length"})
 REQUEST_ID = "X-Request-Id"
 MAX_REQUEST_ID_LEN = 200
 CHUNK_BYTES = 64 * 1024
@@ -58,14 +58,17 @@ def request_id(incoming: str | None) -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
-def _dropped_by_connection(headers) -> set[str]:
+def _drop_set(headers, always: frozenset[str]) -> frozenset[str]:
+    """`always` plus the fields the Connection header names (RFC 9110 §7.6.1)."""
     value = headers.get("Connection")
-    return {h.strip().lower() for h in value.split(",")} if value else set()
+    if not value:
+        return always
+    return always | {h.strip().lower() for h in value.split(",")}
 
 
 def upstream_headers(request: web.Request, rid: str) -> CIMultiDict[str]:
-    drop = NOT_FORWARDED | _dropped_by_connection(request.headers)
-    headers = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
+    drop = _drop_set(request.headers, NOT_FORWARDED)
+    headers = CIMultiDict([(k, v) for k, v in request.headers.items() if k.lower() not in drop])
     remote = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
     headers["X-Forwarded-For"] = f"{prior}, {remote}" if prior else remote
@@ -148,8 +151,8 @@ async def forward(
         break
 
     async with upstream:
-        drop = NOT_RETURNED | _dropped_by_connection(upstream.headers)
-        headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
+        drop = _drop_set(upstream.headers, NOT_RETURNED)
+        headers = CIMultiDict([(k, v) for k, v in upstream.headers.items() if k.lower() not in drop])
         headers[REQUEST_ID] = rid
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY_BYTES and "Transfer-Encoding" not in upstream.headers:

@@ -32,16 +32,10 @@ def split_path(raw_path: str) -> tuple[str, str, str] | None:
     return namespace, name, tail
 
 
-def strip_port(host: str) -> str:
-    if host.startswith("["):  # [v6]:port
-        return host[: host.find("]") + 1]
-    return host.rpartition(":")[0] if ":" in host else host
-
-
 def resolve(control: ControlPlane, host: str | None, raw_path: str) -> tuple[RouteEntry, str]:
     """The routing entry and upstream path; Host-based routing wins over the path prefix."""
     if host:
-        entry = control.lookup_host(strip_port(host).lower())
+        entry = control.lookup_host(host)
         if entry is not None:
             return entry, raw_path
     parts = split_path(raw_path)

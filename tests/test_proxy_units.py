@@ -7,10 +7,10 @@ import pytest
 from proxy import errors
 from proxy.auth import TokenCache, bearer_token
 from proxy.balancer import pick
-from proxy.control import Identity, InMemoryControlPlane, Replica
+from proxy.control import Identity, InMemoryControlPlane, Replica, strip_port
 from proxy.hold import parse_scale_up_timeout
 from proxy.pending import PendingCounter
-from proxy.routing import split_path, strip_port
+from proxy.routing import split_path
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,110 @@
+"""The OpenAPI document of the management API, served at `/v2/openapi.json`. A test checks that
+its paths and methods are exactly the routes the app serves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+ENDPOINT = {"$ref": "#/components/schemas/EndpointWithStatus"}
+NS = {"name": "ns", "in": "path", "required": True, "schema": {"type": "string"}, "description": "user or org"}
+NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(summary: str, ok: dict[str, Any], *, params=(NS, NAME), body: dict[str, Any] | None = None,
+        errors=(400, 401, 403, 404)) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": list(params),
+        "responses": {"200": _json(ok, "success"), **{str(c): _json(ERROR, "error") for c in errors}},
+    }
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+    "Image": {
+        "type": "object", "minProperties": 1, "maxProperties": 1,
+        "description": "one key: vLLM, sGLang, tgi, tei, llamacpp, hfServe, custom or huggingface",
+        "additionalProperties": {"type": "object"},
+    },
+    "Scaling": {"type": "object", "properties": {
+        "minReplica": {"type": "integer", "minimum": 0}, "maxReplica": {"type": "integer", "minimum": 1},
+        "scaleToZeroTimeout": {"type": ["integer", "null"], "minimum": 1, "maximum": 2880},
+        "measure": {"type": "object", "description": "{pendingRequests: number} or {hardwareUsage: percent}"},
+    }},
+    "Compute": {"type": "object", "required": ["accelerator", "instanceType", "instanceSize"], "properties": {
+        "accelerator": {"enum": ["cpu", "gpu"]}, "instanceType": {"type": "string"},
+        "instanceSize": {"type": "string", "pattern": "^x[1-9][0-9]*$"},
+        "scaling": {"$ref": "#/components/schemas/Scaling"},
+    }},
+    "Model": {"type": "object", "required": ["repository", "framework", "image"], "properties": {
+        "repository": {"type": "string", "description": "a Hub repository id or a local directory"},
+        "framework": {"type": "string"}, "revision": {"type": ["string", "null"]}, "task": {"type": ["string", "null"]},
+        "image": {"$ref": "#/components/schemas/Image"},
+        "command": {"type": "array", "items": {"type": "string"}}, "args": {"type": "array", "items": {"type": "string"}},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        "secrets": {"type": "object", "additionalProperties": {"type": "string"}, "description": "never returned"},
+    }},
+    "Endpoint": {"type": "object", "required": ["name", "type", "provider", "compute", "model"], "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"},
+        "type": {"enum": ["public", "authenticated", "protected", "private"]},
+        "provider": {"type": "object", "properties": {"vendor": {"type": "string"}, "region": {"type": "string"}}},
+        "compute": {"$ref": "#/components/schemas/Compute"}, "model": {"$ref": "#/components/schemas/Model"},
+        "route": {"type": "object", "properties": {"domain": {"type": "string"}, "path": {"type": "string"}}},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    }},
+    "EndpointWithStatus": {"allOf": [{"$ref": "#/components/schemas/Endpoint"}, {"type": "object", "required": ["healthRoute", "status"], "properties": {
+        "healthRoute": {"type": "string"},
+        "status": {"type": "object", "required": ["state", "createdAt", "updatedAt"], "properties": {
+            "state": {"enum": ["pending", "initializing", "updating", "updateFailed", "running", "paused", "failed", "scaledToZero"]},
+            "message": {"type": "string"}, "url": {"type": "string"}, "createdAt": {"type": "string", "format": "date-time"},
+            "updatedAt": {"type": "string", "format": "date-time"}, "readyReplica": {"type": "integer"},
+            "targetReplica": {"type": "integer"},
+        }},
+    }}]},
+}
+
+LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": ENDPOINT}}}
+WHOAMI = {"type": "object", "required": ["type", "name", "orgs"], "properties": {
+    "type": {"const": "user"}, "name": {"type": "string"},
+    "orgs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
+}}
+PROVIDER = {"type": "object", "required": ["vendors"], "properties": {"vendors": {"type": "array"}}}
+
+
+def document() -> dict[str, Any]:
+    endpoint_ref = {"$ref": "#/components/schemas/Endpoint"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "endpointd management API", "version": "2",
+                 "description": "The Inference Endpoints v2 wire format, served by endpointd."},
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/whoami-v2": {"get": _op("who the token belongs to", WHOAMI, params=(), errors=(401,))},
+            "/v2/endpoint/{ns}": {
+                "get": _op("list a namespace's endpoints", LIST, params=(NS,), errors=(401, 403)),
+                "post": _op("create an endpoint", ENDPOINT, params=(NS,), body=endpoint_ref, errors=(400, 401, 403, 404, 409)),
+            },
+            "/v2/endpoint/{ns}/{name}": {
+                "get": _op("get an endpoint", ENDPOINT),
+                "put": _op("update an endpoint (sparse)", ENDPOINT, body={"type": "object"}),
+                "delete": _op("delete an endpoint", {"type": "object"}),
+            },
+            "/v2/endpoint/{ns}/{name}/pause": {"post": _op("pause: drain and stop, never wake", ENDPOINT)},
+            "/v2/endpoint/{ns}/{name}/resume": {"post": _op("resume a paused endpoint", ENDPOINT)},
+            "/v2/endpoint/{ns}/{name}/scale-to-zero": {"post": _op("drain and stop; the next request wakes it", ENDPOINT)},
+            "/v2/provider/{ns}": {"get": _op("this host's hardware and what is free", PROVIDER, params=(NS,), errors=(401, 403))},
+            "/v2/openapi.json": {"get": _op("this document", {"type": "object"}, params=(), errors=())},
+        },
+    }
