@@ -8,7 +8,7 @@ import signal
 import huggingface_hub.constants as hub_constants
 import pytest
 from huggingface_hub import HfApi, InferenceClient
-from huggingface_hub.errors import BadRequestError, HfHubHTTPError
+from huggingface_hub.errors import BadRequestError, HfHubHTTPError, InferenceEndpointError
 
 from .serve_process import Serve, wait_for
 
@@ -148,3 +148,85 @@ def _replicas(serve: Serve) -> set[str]:
         capture_output=True, text=True, check=True,
     ).stdout
     return {json.loads(line) for line in out.split()}
+
+
+def test_start_failures_end_in_failed_with_the_exit_code_and_logs(serve):
+    api = HfApi(endpoint=serve.url, token=serve.alice)
+    broken = {**ECHO, "env": {"ECHO_STARTUP_DELAY_S": "-1"}}  # the engine refuses it and exits 2
+    endpoint = create(api, serve, "broken", custom_image=broken)
+    with pytest.raises(InferenceEndpointError, match="failed to deploy"):
+        endpoint.wait(timeout=120, refresh_every=1)  # three attempts, 1 s and 2 s apart
+    message = endpoint.raw["status"]["message"]
+    assert "exited with code 2" in message
+    assert "ECHO_STARTUP_DELAY_S='-1' is invalid" in message
+    endpoint.delete()
+
+
+def test_a_crashed_replica_is_replaced(serve):
+    api = HfApi(endpoint=serve.url, token=serve.alice)
+    crashing = {**ECHO, "env": {"ECHO_CRASH_AFTER_REQUESTS": "1"}}
+    endpoint = create(api, serve, "crashy", custom_image=crashing)
+    endpoint.wait(timeout=120, refresh_every=1)
+    first = _replicas(serve)
+    assert endpoint.client.text_generation("last words") == "last words "  # then it exits with 3
+    wait_for(lambda: _replicas(serve) and _replicas(serve) != first, 60, "a replacement replica")
+    endpoint.wait(timeout=60, refresh_every=1)
+    assert endpoint.client.text_generation("new replica") == "new replica "
+    endpoint.delete()
+
+
+def test_revoked_tokens_stop_working_and_actions_are_audited(serve):
+    api = HfApi(endpoint=serve.url, token=serve.alice)
+    endpoint = create(api, serve, "audited", type="authenticated")
+    endpoint.wait(timeout=120, refresh_every=1)
+    output = serve.cli("tokens", "create", "eve", "--label", "short-lived")
+    token_id, token = output.split()[1], output.strip().splitlines()[-1]
+    client = InferenceClient(model=endpoint.url, token=token)
+    assert client.text_generation("before") == "before "
+    serve.cli("tokens", "revoke", token_id)  # from another process, while serve runs
+
+    def refused():
+        try:
+            client.text_generation("after")
+        except HfHubHTTPError as error:
+            return "401" in str(error)
+        return False
+
+    wait_for(refused, 15, "the revoked token to be refused", interval_s=0.5)
+    endpoint.delete()
+
+    import asyncio
+
+    from autoscaler.store import Store
+
+    async def audit():
+        store = await Store.open(serve.data_dir / "endpointd.db")
+        try:
+            return await store.list_audit("alice")
+        finally:
+            await store.close()
+
+    entries = asyncio.run(audit())
+    assert [(e.action, e.name, e.actor) for e in entries[:2]] == [("delete", "audited", "alice"), ("create", "audited", "alice")]
+    assert entries[1].source_ip == "127.0.0.1" and entries[1].request_id
+    assert entries[1].details["repository"] == serve.model
+
+
+def test_sigterm_lets_a_stream_in_flight_finish(serve):
+    import http.client
+    import json
+
+    api = HfApi(endpoint=serve.url, token=serve.alice)
+    slow = {**ECHO, "env": {"ECHO_TOKEN_DELAY_S": "0.2"}}
+    endpoint = create(api, serve, "slow", custom_image=slow, type="public")
+    endpoint.wait(timeout=120, refresh_every=1)
+    # Plain http.client: huggingface_hub's sync streaming closes a response still in flight.
+    conn = http.client.HTTPConnection("127.0.0.1", serve.port, timeout=30)
+    conn.request("POST", "/endpoints/alice/slow/generate_stream", body=json.dumps({"inputs": "one two three four five six"}))
+    response = conn.getresponse()
+    events = [response.readline()]  # the stream is open and flowing
+    serve.process.send_signal(signal.SIGTERM)
+    events += [line for line in response if line.startswith(b"data:")]
+    assert b'"generated_text": "one two three four five six "' in events[-1]
+    assert serve.process.wait(timeout=60) == 0
+    serve.process = None
