@@ -13,6 +13,7 @@ from proxy.config import ProxyConfig
 
 from . import settings
 from .config import ServeConfig
+from .wire import wire_time
 
 
 def _load(args: argparse.Namespace) -> tuple[ProxyConfig, ServeConfig]:
@@ -99,8 +100,8 @@ def _tokens_revoke(args: argparse.Namespace) -> int:
 def _tokens_list(args: argparse.Namespace) -> int:
     async def action(store):
         for info in await store.list_tokens(args.user):
-            state = f"revoked {info.revoked_at}" if info.revoked_at else "active"
-            print(f"{info.id}  {info.label or '-':<24} created {info.created_at}  {state}")
+            state = f"revoked {wire_time(info.revoked_at)}" if info.revoked_at else "active"
+            print(f"{info.id}  ...{info.hint or '':<4}  {info.label or '-':<24} created {wire_time(info.created_at)}  {state}")
 
     asyncio.run(_with_store(args, action))
     return 0

@@ -27,6 +27,7 @@ from .config import ServeConfig
 from .controller import Controller, Desired, Status
 from .launcher import EngineLauncher
 from .plane import StoreControlPlane
+from . import tokens
 from .store import Store
 
 log = logging.getLogger("endpointd")
@@ -65,10 +66,9 @@ async def build_app(proxy_config: ProxyConfig, serve_config: ServeConfig) -> web
     internal = Identity("endpointd", frozenset(), is_admin=True)
 
     async def verify(token: str) -> Identity | None:
-        if secrets.compare_digest(token, internal_token):
+        if tokens.same(token, internal_token):
             return internal
-        found = await store.verify_token(token)
-        return Identity(found.user, frozenset(found.orgs), found.is_admin) if found else None
+        return await store.verify_token(token)
 
     plane = StoreControlPlane(verify)
     pipeline = Pipeline(proxy_config, plane)

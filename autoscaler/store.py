@@ -1,33 +1,44 @@
 """The durable desired state: users, orgs, tokens, endpoints and the audit log, in SQLite.
 
-WAL mode and a busy timeout let the CLI (`endpointd tokens create`) write while `endpointd serve`
-runs. The schema is versioned with `PRAGMA user_version`; each migration runs once, in order.
+The CLI (`endpointd tokens create`) writes to the same file while `endpointd serve` runs: WAL lets
+readers go on while one process writes, a busy timeout makes a writer wait for the other's
+transaction instead of failing, and every read is a fresh snapshot, so a token created or revoked
+by one process counts in the other at its next lookup. The schema is versioned with
+`PRAGMA user_version`; each migration runs once, in order, in a transaction of its own.
 
 Errors, one root:
-    StoreError
-      NotFound      no such user, token or endpoint
-      Conflict      the name is taken
+    StoreError     the file cannot be used (schema newer than this endpointd, no WAL)
+      NotFound     no such user, token or endpoint
+      Conflict     a name is taken, or a token cannot be (re)used as asked
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import contextlib
 import json
-import secrets
-from collections.abc import Callable
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiosqlite
 
+from proxy.control import Identity
+
+from . import tokens
+
 ADMIN = "admin"
-TOKEN_PREFIX = "epd_"
-# Seconds a writer waits for another process's transaction before failing.
+ADMIN_ENV = "ENDPOINTD_ADMIN_TOKEN"
+# How long a writer waits for another process's transaction before failing: far longer than any
+# transaction here takes (milliseconds), short enough that a stuck writer surfaces as an error.
 BUSY_TIMEOUT_MS = 5000
 
+# Append only: a database at version N runs MIGRATIONS[N:] on open. Never edit a released entry.
 MIGRATIONS = [
+    # 1: the first schema.
     """
     CREATE TABLE users (name TEXT PRIMARY KEY, is_admin INTEGER NOT NULL DEFAULT 0, created_at TEXT NOT NULL);
     CREATE TABLE orgs (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);
@@ -70,6 +81,13 @@ MIGRATIONS = [
         request_id TEXT NOT NULL
     );
     """,
+    # 2: a hint of each token for listings (tokens made before have none); indexes for the
+    # per-user token listing and the per-namespace audit listing.
+    """
+    ALTER TABLE tokens ADD COLUMN hint TEXT NOT NULL DEFAULT '';
+    CREATE INDEX tokens_by_user ON tokens (user);
+    CREATE INDEX audit_by_namespace ON audit (namespace, id);
+    """,
 ]
 
 
@@ -85,49 +103,43 @@ class Conflict(StoreError):
     pass
 
 
-def hash_token(token: str) -> str:
-    # Tokens are 256-bit random strings, so a fast unsalted hash is enough: there is nothing to
-    # brute-force. Lookups go by hash, so no comparison ever runs on the plaintext.
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_token() -> str:
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-@dataclass(frozen=True)
-class Identity:
-    user: str
+@dataclass(frozen=True, slots=True)
+class UserInfo:
+    name: str
     orgs: frozenset[str]
     is_admin: bool
+    created_at: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TokenInfo:
+    """A token as listings show it: never its value or its hash."""
+
     id: str
     user: str
     label: str | None
-    created_at: str
-    revoked_at: str | None
+    hint: str  # the token's last characters, "" when it is too short to show any
+    created_at: datetime
+    revoked_at: datetime | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EndpointRecord:
     namespace: str
     name: str
-    spec: dict[str, Any]
+    spec: dict[str, Any]  # opaque here: the API layer's serialized spec
     state: str
     message: str
-    revision: int
+    revision: int  # bumped when the spec changes in a way that needs new containers
     paused: bool
     target_replicas: int
     created_at: datetime
     updated_at: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AuditEntry:
-    at: str
+    at: datetime
     actor: str
     action: str
     namespace: str
@@ -138,54 +150,118 @@ class AuditEntry:
 
 
 def _iso(moment: datetime) -> str:
+    """`2025-01-02T03:04:05.678Z`: fixed width, so text order is time order."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _parse(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a migration script, split where SQLite says a statement is complete (a `;`
+    inside a string or a trigger body does not end one). `executescript` cannot be used: it
+    commits first, which would take the migration out of its transaction."""
+    pending = ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n\t;"):
+                yield pending
+            pending = ""
+
+
+def _token(row: aiosqlite.Row) -> TokenInfo:
+    return TokenInfo(
+        row["id"], row["user"], row["label"], row["hint"], _time(row["created_at"]), _time(row["revoked_at"])
+    )
+
+
+def _endpoint(row: aiosqlite.Row) -> EndpointRecord:
+    return EndpointRecord(
+        row["namespace"], row["name"], json.loads(row["spec"]), row["state"], row["message"], row["revision"],
+        bool(row["paused"]), row["target_replicas"], _time(row["created_at"]), _time(row["updated_at"]),
+    )
+
+
+def _audit(row: aiosqlite.Row) -> AuditEntry:
+    return AuditEntry(
+        _time(row["at"]), row["actor"], row["action"], row["namespace"], row["name"], json.loads(row["details"]),
+        row["source_ip"], row["request_id"],
+    )
 
 
 class Store:
     def __init__(self, db: aiosqlite.Connection, now: Callable[[], datetime]) -> None:
         self._db = db
         self._now = now
+        # One connection serves every coroutine of the process, and a statement sent while another
+        # coroutine's transaction is open would become part of it: writers take turns.
+        self._write_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path | str, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Store:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(str(path), isolation_level=None)
-        db.row_factory = aiosqlite.Row
-        await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        store = cls(db, now)
-        await store._migrate()
+    async def open(cls, path: Path | str, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Store:
+        """Open (creating the file and its directory) and migrate. `now` gives aware datetimes."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)  # transactions are explicit
+        try:
+            db.row_factory = aiosqlite.Row
+            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await db.execute("PRAGMA foreign_keys = ON")
+            async with db.execute("PRAGMA journal_mode = WAL") as cursor:
+                (mode,) = await cursor.fetchone()
+            if mode != "wal":
+                raise StoreError(
+                    f"{path}: SQLite cannot use WAL there (journal mode {mode}); put the data directory on a local filesystem"
+                )
+            store = cls(db, now)
+            await store._migrate(path)
+        except BaseException:
+            await db.close()
+            raise
         return store
-
-    async def _migrate(self) -> None:
-        async with self._db.execute("PRAGMA user_version") as cursor:
-            (version,) = await cursor.fetchone()
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                async with self._db.execute("PRAGMA user_version") as cursor:
-                    (current,) = await cursor.fetchone()
-                if current < number:  # another process may have migrated meanwhile
-                    for statement in filter(str.strip, script.split(";")):
-                        await self._db.execute(statement)
-                    await self._db.execute(f"PRAGMA user_version = {number}")
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
 
     async def close(self) -> None:
         await self._db.close()
 
-    def _stamp(self) -> str:
-        return _iso(self._now())
+    async def _migrate(self, path: Path) -> None:
+        version = await self._user_version()
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"{path} has schema version {version}, newer than this endpointd knows ({len(MIGRATIONS)}); "
+                "upgrade endpointd or point --data-dir elsewhere"
+            )
+        for number in range(version + 1, len(MIGRATIONS) + 1):
+            async with self._transaction():
+                # Asked again under the write lock: another process opening the same file at the
+                # same moment may have applied this migration while we waited for the lock.
+                if await self._user_version() < number:
+                    for statement in _statements(MIGRATIONS[number - 1]):
+                        await self._db.execute(statement)
+                    await self._db.execute(f"PRAGMA user_version = {number}")
+
+    async def _user_version(self) -> int:
+        (version,) = await self._one("PRAGMA user_version")
+        return version
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[None]:
+        # BEGIN IMMEDIATE takes SQLite's write lock up front (waiting up to busy_timeout for
+        # another process), so a transaction that reads and then writes cannot fail half-way with
+        # SQLITE_BUSY, and what it read stays true until it commits.
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self._db.rollback()
+                raise
+            await self._db.commit()
 
     async def _one(self, sql: str, *args: Any) -> aiosqlite.Row | None:
+        # The cursor is closed before returning, so an INSERT/UPDATE ... RETURNING is finished
+        # (and can be committed) even though only its first row is read.
         async with self._db.execute(sql, args) as cursor:
             return await cursor.fetchone()
 
@@ -193,130 +269,176 @@ class Store:
         async with self._db.execute(sql, args) as cursor:
             return list(await cursor.fetchall())
 
+    def _stamp(self) -> str:
+        return _iso(self._now())
+
     # --- users and orgs ----------------------------------------------------------------------
 
-    async def namespace_kind(self, name: str) -> str | None:
-        if await self._one("SELECT 1 FROM users WHERE name = ?", name):
-            return "user"
-        if await self._one("SELECT 1 FROM orgs WHERE name = ?", name):
-            return "org"
-        return None
+    async def namespace_kind(self, name: str) -> Literal["user", "org"] | None:
+        row = await self._one(
+            "SELECT 'user' FROM users WHERE name = ? UNION ALL SELECT 'org' FROM orgs WHERE name = ?", name, name
+        )
+        return None if row is None else row[0]
 
-    async def add_user(self, name: str, orgs: tuple[str, ...] | list[str] = (), *, is_admin: bool = False) -> None:
-        """Create the user (or add memberships to an existing one), creating missing orgs."""
+    async def add_user(self, name: str, orgs: Iterable[str] = (), *, is_admin: bool = False) -> UserInfo:
+        """Create the user, or add memberships to an existing one; missing orgs are created.
+        `is_admin` only ever grants: adding an admin again without it keeps them admin."""
+        async with self._transaction():
+            await self._add_user(name, tuple(orgs), is_admin)
+        return await self.get_user(name)
+
+    async def _add_user(self, name: str, orgs: tuple[str, ...], is_admin: bool) -> None:
+        # Users and orgs share one namespace (an endpoint belongs to either). The caller holds the
+        # write transaction, so no other process can create a clashing name between check and insert.
         if await self.namespace_kind(name) == "org":
-            raise Conflict(f"{name} is already an org; users and orgs share one namespace, choose another name")
+            raise Conflict(f"{name} is an org; users and orgs share one namespace, so choose another user name")
         for org in orgs:
-            if await self.namespace_kind(org) == "user":
-                raise Conflict(f"{org} is already a user and cannot be an org; choose another org name")
+            if org == name or await self.namespace_kind(org) == "user":
+                raise Conflict(f"{org} is a user name, so it cannot also be an org; choose another org name")
         now = self._stamp()
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            await self._db.execute(
-                "INSERT INTO users (name, is_admin, created_at) VALUES (?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET is_admin = MAX(is_admin, excluded.is_admin)",
-                (name, int(is_admin), now),
-            )
-            for org in orgs:
-                await self._db.execute("INSERT OR IGNORE INTO orgs (name, created_at) VALUES (?, ?)", (org, now))
-                await self._db.execute("INSERT OR IGNORE INTO memberships (user, org) VALUES (?, ?)", (name, org))
-            await self._db.execute("COMMIT")
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
+        await self._db.execute(
+            "INSERT INTO users (name, is_admin, created_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET is_admin = MAX(is_admin, excluded.is_admin)",
+            (name, int(is_admin), now),
+        )
+        await self._db.executemany("INSERT OR IGNORE INTO orgs (name, created_at) VALUES (?, ?)", [(org, now) for org in orgs])
+        await self._db.executemany("INSERT OR IGNORE INTO memberships (user, org) VALUES (?, ?)", [(name, org) for org in orgs])
+
+    async def get_user(self, name: str) -> UserInfo:
+        row = await self._one("SELECT * FROM users WHERE name = ?", name)
+        if row is None:
+            raise NotFound(f"user {name} does not exist; add it with `endpointd users add {name}`")
+        return UserInfo(row["name"], await self.user_orgs(name), bool(row["is_admin"]), _time(row["created_at"]))
 
     async def user_orgs(self, name: str) -> frozenset[str]:
-        return frozenset(r["org"] for r in await self._all("SELECT org FROM memberships WHERE user = ?", name))
+        return frozenset(row["org"] for row in await self._all("SELECT org FROM memberships WHERE user = ?", name))
+
+    async def is_member(self, user: str, namespace: str) -> bool:
+        """Whether `namespace` is the user's own or an org the user belongs to (admin rights aside)."""
+        if user == namespace:
+            return True
+        return await self._one("SELECT 1 FROM memberships WHERE user = ? AND org = ?", user, namespace) is not None
 
     # --- tokens --------------------------------------------------------------------------------
 
-    async def create_token(self, user: str, label: str | None = None, *, token: str | None = None, from_env: bool = False) -> tuple[str, TokenInfo]:
-        if not await self._one("SELECT 1 FROM users WHERE name = ?", user):
-            raise NotFound(f"user {user} does not exist; add it first with `endpointd users add {user}`")
-        plaintext = token or new_token()
-        token_id = secrets.token_hex(4)
-        now = self._stamp()
-        await self._db.execute(
-            "INSERT INTO tokens (id, user, label, hash, from_env, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (token_id, user, label, hash_token(plaintext), int(from_env), now),
-        )
-        return plaintext, TokenInfo(token_id, user, label, now, None)
+    async def create_token(self, user: str, label: str | None = None) -> tuple[str, TokenInfo]:
+        """A new token for `user`: the value, which is not stored and cannot be shown again, and its info."""
+        plaintext = tokens.generate()
+        async with self._transaction():
+            await self._require_user(user)
+            info = await self._insert_token(user, plaintext, label)
+        return plaintext, info
 
-    async def verify_token(self, token: str) -> Identity | None:
+    async def _insert_token(self, user: str, plaintext: str, label: str | None) -> TokenInfo:
         row = await self._one(
-            "SELECT u.name, u.is_admin FROM tokens t JOIN users u ON u.name = t.user "
-            "WHERE t.hash = ? AND t.revoked_at IS NULL",
-            hash_token(token),
+            "INSERT INTO tokens (id, user, label, hash, hint, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+            tokens.new_id(), user, label, tokens.hash_token(plaintext), tokens.hint(plaintext), self._stamp(),
         )
-        if row is None:
+        return _token(row)
+
+    async def verify_token(self, plaintext: str) -> Identity | None:
+        """Who holds this token, or None when it is unknown or revoked."""
+        # The lookup compares digests in an index, not tokens, so it need not be constant-time:
+        # its timing could at most tell how many leading characters of the SHA-256 of the caller's
+        # own guess match a stored digest, and that helps no one find a token that hashes there.
+        rows = await self._all(
+            "SELECT u.name, u.is_admin, m.org FROM tokens t JOIN users u ON u.name = t.user "
+            "LEFT JOIN memberships m ON m.user = u.name WHERE t.hash = ? AND t.revoked_at IS NULL",
+            tokens.hash_token(plaintext),
+        )
+        if not rows:
             return None
-        return Identity(row["name"], await self.user_orgs(row["name"]), bool(row["is_admin"]))
+        orgs = frozenset(row["org"] for row in rows if row["org"] is not None)
+        return Identity(rows[0]["name"], orgs, bool(rows[0]["is_admin"]))
 
-    async def revoke_token(self, token_id_or_token: str) -> TokenInfo:
-        row = await self._one(
-            "SELECT * FROM tokens WHERE id = ? OR hash = ?", token_id_or_token, hash_token(token_id_or_token)
-        )
+    async def revoke_token(self, token_id_or_plaintext: str) -> TokenInfo:
+        """Revoke a token named by its id or by its value. Revoking twice keeps the first time."""
+        async with self._transaction():
+            row = await self._one(
+                "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ? OR hash = ? RETURNING *",
+                self._stamp(), token_id_or_plaintext, tokens.hash_token(token_id_or_plaintext),
+            )
         if row is None:
-            raise NotFound("no such token; `endpointd tokens list USER` shows the ids")
-        await self._db.execute("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (self._stamp(), row["id"]))
-        return TokenInfo(row["id"], row["user"], row["label"], row["created_at"], self._stamp())
+            raise NotFound("no token has that id or value; `endpointd tokens list USER` shows the ids")
+        return _token(row)
 
     async def list_tokens(self, user: str) -> list[TokenInfo]:
-        rows = await self._all("SELECT * FROM tokens WHERE user = ? ORDER BY created_at", user)
-        return [TokenInfo(r["id"], r["user"], r["label"], r["created_at"], r["revoked_at"]) for r in rows]
+        rows = await self._all("SELECT * FROM tokens WHERE user = ? ORDER BY rowid", user)
+        if not rows:
+            await self._require_user(user)
+        return [_token(row) for row in rows]
 
     async def ensure_admin(self, env_token: str | None) -> str | None:
-        """The admin user and a live token. With `env_token` (ENDPOINTD_ADMIN_TOKEN), that token,
-        revoking a different one that came from the environment before. Without, a generated
-        token if admin has none; returned so the caller can hand it over once."""
-        await self.add_user(ADMIN, is_admin=True)
-        if env_token:
-            if await self._one("SELECT 1 FROM tokens WHERE hash = ? AND revoked_at IS NULL", hash_token(env_token)) is None:
-                await self._db.execute(
-                    "UPDATE tokens SET revoked_at = ? WHERE user = ? AND from_env = 1 AND revoked_at IS NULL",
-                    (self._stamp(), ADMIN),
+        """Make sure user `admin` exists, is an admin and has a live token.
+
+        With `env_token` (ENDPOINTD_ADMIN_TOKEN) that token is registered for admin, idempotently,
+        and an earlier, different ENDPOINTD_ADMIN_TOKEN is revoked. Without, a token is generated
+        only when admin has no live one, and returned so the caller can hand it over once; None
+        otherwise."""
+        async with self._transaction():
+            await self._add_user(ADMIN, (), is_admin=True)
+            if env_token is None:
+                if await self._one("SELECT 1 FROM tokens WHERE user = ? AND revoked_at IS NULL", ADMIN):
+                    return None
+                generated = tokens.generate()
+                await self._insert_token(ADMIN, generated, "generated admin token")
+                return generated
+            digest = tokens.hash_token(env_token)
+            known = await self._one("SELECT id, user, revoked_at FROM tokens WHERE hash = ?", digest)
+            if known is not None and known["user"] != ADMIN:
+                raise Conflict(f"{ADMIN_ENV} is a token of user {known['user']}; set {ADMIN_ENV} to a token of its own")
+            if known is not None and known["revoked_at"] is not None:
+                # Revocation is final: a leaked token revoked by hand must not come back on restart.
+                raise Conflict(
+                    f"{ADMIN_ENV} is token {known['id']}, revoked at {known['revoked_at']}; set a new {ADMIN_ENV}"
                 )
-                await self.create_token(ADMIN, "ENDPOINTD_ADMIN_TOKEN", token=env_token, from_env=True)
+            now = self._stamp()
+            await self._db.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE user = ? AND from_env = 1 AND hash != ? AND revoked_at IS NULL",
+                (now, ADMIN, digest),
+            )
+            # Upsert: a token already registered (the same variable at an earlier start, or the
+            # generated one copied into the variable) becomes the environment's, nothing else changes.
+            await self._db.execute(
+                "INSERT INTO tokens (id, user, label, hash, hint, from_env, created_at) VALUES (?, ?, ?, ?, ?, 1, ?) "
+                "ON CONFLICT (hash) DO UPDATE SET from_env = 1",
+                (tokens.new_id(), ADMIN, ADMIN_ENV, digest, tokens.hint(env_token), now),
+            )
             return None
-        if await self._one("SELECT 1 FROM tokens WHERE user = ? AND revoked_at IS NULL", ADMIN):
-            return None
-        token, _ = await self.create_token(ADMIN, "bootstrap")
-        return token
+
+    async def _require_user(self, user: str) -> None:
+        if await self._one("SELECT 1 FROM users WHERE name = ?", user) is None:
+            raise NotFound(f"user {user} does not exist; add it first with `endpointd users add {user}`")
 
     # --- endpoints -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _record(row: aiosqlite.Row) -> EndpointRecord:
-        return EndpointRecord(
-            row["namespace"], row["name"], json.loads(row["spec"]), row["state"], row["message"],
-            row["revision"], bool(row["paused"]), row["target_replicas"],
-            _parse(row["created_at"]), _parse(row["updated_at"]),
-        )
-
-    async def create_endpoint(self, namespace: str, name: str, spec: dict[str, Any], *, state: str, target_replicas: int) -> EndpointRecord:
+    async def create_endpoint(
+        self, namespace: str, name: str, spec: dict[str, Any], *, state: str = "pending", target_replicas: int = 1
+    ) -> EndpointRecord:
         now = self._stamp()
         try:
-            await self._db.execute(
-                "INSERT INTO endpoints (namespace, name, spec, state, target_replicas, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (namespace, name, json.dumps(spec), state, target_replicas, now, now),
-            )
+            async with self._transaction():
+                row = await self._one(
+                    "INSERT INTO endpoints (namespace, name, spec, state, target_replicas, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                    namespace, name, json.dumps(spec), str(state), target_replicas, now, now,
+                )
         except aiosqlite.IntegrityError:
             raise Conflict(f"endpoint {namespace}/{name} already exists; choose another name or update it") from None
-        return await self.get_endpoint(namespace, name)
+        return _endpoint(row)
 
     async def get_endpoint(self, namespace: str, name: str) -> EndpointRecord:
         row = await self._one("SELECT * FROM endpoints WHERE namespace = ? AND name = ?", namespace, name)
         if row is None:
             raise NotFound(f"endpoint {namespace}/{name} does not exist")
-        return self._record(row)
+        return _endpoint(row)
 
     async def list_endpoints(self, namespace: str | None = None) -> list[EndpointRecord]:
         if namespace is None:
             rows = await self._all("SELECT * FROM endpoints ORDER BY namespace, name")
         else:
             rows = await self._all("SELECT * FROM endpoints WHERE namespace = ? ORDER BY name", namespace)
-        return [self._record(r) for r in rows]
+        return [_endpoint(row) for row in rows]
 
     async def update_endpoint(
         self,
@@ -330,39 +452,51 @@ class Store:
         target_replicas: int | None = None,
         paused: bool | None = None,
     ) -> EndpointRecord:
-        sets, args = ["updated_at = ?"], [self._stamp()]
-        for column, value in (("spec", json.dumps(spec) if spec is not None else None), ("state", state),
-                              ("message", message), ("target_replicas", target_replicas),
-                              ("paused", int(paused) if paused is not None else None)):
-            if value is not None:
-                sets.append(f"{column} = ?")
-                args.append(value)
+        """Change the given fields (None leaves one as it is). The reconciler writes state and
+        message often: that is one UPDATE ... RETURNING on the primary key, the spec untouched."""
+        changes = {
+            "spec": None if spec is None else json.dumps(spec),
+            "state": None if state is None else str(state),
+            "message": message,
+            "target_replicas": target_replicas,
+            "paused": None if paused is None else int(paused),
+        }
+        sets = [f"{column} = ?" for column, value in changes.items() if value is not None]
+        values = [value for value in changes.values() if value is not None]
         if bump_revision:
             sets.append("revision = revision + 1")
-        cursor = await self._db.execute(
-            f"UPDATE endpoints SET {', '.join(sets)} WHERE namespace = ? AND name = ?", (*args, namespace, name)
-        )
-        if cursor.rowcount == 0:
+        async with self._transaction():
+            row = await self._one(
+                f"UPDATE endpoints SET {', '.join([*sets, 'updated_at = ?'])} WHERE namespace = ? AND name = ? RETURNING *",
+                *values, self._stamp(), namespace, name,
+            )
+        if row is None:
             raise NotFound(f"endpoint {namespace}/{name} does not exist")
-        return await self.get_endpoint(namespace, name)
+        return _endpoint(row)
 
     async def delete_endpoint(self, namespace: str, name: str) -> None:
-        cursor = await self._db.execute("DELETE FROM endpoints WHERE namespace = ? AND name = ?", (namespace, name))
-        if cursor.rowcount == 0:
+        async with self._transaction():
+            row = await self._one("DELETE FROM endpoints WHERE namespace = ? AND name = ? RETURNING 1", namespace, name)
+        if row is None:
             raise NotFound(f"endpoint {namespace}/{name} does not exist")
 
     # --- audit ---------------------------------------------------------------------------------
 
-    async def record_audit(self, actor: str, action: str, namespace: str, name: str, details: dict[str, Any], source_ip: str, request_id: str) -> None:
-        await self._db.execute(
-            "INSERT INTO audit (at, actor, action, namespace, name, details, source_ip, request_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (self._stamp(), actor, action, namespace, name, json.dumps(details, sort_keys=True), source_ip, request_id),
-        )
+    async def record_audit(
+        self, actor: str, action: str, namespace: str, name: str, details: dict[str, Any], source_ip: str, request_id: str
+    ) -> AuditEntry:
+        async with self._transaction():
+            row = await self._one(
+                "INSERT INTO audit (at, actor, action, namespace, name, details, source_ip, request_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                self._stamp(), actor, action, namespace, name, json.dumps(details, sort_keys=True), source_ip, request_id,
+            )
+        return _audit(row)
 
     async def list_audit(self, namespace: str | None = None, limit: int = 100) -> list[AuditEntry]:
-        where, args = ("WHERE namespace = ?", [namespace]) if namespace else ("", [])
-        rows = await self._all(f"SELECT * FROM audit {where} ORDER BY id DESC LIMIT ?", *args, limit)
-        return [
-            AuditEntry(r["at"], r["actor"], r["action"], r["namespace"], r["name"], json.loads(r["details"]), r["source_ip"], r["request_id"])
-            for r in rows
-        ]
+        """The latest entries first."""
+        if namespace is None:
+            rows = await self._all("SELECT * FROM audit ORDER BY id DESC LIMIT ?", limit)
+        else:
+            rows = await self._all("SELECT * FROM audit WHERE namespace = ? ORDER BY id DESC LIMIT ?", namespace, limit)
+        return [_audit(row) for row in rows]
