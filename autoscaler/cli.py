@@ -12,17 +12,16 @@ from pathlib import Path
 from proxy.config import ProxyConfig
 
 from . import settings
-from .config import ServeConfig
+from .config import ScalingConfig, ServeConfig
 from .wire import wire_time
 
 
-def _load(args: argparse.Namespace) -> tuple[ProxyConfig, ServeConfig]:
+def _load(args: argparse.Namespace) -> tuple[ProxyConfig, ServeConfig, ScalingConfig]:
     file = settings.read_file(args.config)
-    proxy = settings.load(ProxyConfig, "proxy", file_values=file.get("proxy"), env=os.environ,
-                          flags=settings.flags_of(args, ProxyConfig))
-    serve = settings.load(ServeConfig, "serve", file_values=file.get("serve"), env=os.environ,
-                          flags=settings.flags_of(args, ServeConfig))
-    return proxy, serve
+    return tuple(
+        settings.load(cls, section, file_values=file.get(section), env=os.environ, flags=settings.flags_of(args, cls))
+        for cls, section in ((ProxyConfig, "proxy"), (ServeConfig, "serve"), (ScalingConfig, "scaling"))
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -30,8 +29,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .serve import build_app
 
-    proxy, serve = _load(args)
-    run(build_app(proxy, serve), proxy.host, proxy.port, proxy.drain_timeout_s)
+    proxy, serve, scaling = _load(args)
+    run(build_app(proxy, serve, scaling), proxy.host, proxy.port, proxy.drain_timeout_s)
     return 0
 
 
@@ -112,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the management API, the proxy and the controller")
-    serve.add_argument("--config", help="TOML file; its [proxy] and [serve] tables set any option below")
+    serve.add_argument("--config", help="TOML file; its [proxy], [serve] and [scaling] tables set any option below")
     settings.add_flags(serve, ProxyConfig)
     settings.add_flags(serve, ServeConfig)
+    settings.add_flags(serve, ScalingConfig)
     serve.set_defaults(func=_serve)
 
     proxy = sub.add_parser("proxy", help="run the edge proxy alone, in front of replicas listed in a routes file")

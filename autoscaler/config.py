@@ -30,3 +30,29 @@ class ServeConfig:
     reconcile_interval_s: float = setting(
         1.0, min=0.01, max=60.0, help="longest time between two reconcile rounds (changes trigger one at once)",
     )
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """The scaling loop's windows and cadences (reference defaults); tests shorten them."""
+
+    scale_window_s: float = setting(20.0, min=0.1, max=3600.0, help="pending requests are averaged over this window")
+    hardware_window_s: float = setting(60.0, min=0.1, max=3600.0, help="utilization is averaged over this window")
+    hardware_up_every_s: float = setting(60.0, min=0.1, max=3600.0, help="hardware strategy: scale-up evaluated this often")
+    hardware_down_every_s: float = setting(120.0, min=0.1, max=7200.0, help="hardware strategy: scale-down evaluated this often")
+    stabilization_s: float = setting(
+        300.0, min=0.0, max=86_400.0, help="scale down only to the highest recommendation of this window",
+    )
+    minute_s: float = setting(
+        60.0, min=0.01, max=60.0, help="seconds in a scaleToZeroTimeout minute (shorten for tests)",
+    )
+    scale_interval_s: float = setting(1.0, min=0.05, max=60.0, help="how often pending counts are sampled and decided on")
+
+    def policy(self):
+        from .policy import PolicyConfig
+
+        return PolicyConfig(
+            window_s=self.scale_window_s, hardware_window_s=self.hardware_window_s,
+            hardware_up_every_s=self.hardware_up_every_s, hardware_down_every_s=self.hardware_down_every_s,
+            stabilization_s=self.stabilization_s, minute_s=self.minute_s,
+        )

@@ -131,6 +131,7 @@ class Controller:
         interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         new_id: Callable[[], str] | None = None,
+        free_slots: Callable[[Desired], int | None] | None = None,
     ) -> None:
         self._runtime = runtime
         self._launcher = launcher
@@ -143,6 +144,7 @@ class Controller:
         self._interval_s = interval_s
         self._clock = clock
         self._new_id = new_id or _id_maker()
+        self._free_slots = free_slots
         self._endpoints: dict[EndpointKey, _Endpoint] = {}
         self._tasks: set[asyncio.Task] = set()
         self._kicked = asyncio.Event()
@@ -170,6 +172,32 @@ class Controller:
             ep.deleting = True
             self._routes.remove(key.namespace, key.name)
             self.kick()
+
+    def keys(self) -> list[EndpointKey]:
+        return [key for key, ep in self._endpoints.items() if not ep.deleting]
+
+    def ready_ids(self, key: EndpointKey) -> list[str]:
+        ep = self._endpoints.get(key)
+        return [s.id for s in ep.slots.values() if s.phase is Phase.READY] if ep else []
+
+    def ready_count(self, key: EndpointKey) -> int:
+        return len(self.ready_ids(key))
+
+    def capacity(self, key: EndpointKey) -> int | None:
+        """Most replicas of this endpoint that can run now (GPUs), or None when only max bounds it."""
+        ep = self._endpoints.get(key)
+        if ep is None or self._free_slots is None:
+            return None
+        free = self._free_slots(ep.desired)
+        if free is None:
+            return None
+        return free + sum(1 for s in ep.slots.values() if s.phase is not Phase.DRAINING)
+
+    def set_target(self, key: EndpointKey, replicas: int) -> None:
+        """The scaling loop's decision: how many replicas this endpoint should have now."""
+        ep = self._endpoints.get(key)
+        if ep is not None and not ep.deleting and ep.desired.target != replicas:
+            self.set_desired(replace(ep.desired, target=replicas))
 
     def status(self, key: EndpointKey) -> Status | None:
         ep = self._endpoints.get(key)

@@ -3,6 +3,7 @@ each step reported to the endpoint's status message."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import aiohttp
 
 from engines import artifacts, hardware, presets, readiness
-from engines.gpus import Gpu, GpuAllocator, NoCapacity
+from engines.gpus import Gpu, GpuAllocator, GpuSampler, NoCapacity
 from engines.runtime import ReplicaInfo, Runtime
 
 from .controller import Desired, WaitingForCapacity
@@ -29,6 +30,7 @@ class EngineLauncher:
         cpu_count: int,
         memory_bytes: int,
         default_images: Mapping[str, str] | None = None,
+        gpu_sampler: GpuSampler | None = None,
     ) -> None:
         self._runtime = runtime
         self._session = session
@@ -39,6 +41,7 @@ class EngineLauncher:
         self._cpu_count = cpu_count
         self._memory_bytes = memory_bytes
         self._default_images = default_images
+        self._gpu_sampler = gpu_sampler
 
     def resources(self, accelerator: str, instance_type: str, instance_size: str) -> hardware.Resources:
         """Raises HardwareError naming what this host offers."""
@@ -90,6 +93,32 @@ class EngineLauncher:
         return await readiness.wait_ready(
             self._runtime, info, session=self._session, deadline_s=self._ready_deadline_s
         )
+
+    def free_slots(self, desired: Desired) -> int | None:
+        """How many more replicas of this endpoint its free GPUs can hold; None for CPU ones."""
+        compute = desired.spec.compute
+        resources = self.resources(compute.accelerator, compute.instance_type, compute.instance_size)
+        if not resources.gpu_count:
+            return None
+        held = self._allocator.holders
+        free = sum(1 for gpu in self._inventory if gpu.type == compute.instance_type and gpu.uuid not in held)
+        return free // resources.gpu_count
+
+    async def utilization(self, desired: Desired, replica_ids: list[str]) -> float | None:
+        """Average utilization of the replicas, in percent: GPU (NVML) on GPU instances, else CPU
+        (Docker stats) relative to each replica's CPU limit."""
+        compute = desired.spec.compute
+        resources = self.resources(compute.accelerator, compute.instance_type, compute.instance_size)
+        if resources.gpu_count:
+            if self._gpu_sampler is None:
+                return None
+            ids = [gpu for rid in replica_ids for gpu in self._allocator.held_by(rid)]
+            values = list(self._gpu_sampler.utilization(ids).values())
+        else:
+            usages = await asyncio.gather(*(self._runtime.usage(rid) for rid in replica_ids), return_exceptions=True)
+            cpus = resources.cpus or self._cpu_count
+            values = [u.cpu_percent / cpus for u in usages if not isinstance(u, BaseException)]
+        return sum(values) / len(values) if values else None
 
     def release(self, replica_id: str) -> None:
         self._allocator.release(replica_id)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from engines import hardware
 from engines.docker import DockerRuntime
-from engines.gpus import GpuAllocator, read_inventory
+from engines.gpus import GpuAllocator, GpuSampler, load_nvml, read_inventory
 from engines.runtime import EndpointKey
 from proxy.app import add_proxy
 from proxy.config import ProxyConfig
@@ -23,9 +23,11 @@ from proxy.control import Identity
 from proxy.pipeline import Pipeline
 
 from .api import ManagementApi, add_api
-from .config import ServeConfig
+from .config import ScalingConfig, ServeConfig
 from .controller import Controller, Desired, Status
 from .launcher import EngineLauncher
+from .policy import Scaling
+from .scaler import Scaler
 from .plane import StoreControlPlane
 from . import tokens
 from .store import Store
@@ -33,6 +35,7 @@ from .store import Store
 log = logging.getLogger("endpointd")
 
 ADMIN_TOKEN_FILE = "admin-token"
+DEFAULT_IDLE_MIN = 15  # [spec-md] EndpointScaling.scaleToZeroTimeout default
 STORE_FILE = "endpointd.db"
 # Time the controller's probe through the proxy may take; the replica already answered directly.
 PROBE_TIMEOUT_S = 10.0
@@ -55,7 +58,21 @@ async def bootstrap_admin(store: Store, data_dir: Path) -> None:
         log.info("the admin token is in %s", path)
 
 
-async def build_app(proxy_config: ProxyConfig, serve_config: ServeConfig) -> web.Application:
+def scaling_of(desired: Desired | None) -> Scaling | None:
+    """The policy's view of an endpoint's `compute.scaling`."""
+    if desired is None or desired.spec is None:
+        return None
+    s = desired.spec.compute.scaling
+    return Scaling(
+        min_replicas=s.min_replica, max_replicas=s.max_replica, metric=str(s.measure.metric),
+        threshold=s.measure.threshold,
+        idle_timeout_min=(s.scale_to_zero_timeout_min or DEFAULT_IDLE_MIN) if s.min_replica == 0 else None,
+    )
+
+
+async def build_app(
+    proxy_config: ProxyConfig, serve_config: ServeConfig, scaling_config: ScalingConfig = ScalingConfig()
+) -> web.Application:
     """The whole of endpointd as one aiohttp app. What has a lifetime (the reconcile loop, the
     connections to Docker and SQLite) is closed by the app's cleanup context."""
     data_dir = Path(serve_config.data_dir).resolve()
@@ -75,11 +92,14 @@ async def build_app(proxy_config: ProxyConfig, serve_config: ServeConfig) -> web
     runtime = DockerRuntime(publish_host=serve_config.publish_host)
     inventory = read_inventory()
     allocator = GpuAllocator(inventory)
+    nvml = load_nvml() if inventory else None
+    gpu_sampler = GpuSampler(nvml, inventory) if nvml is not None else None
     cpu_count, memory_bytes = hardware.host_cpu_count(), hardware.host_memory_bytes()
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S))
     launcher = EngineLauncher(
         runtime, session, inventory=inventory, allocator=allocator, cache_dir=data_dir / "models",
         ready_deadline_s=serve_config.ready_deadline_s, cpu_count=cpu_count, memory_bytes=memory_bytes,
+        gpu_sampler=gpu_sampler,
     )
 
     async def on_status(key: EndpointKey, status: Status) -> None:
@@ -100,9 +120,21 @@ async def build_app(proxy_config: ProxyConfig, serve_config: ServeConfig) -> web
         runtime, launcher, plane,
         in_flight=pipeline.counter.replica_loads, on_status=on_status, probe=probe,
         drain_grace_s=serve_config.drain_grace_s, stop_grace_s=serve_config.stop_grace_s,
-        interval_s=serve_config.reconcile_interval_s,
+        interval_s=serve_config.reconcile_interval_s, free_slots=launcher.free_slots,
     )
     plane.bind_waker(controller.wake)
+
+    async def on_target(key: EndpointKey, replicas: int) -> None:
+        await store.update_endpoint(key.namespace, key.name, target_replicas=replicas)
+
+    async def utilization(key: EndpointKey) -> float | None:
+        return await launcher.utilization(controller.desired(key), controller.ready_ids(key))
+
+    scaler = Scaler(
+        controller, pipeline.counter.snapshot, config=scaling_config.policy(),
+        scaling_of=lambda key: scaling_of(controller.desired(key)), on_target=on_target,
+        utilization=utilization, interval_s=scaling_config.scale_interval_s, registry=pipeline.metrics.registry,
+    )
     url_base = base_url(proxy_config, serve_config)
     api = ManagementApi(
         store, controller,
@@ -119,6 +151,7 @@ async def build_app(proxy_config: ProxyConfig, serve_config: ServeConfig) -> web
         tasks = [
             asyncio.create_task(controller.run(), name="reconcile"),
             asyncio.create_task(controller.watch_deaths(), name="watch deaths"),
+            asyncio.create_task(scaler.run(), name="scale"),
         ]
         try:
             yield
@@ -131,6 +164,8 @@ async def build_app(proxy_config: ProxyConfig, serve_config: ServeConfig) -> web
             await session.close()
             await runtime.close()
             await store.close()
+            if gpu_sampler is not None:
+                gpu_sampler.close()
 
     app = web.Application()
     add_proxy(app, pipeline)

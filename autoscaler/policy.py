@@ -1,0 +1,144 @@
+"""The scaling decision, as a pure function: `decide(snapshot, scaling, config, state, now)`.
+
+No clock, no Docker, no I/O: time comes in as `now` (seconds, monotonic), history lives in the
+returned `PolicyState`, and tests run it as tables. Defaults are the reference service's
+(../shared/DESIGN.md "Control loop"):
+- pending requests (default): add replicas when the average pending per ready replica over the
+  last 20 s exceeds the threshold (1.5), up to the count that brings it under the threshold;
+- hardware: average utilization over a 1-minute window >= threshold (80 %) adds a replica,
+  evaluated every minute; scale-down evaluated every 2 minutes;
+- scale-down only after a 300 s stabilization: the highest recommendation over it wins;
+- scale to zero when min is 0 and nothing was pending or arrived for the idle timeout;
+- no scale-down before a full stabilization window has been seen (after a restart).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+PENDING = "pendingRequests"
+HARDWARE = "hardwareUsage"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    window_s: float = 20.0  # pending-requests averaging window
+    hardware_window_s: float = 60.0  # utilization averaging window
+    hardware_up_every_s: float = 60.0
+    hardware_down_every_s: float = 120.0
+    stabilization_s: float = 300.0
+    minute_s: float = 60.0  # length of the scaleToZeroTimeout unit; tests shorten it
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """One endpoint's scaling settings, from its spec."""
+
+    min_replicas: int
+    max_replicas: int
+    metric: str = PENDING
+    threshold: float = 1.5
+    idle_timeout_min: float | None = None  # None: never to zero (min > 0)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What is true now, for one endpoint."""
+
+    pending: int  # held + in flight, across its replicas
+    arrivals: int  # requests admitted since the proxy started (monotonic counter)
+    ready: int  # replicas taking requests
+    current: int  # replicas wanted now (the controller's target)
+    utilization: float | None = None  # percent, averaged over replicas (CPU or GPU)
+    capacity: int | None = None  # most replicas that can be placed now; None: unbounded
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    started_at: float | None = None
+    samples: tuple[tuple[float, float, float | None], ...] = ()  # (t, pending per ready, util)
+    recommendations: tuple[tuple[float, int], ...] = ()  # (t, replicas)
+    last_active_at: float | None = None
+    last_arrivals: int | None = None
+    last_up_at: float | None = None  # hardware cadence
+    last_down_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    reason: str
+    inputs: dict = field(default_factory=dict)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def decide(snapshot: Snapshot, scaling: Scaling, config: PolicyConfig, state: PolicyState, now: float) -> tuple[Decision, PolicyState]:
+    started = state.started_at if state.started_at is not None else now
+    active = snapshot.pending > 0 or (state.last_arrivals is not None and snapshot.arrivals != state.last_arrivals)
+    last_active = now if active or state.last_active_at is None else state.last_active_at
+    per_ready = snapshot.pending / max(snapshot.ready, 1)
+    keep_from = now - max(config.window_s, config.hardware_window_s)
+    samples = tuple(s for s in state.samples if s[0] > keep_from) + ((now, snapshot.pending, snapshot.utilization),)
+    state = replace(state, started_at=started, samples=samples, last_active_at=last_active, last_arrivals=snapshot.arrivals)
+    current = snapshot.current
+    inputs: dict = {"pending": snapshot.pending, "ready": snapshot.ready, "current": current, "per_ready": round(per_ready, 3)}
+
+    # 1. What the metric asks for (a recommendation, before bounds and stabilization).
+    if scaling.metric == HARDWARE:
+        utils = [u for t, _, u in samples if u is not None and t > now - config.hardware_window_s]
+        util = _mean(utils)
+        inputs["utilization"] = round(util, 1)
+        recommended, reason = current, "steady"
+        if utils and util >= scaling.threshold and (state.last_up_at is None or now - state.last_up_at >= config.hardware_up_every_s):
+            recommended, reason = max(current, 1) + 1, f"utilization {util:.0f}% >= {scaling.threshold:g}%"
+            state = replace(state, last_up_at=now)
+        elif utils and util < scaling.threshold and (state.last_down_at is None or now - state.last_down_at >= config.hardware_down_every_s):
+            recommended = max(1, math.ceil(max(current, 1) * util / scaling.threshold))
+            reason = f"utilization {util:.0f}% < {scaling.threshold:g}%"
+            state = replace(state, last_down_at=now)
+    else:
+        window = [p for t, p, _ in samples if t > now - config.window_s]
+        average = _mean(window)
+        inputs["avg_pending"] = round(average, 3)
+        # The fewest replicas that keep the average pending per replica at or under the threshold.
+        recommended = max(1, math.ceil(average / scaling.threshold)) if average > 0 else 1
+        reason = f"average pending {average:.2f} over {config.window_s:g} s, threshold {scaling.threshold:g}/replica"
+
+    # 2. Bounds.
+    floor = max(scaling.min_replicas, 1)
+    recommended = min(max(recommended, floor), scaling.max_replicas)
+    history = tuple(r for r in state.recommendations if r[0] > now - config.stabilization_s) + ((now, recommended),)
+    state = replace(state, recommendations=history)
+
+    # 3. Up at once; down only to the highest recommendation of the stabilization window, and
+    #    never before a full window has been seen.
+    if recommended > current:
+        target, why = recommended, f"scale up: {reason}"
+    elif recommended < current:
+        if now - started < config.stabilization_s:
+            target, why = current, "no scale-down before a full stabilization window of data"
+        else:
+            target = max(r for _, r in history)
+            why = f"scale down: {reason}" if target < current else "stabilizing: a higher recommendation is in the window"
+    else:
+        target, why = current, f"steady: {reason}"
+
+    # 4. At zero (idle timeout, or a user's scale-to-zero) it stays there until a request
+    #    arrives: the proxy wakes it. Scale to zero after the idle timeout (an open stream is
+    #    pending, so not idle).
+    idle_s = now - last_active
+    inputs["idle_s"] = round(idle_s, 1)
+    if current == 0 and not active:
+        target, why = 0, "at zero until a request arrives"
+    elif (scaling.min_replicas == 0 and scaling.idle_timeout_min is not None
+          and idle_s >= scaling.idle_timeout_min * config.minute_s and now - started >= config.window_s):
+        target, why = 0, f"idle for {idle_s:.0f} s >= scaleToZeroTimeout"
+
+    # 5. Capacity: never more than can be placed now.
+    if snapshot.capacity is not None and target > snapshot.capacity >= current:
+        target, why = snapshot.capacity, f"{why}; capped at capacity {snapshot.capacity}"
+    return Decision(target, why, inputs), state
