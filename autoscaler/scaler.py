@@ -83,6 +83,7 @@ class Scaler:
                 capacity=self._controller.capacity(key),
             )
             decision, self._states[key] = decide(snapshot, scaling, self._config, self._states.get(key, PolicyState()), now)
+            log.debug("%s: keep %d? -> %d (%s) %s", key, desired.target, decision.replicas, decision.reason, decision.inputs)
             if decision.replicas != desired.target:
                 log.info("%s: %d -> %d replicas (%s) %s", key, desired.target, decision.replicas, decision.reason, decision.inputs)
                 direction = "up" if decision.replicas > desired.target else "down"

@@ -21,6 +21,11 @@ class ProxyConfig:
         600.0, min=0.001, max=3600.0, help="cap on the X-Scale-Up-Timeout a caller may ask for",
     )
     retry_after_s: int = setting(5, min=1, max=3600, help="Retry-After sent with a cold-start 503")
+    held_release_per_replica: int = setting(
+        # Enough to keep a batching engine busy; small enough that a burst held through a cold
+        # start spreads over the replicas that come up after the first one.
+        32, min=1, max=100_000, help="held requests released per ready replica; then one per completed request",
+    )
     max_body_bytes: int = setting(
         # Large enough for long audio uploads; bodies are streamed, so this bounds nothing in memory.
         1 << 30, min=1, max=1 << 40, help="largest request body accepted (413 beyond)",

@@ -1,8 +1,10 @@
 """Cold start: wake an endpoint once, and hold requests until a replica is ready.
 
-Held requests wait on one `asyncio.Event` per endpoint, set by the control plane's change
-notification the moment a replica becomes ready: no request polls, and all of them are released
-within one loop iteration of readiness.
+Held requests wait in a FIFO of futures per endpoint, resolved by the control plane's change
+notification the moment a replica becomes ready: no request polls. A burst held through a cold
+start is released a share at a time — `release_per_replica` for each ready replica, then one per
+completed request — so the backlog spreads over replicas as they come up instead of all landing
+on the first one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 
 from .control import ControlPlane, RouteEntry, RouteState
@@ -49,6 +52,7 @@ class ReadinessGate:
         max_held_per_endpoint: int,
         retry_after_s: int,
         wake_retry_s: float,
+        release_per_replica: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._control = control
@@ -56,17 +60,35 @@ class ReadinessGate:
         self._retry_after_s = retry_after_s
         self._wake_retry_s = wake_retry_s
         self._clock = clock
-        self._ready: dict[str, asyncio.Event] = {}
+        self._per_replica = release_per_replica
+        self._queues: dict[str, deque[asyncio.Future[None]]] = {}
         self._woken_at: dict[str, float] = {}
         self.held: dict[str, int] = {}
         control.subscribe(self._on_change)
 
+    def _release(self, key: str, n: int | None) -> None:
+        """Let the `n` longest-held requests (all when None) look for a replica again."""
+        queue = self._queues.get(key)
+        while queue and (n is None or n > 0):
+            waiter = queue.popleft()
+            if not waiter.done():  # a waiter whose client left is already cancelled
+                waiter.set_result(None)
+                if n is not None:
+                    n -= 1
+        if queue is not None and not queue:
+            del self._queues[key]
+
     def _on_change(self, entry: RouteEntry) -> None:
-        if entry.replicas or entry.state is not RouteState.SERVING:
+        if entry.state is not RouteState.SERVING:
+            self._release(entry.key, None)  # each one sees the refusal
+        elif entry.replicas:
             self._woken_at.pop(entry.key, None)
-            event = self._ready.pop(entry.key, None)
-            if event is not None:
-                event.set()
+            self._release(entry.key, len(entry.replicas) * self._per_replica)
+
+    def finished(self, key: str) -> None:
+        """A request of this endpoint completed: one held request takes its place."""
+        if key in self._queues:
+            self._release(key, 1)
 
     def _wake(self, entry: RouteEntry) -> None:
         """One wake per endpoint however many requests arrive; asked again only if the first
@@ -100,10 +122,9 @@ class ReadinessGate:
         try:
             async with asyncio.timeout(hold_s):
                 while True:
-                    event = self._ready.get(key)
-                    if event is None:
-                        event = self._ready[key] = asyncio.Event()
-                    await event.wait()
+                    waiter = asyncio.get_running_loop().create_future()
+                    self._queues.setdefault(key, deque()).append(waiter)
+                    await waiter
                     current = self._control.lookup(entry.namespace, entry.name)
                     if current is None:
                         raise NotFound(f"endpoint {entry.key} was deleted while the request waited for it")

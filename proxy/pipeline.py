@@ -56,10 +56,10 @@ class Admission:
 
     def finish(self, code: int | str) -> None:
         pipeline = self._pipeline
-        pipeline.metrics.answered(
-            self.entry.key, self.ticket.replica_id or NO_REPLICA, str(code), pipeline.clock() - self._started
-        )
+        key = self.entry.key
+        pipeline.metrics.answered(key, self.ticket.replica_id or NO_REPLICA, str(code), pipeline.clock() - self._started)
         self.ticket.close()
+        pipeline.gate.finished(key)
 
 
 class Pipeline:
@@ -74,6 +74,7 @@ class Pipeline:
             max_held_per_endpoint=config.max_held_per_endpoint,
             retry_after_s=config.retry_after_s,
             wake_retry_s=config.wake_retry_s,
+            release_per_replica=config.held_release_per_replica,
             clock=clock,
         )
         self.metrics = ProxyMetrics(self.counter, lambda: self.gate.held)

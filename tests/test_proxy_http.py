@@ -430,3 +430,28 @@ async def test_held_request_for_a_deleted_endpoint_is_404(harness):
     status, body = await held
     assert status == 404
     assert b"was deleted" in body
+
+
+async def test_a_held_burst_spreads_over_replicas_as_they_become_ready(harness):
+    release = asyncio.Event()
+
+    async def slow(request):
+        await release.wait()
+        return web.Response(text="ok")
+
+    first, second = await harness.upstream(slow), await harness.upstream(slow)
+    harness.endpoint()
+    await harness.start(held_release_per_replica=10)
+    burst = [asyncio.create_task(_post(harness, EP, headers={"X-Scale-Up-Timeout": "30"})) for _ in range(50)]
+    await until(lambda: harness.pipeline.gate.held.get("acme/e1") == 50)
+    harness.control.set_replicas("acme", "e1", [Replica("r0", first.address)])
+    await until(lambda: len(first.seen) == 10)  # one replica: a share of the backlog, not all of it
+    assert harness.pipeline.gate.held["acme/e1"] == 40
+    harness.control.set_replicas("acme", "e1", [Replica("r0", first.address), Replica("r1", second.address)])
+    await until(lambda: len(first.seen) + len(second.seen) == 30)  # two replicas: 2 x 10 more
+    # The newcomer had the fewest in flight, so the new share evens them out: 10 + 5 and 0 + 15.
+    assert (len(first.seen), len(second.seen)) == (15, 15)
+    release.set()  # completions release the rest, one for each
+    assert [status for status, _ in await asyncio.gather(*burst)] == [200] * 50
+    assert len(first.seen) + len(second.seen) == 50 and len(second.seen) >= 15
+    assert harness.pending() == 0
