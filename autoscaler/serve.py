@@ -35,10 +35,19 @@ from .store import Store
 log = logging.getLogger("endpointd")
 
 ADMIN_TOKEN_FILE = "admin-token"
+INSTANCE_FILE = "instance-id"
 DEFAULT_IDLE_MIN = 15  # [spec-md] EndpointScaling.scaleToZeroTimeout default
 STORE_FILE = "endpointd.db"
 # Time the controller's probe through the proxy may take; the replica already answered directly.
 PROBE_TIMEOUT_S = 10.0
+
+
+def instance_id(data_dir: Path) -> str:
+    """A stable id of this endpointd (its data directory), made once and kept there."""
+    path = data_dir / INSTANCE_FILE
+    if not path.exists():
+        path.write_text(secrets.token_hex(8) + "\n")
+    return path.read_text().strip()
 
 
 def base_url(proxy: ProxyConfig, serve: ServeConfig) -> str:
@@ -89,7 +98,7 @@ async def build_app(
 
     plane = StoreControlPlane(verify)
     pipeline = Pipeline(proxy_config, plane)
-    runtime = DockerRuntime(publish_host=serve_config.publish_host)
+    runtime = DockerRuntime(publish_host=serve_config.publish_host, instance=instance_id(data_dir))
     inventory = read_inventory()
     allocator = GpuAllocator(inventory)
     nvml = load_nvml() if inventory else None

@@ -27,6 +27,7 @@ import aiohttp
 
 from .runtime import (
     LABEL_HEALTH_ROUTE,
+    LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_NAME,
     LABEL_NAMESPACE,
@@ -208,8 +209,12 @@ def _context_tarball(context_dir: Path) -> bytes:
 class DockerRuntime:
     """`Runtime` on the local Docker engine. Create it inside a running event loop."""
 
-    def __init__(self, publish_host: str = "127.0.0.1", url: str | None = None) -> None:
+    def __init__(self, publish_host: str = "127.0.0.1", url: str | None = None, instance: str | None = None) -> None:
+        """`instance`, when given, scopes this runtime to the containers it labelled with it, so two
+        endpointd instances (two data directories) on one engine never adopt or stop each other's."""
         self._publish_host = publish_host
+        self._instance = instance
+        self._managed = [MANAGED] + ([f"{LABEL_INSTANCE}={instance}"] if instance else [])
         self._docker = aiodocker.Docker(url=url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL)
 
     async def _json_lines(
@@ -229,7 +234,7 @@ class DockerRuntime:
         target = f"replica {replica_id}"
         async with _wrapped(operation, target):
             found = await self._docker.containers.list(
-                all=True, filters=json.dumps({"label": [MANAGED, f"{LABEL_REPLICA}={replica_id}"]})
+                all=True, filters=json.dumps({"label": [*self._managed, f"{LABEL_REPLICA}={replica_id}"]})
             )
         if not found:
             raise ReplicaNotFound(operation, target, "no container of endpointd has this replica id")
@@ -271,6 +276,8 @@ class DockerRuntime:
     async def start(self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec) -> ReplicaInfo:
         name = container_name(endpoint, replica_id)
         config = create_config(endpoint, replica_id, revision, spec, self._publish_host)
+        if self._instance:
+            config["Labels"][LABEL_INSTANCE] = self._instance
         async with _wrapped("start container", name):
             container = await self._docker.containers.create(config, name=name)
             try:
@@ -297,7 +304,7 @@ class DockerRuntime:
         log.info("stopped replica %s", replica_id)
 
     async def list(self, endpoint: EndpointKey | None = None) -> list[ReplicaInfo]:
-        labels = [MANAGED]
+        labels = list(self._managed)
         if endpoint is not None:
             labels += [f"{LABEL_NAMESPACE}={endpoint.namespace}", f"{LABEL_NAME}={endpoint.name}"]
         found = []
@@ -349,7 +356,7 @@ class DockerRuntime:
 
     async def _events_since(self, start: float) -> AsyncIterator[ReplicaEvent]:
         since = f"{start:.9f}"
-        filters = json.dumps({"type": ["container"], "event": ["die"], "label": [MANAGED]})
+        filters = json.dumps({"type": ["container"], "event": ["die"], "label": self._managed})
         while True:
             lines = self._json_lines("events", params={"filters": filters, "since": since})
             try:

@@ -18,6 +18,7 @@ from typing import Protocol
 
 # Labels put on every container endpointd starts; a restarted endpointd finds its replicas by them.
 LABEL_MANAGED = "endpointd.managed"
+LABEL_INSTANCE = "endpointd.instance"  # which endpointd (data directory) owns the container
 LABEL_NAMESPACE = "endpointd.namespace"
 LABEL_NAME = "endpointd.name"
 LABEL_REPLICA = "endpointd.replica"

@@ -271,3 +271,15 @@ async def test_a_failing_build_names_the_step_and_its_output(docker_runtime, tmp
     with pytest.raises(RuntimeError_, match=f"(?s)build image {tag}: .*non-zero code: 7 \\(at Step 2/2 : RUN .*about to fail"):
         await docker_runtime.build_image(tmp_path, tag)
     assert not await docker_runtime.image_exists(tag)
+
+
+async def test_an_instance_sees_only_its_own_containers(docker_runtime, docker_key):
+    mine, other = DockerRuntime(instance="test-mine"), DockerRuntime(instance="test-other")
+    try:
+        await mine.start(docker_key, "r1", "1", ContainerSpec(image=ECHO_IMAGE))
+        assert [info.replica_id for info in await mine.list(docker_key)] == ["r1"]
+        assert await other.list(docker_key) == []  # another endpointd never adopts nor stops it
+        assert [info.replica_id for info in await docker_runtime.list(docker_key)] == ["r1"]
+    finally:
+        await mine.close()
+        await other.close()

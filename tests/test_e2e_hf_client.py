@@ -118,6 +118,13 @@ def test_restart_adopts_running_replicas_and_loses_nothing(serve):
     wait_for(lambda: not _replicas(serve), 60, "containers removed")
 
 
+def test_provider_lists_this_hosts_hardware(serve):
+    hardware = HfApi(endpoint=serve.url, token=serve.alice).list_inference_endpoints_hardware()
+    cpu = [h for h in hardware if h.accelerator == "cpu"]
+    assert cpu and cpu[0].instance_size == "x1" and cpu[0].vendor == "local"
+    assert all(h.accelerator == "cpu" for h in hardware)  # no GPU on this host
+
+
 def test_errors_are_json_sentences_with_the_right_status(serve):
     api = HfApi(endpoint=serve.url, token=serve.alice)
     with pytest.raises(BadRequestError, match="name must be 1 to 32 lowercase letters"):
