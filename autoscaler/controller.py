@@ -94,6 +94,7 @@ class _Endpoint:
     verifying: bool = False
     status: Status | None = None
     deleting: bool = False
+    note: str = ""  # from the scaling loop, appended to a running endpoint's message
 
 
 class Launcher(Protocol):
@@ -192,6 +193,13 @@ class Controller:
         if free is None:
             return None
         return free + sum(1 for s in ep.slots.values() if s.phase is not Phase.DRAINING)
+
+    def set_note(self, key: EndpointKey, note: str) -> None:
+        """A remark from the scaling loop shown in the status message (e.g. waiting for capacity)."""
+        ep = self._endpoints.get(key)
+        if ep is not None and ep.note != note:
+            ep.note = note
+            self.kick()
 
     def set_target(self, key: EndpointKey, replicas: int) -> None:
         """The scaling loop's decision: how many replicas this endpoint should have now."""
@@ -432,7 +440,8 @@ class Controller:
         if target == 0:
             return Status(State.SCALED_TO_ZERO, "scaled to zero; the next request wakes it", ready, 0)
         if ready and ep.verified:
-            return Status(State.RUNNING, f"{ready}/{target} replicas ready", ready, target)
+            message = f"{ready}/{target} replicas ready" + (f"; {ep.note}" if ep.note else "")
+            return Status(State.RUNNING, message, ready, target)
         if not slots and not ep.failures and not ep.progress:
             return Status(State.PENDING, "waiting to start", ready, target)
         message = ep.progress or "starting"

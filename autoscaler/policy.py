@@ -70,6 +70,7 @@ class Decision:
     replicas: int
     reason: str
     inputs: dict = field(default_factory=dict)
+    wanted_beyond_capacity: int | None = None  # replicas wanted when capacity capped the decision
 
 
 def _mean(values: list[float]) -> float:
@@ -140,5 +141,7 @@ def decide(snapshot: Snapshot, scaling: Scaling, config: PolicyConfig, state: Po
 
     # 5. Capacity: never more than can be placed now.
     if snapshot.capacity is not None and target > snapshot.capacity >= current:
+        wanted = target
         target, why = snapshot.capacity, f"{why}; capped at capacity {snapshot.capacity}"
+        return Decision(target, why, inputs, wanted_beyond_capacity=wanted), state
     return Decision(target, why, inputs), state

@@ -83,7 +83,11 @@ class Scaler:
                 capacity=self._controller.capacity(key),
             )
             decision, self._states[key] = decide(snapshot, scaling, self._config, self._states.get(key, PolicyState()), now)
-            log.debug("%s: keep %d? -> %d (%s) %s", key, desired.target, decision.replicas, decision.reason, decision.inputs)
+            log.debug("%s: %d -> %d (%s) %s", key, desired.target, decision.replicas, decision.reason, decision.inputs)
+            wanted = decision.wanted_beyond_capacity
+            self._controller.set_note(
+                key, f"wants {wanted} replicas, waiting for capacity: no free GPUs for more" if wanted else ""
+            )
             if decision.replicas != desired.target:
                 log.info("%s: %d -> %d replicas (%s) %s", key, desired.target, decision.replicas, decision.reason, decision.inputs)
                 direction = "up" if decision.replicas > desired.target else "down"

@@ -136,6 +136,7 @@ async def test_capacity_bounds_scale_up(world):
               free_slots=lambda desired: gpus - len(holder[0].runtime.containers))
     holder.append(w)
     assert await w.step(5, pending=10) == 2  # wanted 4, but the host has GPUs for two
+    assert "wants 4 replicas, waiting for capacity" in w.controller.status(KEY).message
 
 
 async def test_paused_endpoints_are_left_alone(world):
