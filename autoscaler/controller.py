@@ -103,6 +103,9 @@ class Launcher(Protocol):
     ) -> ReplicaInfo:
         """Prepare (artifacts, image, hardware), start and wait until healthy; raise on failure."""
 
+    async def healthy(self, replica: ReplicaInfo) -> bool:
+        """Whether a running replica answers its health route with 200 now."""
+
     def release(self, replica_id: str) -> None:
         """Give back what the replica held (GPUs)."""
 
@@ -375,8 +378,8 @@ class Controller:
             self.replica_died(event.replica_id, event.exit_code)
 
     async def adopt(self, found: list[ReplicaInfo]) -> list[str]:
-        """After a restart: keep running containers of known endpoints' current revision
-        (marked ready once healthy), stop the rest. Returns the adopted replica ids."""
+        """After a restart: keep the running, healthy containers of known endpoints' current
+        revision, stop the rest (the next round replaces them). Returns the adopted replica ids."""
         adopted = []
         for info in found:
             ep = self._endpoints.get(info.endpoint)
@@ -385,6 +388,7 @@ class Controller:
                 or info.status is not ReplicaStatus.RUNNING
                 or str(ep.desired.revision) != info.revision
                 or info.address is None
+                or not await self._launcher.healthy(info)
             ):
                 await self._stop_quietly(info.replica_id)
                 continue

@@ -16,6 +16,9 @@ from engines.runtime import ReplicaInfo, Runtime
 
 from .controller import Desired, WaitingForCapacity
 
+# A replica found after a restart must answer its health route this fast to be adopted.
+HEALTH_CHECK_S = 5.0
+
 
 class EngineLauncher:
     def __init__(
@@ -119,6 +122,15 @@ class EngineLauncher:
             cpus = resources.cpus or self._cpu_count
             values = [u.cpu_percent / cpus for u in usages if not isinstance(u, BaseException)]
         return sum(values) / len(values) if values else None
+
+    async def healthy(self, replica: ReplicaInfo) -> bool:
+        try:
+            async with self._session.get(
+                f"http://{replica.address}{replica.health_route}", timeout=aiohttp.ClientTimeout(total=HEALTH_CHECK_S)
+            ) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            return False
 
     def release(self, replica_id: str) -> None:
         self._allocator.release(replica_id)

@@ -24,6 +24,7 @@ class Launches:
     def __init__(self):
         self.pending: dict[str, asyncio.Future] = {}
         self.released: list[str] = []
+        self.unhealthy: set[str] = set()
         self.ports = itertools.count(9000)
 
     async def launch(self, desired, replica_id, report):
@@ -33,6 +34,9 @@ class Launches:
 
     def release(self, replica_id):
         self.released.append(replica_id)
+
+    async def healthy(self, replica):
+        return replica.replica_id not in self.unhealthy
 
     def ready(self, replica_id, revision=1):
         info = ReplicaInfo(
@@ -301,13 +305,15 @@ async def test_adopt_keeps_current_containers_and_stops_the_rest(world):
     def info(rid, revision, endpoint=KEY, status=ReplicaStatus.RUNNING):
         return ReplicaInfo(rid, endpoint, str(revision), "c", "n", status, "127.0.0.1:9999", "/health")
 
+    w.launches.unhealthy.add("sick")
     adopted = await w.controller.adopt([
         info("keep", 2),
+        info("sick", 2),  # running, current, but not answering its health route
         info("old", 1),
         info("dead", 2, status=ReplicaStatus.EXITED),
         info("orphan", 2, endpoint=EndpointKey("acme", "gone")),
     ])
     assert adopted == ["keep"]
-    assert sorted(w.runtime.stopped) == ["dead", "old", "orphan"]
+    assert sorted(w.runtime.stopped) == ["dead", "old", "orphan", "sick"]
     assert ready_ids(w) == ["keep"]
-    assert (await settle(w)).started == []  # nothing healthy is restarted
+    assert (await settle(w)).started == []  # nothing healthy is restarted; target 1 is met

@@ -31,6 +31,9 @@ class InstantLauncher:
     def release(self, replica_id):
         pass
 
+    async def healthy(self, replica):
+        return True
+
 
 class World:
     def __init__(self, scaling: Scaling, free_slots=None):
