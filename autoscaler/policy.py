@@ -71,6 +71,7 @@ class Decision:
     reason: str
     inputs: dict = field(default_factory=dict)
     wanted_beyond_capacity: int | None = None  # replicas wanted when capacity capped the decision
+    kind: str = "steady"  # a short label for metrics: up, down, steady, stabilizing, warmup, idle, at_zero, capacity
 
 
 def _mean(values: list[float]) -> float:
@@ -118,15 +119,18 @@ def decide(snapshot: Snapshot, scaling: Scaling, config: PolicyConfig, state: Po
     # 3. Up at once; down only to the highest recommendation of the stabilization window, and
     #    never before a full window has been seen.
     if recommended > current:
-        target, why = recommended, f"scale up: {reason}"
+        target, why, kind = recommended, f"scale up: {reason}", "up"
     elif recommended < current:
         if now - started < config.stabilization_s:
-            target, why = current, "no scale-down before a full stabilization window of data"
+            target, why, kind = current, "no scale-down before a full stabilization window of data", "warmup"
         else:
             target = max(r for _, r in history)
-            why = f"scale down: {reason}" if target < current else "stabilizing: a higher recommendation is in the window"
+            if target < current:
+                why, kind = f"scale down: {reason}", "down"
+            else:
+                why, kind = "stabilizing: a higher recommendation is in the window", "stabilizing"
     else:
-        target, why = current, f"steady: {reason}"
+        target, why, kind = current, f"steady: {reason}", "steady"
 
     # 4. At zero (idle timeout, or a user's scale-to-zero) it stays there until a request
     #    arrives: the proxy wakes it. Scale to zero after the idle timeout (an open stream is
@@ -134,14 +138,14 @@ def decide(snapshot: Snapshot, scaling: Scaling, config: PolicyConfig, state: Po
     idle_s = now - last_active
     inputs["idle_s"] = round(idle_s, 1)
     if current == 0 and not active:
-        target, why = 0, "at zero until a request arrives"
+        target, why, kind = 0, "at zero until a request arrives", "at_zero"
     elif (scaling.min_replicas == 0 and scaling.idle_timeout_min is not None
           and idle_s >= scaling.idle_timeout_min * config.minute_s and now - started >= config.window_s):
-        target, why = 0, f"idle for {idle_s:.0f} s >= scaleToZeroTimeout"
+        target, why, kind = 0, f"idle for {idle_s:.0f} s >= scaleToZeroTimeout", "idle"
 
     # 5. Capacity: never more than can be placed now.
     if snapshot.capacity is not None and target > snapshot.capacity >= current:
         wanted = target
         target, why = snapshot.capacity, f"{why}; capped at capacity {snapshot.capacity}"
-        return Decision(target, why, inputs, wanted_beyond_capacity=wanted), state
-    return Decision(target, why, inputs), state
+        return Decision(target, why, inputs, wanted_beyond_capacity=wanted, kind="capacity"), state
+    return Decision(target, why, inputs, kind=kind), state

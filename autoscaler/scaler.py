@@ -61,6 +61,10 @@ class Scaler:
             "endpointd_scale_events", "Scaling decisions that changed an endpoint's replicas, by direction and reason",
             ["endpoint", "direction", "reason"], registry=registry,
         )
+        self.decisions = Counter(
+            "endpointd_scale_decisions", "Every scaling decision, by kind (up, down, steady, stabilizing, warmup, idle, at_zero, capacity)",
+            ["endpoint", "kind"], registry=registry,
+        )
 
     async def tick(self) -> list[ScaleEvent]:
         now = self._clock()
@@ -84,6 +88,7 @@ class Scaler:
             )
             decision, self._states[key] = decide(snapshot, scaling, self._config, self._states.get(key, PolicyState()), now)
             log.debug("%s: %d -> %d (%s) %s", key, desired.target, decision.replicas, decision.reason, decision.inputs)
+            self.decisions.labels(name, decision.kind).inc()
             wanted = decision.wanted_beyond_capacity
             self._controller.set_note(
                 key, f"wants {wanted} replicas, waiting for capacity: no free GPUs for more" if wanted else ""

@@ -126,3 +126,19 @@ def test_hardware_usage(initial, rows):
         decision, state = decide(Snapshot(0, 0, current, current, utilization=util), HW, CFG, state, float(t))
         assert decision.replicas == expected, (t, decision.reason, decision.inputs)
         current = decision.replicas
+
+
+@pytest.mark.parametrize(
+    "snapshot, state, now, kind",
+    [
+        (Snapshot(6, 0, 1, 1), PolicyState(started_at=-1000.0), 0.0, "up"),  # ceil(6 / 1.5) = 4 > 1
+        (Snapshot(1, 0, 1, 1), PolicyState(started_at=-1000.0), 0.0, "steady"),  # 1 <= 1.5
+        (Snapshot(0, 0, 3, 3), PolicyState(started_at=0.0), 10.0, "warmup"),  # 10 s < 300 s seen
+        (Snapshot(0, 0, 3, 3), PolicyState(started_at=-1000.0, recommendations=((-10.0, 3),)), 0.0, "stabilizing"),
+        (Snapshot(0, 0, 3, 3), PolicyState(started_at=-1000.0), 0.0, "down"),
+        (Snapshot(30, 0, 1, 1, capacity=2), PolicyState(started_at=-1000.0), 0.0, "capacity"),
+    ],
+)
+def test_every_decision_has_a_kind_for_metrics(snapshot, state, now, kind):
+    decision, _ = decide(snapshot, PENDING_1_3, CFG, state, now)
+    assert decision.kind == kind, decision.reason
