@@ -69,6 +69,26 @@ class Serve:
 
         wait_for(up, 30, "endpointd serve to answer")
 
+    @property
+    def instance(self) -> str:
+        """The instance id this endpointd labels its containers with (made at its first start)."""
+        return (self.data_dir / "instance-id").read_text().strip()
+
+    def containers(self, *filters: str, all_states: bool = False) -> list[str]:
+        """Names of this endpointd's containers (running only, unless `all_states`)."""
+        cmd = ["/usr/bin/docker", "ps", "--format", "{{.Names}}", "--filter", f"label=endpointd.instance={self.instance}"]
+        for f in filters:
+            cmd += ["--filter", f]
+        if all_states:
+            cmd.append("-a")
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+
+    def remove_containers(self) -> None:
+        """Engine containers outlive endpointd by design; a test removes its own at the end."""
+        names = self.containers(all_states=True)
+        if names:
+            subprocess.run(["/usr/bin/docker", "rm", "-f", *names], capture_output=True, check=True)
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.process is not None
         self.process.send_signal(sig)

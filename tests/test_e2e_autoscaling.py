@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 
 import aiohttp
@@ -35,6 +34,7 @@ def serve(tmp_path, docker_engine, monkeypatch):
     yield s
     if s.process is not None:
         s.stop()
+    s.remove_containers()
 
 
 def deploy(serve: Serve, name: str, *, min_replica: int, max_replica: int, token_delay_s: float, timeout_min=None):
@@ -49,12 +49,8 @@ def deploy(serve: Serve, name: str, *, min_replica: int, max_replica: int, token
     return endpoint
 
 
-def containers(name: str) -> int:
-    out = subprocess.run(
-        ["/usr/bin/docker", "ps", "-q", "--filter", "label=endpointd.namespace=admin", "--filter", f"label=endpointd.name={name}"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    return len(out.split())
+def containers(serve: Serve, name: str) -> int:
+    return len(serve.containers(f"label=endpointd.name={name}"))
 
 
 def ready(endpoint) -> int:
@@ -75,7 +71,7 @@ async def load(url: str, clients: int, stop: asyncio.Event, results: list[int]) 
 
 def test_load_drives_replicas_up_to_max_and_back_down(serve):
     endpoint = deploy(serve, "elastic", min_replica=1, max_replica=3, token_delay_s=0.05)  # ~0.5 s a request
-    assert containers("elastic") == 1
+    assert containers(serve, "elastic") == 1
 
     async def scenario():
         stop, statuses = asyncio.Event(), []
@@ -92,8 +88,8 @@ def test_load_drives_replicas_up_to_max_and_back_down(serve):
 
     statuses = asyncio.run(scenario())
     assert statuses and set(statuses) == {200}  # nothing lost while scaling up
-    assert containers("elastic") == 3
-    wait_for(lambda: ready(endpoint) == 1 and containers("elastic") == 1, 60, "the scale-down to min 1")
+    assert containers(serve, "elastic") == 3
+    wait_for(lambda: ready(endpoint) == 1 and containers(serve, "elastic") == 1, 60, "the scale-down to min 1")
     endpoint.delete()
 
 
@@ -130,13 +126,13 @@ def test_streams_running_during_a_scale_down_all_complete(serve):
     for status, events in results:
         assert status == 200 and len(events) == 120
         assert json.loads(events[-1][5:])["generated_text"] == "t " * 120
-    wait_for(lambda: containers("streams") == 1, 60, "the scale-down to min 1")
+    wait_for(lambda: containers(serve, "streams") == 1, 60, "the scale-down to min 1")
     endpoint.delete()
 
 
 def test_idle_endpoint_goes_to_zero_and_wakes_for_a_held_request(serve):
     endpoint = deploy(serve, "sleepy", min_replica=0, max_replica=1, token_delay_s=0, timeout_min=2)  # 2 s idle
-    wait_for(lambda: endpoint.fetch().status == "scaledToZero" and containers("sleepy") == 0, 60, "scale to zero")
+    wait_for(lambda: endpoint.fetch().status == "scaledToZero" and containers(serve, "sleepy") == 0, 60, "scale to zero")
 
     async def held():
         async with aiohttp.ClientSession() as session:
@@ -144,6 +140,6 @@ def test_idle_endpoint_goes_to_zero_and_wakes_for_a_held_request(serve):
                 return r.status, await r.json()
 
     assert asyncio.run(held()) == (200, {"generated_text": "wake up "})
-    assert containers("sleepy") == 1
+    assert containers(serve, "sleepy") == 1
     wait_for(lambda: endpoint.fetch().status == "scaledToZero", 60, "back to zero after idle")
     endpoint.delete()

@@ -34,6 +34,7 @@ def serve(tmp_path, docker_engine, monkeypatch):
     yield s
     if s.process is not None:
         s.stop()
+    s.remove_containers()
 
 
 def create(api: HfApi, serve: Serve, name: str, **kw):
@@ -146,15 +147,7 @@ def test_errors_are_json_sentences_with_the_right_status(serve):
 
 
 def _replicas(serve: Serve) -> set[str]:
-    import json
-    import subprocess
-
-    out = subprocess.run(
-        ["/usr/bin/docker", "ps", "-q", "--filter", "label=endpointd.managed=true",
-         "--filter", f"label=endpointd.namespace=alice", "--format", "{{json .Names}}"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    return {json.loads(line) for line in out.split()}
+    return set(serve.containers())
 
 
 def test_start_failures_end_in_failed_with_the_exit_code_and_logs(serve):
