@@ -43,6 +43,11 @@ class Serve:
                     "ENDPOINTD_PORT": str(self.port), **(extra_env or {})}
         self.log = data_dir / "serve.log"
         self.process: subprocess.Popen | None = None
+        # A local model repository (mounted read-only at /repository; the echo engine ignores it).
+        model = data_dir.parent / "model"
+        model.mkdir(parents=True, exist_ok=True)
+        (model / "config.json").write_text("{}")
+        self.model = str(model)
 
     def cli(self, *args: str) -> str:
         done = subprocess.run([*ENDPOINTD, *args], env=self.env, capture_output=True, text=True, timeout=60)
@@ -88,6 +93,12 @@ class Serve:
         names = self.containers(all_states=True)
         if names:
             subprocess.run(["/usr/bin/docker", "rm", "-f", *names], capture_output=True, check=True)
+
+    def close(self) -> None:
+        """Test teardown: stop endpointd if it runs, then remove the containers it left."""
+        if self.process is not None:
+            self.stop()
+        self.remove_containers()
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.process is not None

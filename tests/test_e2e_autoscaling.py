@@ -23,18 +23,12 @@ FAST_WINDOWS = {
 
 @pytest.fixture
 def serve(tmp_path, docker_engine, monkeypatch):
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
     s = Serve(tmp_path / "data", admin_token="test-admin-token", extra_env=FAST_WINDOWS)
-    s.model = str(model)
     s.start()
     monkeypatch.setattr(hub_constants, "INFERENCE_ENDPOINTS_ENDPOINT", f"{s.url}/v2")
     monkeypatch.setenv("HF_TOKEN", s.admin_token)
     yield s
-    if s.process is not None:
-        s.stop()
-    s.remove_containers()
+    s.close()
 
 
 def deploy(serve: Serve, name: str, *, min_replica: int, max_replica: int, token_delay_s: float, timeout_min=None):

@@ -18,23 +18,17 @@ ECHO = {"url": "endpointd/echo:latest", "healthRoute": "/health", "env": {}}
 
 @pytest.fixture
 def serve(tmp_path, docker_engine, monkeypatch):
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text("{}")
     s = Serve(tmp_path / "data", admin_token="test-admin-token")
     s.cli("users", "add", "alice", "--org", "acme")
     s.cli("users", "add", "eve")
     s.alice = s.cli("tokens", "create", "alice").strip().splitlines()[-1]
     s.eve = s.cli("tokens", "create", "eve").strip().splitlines()[-1]
-    s.model = str(model)
     s.start()
     monkeypatch.setattr(hub_constants, "INFERENCE_ENDPOINTS_ENDPOINT", f"{s.url}/v2")
     # InferenceEndpoint objects (wait, fetch, .client) resolve the token like the CLI does.
     monkeypatch.setenv("HF_TOKEN", s.alice)
     yield s
-    if s.process is not None:
-        s.stop()
-    s.remove_containers()
+    s.close()
 
 
 def create(api: HfApi, serve: Serve, name: str, **kw):

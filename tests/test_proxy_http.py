@@ -6,7 +6,6 @@ HTTP to the proxy and to the fake replicas.
 
 import asyncio
 
-import aiohttp
 import pytest
 from aiohttp import web
 
