@@ -17,8 +17,8 @@ import os
 import tarfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import aclosing, asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from contextlib import aclosing, asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,9 @@ BUILD_OUTPUT_TAIL = 10
 ANY_HOST = ("", "0.0.0.0", "::")
 # The label filter that matches every container endpointd owns, and nothing else.
 MANAGED = f"{LABEL_MANAGED}=true"
+# Docker's container states as ours; any other ("exited", "dead", "removing") is EXITED. A paused
+# container's process is alive, only frozen: it is RUNNING, and its health probe tells it hangs.
+CONTAINER_STATUS = {"created": ReplicaStatus.CREATED, "running": ReplicaStatus.RUNNING, "paused": ReplicaStatus.RUNNING}
 
 
 @asynccontextmanager
@@ -89,6 +92,26 @@ async def _wrapped(
         raise error(operation, target, f"cannot reach the Docker engine: {type(failure).__name__}: {failure}") from None
     except ValueError as failure:  # a stream line that is not the JSON Docker promises
         raise error(operation, target, f"unexpected answer from the Docker engine: {failure}") from None
+
+
+@contextmanager
+def _unless_gone() -> Iterator[None]:
+    """A 404 (the container is gone since we found it) or a 409 (its removal is under way) is not a
+    failure of a stop or a removal: the container is, or is about to be, gone."""
+    try:
+        yield
+    except aiodocker.DockerError as error:
+        if error.status not in (404, 409):
+            raise
+
+
+async def _to_the_end(cleanup: Awaitable[None]) -> None:
+    """Await a cleanup to its end even if the task is cancelled again meanwhile: the caller raises
+    CancelledError after it anyway, and a cleanup cut short would leave its container behind."""
+    task = asyncio.ensure_future(cleanup)
+    while not task.done():
+        with suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
 
 
 def registry_auth_header(image: str, auth: RegistryAuth) -> str:
@@ -147,13 +170,11 @@ def create_config(
     return config
 
 
-def _info(data: Mapping[str, Any]) -> ReplicaInfo:
+def replica_info(data: Mapping[str, Any]) -> ReplicaInfo:
     """A ReplicaInfo from `docker inspect` data."""
     labels = data["Config"]["Labels"] or {}
     state = data["State"]
-    status = {"running": ReplicaStatus.RUNNING, "created": ReplicaStatus.CREATED}.get(
-        state.get("Status", ""), ReplicaStatus.EXITED
-    )
+    status = CONTAINER_STATUS.get(state.get("Status", ""), ReplicaStatus.EXITED)
     address = None
     if status is ReplicaStatus.RUNNING:
         bindings = (data["NetworkSettings"].get("Ports") or {}).get(f"{labels.get(LABEL_PORT, '80')}/tcp") or []
@@ -170,6 +191,11 @@ def _info(data: Mapping[str, Any]) -> ReplicaInfo:
         address=address,
         health_route=labels.get(LABEL_HEALTH_ROUTE, "/health"),
         exit_code=state.get("ExitCode") if status is ReplicaStatus.EXITED else None,
+        gpus=tuple(
+            device
+            for request in (data.get("HostConfig") or {}).get("DeviceRequests") or ()
+            for device in request.get("DeviceIDs") or ()
+        ),
     )
 
 
@@ -278,29 +304,57 @@ class DockerRuntime:
         config = create_config(endpoint, replica_id, revision, spec, self._publish_host)
         if self._instance:
             config["Labels"][LABEL_INSTANCE] = self._instance
+        # The work runs in a task of its own that a cancel never cuts short: a create request that
+        # reached the engine makes a container whether or not we are still waiting. So on a cancel,
+        # wait for the work to end, remove what it made, and only then let CancelledError go.
+        work = asyncio.ensure_future(self._create_and_start(name, config))
+        try:
+            data = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await _to_the_end(self._discard(work, name))
+            raise
+        log.info("started %s (%s) from %s", name, data["Id"][:12], spec.image)  # never the env: secrets
+        return replica_info(data)
+
+    async def _create_and_start(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Create, start and inspect the container; a failure after the create removes it."""
         async with _wrapped("start container", name):
             container = await self._docker.containers.create(config, name=name)
             try:
                 await container.start()
-                data = await container.show()
+                return await container.show()
             except BaseException:
                 # Leave no half-started container behind; the original error is the one to report.
                 with suppress(aiodocker.DockerError, aiohttp.ClientError, OSError):
-                    await asyncio.shield(container.delete(force=True))
+                    await container.delete(force=True)
                 raise
-        log.info("started %s (%s) from %s", name, data["Id"][:12], spec.image)  # never the env: secrets
-        return _info(data)
+
+    async def _discard(self, work: asyncio.Future[dict[str, Any]], name: str) -> None:
+        """Remove the container of an abandoned start, once its work has ended."""
+        try:
+            data = await work
+        except Exception:  # the start failed: it removed its own container, and nobody awaits its error
+            return
+        try:
+            async with _wrapped("remove container", name):
+                with _unless_gone():
+                    await self._docker.containers.container(data["Id"]).delete(force=True)
+        except RuntimeError_ as error:
+            log.error("%s; the container of a cancelled start is left behind", error)
+            return
+        log.info("removed %s: its start was cancelled", name)
 
     async def stop(self, replica_id: str, grace_s: float) -> None:
         container = await self._find("stop container", replica_id)
         async with _wrapped("stop container", f"replica {replica_id}"):
-            try:
-                # Docker sends SIGTERM, waits `t` whole seconds, then SIGKILL; an exited one is left as is.
+            # Docker sends SIGTERM, waits `t` whole seconds, then SIGKILL; an exited one is left as
+            # is. A paused one too: Docker 20.10 resumes it after signalling, so it gets the signal.
+            with _unless_gone():
                 await container.stop(t=math.ceil(grace_s), timeout=aiohttp.ClientTimeout(total=grace_s + STOP_SLACK_S))
+            # Apart from the stop, so that even a refused stop (an engine that will not stop a paused
+            # container) ends in a removal, which kills first.
+            with _unless_gone():
                 await container.delete(force=True)
-            except aiodocker.DockerError as error:
-                if error.status not in (404, 409):  # gone since we found it, or its removal under way
-                    raise
         log.info("stopped replica %s", replica_id)
 
     async def list(self, endpoint: EndpointKey | None = None) -> list[ReplicaInfo]:
@@ -311,7 +365,7 @@ class DockerRuntime:
         async with _wrapped("list", "containers"):
             for container in await self._docker.containers.list(all=True, filters=json.dumps({"label": labels})):
                 try:
-                    found.append(_info(await container.show()))
+                    found.append(replica_info(await container.show()))
                 except aiodocker.DockerError as error:
                     if error.status != 404:  # 404: removed between the listing and its inspection
                         raise
@@ -320,7 +374,7 @@ class DockerRuntime:
     async def inspect(self, replica_id: str) -> ReplicaInfo:
         container = await self._find("inspect", replica_id)
         async with _wrapped("inspect", f"replica {replica_id}", replica=True):
-            return _info(await container.show())
+            return replica_info(await container.show())
 
     async def logs(self, replica_id: str, tail: int = 50) -> list[str]:
         container = await self._find("logs", replica_id)

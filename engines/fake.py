@@ -1,6 +1,10 @@
-"""An in-memory `Runtime` for fast unit tests of the control plane: containers are records, their
-addresses come from the test. It can be told to be slow, to fail a start, or to kill a replica,
-raises the errors the Docker runtime raises, and records the calls it gets."""
+"""An in-memory `Runtime` for fast unit tests of the control plane, modelling what the Docker one
+does where the control plane can tell: a start is first a CREATED container without an address,
+then a RUNNING one; a cancelled start removes its container; a stop sends "SIGTERM", which a
+container may ignore until the grace period ends (exit code 137); several runtimes of different
+instances share one engine (`FakeEngine`) and never see each other's containers. Addresses come
+from the test. It can be told to be slow, to fail a start, to kill or hang a replica, raises the
+errors the Docker runtime raises, and records the calls it gets."""
 
 from __future__ import annotations
 
@@ -27,15 +31,59 @@ from .runtime import (
 
 # Where the default addresses start: high, unprivileged, and clearly not a real replica's.
 FIRST_FAKE_PORT = 40000
+# The exit code of a container killed by SIGKILL (128 + 9), as Docker reports it.
+SIGKILL_EXIT_CODE = 137
 
 
 @dataclass
 class _Container:
     info: ReplicaInfo
     spec: ContainerSpec
+    instance: str | None  # the `endpointd.instance` label of the runtime that made it
     lines: list[str]
     usage: Usage = Usage(0.0, 0, None)
+    ignores_sigterm: bool = False
+    hung: bool = False
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # set and replaced on each change
+
+
+class FakeEngine:
+    """The containers of one in-memory engine, shared by the `FakeRuntime`s given it, as several
+    endpointd instances share one Docker engine. Names are unique engine-wide, as Docker's are."""
+
+    def __init__(self) -> None:
+        self.containers: dict[str, _Container] = {}  # by container id, of every instance
+        self._ids = itertools.count(1)
+        self._ports = itertools.count(FIRST_FAKE_PORT)
+        self._subscribers: list[tuple[str | None, asyncio.Queue[ReplicaEvent]]] = []
+
+    def next_container_id(self) -> str:
+        return f"fake{next(self._ids)}"
+
+    def next_address(self) -> str:
+        return f"127.0.0.1:{next(self._ports)}"
+
+    def subscribe(self, instance: str | None) -> asyncio.Queue[ReplicaEvent]:
+        queue: asyncio.Queue[ReplicaEvent] = asyncio.Queue()
+        self._subscribers.append((instance, queue))
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[ReplicaEvent]) -> None:
+        self._subscribers = [(i, q) for i, q in self._subscribers if q is not queue]
+
+    def exited(self, container: _Container, exit_code: int) -> None:
+        """The container's process ended: a DIED event to the runtimes that can see it."""
+        container.info = replace(container.info, status=ReplicaStatus.EXITED, address=None, exit_code=exit_code)
+        _changed(container)
+        event = ReplicaEvent(EventKind.DIED, container.info.replica_id, container.info.endpoint, exit_code)
+        for instance, queue in self._subscribers:
+            if instance is None or instance == container.instance:
+                queue.put_nowait(event)
+
+    def remove(self, container: _Container) -> None:
+        """Idempotent, as two concurrent removals in Docker end with the container gone."""
+        self.containers.pop(container.info.container_id, None)
+        _changed(container)
 
 
 class FakeRuntime:
@@ -44,25 +92,34 @@ class FakeRuntime:
         address: Callable[[str], str] | None = None,
         images: set[str] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        engine: FakeEngine | None = None,
+        instance: str | None = None,
     ) -> None:
-        """`address(replica_id)` gives a replica's "host:port" (default: 127.0.0.1 and a counter);
-        `images`: the local images (None: every image is local)."""
-        ports = itertools.count(FIRST_FAKE_PORT)
-        self._address = address or (lambda replica_id: f"127.0.0.1:{next(ports)}")
+        """`address(replica_id)` gives a replica's "host:port" (default: 127.0.0.1 and a counter of
+        the engine); `images`: the local images (None: every image is local); `sleep` is what the
+        start delay and a stop's grace period await; `engine`: shared with other runtimes (None: a
+        private one); `instance`, like DockerRuntime's, scopes this runtime to the containers it
+        made (None: it sees every container of the engine, and its own belong to no instance)."""
+        self.engine = engine or FakeEngine()
+        self.instance = instance
+        self._address = address or (lambda replica_id: self.engine.next_address())
         self._sleep = sleep
         self.images = images
-        self.start_delay_s = 0.0  # each start awaits sleep(start_delay_s) first
-        self.containers: dict[str, _Container] = {}
+        self.start_delay_s = 0.0  # each start awaits sleep(start_delay_s) between create and running
         self.calls: list[tuple[str, str]] = []  # (method, replica id or image)
         self._start_failure: str | None = None
         self._start_exit: tuple[int, tuple[str, ...]] | None = None
-        self._subscribers: list[asyncio.Queue[ReplicaEvent]] = []
-        self._ids = itertools.count(1)
+
+    @property
+    def containers(self) -> dict[str, _Container]:
+        """This runtime's containers by replica id (a snapshot: change them through the methods)."""
+        return {c.info.replica_id: c for c in self._own()}
 
     # --- what a test tells the fake --------------------------------------------------------
 
     def fail_next_start(self, detail: str) -> None:
-        """The next start raises RuntimeError_ with this detail (as when Docker refuses to create)."""
+        """The next start raises RuntimeError_ with this detail after its start delay (as when
+        Docker creates the container but cannot start it); its container is removed."""
         self._start_failure = detail
 
     def exit_next_start(self, exit_code: int, *lines: str) -> None:
@@ -72,16 +129,28 @@ class FakeRuntime:
     def write_log(self, replica_id: str, *lines: str) -> None:
         container = self._get("write log", replica_id)
         container.lines.extend(lines)
-        self._changed(container)
+        _changed(container)
 
     def set_usage(self, replica_id: str, usage: Usage) -> None:
         self._get("set usage", replica_id).usage = usage
 
-    def kill(self, replica_id: str, exit_code: int = 137, *lines: str) -> None:
+    def kill(self, replica_id: str, exit_code: int = SIGKILL_EXIT_CODE, *lines: str) -> None:
         """The container dies (the engine crashed, or was killed), emitting a DIED event."""
         container = self._get("kill", replica_id)
         container.lines.extend(lines)
-        self._exited(container, exit_code)
+        self.engine.exited(container, exit_code)
+
+    def ignore_sigterm(self, replica_id: str) -> None:
+        """The container's engine ignores SIGTERM: a stop ends it only after its grace period."""
+        self._get("ignore SIGTERM", replica_id).ignores_sigterm = True
+
+    def hang(self, replica_id: str) -> None:
+        """The container keeps running but stops answering (as under `docker pause`)."""
+        self._get("hang", replica_id).hung = True
+
+    def is_hung(self, replica_id: str) -> bool:
+        """Whether the replica stopped answering: a test launcher's health probe fails when it did."""
+        return self._get("probe", replica_id).hung
 
     # --- the Runtime protocol --------------------------------------------------------------
 
@@ -95,36 +164,55 @@ class FakeRuntime:
     async def start(self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec) -> ReplicaInfo:
         self.calls.append(("start", replica_id))
         name = container_name(endpoint, replica_id)
-        if self.start_delay_s:
-            await self._sleep(self.start_delay_s)
-        if self._start_failure is not None:
-            detail, self._start_failure = self._start_failure, None
-            raise RuntimeError_("start container", name, detail)
+        # What Docker refuses at create time, before any container exists.
         if self.images is not None and spec.image not in self.images:
             raise RuntimeError_("start container", name, f"No such image: {spec.image}")
-        if replica_id in self.containers:
+        if any(c.info.replica_id == replica_id for c in self._own()):
             raise RuntimeError_("start container", name, "a container of this replica id already exists")
+        if any(c.info.container_name == name for c in self.engine.containers.values()):
+            raise RuntimeError_("start container", name, f"the container name {name} is already in use")
         info = ReplicaInfo(
-            replica_id, endpoint, revision, f"fake{next(self._ids)}", name,
-            ReplicaStatus.RUNNING, self._address(replica_id), spec.health_route,
+            replica_id, endpoint, revision, self.engine.next_container_id(), name,
+            ReplicaStatus.CREATED, None, spec.health_route, gpus=spec.gpu_device_ids,
         )
-        container = self.containers[replica_id] = _Container(info, spec, [f"{spec.image} started"])
+        container = _Container(info, spec, self.instance, [])
+        self.engine.containers[info.container_id] = container
+        try:
+            if self.start_delay_s:
+                await self._sleep(self.start_delay_s)
+            if self.engine.containers.get(info.container_id) is not container:
+                raise RuntimeError_("start container", name, f"No such container: {info.container_id}")
+            if self._start_failure is not None:
+                detail, self._start_failure = self._start_failure, None
+                raise RuntimeError_("start container", name, detail)
+        except BaseException:
+            # A failed or cancelled start leaves no container behind. It never ran: no DIED event.
+            self.engine.remove(container)
+            raise
+        container.info = replace(info, status=ReplicaStatus.RUNNING, address=self._address(replica_id))
+        container.lines.append(f"{spec.image} started")
         if self._start_exit is not None:
             (exit_code, lines), self._start_exit = self._start_exit, None
             container.lines.extend(lines)
-            self._exited(container, exit_code)
-        return info
+            self.engine.exited(container, exit_code)
+        return container.info
 
     async def stop(self, replica_id: str, grace_s: float) -> None:
-        """Removes the container; a running one first exits with 0, as an engine does on SIGTERM."""
+        """SIGTERM: a running container exits with 0 at once, or, if it ignores SIGTERM, with 137
+        after grace_s. Then it is removed; an exited (or never started) one is only removed."""
         self.calls.append(("stop", replica_id))
         container = self._get("stop container", replica_id)
         if container.info.status is ReplicaStatus.RUNNING:
-            self._exited(container, 0)
-        del self.containers[replica_id]
+            if container.ignores_sigterm:
+                await self._sleep(grace_s)
+                if container.info.status is ReplicaStatus.RUNNING:  # not ended meanwhile
+                    self.engine.exited(container, SIGKILL_EXIT_CODE)
+            else:
+                self.engine.exited(container, 0)
+        self.engine.remove(container)
 
     async def list(self, endpoint: EndpointKey | None = None) -> list[ReplicaInfo]:
-        return [c.info for c in self.containers.values() if endpoint is None or c.info.endpoint == endpoint]
+        return [c.info for c in self._own() if endpoint is None or c.info.endpoint == endpoint]
 
     async def inspect(self, replica_id: str) -> ReplicaInfo:
         return self._get("inspect", replica_id).info
@@ -141,7 +229,8 @@ class FakeRuntime:
             while sent < len(container.lines):
                 sent += 1
                 yield container.lines[sent - 1]
-            if container.info.status is not ReplicaStatus.RUNNING:
+            gone = container.info.container_id not in self.engine.containers
+            if gone or container.info.status is ReplicaStatus.EXITED:
                 return
             await changed.wait()
 
@@ -149,38 +238,34 @@ class FakeRuntime:
         return self._get("stats", replica_id).usage
 
     def events(self) -> AsyncIterator[ReplicaEvent]:
-        """Deaths from this call on, to every caller, as the Docker runtime's event stream."""
-        queue: asyncio.Queue[ReplicaEvent] = asyncio.Queue()
-        self._subscribers.append(queue)
-        return self._deaths(queue)
+        """Deaths of this runtime's containers from this call on, to every caller, as the Docker
+        runtime's event stream."""
+        return self._deaths(self.engine.subscribe(self.instance))
 
     async def _deaths(self, queue: asyncio.Queue[ReplicaEvent]) -> AsyncIterator[ReplicaEvent]:
         try:
             while True:
                 yield await queue.get()
         finally:
-            self._subscribers.remove(queue)
+            self.engine.unsubscribe(queue)
 
     async def close(self) -> None:
         self.calls.append(("close", ""))
 
     # --- internals ---------------------------------------------------------------------------
 
+    def _own(self) -> list[_Container]:
+        return [c for c in self.engine.containers.values() if self.instance is None or c.instance == self.instance]
+
     def _get(self, operation: str, replica_id: str) -> _Container:
-        container = self.containers.get(replica_id)
+        """The first container of this replica id, as DockerRuntime finds one by its label."""
+        container = next((c for c in self._own() if c.info.replica_id == replica_id), None)
         if container is None:
             raise ReplicaNotFound(operation, f"replica {replica_id}", "no container of endpointd has this replica id")
         return container
 
-    def _exited(self, container: _Container, exit_code: int) -> None:
-        container.info = replace(container.info, status=ReplicaStatus.EXITED, address=None, exit_code=exit_code)
-        self._changed(container)
-        event = ReplicaEvent(EventKind.DIED, container.info.replica_id, container.info.endpoint, exit_code)
-        for queue in self._subscribers:
-            queue.put_nowait(event)
 
-    @staticmethod
-    def _changed(container: _Container) -> None:
-        """Wake the followers of this container's log (they wait on the current event)."""
-        container.changed.set()
-        container.changed = asyncio.Event()
+def _changed(container: _Container) -> None:
+    """Wake the followers of this container's log (they wait on the current event)."""
+    container.changed.set()
+    container.changed = asyncio.Event()

@@ -91,6 +91,9 @@ class ReplicaInfo:
     address: str | None  # "127.0.0.1:PORT" where the engine's port is published; None if not running
     health_route: str
     exit_code: int | None = None
+    # The GPU device ids the container was given, read back from the container itself, so that a
+    # restarted endpointd rebuilds its GPU assignments from the replicas it adopts.
+    gpus: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,13 +149,22 @@ class Runtime(Protocol):
     async def start(
         self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec
     ) -> ReplicaInfo:
-        """Create and start a container; its port is published on 127.0.0.1 at a random host port."""
+        """Create and start a container; its port is published on 127.0.0.1 at a random host port.
+
+        Until it is started the container is listed as CREATED, without an address. A failed start
+        leaves no container behind. Cancellation-safe: when the task awaiting it is cancelled, at
+        any point, the container it made (even one the engine creates after the cancel, because the
+        request had already reached it) is removed before CancelledError propagates."""
 
     async def stop(self, replica_id: str, grace_s: float) -> None:
-        """SIGTERM, then SIGKILL after grace_s; then remove the container. ReplicaNotFound if none."""
+        """SIGTERM, then SIGKILL after grace_s; then remove the container. ReplicaNotFound if none.
+
+        A container that already exited is only removed; a hung one (frozen, not answering) is
+        stopped and removed all the same."""
 
     async def list(self, endpoint: EndpointKey | None = None) -> list[ReplicaInfo]:
-        """The containers endpointd owns (found by label), all of them or one endpoint's."""
+        """The containers endpointd owns (found by label), all of them or one endpoint's; with an
+        instance, only that instance's."""
 
     async def inspect(self, replica_id: str) -> ReplicaInfo:
         ...

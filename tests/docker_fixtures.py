@@ -1,12 +1,22 @@
 """Fixtures for tests against the real Docker engine: the engine and the echo image must be there
-(CI fails without them, local runs skip), and every container a test starts is removed after it."""
+(CI fails without them, local runs skip), and every container a test starts is removed after it.
+Also the Docker CLI, to look at the engine without endpointd's runtime, and a relay that holds
+the engine's answer to one request, so that a test can cancel a call at a known point."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
+import tempfile
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from engines.docker import DockerRuntime
 from engines.images import ECHO_IMAGE
@@ -14,6 +24,9 @@ from engines.runtime import EndpointKey, RuntimeError_
 
 # tests/run sets it: in CI a missing engine or image fails the tests instead of skipping them.
 REQUIRE_DOCKER = "ENDPOINTD_REQUIRE_DOCKER"
+# Debian's client for Debian's engine: another `docker` on the PATH may be another build.
+DOCKER_CLI = "/usr/bin/docker"
+DOCKER_SOCKET = "/var/run/docker.sock"
 
 
 async def docker_problem() -> str | None:
@@ -59,3 +72,68 @@ async def docker_runtime(docker_key: EndpointKey):
                 await runtime.stop(info.replica_id, grace_s=0)
         finally:
             await runtime.close()
+
+
+async def docker_cli(*args: str) -> str:
+    """Run the Docker CLI; its standard output, or AssertionError with its error output."""
+    process = await asyncio.create_subprocess_exec(
+        DOCKER_CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await process.communicate()
+    if process.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: exit {process.returncode}: {err.decode().strip()}")
+    return out.decode()
+
+
+async def engine_containers(key: EndpointKey) -> list[str]:
+    """`docker ps -a` of the endpoint's containers, in any state: what is there, seen by Docker itself."""
+    out = await docker_cli(
+        "ps", "-a", "--format", "{{.Names}}",
+        "--filter", f"label=endpointd.namespace={key.namespace}", "--filter", f"label=endpointd.name={key.name}",
+    )
+    return out.split()
+
+
+@dataclass
+class Gate:
+    """Holds the engine's answer to the first request matching `pattern` (method and path, e.g.
+    `POST /v1.41/containers/create`) after the engine has done it, until `release` is set."""
+
+    pattern: str | None
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@asynccontextmanager
+async def gated_engine(pattern: str | None) -> AsyncIterator[tuple[Gate, str]]:
+    """A relay to the real engine on a socket of its own, and its Docker URL. Only for plain
+    request-answer calls (create, start, inspect, delete), not for streams."""
+    gate = Gate(pattern)
+    with tempfile.TemporaryDirectory(prefix="endpointd-relay-") as directory:  # short: a socket path has a length limit
+        path = os.path.join(directory, "docker.sock")
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=DOCKER_SOCKET)) as engine:
+
+            async def relay(request: web.Request) -> web.Response:
+                headers = {k: v for k, v in request.headers.items() if k.lower() == "content-type"}
+                async with engine.request(
+                    request.method, f"http://docker{request.rel_url}", data=await request.read(), headers=headers
+                ) as answer:
+                    body, content_type = await answer.read(), answer.headers.get("Content-Type")
+                held = gate.pattern and re.fullmatch(gate.pattern, f"{request.method} {request.path}")
+                if held and not gate.reached.is_set():
+                    gate.reached.set()
+                    await gate.release.wait()
+                return web.Response(status=answer.status, body=body, headers=(
+                    {"Content-Type": content_type} if content_type else None
+                ))
+
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", relay)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            try:
+                await web.UnixSite(runner, path).start()
+                yield gate, f"unix://{path}"
+            finally:
+                gate.release.set()
+                await runner.cleanup()

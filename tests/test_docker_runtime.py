@@ -1,5 +1,7 @@
 """The Docker runtime: its pure parts as tables, then against the real Docker engine with the echo
-engine image (marked `docker`; they fail, never skip, under ENDPOINTD_REQUIRE_DOCKER=1)."""
+engine image (marked `docker`; they fail, never skip, under ENDPOINTD_REQUIRE_DOCKER=1). What the
+fake runtime models too (stop grace, exited and paused replicas, not-found, instance scoping) is
+checked on both runtimes by the shared table in test_fake_runtime.py."""
 
 import asyncio
 import base64
@@ -12,7 +14,7 @@ import aiohttp
 import pytest
 
 from engines import readiness
-from engines.docker import DockerRuntime, create_config, registry_auth_header, usage_from_stats
+from engines.docker import DockerRuntime, create_config, registry_auth_header, replica_info, usage_from_stats
 from engines.images import ECHO_IMAGE
 from engines.runtime import (
     ContainerSpec,
@@ -26,6 +28,8 @@ from engines.runtime import (
     RuntimeError_,
     Usage,
 )
+
+from .docker_fixtures import docker_cli, engine_containers, gated_engine
 
 
 SECRET = "s3cret-value"
@@ -79,6 +83,42 @@ def test_create_config_leaves_the_image_defaults_and_no_gpu():
     config = create_config(EndpointKey("ns", "e"), "r1", "1", ContainerSpec(image="img:1"), "127.0.0.1")
     assert not {"Entrypoint", "Cmd"} & config.keys()
     assert not {"DeviceRequests", "NanoCpus", "Memory", "ShmSize"} & config["HostConfig"].keys()
+
+
+def _inspected(status, *, ports=None, device_requests=None, exit_code=0):
+    """`docker inspect` data as Docker 20.10 gives it, reduced to what `replica_info` reads."""
+    return {
+        "Id": "c1", "Name": "/endpointd-ns-e-r1",
+        "Config": {"Labels": {"endpointd.replica": "r1", "endpointd.namespace": "ns", "endpointd.name": "e", "endpointd.port": "80"}},
+        "State": {"Status": status, "ExitCode": exit_code},
+        "NetworkSettings": {"Ports": ports or {}},
+        "HostConfig": {"DeviceRequests": device_requests},
+    }
+
+
+PUBLISHED = {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "32768"}]}
+
+
+@pytest.mark.parametrize(
+    "data, status, address, exit_code, gpus",
+    [
+        (_inspected("created"), ReplicaStatus.CREATED, None, None, ()),  # not started: no port yet
+        (_inspected("running", ports=PUBLISHED), ReplicaStatus.RUNNING, "127.0.0.1:32768", None, ()),
+        (_inspected("paused", ports=PUBLISHED), ReplicaStatus.RUNNING, "127.0.0.1:32768", None, ()),  # frozen, alive
+        (_inspected("exited", exit_code=3), ReplicaStatus.EXITED, None, 3, ()),
+        (_inspected("dead", exit_code=137), ReplicaStatus.EXITED, None, 137, ()),
+        (_inspected("running", ports={"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "1"}]}), ReplicaStatus.RUNNING, "127.0.0.1:1", None, ()),
+        # As `create_config` asks, and as `docker create --gpus` stores them (Driver ""): both read back.
+        (_inspected("created", device_requests=[{"Driver": "nvidia", "DeviceIDs": ["GPU-a", "GPU-b"], "Capabilities": [["gpu"]]}]),
+         ReplicaStatus.CREATED, None, None, ("GPU-a", "GPU-b")),
+        (_inspected("running", device_requests=[{"Driver": "", "Count": 0, "DeviceIDs": ["GPU-c"]}, {"DeviceIDs": None}]),
+         ReplicaStatus.RUNNING, None, None, ("GPU-c",)),
+    ],
+)
+def test_replica_info_reads_the_state_the_address_and_the_gpus(data, status, address, exit_code, gpus):
+    info = replica_info(data)
+    assert (info.status, info.address, info.exit_code, info.gpus) == (status, address, exit_code, gpus)
+    assert (info.replica_id, info.endpoint, info.container_name) == ("r1", EndpointKey("ns", "e"), "endpointd-ns-e-r1")
 
 
 def _stats(total, pre_total, system, pre_system, online=2, usage=100, inactive=None, limit=1000):
@@ -273,13 +313,66 @@ async def test_a_failing_build_names_the_step_and_its_output(docker_runtime, tmp
     assert not await docker_runtime.image_exists(tag)
 
 
-async def test_an_instance_sees_only_its_own_containers(docker_runtime, docker_key):
-    mine, other = DockerRuntime(instance="test-mine"), DockerRuntime(instance="test-other")
-    try:
-        await mine.start(docker_key, "r1", "1", ContainerSpec(image=ECHO_IMAGE))
-        assert [info.replica_id for info in await mine.list(docker_key)] == ["r1"]
-        assert await other.list(docker_key) == []  # another endpointd never adopts nor stops it
-        assert [info.replica_id for info in await docker_runtime.list(docker_key)] == ["r1"]
-    finally:
-        await mine.close()
-        await other.close()
+# Where a start is cancelled. The relay holds Docker's answer to the request named (after the engine
+# has done it), so the cancel lands while the container exists and its creator has not heard yet.
+API = r"(/v[0-9.]+)?/containers"
+CANCEL_POINTS = [
+    pytest.param(None, 0, False, id="before-it-runs"),
+    pytest.param(None, 1, False, id="after-one-yield"),
+    pytest.param(f"POST {API}/create", 0, False, id="created-unanswered"),
+    pytest.param(f"POST {API}/[^/]+/start", 0, False, id="started-unanswered"),
+    pytest.param(f"GET {API}/[^/]+/json", 0, False, id="during-inspect"),
+    pytest.param(f"POST {API}/create", 0, True, id="cancelled-again-while-cleaning-up"),
+]
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("hold, yields, twice", CANCEL_POINTS)
+async def test_a_cancelled_start_leaves_no_container(docker_runtime, docker_key, hold, yields, twice):
+    rid = new_id()
+    async with gated_engine(hold) as (gate, url):
+        runtime = DockerRuntime(url=url)
+        try:
+            starting = asyncio.create_task(runtime.start(docker_key, rid, "1", echo()))
+            for _ in range(yields):
+                await asyncio.sleep(0)
+            if hold:
+                await asyncio.wait_for(gate.reached.wait(), EVENT_WAIT_S)
+                assert await engine_containers(docker_key) == [f"endpointd-{docker_key.namespace}-echo-{rid}"]
+            starting.cancel()
+            if twice:
+                for _ in range(3):  # let it reach its cleanup, which waits on the held answer
+                    await asyncio.sleep(0)
+                starting.cancel()
+            gate.release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await starting
+        finally:
+            await runtime.close()
+    # Gone before CancelledError came out: no wait here.
+    assert await engine_containers(docker_key) == []
+    assert await docker_runtime.list(docker_key) == []
+
+
+@pytest.mark.docker
+async def test_the_gpus_of_a_found_container_are_read_back_from_it(docker_runtime, docker_key):
+    """A restarted endpointd rebuilds its GPU assignments from its containers. Created by the CLI,
+    not started: this engine has no NVIDIA runtime, and Docker checks the devices only at start."""
+    rid = new_id()
+    labels = {"endpointd.managed": "true", "endpointd.namespace": docker_key.namespace, "endpointd.name": docker_key.name, "endpointd.replica": rid}
+    await docker_cli(
+        "create", *(f"--label={k}={v}" for k, v in labels.items()), "--gpus", '"device=GPU-a,GPU-b"', ECHO_IMAGE
+    )
+    [found] = await docker_runtime.list(docker_key)
+    assert (found.replica_id, found.status, found.address, found.gpus) == (rid, ReplicaStatus.CREATED, None, ("GPU-a", "GPU-b"))
+    await docker_runtime.stop(rid, grace_s=1)  # a never started container is removed too
+    assert await engine_containers(docker_key) == []
+
+
+@pytest.mark.docker
+async def test_a_start_the_engine_cannot_give_its_gpus_leaves_no_container(docker_runtime, docker_key):
+    rid = new_id()
+    spec = ContainerSpec(image=ECHO_IMAGE, gpu_device_ids=("GPU-none",))
+    with pytest.raises(RuntimeError_, match=f"start container endpointd-{docker_key.namespace}-echo-{rid}: .*device"):
+        await docker_runtime.start(docker_key, rid, "1", spec)  # created, then refused at start
+    assert await engine_containers(docker_key) == []
