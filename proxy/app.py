@@ -16,7 +16,7 @@ from .errors import ProxyError, to_http
 from .forward import REQUEST_ID, ResponseCut, forward, request_id
 from .hold import HEADER as SCALE_UP_TIMEOUT
 from .metrics import CLIENT_CLOSED
-from .pipeline import Pipeline
+from .pipeline import PROBE_HEADER, Pipeline
 
 log = logging.getLogger("endpointd.proxy")
 
@@ -54,6 +54,7 @@ async def serve(request: web.Request, app: Mapping) -> web.StreamResponse:
             authorization=headers.get("Authorization"),
             scale_up_timeout=headers.get(SCALE_UP_TIMEOUT),
             content_length=request.content_length,
+            probe=headers.get(PROBE_HEADER),
         )
     except ProxyError as error:
         return error_response(error, rid)
@@ -121,7 +122,7 @@ def add_proxy(app: web.Application, pipeline: Pipeline) -> None:
     app.router.add_route("*", "/{tail:.*}", handle)
 
 
-def make_app(config: ProxyConfig, control: ControlPlane) -> web.Application:
+def make_app(config: ProxyConfig, control: ControlPlane, probe_secret: str | None = None) -> web.Application:
     app = web.Application()
-    add_proxy(app, Pipeline(config, control))
+    add_proxy(app, Pipeline(config, control, probe_secret=probe_secret))
     return app

@@ -24,7 +24,9 @@ class ProxyConfig:
     held_release_per_replica: int = setting(
         # Enough to keep a batching engine busy; small enough that a burst held through a cold
         # start spreads over the replicas that come up after the first one.
-        32, min=1, max=100_000, help="held requests released per ready replica; then one per completed request",
+        32, min=1, max=100_000,
+        help="held requests released per replica as it becomes ready while more are starting; "
+        "then one per completed request (all at once when no more are starting)",
     )
     max_body_bytes: int = setting(
         # Large enough for long audio uploads; bodies are streamed, so this bounds nothing in memory.
@@ -37,6 +39,14 @@ class ProxyConfig:
         # Measured between bytes, not over the whole response: a 10-minute stream passes as long
         # as the engine keeps sending. 300 s covers a long prefill on a slow GPU.
         300.0, min=0.01, max=86_400.0, help="silence from a replica before the request fails (504)",
+    )
+    upstream_response_start_timeout_s: float = setting(
+        # Measured from sending the request (a streamed upload included) to the response headers;
+        # after them only the idle timeout applies, so long streams pass. Shorter than the idle
+        # timeout, which alone kept a hung replica's callers 300 s in silence; still generous,
+        # because a long generation that is not streamed sends its headers only when it is done.
+        120.0, min=0.01, max=86_400.0,
+        help="time a replica may take to send its response headers before the request fails (504)",
     )
     token_cache_ttl_s: float = setting(
         5.0, min=0.0, max=300.0, help="how long a token verdict is cached; a revoked token stops within it",

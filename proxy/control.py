@@ -41,6 +41,9 @@ class RouteEntry:
     auth: AuthType
     state: RouteState = RouteState.SERVING
     replicas: tuple[Replica, ...] = ()  # ready and taking new requests; draining ones are left out
+    # Replicas starting that will take requests soon. 0 means `replicas` is all there will be, so
+    # requests held through a cold start are all released to them at once.
+    coming: int = 0
     domain: str | None = None  # Host-based routing when set
     message: str = ""  # shown to callers when the endpoint refuses (failed)
 

@@ -9,7 +9,8 @@
       PayloadTooLarge     413   request body over the configured limit
       UpstreamFailed      502   the replica could not be reached, or broke the response
       Unavailable         503   no replica now: cold start, hold expired, hold queue full, failed
-      UpstreamTimeout     504   the replica stopped sending for longer than the idle timeout
+      UpstreamTimeout     504   the replica sent no response headers within the response-start
+                                timeout, or stopped sending for longer than the idle timeout
 """
 
 from __future__ import annotations

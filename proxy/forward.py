@@ -1,8 +1,11 @@
 """Forwarding over aiohttp: pooled upstream connections, bodies streamed both ways, SSE flushed
-event by event, the client's disconnect cancelling the upstream call."""
+event by event, the client's disconnect cancelling the upstream call. A replica gets two
+deadlines: `upstream_response_start_timeout_s` to send its response headers, then
+`upstream_idle_timeout_s` between bytes; missing either is a 504."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 from collections.abc import AsyncIterator
@@ -13,7 +16,7 @@ from multidict import CIMultiDict
 
 from .errors import PayloadTooLarge, UpstreamFailed, UpstreamTimeout
 from .metrics import CLIENT_CLOSED
-from .pipeline import Admission, Pipeline
+from .pipeline import PROBE_HEADER, Admission, Pipeline
 
 # RFC 9110 §7.6.1 hop-by-hop fields, plus what the proxy consumes or rewrites itself.
 HOP_BY_HOP = frozenset(
@@ -23,7 +26,9 @@ HOP_BY_HOP = frozenset(
         "Transfer-Encoding", "Upgrade", "Proxy-Connection",
     )
 )
-NOT_FORWARDED = HOP_BY_HOP | frozenset({"host", "authorization", "expect", "x-scale-up-timeout"})
+NOT_FORWARDED = HOP_BY_HOP | frozenset(
+    {"host", "authorization", "expect", "x-scale-up-timeout", PROBE_HEADER.lower()}
+)
 NOT_RETURNED = HOP_BY_HOP | frozenset({"content-length"})
 REQUEST_ID = "X-Request-Id"
 MAX_REQUEST_ID_LEN = 200
@@ -114,6 +119,7 @@ async def forward(
             body = await request.read()
         else:
             body = _Body(request, pipeline.config.max_body_bytes)
+    start_s = pipeline.config.upstream_response_start_timeout_s
     tried: set[str] = set()
     refused: UpstreamFailed | None = None
     while True:
@@ -122,11 +128,15 @@ async def forward(
             raise refused or UpstreamFailed(f"endpoint {admission.entry.key} has no replica to send to")
         tried.add(replica.id)
         url = f"http://{replica.address}{admission.upstream_path}"
+        # Around the request call only, which returns with the response headers: a hung replica
+        # fails fast, and a long stream after its headers is left to the idle timeout.
+        deadline = asyncio.timeout(start_s)
         try:
-            upstream = await session.request(
-                request.method, url, headers=headers, data=body.chunks() if isinstance(body, _Body) else body,
-                allow_redirects=False,
-            )
+            async with deadline:
+                upstream = await session.request(
+                    request.method, url, headers=headers, data=body.chunks() if isinstance(body, _Body) else body,
+                    allow_redirects=False,
+                )
         except aiohttp.ClientConnectorError as error:
             refused = UpstreamFailed(
                 f"could not connect to replica {replica.id} of endpoint {admission.entry.key}: {error.os_error}",
@@ -138,6 +148,11 @@ async def forward(
             admission.refresh()
             continue
         except TimeoutError:
+            if deadline.expired():
+                raise UpstreamTimeout(
+                    f"replica {replica.id} of endpoint {admission.entry.key} sent no response headers "
+                    f"within {start_s:g} s",
+                ) from None
             raise UpstreamTimeout(
                 f"replica {replica.id} of endpoint {admission.entry.key} sent nothing for "
                 f"{pipeline.config.upstream_idle_timeout_s:g} s",

@@ -1,10 +1,14 @@
 """Cold start: wake an endpoint once, and hold requests until a replica is ready.
 
 Held requests wait in a FIFO of futures per endpoint, resolved by the control plane's change
-notification the moment a replica becomes ready: no request polls. A burst held through a cold
-start is released a share at a time — `release_per_replica` for each ready replica, then one per
-completed request — so the backlog spreads over replicas as they come up instead of all landing
-on the first one.
+notification the moment a replica becomes ready: no request polls. While more replicas are
+starting (`RouteEntry.coming`), a burst held through a cold start is released a share at a time
+— `release_per_replica` for each replica the first time it is seen ready, then one per completed
+request — so the backlog spreads over replicas as they come up instead of all landing on the
+first one. Once none is coming, everything still held is released to the ready ones.
+
+No request is turned away while a replica is ready: one whose hold runs out while waiting for its
+share is forwarded anyway. The control plane's probes (`demand=False`) never wake nor hold.
 """
 
 from __future__ import annotations
@@ -62,6 +66,10 @@ class ReadinessGate:
         self._clock = clock
         self._per_replica = release_per_replica
         self._queues: dict[str, deque[asyncio.Future[None]]] = {}
+        # Replica ids that already had their share of an endpoint's queue: a republished entry
+        # (same replicas) must release nothing more. Kept only while the endpoint has a queue
+        # and a replica; a queue can only form while it has no replica.
+        self._shared: dict[str, set[str]] = {}
         self._woken_at: dict[str, float] = {}
         self.held: dict[str, int] = {}
         control.subscribe(self._on_change)
@@ -77,13 +85,23 @@ class ReadinessGate:
                     n -= 1
         if queue is not None and not queue:
             del self._queues[key]
+            self._shared.pop(key, None)
 
     def _on_change(self, entry: RouteEntry) -> None:
+        key = entry.key
+        if not entry.replicas:
+            self._shared.pop(key, None)  # replicas that come up after this get a share again
         if entry.state is not RouteState.SERVING:
-            self._release(entry.key, None)  # each one sees the refusal
+            self._release(key, None)  # each one sees the refusal
         elif entry.replicas:
-            self._woken_at.pop(entry.key, None)
-            self._release(entry.key, len(entry.replicas) * self._per_replica)
+            self._woken_at.pop(key, None)
+            if not entry.coming:
+                self._release(key, None)  # nothing more to spread over: all to the ready ones
+            elif key in self._queues:
+                shared = self._shared.setdefault(key, set())
+                new = [r.id for r in entry.replicas if r.id not in shared]
+                shared.update(new)
+                self._release(key, len(new) * self._per_replica)
 
     def finished(self, key: str) -> None:
         """A request of this endpoint completed: one held request takes its place."""
@@ -99,11 +117,14 @@ class ReadinessGate:
             self._woken_at[entry.key] = now
             self._control.wake(entry.namespace, entry.name)
 
-    async def ready_entry(self, entry: RouteEntry, hold_s: float | None) -> RouteEntry:
-        """`entry` with at least one ready replica, after holding up to `hold_s` if needed."""
+    async def ready_entry(self, entry: RouteEntry, hold_s: float | None, *, demand: bool = True) -> RouteEntry:
+        """`entry` with at least one ready replica, after holding up to `hold_s` if needed.
+        A request that is not demand (a probe) is refused at once instead of waking or holding."""
         refuse_unless_serving(entry)
         if entry.replicas:
             return entry
+        if not demand:
+            raise Unavailable(f"endpoint {entry.key} has no ready replica", cause="not_ready")
         self._wake(entry)
         if hold_s is None:
             raise Unavailable(
@@ -132,6 +153,9 @@ class ReadinessGate:
                     if current.replicas:
                         return current
         except TimeoutError:
+            current = self._control.lookup(entry.namespace, entry.name)
+            if current is not None and current.state is RouteState.SERVING and current.replicas:
+                return current  # its share never came, but a replica is ready: serve it
             raise Unavailable(
                 f"endpoint {entry.key} did not become ready within {hold_s:g} s; retry later",
                 cause="hold_timeout",

@@ -5,6 +5,10 @@ held, queued, in flight and streaming all count. Counting goes through `Ticket`,
 manager whose exit runs in `finally`, so errors, timeouts and cancellations (client
 disconnects) can never leak a count. Everything here runs on the event loop thread, so the
 plain dict updates below are atomic with respect to each other.
+
+Only demand is counted: the control plane's own health probe gets an `Uncounted` ticket, so it
+is never pending, never an arrival and never on a replica's load — a probe of an endpoint at
+zero must not look like a client wanting it back.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ class PendingCounter:
         self._replicas: dict[str, dict[str, int]] = {}
         self._arrivals: dict[str, int] = {}
 
-    def track(self, key: str) -> Ticket:
-        return Ticket(self, key)
+    def track(self, key: str, demand: bool = True) -> Ticket:
+        """One request's ticket; `demand=False` (the control plane's probe) counts nothing."""
+        return Ticket(self, key) if demand else Uncounted(self, key)
 
     def replica_loads(self, key: str) -> dict[str, int]:
         """Live (not copied) in-flight counts per replica of one endpoint, for the balancer."""
@@ -74,6 +79,7 @@ class Ticket:
     """One request's share of the counts. `with counter.track(key) as ticket:`."""
 
     __slots__ = ("_counter", "key", "replica_id", "_open")
+    demand = True
 
     def __init__(self, counter: PendingCounter, key: str) -> None:
         self._counter = counter
@@ -103,3 +109,19 @@ class Ticket:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Uncounted(Ticket):
+    """A request that is not demand: it knows its replica (for metrics) but is in no count."""
+
+    __slots__ = ()
+    demand = False
+
+    def __enter__(self) -> Uncounted:
+        return self
+
+    def bind(self, replica_id: str) -> None:
+        self.replica_id = replica_id
+
+    def close(self) -> None:
+        pass

@@ -7,10 +7,15 @@ free of any HTTP framework, so the server under them can be swapped for a faster
         ... forward, stream back ...
     finally:
         admission.finish(status)               # uncount, record metrics
+
+A request carrying the control plane's probe secret in `X-Endpointd-Probe` is routed and
+authenticated like any other but is not demand: it is in no count, and it neither wakes nor
+holds an endpoint (no ready replica: 503 at once), so probing can never undo a scale-to-zero.
 """
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable, Collection
 
@@ -23,6 +28,8 @@ from .hold import ReadinessGate, parse_scale_up_timeout, refuse_unless_serving
 from .metrics import NO_ENDPOINT, NO_REPLICA, ProxyMetrics
 from .pending import PendingCounter, Ticket
 from .routing import resolve
+
+PROBE_HEADER = "X-Endpointd-Probe"
 
 
 class Admission:
@@ -59,11 +66,23 @@ class Admission:
         key = self.entry.key
         pipeline.metrics.answered(key, self.ticket.replica_id or NO_REPLICA, str(code), pipeline.clock() - self._started)
         self.ticket.close()
-        pipeline.gate.finished(key)
+        if self.ticket.demand:  # a probe took no held request's place, so frees none
+            pipeline.gate.finished(key)
 
 
 class Pipeline:
-    def __init__(self, config: ProxyConfig, control: ControlPlane, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        config: ProxyConfig,
+        control: ControlPlane,
+        clock: Callable[[], float] = time.monotonic,
+        probe_secret: str | None = None,
+    ):
+        """`probe_secret`: the value of `X-Endpointd-Probe` that marks the control plane's own
+        probes; None: no request is a probe."""
+        if probe_secret == "":
+            raise ValueError("probe_secret must not be empty: an empty header would match it")
+        self._probe_secret = probe_secret.encode() if probe_secret is not None else None
         self.config = config
         self.control = control
         self.clock = clock
@@ -87,7 +106,9 @@ class Pipeline:
         authorization: str | None,
         scale_up_timeout: str | None,
         content_length: int | None,
+        probe: str | None = None,
     ) -> Admission:
+        """`probe` is the request's X-Endpointd-Probe header, if any."""
         started = self.clock()
         key = NO_ENDPOINT
         try:
@@ -97,12 +118,13 @@ class Pipeline:
             hold_s = parse_scale_up_timeout(scale_up_timeout, self.config.max_scale_up_timeout_s)
             if content_length is not None and content_length > self.config.max_body_bytes:
                 raise self.too_large()
-            ticket = self.counter.track(key).__enter__()
+            demand = probe is None or not self._is_probe(probe)
+            ticket = self.counter.track(key, demand).__enter__()
             try:
                 if entry.replicas:
                     refuse_unless_serving(entry)
                 else:
-                    entry = await self.gate.ready_entry(entry, hold_s)
+                    entry = await self.gate.ready_entry(entry, hold_s, demand=demand)
                     self.metrics.cold_start_wait.labels(key).observe(self.clock() - started)
             except BaseException:
                 ticket.close()
@@ -111,6 +133,12 @@ class Pipeline:
             self.refused(error, key)
             raise
         return Admission(self, entry, upstream_path, ticket, started)
+
+    def _is_probe(self, value: str) -> bool:
+        secret = self._probe_secret
+        # Constant time, so the secret cannot be found byte by byte. surrogatepass: a header that
+        # was not valid UTF-8 still encodes, and matches nothing.
+        return secret is not None and hmac.compare_digest(value.encode(errors="surrogatepass"), secret)
 
     def too_large(self) -> PayloadTooLarge:
         return PayloadTooLarge(

@@ -80,8 +80,9 @@ class Harness:
         self.servers.append(up.server)
         return up
 
-    async def start(self, **config) -> None:
-        self.proxy = TestServer(make_app(ProxyConfig(**config), self.control), host="127.0.0.1")
+    async def start(self, probe_secret: str | None = None, **config) -> None:
+        app = make_app(ProxyConfig(**config), self.control, probe_secret=probe_secret)
+        self.proxy = TestServer(app, host="127.0.0.1")
         await self.proxy.start_server()
         self.servers.append(self.proxy)
         self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))

@@ -5,7 +5,9 @@ HTTP to the proxy and to the fake replicas.
 """
 
 import asyncio
+from dataclasses import replace
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -443,14 +445,125 @@ async def test_a_held_burst_spreads_over_replicas_as_they_become_ready(harness):
     await harness.start(held_release_per_replica=10)
     burst = [asyncio.create_task(_post(harness, EP, headers={"X-Scale-Up-Timeout": "30"})) for _ in range(50)]
     await until(lambda: harness.pipeline.gate.held.get("acme/e1") == 50)
-    harness.control.set_replicas("acme", "e1", [Replica("r0", first.address)])
+    r0, r1 = Replica("r0", first.address), Replica("r1", second.address)
+    entry = harness.control.lookup("acme", "e1")
+    harness.control.put(replace(entry, replicas=(r0,), coming=1))  # r1 is still starting
     await until(lambda: len(first.seen) == 10)  # one replica: a share of the backlog, not all of it
     assert harness.pipeline.gate.held["acme/e1"] == 40
-    harness.control.set_replicas("acme", "e1", [Replica("r0", first.address), Replica("r1", second.address)])
-    await until(lambda: len(first.seen) + len(second.seen) == 30)  # two replicas: 2 x 10 more
-    # The newcomer had the fewest in flight, so the new share evens them out: 10 + 5 and 0 + 15.
-    assert (len(first.seen), len(second.seen)) == (15, 15)
+    harness.control.put(replace(entry, replicas=(r0, r1), coming=1))  # a third one is on its way
+    await until(lambda: len(second.seen) == 10)  # the newcomer's share, all to it: it had the fewest
+    assert len(first.seen) == 10 and harness.pipeline.gate.held["acme/e1"] == 30
     release.set()  # completions release the rest, one for each
     assert [status for status, _ in await asyncio.gather(*burst)] == [200] * 50
-    assert len(first.seen) + len(second.seen) == 50 and len(second.seen) >= 15
+    assert len(first.seen) + len(second.seen) == 50 and len(second.seen) >= 10
     assert harness.pending() == 0
+
+
+async def test_a_held_burst_is_all_released_when_no_more_replicas_are_coming(harness):
+    # Reproduced: 100 held streams, maxReplica 1. Released 32 then one per completion, 66 of
+    # them timed out in the queue with 503 while the replica was ready and serving.
+    release = asyncio.Event()
+
+    async def stream(request):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await release.wait()
+        await response.write(b"data: done\n\n")
+        await response.write_eof()
+        return response
+
+    up = await harness.upstream(stream)
+    harness.endpoint()
+    await harness.start()
+    n = 100
+    burst = [asyncio.create_task(_post(harness, EP, headers={"X-Scale-Up-Timeout": "20"})) for _ in range(n)]
+    await until(lambda: harness.pipeline.gate.held.get("acme/e1") == n)
+    harness.control.set_replicas("acme", "e1", [Replica("r0", up.address)])  # coming=0: the only one
+    await until(lambda: len(up.seen) == n)  # all in flight at once, none waiting for a completion
+    assert harness.pipeline.gate.held == {}
+    release.set()
+    assert [status for status, _ in await asyncio.gather(*burst)] == [200] * n
+    assert harness.pending() == 0
+
+
+SECRET = "probe-secret"
+PROBE = {"X-Endpointd-Probe": SECRET}
+
+
+async def test_probe_is_served_but_never_counted(harness):
+    release = asyncio.Event()
+
+    async def slow(request):
+        await release.wait()
+        return web.json_response(dict(request.headers))
+
+    up = await harness.upstream(slow)
+    harness.endpoint(upstreams=(up,))
+    await harness.start(probe_secret=SECRET)
+    probe = asyncio.create_task(_post(harness, EP + "/health", headers=PROBE))
+    await until(lambda: len(up.seen) == 1)  # at the replica...
+    snap = harness.pipeline.counter.snapshot()
+    assert (snap.endpoints, snap.replicas, snap.arrivals) == ({}, {}, {})  # ...and in no count
+    release.set()
+    status, body = await probe
+    assert status == 200
+    assert "x-endpointd-probe" not in body.decode().lower()
+    assert harness.pipeline.counter.snapshot().arrivals == {}
+
+
+async def test_probe_of_a_cold_endpoint_is_503_at_once_and_never_wakes(harness):
+    harness.endpoint()
+    await harness.start(probe_secret=SECRET)
+    async with harness.request("GET", EP + "/health", headers={**PROBE, "X-Scale-Up-Timeout": "30"}) as r:
+        assert r.status == 503
+        assert "no ready replica" in (await r.json())["error"]
+    assert harness.control.wakes == []
+    assert harness.pipeline.gate.held == {}
+    assert harness.pipeline.counter.snapshot().arrivals == {}
+
+
+@pytest.mark.parametrize("value", ["wrong", "", SECRET + "x"])
+async def test_a_wrong_probe_secret_is_an_ordinary_request(harness, value):
+    up = await harness.upstream()
+    harness.endpoint()
+    harness.endpoint("warm", upstreams=(up,))
+    await harness.start(probe_secret=SECRET)
+    async with harness.request("GET", EP + "/health", headers={"X-Endpointd-Probe": value}) as r:
+        assert r.status == 503
+        assert "starting up" in (await r.json())["error"]
+    assert harness.control.wakes == ["acme/e1"]  # demand: it wakes
+    async with harness.request("GET", "/endpoints/acme/warm/health", headers={"X-Endpointd-Probe": value}) as r:
+        assert r.status == 200
+    assert "X-Endpointd-Probe" not in up.seen[-1]["headers"]  # never forwarded, whatever its value
+    assert harness.pipeline.counter.snapshot().arrivals == {"acme/e1": 1, "acme/warm": 1}
+
+
+async def test_probe_header_means_nothing_without_a_configured_secret(harness):
+    harness.endpoint()
+    await harness.start()
+    async with harness.request("GET", EP, headers=PROBE) as r:
+        assert r.status == 503
+    assert harness.control.wakes == ["acme/e1"]
+
+
+async def test_probe_still_needs_a_token(harness):
+    up = await harness.upstream()
+    harness.endpoint(auth=AuthType.PRIVATE, upstreams=(up,))
+    await harness.start(probe_secret=SECRET)
+    async with harness.request("GET", EP + "/health", headers=PROBE) as r:
+        assert r.status == 401
+    assert up.seen == []
+
+
+async def test_replica_that_sends_no_headers_is_504_after_the_response_start_timeout(harness):
+    async def hang(request):
+        await asyncio.Event().wait()
+
+    up = await harness.upstream(hang)
+    harness.endpoint(upstreams=(up,))
+    await harness.start(upstream_response_start_timeout_s=0.1)  # the idle timeout stays at 300 s
+    async with harness.request("POST", EP, timeout=aiohttp.ClientTimeout(total=10)) as r:  # not 300 s if it regresses
+        assert r.status == 504
+        assert (await r.json())["error"] == "replica r0 of endpoint acme/e1 sent no response headers within 0.1 s"
+    assert harness.pending() == 0
+    await asyncio.wait_for(up.cancelled.wait(), 5)  # the upstream call was given up, not left hanging

@@ -128,6 +128,17 @@ def test_tickets_count_and_uncount():
     assert snap.arrivals == {"e": 2}
 
 
+def test_a_ticket_that_is_not_demand_counts_nothing():
+    counter = PendingCounter()
+    with counter.track("e", demand=False) as ticket:
+        ticket.bind("r1")
+        assert ticket.replica_id == "r1"  # still named in metrics
+        snap = counter.snapshot()
+        assert (snap.endpoints, snap.replicas, snap.arrivals) == ({}, {}, {})
+        assert counter.replica_loads("e") == {}
+    assert counter.snapshot().arrivals == {}
+
+
 def test_ticket_uncounts_on_exception():
     counter = PendingCounter()
     with pytest.raises(RuntimeError):
