@@ -1,6 +1,7 @@
-"""The management API in the Inference Endpoints v2 wire format (HF-API.md), plus whoami.
+"""The management API in the Inference Endpoints v2 wire format, plus whoami.
 
-Handlers parse and check the request, change the desired state in the store, hand it to the
+Handlers parse and check the request, change the intent in the store (under its generation
+check, re-applying the change to a fresh read when another write got there first), post it to the
 controller, record an audit entry, and render the endpoint as the client expects it.
 
 Errors, one root, mapped to HTTP by `errors_middleware` (its test is a table):
@@ -29,7 +30,8 @@ from proxy.forward import REQUEST_ID, request_id
 from . import openapi
 from . import store as store_mod
 from . import wire
-from .controller import Controller, Desired
+from .controller import Controller
+from .intent import Intent, Signals
 from .state import State
 from .store import Store
 
@@ -97,6 +99,8 @@ async def errors_middleware(request: web.Request, handler):
 
 
 API = web.AppKey("management_api", "ManagementApi")
+# Concurrent writes to one endpoint retry on a fresh read this many times before a 409.
+MUTATE_ATTEMPTS = 10
 
 
 class ManagementApi:
@@ -149,21 +153,39 @@ class ManagementApi:
         except store_mod.NotFound:
             raise NotFound(f"endpoint {ns}/{name} does not exist") from None
 
-    def desired(self, rec) -> Desired:
+    @staticmethod
+    def intent(rec) -> Intent:
         spec = wire.spec_from_json(rec.spec)
         scaling = spec.compute.scaling
-        return Desired(
+        return Intent(
             key=EndpointKey(rec.namespace, rec.name),
+            uid=rec.uid,
+            generation=rec.generation,
             revision=rec.revision,
             auth=spec.type,
             health_route=spec.health_route,
             min_replicas=scaling.min_replica,
             max_replicas=scaling.max_replica,
-            target=rec.target_replicas,
             paused=rec.paused,
+            zeroed_at=rec.zeroed_at,
             domain=spec.route.domain,
             spec=spec,
         )
+
+    @staticmethod
+    def signals(rec) -> Signals:
+        return Signals(woken_at=rec.woken_at, idle_at=rec.idle_at)
+
+    async def mutate(self, ns: str, name: str, change: Callable[[Any], dict[str, Any]]):
+        """Apply `change(record) -> store.update_intent keywords` under the generation check,
+        re-reading and re-applying when a concurrent write moved the generation on."""
+        for _ in range(MUTATE_ATTEMPTS):
+            rec = await self.record(ns, name)
+            try:
+                return await self.store.update_intent(ns, name, rec.generation, **change(rec))
+            except store_mod.Stale:
+                continue
+        raise Conflict(f"endpoint {ns}/{name} is being changed by others at the same time; retry")
 
     def render(self, rec) -> dict[str, Any]:
         spec = wire.spec_from_json(rec.spec)
@@ -180,7 +202,7 @@ class ManagementApi:
                 updated_at=rec.updated_at,
                 url=self.endpoint_url(rec.namespace, rec.name) if serving else None,
                 ready_replica=status.ready if status else 0,
-                target_replica=status.target if status else rec.target_replicas,
+                target_replica=status.target if status else 0,
             ),
         )
 
@@ -206,11 +228,8 @@ class ManagementApi:
             raise NotFound(f"namespace {ns} does not exist; create the user or org first (`endpointd users add`)")
         spec = wire.parse_create(await _json(request))
         self.check(spec)
-        target = max(spec.compute.scaling.min_replica, 1)
-        rec = await self.store.create_endpoint(
-            ns, spec.name, wire.spec_to_json(spec), state=State.PENDING, target_replicas=target
-        )
-        self.controller.set_desired(self.desired(rec))
+        rec = await self.store.create_endpoint(ns, spec.name, wire.spec_to_json(spec), state=State.PENDING)
+        self.controller.apply(self.intent(rec), self.signals(rec))
         await self.audit(request, identity.user, "create", ns, spec.name, wire.audit_details(spec))
         return web.json_response(self.render(rec))
 
@@ -222,23 +241,18 @@ class ManagementApi:
     async def update(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["ns"], request.match_info["name"]
         identity = await self.member(request, ns)
-        rec = await self.record(ns, name)
         body = await _json(request)
-        old = wire.spec_from_json(rec.spec)
-        spec, change = wire.apply_update(old, body)
-        self.check(spec)
-        scaling = spec.compute.scaling
-        target = rec.target_replicas
-        if not rec.paused and target > 0:
-            target = min(max(target, scaling.min_replica, 1), scaling.max_replica)
-        elif scaling.min_replica > 0 and not rec.paused:
-            target = scaling.min_replica  # min raised above zero: wake it up
-        rec = await self.store.update_endpoint(
-            ns, name, spec=wire.spec_to_json(spec), bump_revision=change is wire.ChangeKind.ROLL,
-            target_replicas=target,
-        )
-        self.controller.set_desired(self.desired(rec))
-        await self.audit(request, identity.user, "update", ns, name, {"change": str(change), "keys": sorted(body)})
+        kinds = []
+
+        def change(rec):
+            spec, kind = wire.apply_update(wire.spec_from_json(rec.spec), body)
+            self.check(spec)
+            kinds[:] = [kind]
+            return {"spec": wire.spec_to_json(spec), "bump_revision": kind is wire.ChangeKind.ROLL}
+
+        rec = await self.mutate(ns, name, change)
+        self.controller.apply(self.intent(rec))
+        await self.audit(request, identity.user, "update", ns, name, {"change": str(kinds[0]), "keys": sorted(body)})
         return web.json_response(self.render(rec))
 
     async def delete(self, request: web.Request) -> web.Response:
@@ -251,28 +265,27 @@ class ManagementApi:
         return web.json_response({})
 
     async def pause(self, request: web.Request) -> web.Response:
-        return await self._set(request, "pause", paused=True, target=0)
+        return await self._lifecycle(request, "pause", paused=True)
 
     async def resume(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["ns"], request.match_info["name"]
+        await self.member(request, ns)
         rec = await self.record(ns, name)
         status = self.controller.status(EndpointKey(ns, name))
         if not rec.paused and status is not None and status.state == State.RUNNING:
-            await self.member(request, ns)
             raise Invalid(f"endpoint {ns}/{name} is already running")
-        scaling = wire.spec_from_json(rec.spec).compute.scaling
-        return await self._set(request, "resume", paused=False, target=max(scaling.min_replica, 1))
+        # Resume clears a pause, a user's scale-to-zero and a failure, and wakes the endpoint.
+        return await self._lifecycle(request, "resume", paused=False, zeroed_at=None)
 
     async def scale_to_zero(self, request: web.Request) -> web.Response:
-        return await self._set(request, "scale-to-zero", paused=None, target=0)
+        return await self._lifecycle(request, "scale-to-zero", zeroed_at=self.controller.wall())
 
-    async def _set(self, request: web.Request, action: str, *, paused: bool | None, target: int) -> web.Response:
+    async def _lifecycle(self, request: web.Request, action: str, **intent: Any) -> web.Response:
         ns, name = request.match_info["ns"], request.match_info["name"]
         identity = await self.member(request, ns)
-        await self.record(ns, name)
-        rec = await self.store.update_endpoint(ns, name, paused=paused, target_replicas=target)
-        self.controller.set_desired(self.desired(rec))
-        await self.audit(request, identity.user, action, ns, name, {"targetReplica": target})
+        rec = await self.mutate(ns, name, lambda rec: intent)
+        self.controller.apply(self.intent(rec), resumed=action == "resume")
+        await self.audit(request, identity.user, action, ns, name, {})
         return web.json_response(self.render(rec))
 
     async def provider(self, request: web.Request) -> web.Response:

@@ -27,6 +27,17 @@ class ServeConfig:
     stop_grace_s: float = setting(
         10.0, min=0.0, max=3600.0, help="time between SIGTERM and SIGKILL when stopping a container",
     )
+    liveness_interval_s: float = setting(
+        # Three checks 5 s apart: a hung engine is out of rotation within ~15 s, while one slow
+        # answer from a busy engine is not enough to replace it.
+        5.0, min=0.1, max=3600.0, help="how often a ready replica's health route is checked",
+    )
+    liveness_failures: int = setting(
+        3, min=1, max=100, help="failed health checks in a row before a ready replica is replaced",
+    )
+    sweep_interval_s: float = setting(
+        10.0, min=0.1, max=86_400.0, help="how often containers no replica owns (orphans) are looked for and stopped",
+    )
     reconcile_interval_s: float = setting(
         1.0, min=0.01, max=60.0, help="longest time between two reconcile rounds (changes trigger one at once)",
     )

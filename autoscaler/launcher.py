@@ -11,10 +11,10 @@ from pathlib import Path
 import aiohttp
 
 from engines import artifacts, hardware, presets, readiness
-from engines.gpus import Gpu, GpuAllocator, GpuSampler, NoCapacity
+from engines.gpus import Gpu, GpuAllocator, GpuSampler
 from engines.runtime import ReplicaInfo, Runtime
 
-from .controller import Desired, WaitingForCapacity
+from .intent import Intent
 
 # A replica found after a restart must answer its health route this fast to be adopted.
 HEALTH_CHECK_S = 5.0
@@ -64,16 +64,18 @@ class EngineLauncher:
             command=model.command, args=model.args, default_images=self._default_images,
         )
 
-    async def launch(self, desired: Desired, replica_id: str, report: Callable[[str], None]) -> ReplicaInfo:
-        spec = desired.spec
+    def gpu_need(self, intent: Intent) -> tuple[int, str]:
+        compute = intent.spec.compute
+        resources = self.resources(compute.accelerator, compute.instance_type, compute.instance_size)
+        return (resources.gpu_count, compute.instance_type) if resources.gpu_count else (0, "")
+
+    async def launch(
+        self, intent: Intent, replica_id: str, gpus: tuple[str, ...], report: Callable[[str], None]
+    ) -> ReplicaInfo:
+        spec = intent.spec
         compute, model = spec.compute, spec.model
         resources = self.resources(compute.accelerator, compute.instance_type, compute.instance_size)
-        if resources.gpu_count:
-            try:
-                ids = self._allocator.assign(replica_id, resources.gpu_count, compute.instance_type)
-            except NoCapacity as error:
-                raise WaitingForCapacity(f"waiting for capacity: {error}") from None
-            resources = replace(resources, gpu_device_ids=ids)
+        resources = replace(resources, gpu_device_ids=gpus)
 
         report(f"fetching model artifacts of {model.repository}")
         model_dir = await artifacts.fetch(model.repository, model.revision, self._cache_dir)
@@ -91,26 +93,16 @@ class EngineLauncher:
         report(f"pulling image {container.image}")
         await self._runtime.ensure_image(container.image, container.registry_auth, report)
         report(f"starting replica {replica_id}")
-        info = await self._runtime.start(desired.key, replica_id, str(desired.revision), container)
+        info = await self._runtime.start(intent.key, replica_id, str(intent.revision), container)
         report(f"waiting for replica {replica_id} to answer {container.health_route}")
         return await readiness.wait_ready(
             self._runtime, info, session=self._session, deadline_s=self._ready_deadline_s
         )
 
-    def free_slots(self, desired: Desired) -> int | None:
-        """How many more replicas of this endpoint its free GPUs can hold; None for CPU ones."""
-        compute = desired.spec.compute
-        resources = self.resources(compute.accelerator, compute.instance_type, compute.instance_size)
-        if not resources.gpu_count:
-            return None
-        held = self._allocator.holders
-        free = sum(1 for gpu in self._inventory if gpu.type == compute.instance_type and gpu.uuid not in held)
-        return free // resources.gpu_count
-
-    async def utilization(self, desired: Desired, replica_ids: list[str]) -> float | None:
+    async def utilization(self, intent: Intent, replica_ids: list[str]) -> float | None:
         """Average utilization of the replicas, in percent: GPU (NVML) on GPU instances, else CPU
         (Docker stats) relative to each replica's CPU limit."""
-        compute = desired.spec.compute
+        compute = intent.spec.compute
         resources = self.resources(compute.accelerator, compute.instance_type, compute.instance_size)
         if resources.gpu_count:
             if self._gpu_sampler is None:
@@ -131,6 +123,3 @@ class EngineLauncher:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
-
-    def release(self, replica_id: str) -> None:
-        self._allocator.release(replica_id)

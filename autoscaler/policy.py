@@ -1,14 +1,14 @@
 """The scaling decision, as a pure function: `decide(snapshot, scaling, config, state, now)`.
 
 No clock, no Docker, no I/O: time comes in as `now` (seconds, monotonic), history lives in the
-returned `PolicyState`, and tests run it as tables. Defaults are the reference service's
-(../shared/DESIGN.md "Control loop"):
+returned `PolicyState`, and tests run it as tables. Defaults are the reference service's:
 - pending requests (default): add replicas when the average pending per ready replica over the
   last 20 s exceeds the threshold (1.5), up to the count that brings it under the threshold;
 - hardware: average utilization over a 1-minute window >= threshold (80 %) adds a replica,
   evaluated every minute; scale-down evaluated every 2 minutes;
 - scale-down only after a 300 s stabilization: the highest recommendation over it wins;
-- scale to zero when min is 0 and nothing was pending or arrived for the idle timeout;
+- scale to zero when min is 0 and nothing was pending or arrived for the idle timeout; at zero,
+  stay there (a wake is not the policy's to decide);
 - no scale-down before a full stabilization window has been seen (after a restart).
 """
 
@@ -132,13 +132,13 @@ def decide(snapshot: Snapshot, scaling: Scaling, config: PolicyConfig, state: Po
     else:
         target, why, kind = current, f"steady: {reason}", "steady"
 
-    # 4. At zero (idle timeout, or a user's scale-to-zero) it stays there until a request
-    #    arrives: the proxy wakes it. Scale to zero after the idle timeout (an open stream is
-    #    pending, so not idle).
+    # 4. At zero (idle timeout, or a user's scale-to-zero) it stays there: only a request that
+    #    finds no replica wakes it, through the proxy and the endpoint's owner, not a
+    #    recommendation. Scale to zero after the idle timeout (an open stream is pending, so not idle).
     idle_s = now - last_active
     inputs["idle_s"] = round(idle_s, 1)
-    if current == 0 and not active:
-        target, why, kind = 0, "at zero until a request arrives", "at_zero"
+    if current == 0:
+        target, why, kind = 0, "at zero until a request wakes it", "at_zero"
     elif (scaling.min_replicas == 0 and scaling.idle_timeout_min is not None
           and idle_s >= scaling.idle_timeout_min * config.minute_s and now - started >= config.window_s):
         target, why, kind = 0, f"idle for {idle_s:.0f} s >= scaleToZeroTimeout", "idle"

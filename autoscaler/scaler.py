@@ -1,7 +1,11 @@
-"""The scaling loop: samples each endpoint, asks the policy, hands the answer to the controller.
+"""The scaling loop: samples each endpoint, asks the policy, posts the answer to the endpoint's owner.
 
-`tick()` does one round and returns its decisions; `run()` repeats it every `interval_s` of the
-injected clock. It only carries decisions out — the arithmetic is in policy.py.
+`tick()` does one round and returns its decisions; `run()` repeats it every `interval_s`. It only
+carries decisions out — the arithmetic is in policy.py — and never sets a replica count: the
+recommendation is a signal, which the owner combines with the intent (`intent.wanted`). The
+demand it sees is the proxy's pending count less what is still in flight on replicas that are
+leaving (draining ones are finishing old work, not asking for capacity); the controller's own
+probes are never counted by the proxy. A round that fails for one endpoint skips only that one.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from engines.runtime import EndpointKey
 from proxy.pending import PendingSnapshot
 
 from .controller import Controller
+from .events import EventLog
 from .policy import HARDWARE, Decision, PolicyConfig, PolicyState, Scaling, Snapshot, decide
 
 log = logging.getLogger("endpointd.scaler")
@@ -42,8 +47,8 @@ class Scaler:
         *,
         config: PolicyConfig,
         scaling_of: Callable[[EndpointKey], Scaling | None],
-        on_target: Callable[[EndpointKey, int], Awaitable[None]],
         utilization: Callable[[EndpointKey], Awaitable[float | None]] | None = None,
+        events: EventLog | None = None,
         clock: Callable[[], float] = time.monotonic,
         interval_s: float = SAMPLE_INTERVAL_S,
         registry: CollectorRegistry | None = None,
@@ -52,8 +57,8 @@ class Scaler:
         self._pending = pending
         self._config = config
         self._scaling_of = scaling_of
-        self._on_target = on_target
         self._utilization = utilization
+        self._events = events or controller.events
         self._clock = clock
         self._interval_s = interval_s
         self._states: dict[EndpointKey, PolicyState] = {}
@@ -65,49 +70,61 @@ class Scaler:
             "endpointd_scale_decisions", "Every scaling decision, by kind (up, down, steady, stabilizing, warmup, idle, at_zero, capacity)",
             ["endpoint", "kind"], registry=registry,
         )
+        self.failures = Counter(
+            "endpointd_scale_failures", "Scaling rounds that failed for one endpoint (it was skipped)",
+            ["endpoint"], registry=registry,
+        )
 
     async def tick(self) -> list[ScaleEvent]:
         now = self._clock()
         counts = self._pending()
         changes = []
-        for key in self._controller.keys():
-            desired = self._controller.desired(key)
-            scaling = self._scaling_of(key)
-            if desired is None or scaling is None or desired.paused:
-                self._states.pop(key, None)
+        keys = self._controller.keys()
+        for key in keys:
+            try:
+                change = await self._decide(key, counts, now)
+            except Exception:  # one endpoint's bad data must not stop scaling the others
+                log.exception("scaling %s failed; skipping it this round", key)
+                self.failures.labels(str(key)).inc()
                 continue
-            name = str(key)
-            util = await self._utilization(key) if self._utilization and scaling.metric == HARDWARE else None
-            snapshot = Snapshot(
-                pending=counts.pending(name),
-                arrivals=counts.arrivals.get(name, 0),
-                ready=self._controller.ready_count(key),
-                current=desired.target,
-                utilization=util,
-                capacity=self._controller.capacity(key),
-            )
-            decision, self._states[key] = decide(snapshot, scaling, self._config, self._states.get(key, PolicyState()), now)
-            log.debug("%s: %d -> %d (%s) %s", key, desired.target, decision.replicas, decision.reason, decision.inputs)
-            self.decisions.labels(name, decision.kind).inc()
-            wanted = decision.wanted_beyond_capacity
-            self._controller.set_note(
-                key, f"wants {wanted} replicas, waiting for capacity: no free GPUs for more" if wanted else ""
-            )
-            if decision.replicas != desired.target:
-                log.info("%s: %d -> %d replicas (%s) %s", key, desired.target, decision.replicas, decision.reason, decision.inputs)
-                direction = "up" if decision.replicas > desired.target else "down"
-                self.events.labels(name, direction, "idle" if decision.replicas == 0 else scaling.metric).inc()
-                self._controller.set_target(key, decision.replicas)
-                await self._on_target(key, decision.replicas)
-                changes.append(ScaleEvent(key, desired.target, decision.replicas, decision))
-        for gone in set(self._states) - set(self._controller.keys()):
+            if change is not None:
+                changes.append(change)
+        for gone in set(self._states) - set(keys):
             del self._states[gone]
         return changes
 
+    async def _decide(self, key: EndpointKey, counts: PendingSnapshot, now: float) -> ScaleEvent | None:
+        intent = self._controller.intent(key)
+        scaling = self._scaling_of(key)
+        if intent is None or scaling is None or intent.paused:
+            self._states.pop(key, None)
+            return None
+        name = str(key)
+        util = await self._utilization(key) if self._utilization and scaling.metric == HARDWARE else None
+        on_leaving = counts.replicas.get(name, {})
+        leaving = sum(on_leaving.get(rid, 0) for rid in self._controller.leaving_ids(key))
+        current = self._controller.wanted(key)
+        snapshot = Snapshot(
+            pending=max(0, counts.pending(name) - leaving),
+            arrivals=counts.arrivals.get(name, 0),
+            ready=self._controller.ready_count(key),
+            current=current,
+            utilization=util,
+            capacity=self._controller.replicas_can_run(key),
+        )
+        decision, self._states[key] = decide(snapshot, scaling, self._config, self._states.get(key, PolicyState()), now)
+        self.decisions.labels(name, decision.kind).inc()
+        intent_uid = intent.uid
+        self._events.decision(intent_uid, decision.kind, decision.replicas, decision.reason, decision.inputs)
+        self._controller.recommend(key, decision.replicas, decision.reason, decision.wanted_beyond_capacity)
+        if decision.replicas == current or current == 0:
+            return None  # at zero the owner listens to wakes only, not to recommendations
+        log.info("%s: %d -> %d replicas (%s) %s", key, current, decision.replicas, decision.reason, decision.inputs)
+        direction = "up" if decision.replicas > current else "down"
+        self.events.labels(name, direction, "idle" if decision.replicas == 0 else scaling.metric).inc()
+        return ScaleEvent(key, current, decision.replicas, decision)
+
     async def run(self) -> None:
         while True:
-            try:
-                await self.tick()
-            except Exception:  # one bad round must not stop scaling every endpoint
-                log.exception("scaling round failed")
+            await self.tick()
             await asyncio.sleep(self._interval_s)

@@ -20,23 +20,25 @@ from engines.runtime import EndpointKey
 from proxy.app import add_proxy
 from proxy.config import ProxyConfig
 from proxy.control import Identity
-from proxy.pipeline import Pipeline
+from proxy.pipeline import PROBE_HEADER, Pipeline
 
 from .api import ManagementApi, add_api
 from .config import ScalingConfig, ServeConfig
-from .controller import Controller, Desired, Status
+from .controller import Controller
+from .intent import Intent, Signals
 from .launcher import EngineLauncher
 from .policy import Scaling
 from .scaler import Scaler
 from .plane import StoreControlPlane
 from . import tokens
+from .state import Status
 from .store import Store
 
 log = logging.getLogger("endpointd")
 
 ADMIN_TOKEN_FILE = "admin-token"
 INSTANCE_FILE = "instance-id"
-DEFAULT_IDLE_MIN = 15  # [spec-md] EndpointScaling.scaleToZeroTimeout default
+DEFAULT_IDLE_MIN = 15  # the reference's EndpointScaling.scaleToZeroTimeout default
 STORE_FILE = "endpointd.db"
 # Time the controller's probe through the proxy may take; the replica already answered directly.
 PROBE_TIMEOUT_S = 10.0
@@ -67,11 +69,11 @@ async def bootstrap_admin(store: Store, data_dir: Path) -> None:
         log.info("the admin token is in %s", path)
 
 
-def scaling_of(desired: Desired | None) -> Scaling | None:
+def scaling_of(intent: Intent | None) -> Scaling | None:
     """The policy's view of an endpoint's `compute.scaling`."""
-    if desired is None or desired.spec is None:
+    if intent is None or intent.spec is None:
         return None
-    s = desired.spec.compute.scaling
+    s = intent.spec.compute.scaling
     return Scaling(
         min_replicas=s.min_replica, max_replicas=s.max_replica, metric=str(s.measure.metric),
         threshold=s.measure.threshold,
@@ -97,7 +99,8 @@ async def build_app(
         return await store.verify_token(token)
 
     plane = StoreControlPlane(verify)
-    pipeline = Pipeline(proxy_config, plane)
+    probe_secret = secrets.token_urlsafe(32)  # marks the controller's probes: never counted as demand
+    pipeline = Pipeline(proxy_config, plane, probe_secret=probe_secret)
     runtime = DockerRuntime(publish_host=serve_config.publish_host, instance=instance_id(data_dir))
     inventory = read_inventory()
     allocator = GpuAllocator(inventory)
@@ -111,37 +114,39 @@ async def build_app(
         gpu_sampler=gpu_sampler,
     )
 
-    async def on_status(key: EndpointKey, status: Status) -> None:
-        await store.update_endpoint(key.namespace, key.name, state=str(status.state), message=status.message)
+    async def save_status(uid: str, status: Status) -> None:
+        await store.save_status(uid, status.state, status.message)
+
+    async def save_signals(uid: str, signals: Signals) -> None:
+        await store.save_signals(uid, signals.woken_at, signals.idle_at)
 
     proxy_base = f"http://{proxy_config.host}:{proxy_config.port}/endpoints"
 
-    async def probe(desired: Desired) -> bool:
+    async def probe(intent: Intent) -> bool:
         """`running` only once the health route answers 200 through the proxy itself."""
-        url = f"{proxy_base}/{desired.key.namespace}/{desired.key.name}{desired.health_route}"
+        url = f"{proxy_base}/{intent.key.namespace}/{intent.key.name}{intent.health_route}"
+        headers = {"Authorization": f"Bearer {internal_token}", PROBE_HEADER: probe_secret}
         try:
-            async with session.get(url, headers={"Authorization": f"Bearer {internal_token}"}) as r:
+            async with session.get(url, headers=headers) as r:
                 return r.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
 
     controller = Controller(
-        runtime, launcher, plane,
-        in_flight=pipeline.counter.replica_loads, on_status=on_status, probe=probe,
+        runtime, launcher, plane, allocator=allocator,
+        in_flight=pipeline.counter.replica_loads, probe=probe, save_status=save_status, save_signals=save_signals,
         drain_grace_s=serve_config.drain_grace_s, stop_grace_s=serve_config.stop_grace_s,
-        interval_s=serve_config.reconcile_interval_s, free_slots=launcher.free_slots,
+        interval_s=serve_config.reconcile_interval_s, liveness_interval_s=serve_config.liveness_interval_s,
+        liveness_failures=serve_config.liveness_failures, sweep_interval_s=serve_config.sweep_interval_s,
     )
     plane.bind_waker(controller.wake)
 
-    async def on_target(key: EndpointKey, replicas: int) -> None:
-        await store.update_endpoint(key.namespace, key.name, target_replicas=replicas)
-
     async def utilization(key: EndpointKey) -> float | None:
-        return await launcher.utilization(controller.desired(key), controller.ready_ids(key))
+        return await launcher.utilization(controller.intent(key), controller.ready_ids(key))
 
     scaler = Scaler(
         controller, pipeline.counter.snapshot, config=scaling_config.policy(),
-        scaling_of=lambda key: scaling_of(controller.desired(key)), on_target=on_target,
+        scaling_of=lambda key: scaling_of(controller.intent(key)),
         utilization=utilization, interval_s=scaling_config.scale_interval_s, registry=pipeline.metrics.registry,
     )
     url_base = base_url(proxy_config, serve_config)
@@ -154,12 +159,14 @@ async def build_app(
 
     async def reconciling(app: web.Application) -> AsyncIterator[None]:
         for record in await store.list_endpoints():
-            controller.set_desired(api.desired(record))
+            controller.apply(api.intent(record), api.signals(record))
         adopted = await controller.adopt(await runtime.list())
         log.info("adopted %d running replica(s); serving on %s", len(adopted), url_base)
         tasks = [
             asyncio.create_task(controller.run(), name="reconcile"),
             asyncio.create_task(controller.watch_deaths(), name="watch deaths"),
+            asyncio.create_task(controller.run_liveness(), name="liveness"),
+            asyncio.create_task(controller.run_sweeps(), name="orphan sweep"),
             asyncio.create_task(scaler.run(), name="scale"),
         ]
         try:

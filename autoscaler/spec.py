@@ -1,4 +1,4 @@
-"""An endpoint as its owner declared it (HF-API.md §5): frozen dataclasses, units in the field names."""
+"""An endpoint as its owner declared it: frozen dataclasses, units in the field names."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Any
 from proxy.control import AuthType
 
 # Every engine this project runs (TGI, TEI, vLLM, SGLang, llama.cpp, the inference toolkit, the
-# echo engine) answers GET /health; the client needs *some* string here (HF-API.md §5, §7).
+# echo engine) answers GET /health; the client needs *some* string here.
 DEFAULT_HEALTH_ROUTE = "/health"
 
 
 class ScalingMetric(enum.StrEnum):
-    """What `compute.scaling.measure` is keyed by (HF-API.md §5, §12)."""
+    """What `compute.scaling.measure` is keyed by."""
 
     PENDING_REQUESTS = "pendingRequests"  # requests in flight or held, per replica
     HARDWARE_USAGE = "hardwareUsage"  # percent of the accelerator in use
@@ -76,7 +76,7 @@ class Model:
 
 @dataclass(frozen=True)
 class Provider:
-    vendor: str  # recorded as given: this host is the only place it runs (issue 4)
+    vendor: str  # recorded as given: this host is the only place it runs
     region: str
 
 

@@ -1,6 +1,7 @@
-"""An endpoint's lifecycle states, as the wire format spells them (HF-API.md §7)."""
+"""An endpoint's lifecycle states, as the wire format spells them, and its status."""
 
 import enum
+from dataclasses import dataclass
 
 
 class State(enum.StrEnum):
@@ -12,3 +13,13 @@ class State(enum.StrEnum):
     PAUSED = "paused"
     FAILED = "failed"
     SCALED_TO_ZERO = "scaledToZero"
+
+
+@dataclass(frozen=True)
+class Status:
+    """An endpoint's state as users see it, with the replica counts of its wire status."""
+
+    state: State
+    message: str
+    ready: int
+    target: int

@@ -10,6 +10,7 @@ Errors, one root:
     StoreError     the file cannot be used (schema newer than this endpointd, no WAL)
       NotFound     no such user, token or endpoint
       Conflict     a name is taken, or a token cannot be (re)used as asked
+        Stale      an endpoint changed since the caller read it (generation check)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -88,6 +90,23 @@ MIGRATIONS = [
     CREATE INDEX tokens_by_user ON tokens (user);
     CREATE INDEX audit_by_namespace ON audit (namespace, id);
     """,
+    # 3: one owner per endpoint. Intent carries a generation that every API write compares and
+    # sets, and a user's scale-to-zero with its time; the owner's effective state (last wake,
+    # idle scale-down) is persisted beside it, so a restart never changes the replica count. A
+    # uid tells a re-created endpoint from the one deleted before it. The replica target is no
+    # longer stored: it follows from the rest. An endpoint left at zero by the old schema is
+    # kept at zero, as a scale-to-zero.
+    """
+    ALTER TABLE endpoints ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE endpoints ADD COLUMN uid TEXT NOT NULL DEFAULT '';
+    ALTER TABLE endpoints ADD COLUMN zeroed_at REAL;
+    ALTER TABLE endpoints ADD COLUMN woken_at REAL;
+    ALTER TABLE endpoints ADD COLUMN idle_at REAL;
+    UPDATE endpoints SET uid = lower(hex(randomblob(8)));
+    UPDATE endpoints SET zeroed_at = unixepoch() WHERE target_replicas = 0 AND paused = 0;
+    ALTER TABLE endpoints DROP COLUMN target_replicas;
+    CREATE UNIQUE INDEX endpoints_by_uid ON endpoints (uid);
+    """,
 ]
 
 
@@ -101,6 +120,10 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     pass
+
+
+class Stale(Conflict):
+    """The endpoint changed since it was read (its generation moved on): read it again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +155,13 @@ class EndpointRecord:
     message: str
     revision: int  # bumped when the spec changes in a way that needs new containers
     paused: bool
-    target_replicas: int
     created_at: datetime
     updated_at: datetime
+    uid: str  # this incarnation: a re-created endpoint of the same name has another
+    generation: int  # bumped by every intent write; writes compare it first
+    zeroed_at: float | None  # a user's scale-to-zero (unix time)
+    woken_at: float | None  # effective: the last wake (unix time)
+    idle_at: float | None  # effective: the last idle scale-down to zero (unix time)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +207,8 @@ def _token(row: aiosqlite.Row) -> TokenInfo:
 def _endpoint(row: aiosqlite.Row) -> EndpointRecord:
     return EndpointRecord(
         row["namespace"], row["name"], json.loads(row["spec"]), row["state"], row["message"], row["revision"],
-        bool(row["paused"]), row["target_replicas"], _time(row["created_at"]), _time(row["updated_at"]),
+        bool(row["paused"]), _time(row["created_at"]), _time(row["updated_at"]), row["uid"], row["generation"],
+        row["zeroed_at"], row["woken_at"], row["idle_at"],
     )
 
 
@@ -413,15 +441,15 @@ class Store:
     # --- endpoints -----------------------------------------------------------------------------
 
     async def create_endpoint(
-        self, namespace: str, name: str, spec: dict[str, Any], *, state: str = "pending", target_replicas: int = 1
+        self, namespace: str, name: str, spec: dict[str, Any], *, state: str = "pending"
     ) -> EndpointRecord:
         now = self._stamp()
         try:
             async with self._transaction():
                 row = await self._one(
-                    "INSERT INTO endpoints (namespace, name, spec, state, target_replicas, created_at, updated_at) "
+                    "INSERT INTO endpoints (namespace, name, spec, state, uid, created_at, updated_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
-                    namespace, name, json.dumps(spec), str(state), target_replicas, now, now,
+                    namespace, name, json.dumps(spec), str(state), secrets.token_hex(8), now, now,
                 )
         except aiosqlite.IntegrityError:
             raise Conflict(f"endpoint {namespace}/{name} already exists; choose another name or update it") from None
@@ -440,39 +468,54 @@ class Store:
             rows = await self._all("SELECT * FROM endpoints WHERE namespace = ? ORDER BY name", namespace)
         return [_endpoint(row) for row in rows]
 
-    async def update_endpoint(
+    async def update_intent(
         self,
         namespace: str,
         name: str,
+        generation: int,
         *,
         spec: dict[str, Any] | None = None,
-        state: str | None = None,
-        message: str | None = None,
         bump_revision: bool = False,
-        target_replicas: int | None = None,
         paused: bool | None = None,
+        zeroed_at: float | None | Literal["keep"] = "keep",
     ) -> EndpointRecord:
-        """Change the given fields (None leaves one as it is). The reconciler writes state and
-        message often: that is one UPDATE ... RETURNING on the primary key, the spec untouched."""
-        changes = {
-            "spec": None if spec is None else json.dumps(spec),
-            "state": None if state is None else str(state),
-            "message": message,
-            "target_replicas": target_replicas,
-            "paused": None if paused is None else int(paused),
-        }
-        sets = [f"{column} = ?" for column, value in changes.items() if value is not None]
-        values = [value for value in changes.values() if value is not None]
+        """Change what people declared, only if the endpoint is still at `generation` (else Stale:
+        read it again and re-apply the change), and move it to the next generation."""
+        changes: dict[str, Any] = {}
+        if spec is not None:
+            changes["spec"] = json.dumps(spec)
+        if paused is not None:
+            changes["paused"] = int(paused)
+        if zeroed_at != "keep":
+            changes["zeroed_at"] = zeroed_at
+        sets = [f"{column} = ?" for column in changes]
         if bump_revision:
             sets.append("revision = revision + 1")
         async with self._transaction():
             row = await self._one(
-                f"UPDATE endpoints SET {', '.join([*sets, 'updated_at = ?'])} WHERE namespace = ? AND name = ? RETURNING *",
-                *values, self._stamp(), namespace, name,
+                f"UPDATE endpoints SET {', '.join([*sets, 'generation = generation + 1', 'updated_at = ?'])} "
+                "WHERE namespace = ? AND name = ? AND generation = ? RETURNING *",
+                *changes.values(), self._stamp(), namespace, name, generation,
             )
-        if row is None:
-            raise NotFound(f"endpoint {namespace}/{name} does not exist")
+            if row is None:
+                await self.get_endpoint(namespace, name)  # NotFound when it is gone
+                raise Stale(f"endpoint {namespace}/{name} changed while this change was made; retry it")
         return _endpoint(row)
+
+    async def save_status(self, uid: str, state: str, message: str) -> None:
+        """The owner's view of the endpoint; a no-op for a deleted incarnation."""
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE endpoints SET state = ?, message = ?, updated_at = ? WHERE uid = ?",
+                (str(state), message, self._stamp(), uid),
+            )
+
+    async def save_signals(self, uid: str, woken_at: float | None, idle_at: float | None) -> None:
+        """The owner's effective state; a no-op for a deleted incarnation."""
+        async with self._transaction():
+            await self._db.execute(
+                "UPDATE endpoints SET woken_at = ?, idle_at = ? WHERE uid = ?", (woken_at, idle_at, uid)
+            )
 
     async def delete_endpoint(self, namespace: str, name: str) -> None:
         async with self._transaction():

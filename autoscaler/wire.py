@@ -1,4 +1,4 @@
-"""The Inference Endpoints v2 wire format (HF-API.md): request bodies to `EndpointSpec`, sparse updates, responses."""
+"""The Inference Endpoints v2 wire format: request bodies to `EndpointSpec`, sparse updates, responses."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from proxy.control import AuthType
 from .spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
 from .state import State
 
-# One rule for every key of a body, create or update (HF-API.md §5, §6):
+# One rule for every key of a body, create or update:
 # - absent: on create the default, or `WireError` for the keys the client always sends; on update, unchanged;
 # - null: the default (revision, task, command, args, route parts, privateService, cacheHttpResponses → null;
 #   env, secrets → {}; tags → []; measure → pendingRequests 1.5; scaleToZeroTimeout → 15 when minReplica is 0,
@@ -29,7 +29,7 @@ from .state import State
 #   whole, so `{}` clears env or secrets (§6: the client sends `{}` to mean that) and `model.image` is replaced.
 # Unknown keys are ignored at every level (forward compatibility); a known key of the wrong type is an error.
 
-NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")  # issue 4: 1-32 chars, no leading/trailing '-'
+NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")  # 1-32 chars, no leading/trailing '-', as the reference
 SIZE = re.compile(r"x[1-9][0-9]*")  # x1, x2, ...: a count of CPUs or GPUs; x0 would be nothing
 VARIANTS = ("vLLM", "sGLang", "tgi", "tei", "llamacpp", "hfServe", "custom", "huggingface")  # §12, hf_api.py:9291
 TYPE_ALIASES = {"protected": AuthType.AUTHENTICATED}  # [spec-2023] spelling, still in UI exports (§12)
@@ -37,7 +37,7 @@ TYPE_ALIASES = {"protected": AuthType.AUTHENTICATED}  # [spec-2023] spelling, st
 # pendingRequests is the default metric: the proxy counts pending requests exactly; hardware use is sampled.
 DEFAULT_THRESHOLDS = {ScalingMetric.PENDING_REQUESTS: 1.5, ScalingMetric.HARDWARE_USAGE: 80.0}
 DEFAULT_MEASURE = Measure(ScalingMetric.PENDING_REQUESTS, DEFAULT_THRESHOLDS[ScalingMetric.PENDING_REQUESTS])
-# minReplica 0 with a null scaleToZeroTimeout: [spec-md] EndpointScaling says "default: 15" (§12).
+# minReplica 0 with a null scaleToZeroTimeout: the reference's EndpointScaling says "default: 15".
 DEFAULT_SCALE_TO_ZERO_MIN = 15
 # The reference accepts 15-2880 minutes (§12, third-party, UNCONFIRMED). The upper bound is kept; the lower
 # one is 1 because on one's own host a short idle time costs nothing, and tests need to see it happen.
@@ -46,6 +46,10 @@ LOCAL_PROVIDER = "local"  # vendor and region of this host in GET /v2/provider (
 
 T = TypeVar("T")
 _MISSING: Any = object()  # a key the body does not have; messages say "got nothing (the key is missing)"
+
+
+# Pending requests per replica before another is added: beyond this no engine batches usefully.
+MAX_PENDING_THRESHOLD = 10_000
 
 
 class WireError(ValueError):
@@ -212,9 +216,10 @@ def _measure(value: Any, path: str) -> Measure:
     if threshold is None:
         return Measure(metric, DEFAULT_THRESHOLDS[metric])
     percent = metric is ScalingMetric.HARDWARE_USAGE
-    if (isinstance(threshold, bool) or not isinstance(threshold, int | float) or threshold <= 0
-            or (percent and threshold > 100)):
-        _fail(f"{path}.{key}", "a number greater than 0" + (" and at most 100 (percent)" if percent else ""), threshold)
+    high = 100 if percent else MAX_PENDING_THRESHOLD
+    # Written so that NaN fails too: every comparison with NaN is false.
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold <= high:
+        _fail(f"{path}.{key}", f"a number greater than 0 and at most {high}" + (" (percent)" if percent else ""), threshold)
     return Measure(metric, float(threshold))
 
 

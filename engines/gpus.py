@@ -120,6 +120,15 @@ class GpuAllocator:
     def held_by(self, replica_id: str) -> tuple[str, ...]:
         return tuple(uuid for uuid in self._gpus if self._holder.get(uuid) == replica_id)
 
+    def free(self, gpu_type: str) -> int:
+        """How many GPUs of `gpu_type` no replica holds."""
+        return sum(1 for uuid, gpu in self._gpus.items() if gpu.type == gpu_type and uuid not in self._holder)
+
+    def shortage(self, count: int, gpu_type: str) -> str:
+        """Why `count` GPUs of `gpu_type` cannot be had now (who holds them), for status messages."""
+        of_type = [uuid for uuid, gpu in self._gpus.items() if gpu.type == gpu_type]
+        return self._shortage(count, gpu_type, of_type, [uuid for uuid in of_type if uuid not in self._holder])
+
     def assign(self, replica_id: str, count: int, gpu_type: str) -> tuple[str, ...]:
         """Give `count` free GPUs of `gpu_type` to the replica (lowest indexes first) or raise NoCapacity."""
         if count < 1:

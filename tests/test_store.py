@@ -12,8 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from autoscaler import store as store_mod
-from autoscaler.state import State
-from autoscaler.store import MIGRATIONS, AuditEntry, Conflict, EndpointRecord, NotFound, Store, StoreError, UserInfo
+from autoscaler.store import MIGRATIONS, AuditEntry, Conflict, EndpointRecord, NotFound, Stale, Store, StoreError, UserInfo
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 SPEC = {"model": {"repository": "acme/tiny", "image": {"custom": {"url": "echo:1", "port": 8000}}}, "type": "private"}
@@ -71,7 +70,7 @@ def user_version(path) -> int:
 
 async def test_open_creates_the_directory_and_the_file_at_the_latest_schema(store, db_path):
     assert db_path.is_file()
-    assert user_version(db_path) == len(MIGRATIONS) == 2
+    assert user_version(db_path) == len(MIGRATIONS) == 3
     with opened(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # persistent: every later connection
 
@@ -97,7 +96,7 @@ async def test_a_v1_database_is_migrated_forward_and_reopening_is_a_no_op(db_pat
 
     store = await Store.open(db_path, now=clock)
     try:
-        assert user_version(db_path) == 2
+        assert user_version(db_path) == len(MIGRATIONS)
         identity = await store.verify_token("epd_made-by-v1")
         assert (identity.user, identity.is_admin) == ("alice", False)
         [info] = await store.list_tokens("alice")
@@ -117,7 +116,7 @@ async def test_a_v1_database_is_migrated_forward_and_reopening_is_a_no_op(db_pat
     finally:
         holder.rollback()
         holder.close()
-    assert (schema(db_path), user_version(db_path)) == (migrated, 2)
+    assert (schema(db_path), user_version(db_path)) == (migrated, len(MIGRATIONS))
 
 
 async def test_stores_opening_a_new_file_at_the_same_moment_migrate_it_once(db_path):
@@ -155,7 +154,7 @@ async def test_a_database_from_a_newer_endpointd_is_refused(db_path):
     db_path.parent.mkdir()
     with opened(db_path) as db:
         db.execute("PRAGMA user_version = 99")
-    with pytest.raises(StoreError, match="schema version 99, newer than this endpointd knows \\(2\\); upgrade endpointd"):
+    with pytest.raises(StoreError, match="schema version 99, newer than this endpointd knows \\(3\\); upgrade endpointd"):
         await Store.open(db_path)
 
 
@@ -220,13 +219,20 @@ async def test_is_member(store, user, namespace, member):
 
 async def test_create_endpoint_returns_the_stored_record(store):
     record = await store.create_endpoint("acme", "e1", SPEC)
-    assert record == EndpointRecord("acme", "e1", SPEC, "pending", "", 1, False, 1, T0, T0)
+    assert record == EndpointRecord(
+        "acme", "e1", SPEC, "pending", "", 1, False, T0, T0, record.uid, 1, None, None, None
+    )
+    assert len(record.uid) == 16
     assert await store.get_endpoint("acme", "e1") == record
 
 
-async def test_create_endpoint_with_a_state_and_a_target(store):
-    record = await store.create_endpoint("acme", "e1", SPEC, state=State.INITIALIZING, target_replicas=2)
-    assert (record.state, record.target_replicas) == ("initializing", 2)
+async def test_a_re_created_endpoint_is_another_incarnation(store):
+    first = await store.create_endpoint("acme", "e1", SPEC)
+    await store.delete_endpoint("acme", "e1")
+    second = await store.create_endpoint("acme", "e1", SPEC)
+    assert first.uid != second.uid
+    await store.save_status(first.uid, "failed", "from the deleted one's owner")  # lands nowhere
+    assert (await store.get_endpoint("acme", "e1")).state == "pending"
 
 
 async def test_an_endpoint_name_is_unique_within_its_namespace(store):
@@ -249,28 +255,70 @@ NEW_SPEC = {**SPEC, "model": {"repository": "acme/bigger"}}
 
 
 @pytest.mark.parametrize(("changes", "expected"), [
-    ({}, {}),  # only updated_at moves
-    ({"state": State.RUNNING, "message": "1/1 replicas ready"}, {"state": "running", "message": "1/1 replicas ready"}),
-    ({"message": ""}, {"message": ""}),  # an empty message is a value, not "leave it"
+    ({}, {}),  # only the generation and updated_at move
     ({"spec": NEW_SPEC}, {"spec": NEW_SPEC}),  # a scaling-only change keeps the revision
     ({"spec": NEW_SPEC, "bump_revision": True}, {"spec": NEW_SPEC, "revision": 2}),
-    ({"paused": True, "target_replicas": 0}, {"paused": True, "target_replicas": 0}),
-    ({"target_replicas": 3}, {"target_replicas": 3}),
+    ({"paused": True}, {"paused": True}),
+    ({"zeroed_at": 1234.5}, {"zeroed_at": 1234.5}),
 ])
-async def test_update_endpoint_changes_only_what_is_given(store, clock, changes, expected):
+async def test_update_intent_changes_only_what_is_given(store, clock, changes, expected):
     before = await store.create_endpoint("acme", "e1", SPEC, state="initializing")
-    before = await store.update_endpoint("acme", "e1", message="pulling the image")
     clock.advance(60)
-    after = await store.update_endpoint("acme", "e1", **changes)
-    assert after == dataclasses.replace(before, **expected, updated_at=T0 + timedelta(seconds=60))
+    after = await store.update_intent("acme", "e1", before.generation, **changes)
+    assert after == dataclasses.replace(before, **expected, generation=2, updated_at=T0 + timedelta(seconds=60))
     assert await store.get_endpoint("acme", "e1") == after
 
 
+async def test_an_intent_write_from_a_stale_read_is_refused(store):
+    rec = await store.create_endpoint("acme", "e1", SPEC)
+    await store.update_intent("acme", "e1", rec.generation, paused=True)
+    with pytest.raises(Stale, match="changed while this change was made; retry it"):
+        await store.update_intent("acme", "e1", rec.generation, spec=NEW_SPEC)  # read before the pause
+    assert (await store.get_endpoint("acme", "e1")).spec == SPEC
+
+
+async def test_zeroed_at_can_be_cleared_and_kept(store):
+    rec = await store.create_endpoint("acme", "e1", SPEC)
+    rec = await store.update_intent("acme", "e1", rec.generation, zeroed_at=5.0)
+    rec = await store.update_intent("acme", "e1", rec.generation, paused=True)  # "keep" by default
+    assert rec.zeroed_at == 5.0
+    rec = await store.update_intent("acme", "e1", rec.generation, zeroed_at=None)
+    assert rec.zeroed_at is None
+
+
+async def test_status_and_signals_are_the_owners_and_move_no_generation(store):
+    rec = await store.create_endpoint("acme", "e1", SPEC)
+    await store.save_status(rec.uid, "running", "1/1 replicas ready")
+    await store.save_signals(rec.uid, woken_at=7.0, idle_at=3.0)
+    after = await store.get_endpoint("acme", "e1")
+    assert (after.state, after.message, after.woken_at, after.idle_at, after.generation) == (
+        "running", "1/1 replicas ready", 7.0, 3.0, 1)
+
+
 async def test_paused_can_be_cleared_and_revisions_keep_counting(store):
-    await store.create_endpoint("acme", "e1", SPEC)
-    await store.update_endpoint("acme", "e1", paused=True, bump_revision=True)
-    record = await store.update_endpoint("acme", "e1", paused=False, bump_revision=True)
-    assert (record.paused, record.revision) == (False, 3)
+    rec = await store.create_endpoint("acme", "e1", SPEC)
+    rec = await store.update_intent("acme", "e1", rec.generation, paused=True, bump_revision=True)
+    record = await store.update_intent("acme", "e1", rec.generation, paused=False, bump_revision=True)
+    assert (record.paused, record.revision, record.generation) == (False, 3, 3)
+
+
+async def test_a_v2_endpoint_left_at_zero_stays_at_zero_after_the_migration(db_path, clock):
+    db_path.parent.mkdir()
+    with opened(db_path) as db:
+        db.executescript(MIGRATIONS[0] + MIGRATIONS[1] + "PRAGMA user_version = 2;")
+        for name, target, paused in (("zero", 0, 0), ("one", 1, 0), ("paused", 0, 1)):
+            db.execute(
+                "INSERT INTO endpoints (namespace, name, spec, state, paused, target_replicas, created_at, updated_at) "
+                "VALUES ('acme', ?, '{}', 'running', ?, ?, '2024-01-01T00:00:00.000Z', '2024-01-01T00:00:00.000Z')", (name, paused, target),
+            )
+    store = await Store.open(db_path, now=clock)
+    try:
+        records = {r.name: r for r in await store.list_endpoints()}
+        assert records["zero"].zeroed_at is not None
+        assert records["one"].zeroed_at is None and records["paused"].zeroed_at is None
+        assert len({r.uid for r in records.values()}) == 3
+    finally:
+        await store.close()
 
 
 async def test_delete_endpoint_removes_only_that_one(store):
@@ -284,7 +332,7 @@ async def test_delete_endpoint_removes_only_that_one(store):
 
 @pytest.mark.parametrize("call", [
     lambda s: s.get_endpoint("acme", "nope"),
-    lambda s: s.update_endpoint("acme", "nope", state="running"),
+    lambda s: s.update_intent("acme", "nope", 1, paused=True),
     lambda s: s.delete_endpoint("acme", "nope"),
 ])
 async def test_an_unknown_endpoint_is_not_found(store, call):
@@ -330,7 +378,7 @@ async def test_what_one_store_writes_the_other_reads_at_once(store, db_path, clo
         await other.create_endpoint("acme", "e1", SPEC)
         assert await store.is_member("alice", "acme")
         assert (await store.get_endpoint("acme", "e1")).state == "pending"
-        await store.update_endpoint("acme", "e1", state="running")
+        await store.save_status((await store.get_endpoint("acme", "e1")).uid, "running", "")
         assert (await other.get_endpoint("acme", "e1")).state == "running"
     finally:
         await other.close()

@@ -1,4 +1,4 @@
-"""The wire format: HF-API.md's own bodies parse, the real huggingface_hub client reads what we render."""
+"""The wire format: the reference's own example bodies parse, the real huggingface_hub client reads what we render."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ from autoscaler.wire import (
 )
 from proxy.control import AuthType
 
-# HF-API.md §5, "Always sent", verbatim.
+# What the client always sends, verbatim.
 MINIMAL = {"compute": {"accelerator": "cpu", "instanceSize": "x2", "instanceType": "intel-icl",
                        "scaling": {"maxReplica": 1, "minReplica": 1, "scaleToZeroTimeout": None}},
            "model": {"framework": "pytorch", "repository": "gpt2", "revision": None, "image": {"huggingface": {}}},
            "name": "e1",
            "provider": {"region": "us-east-1", "vendor": "aws"},
            "type": "authenticated"}
-# HF-API.md §5, "Everything set", verbatim.
+# A body with everything set, verbatim.
 FULL = {"compute": {"accelerator": "gpu", "instanceSize": "x1", "instanceType": "nvidia-l4",
                     "scaling": {"maxReplica": 2, "minReplica": 0, "scaleToZeroTimeout": 15,
                                 "measure": {"pendingRequests": 1.5}}},
@@ -138,7 +138,7 @@ def test_tolerated_forms(path, value, attr, expected):
 
 
 @pytest.mark.parametrize("min_replica, timeout, expected_min", [
-    (0, None, 15),  # scale to zero with no idle time given: the 15 minutes of [spec-md]
+    (0, None, 15),  # scale to zero with no idle time given: the reference's 15 minutes
     (0, 1, 1),  # shorter than the reference's 15: allowed on one's own host
     (0, 2880, 2880),
     (1, None, None),  # never scales to zero
@@ -189,7 +189,12 @@ def test_scale_to_zero_timeout(min_replica, timeout, expected_min):
     ("compute.scaling.measure", {"latency": 1}, 'got {"latency": 1}'),
     ("compute.scaling.measure", "pendingRequests", 'compute.scaling.measure must be an object'),
     ("compute.scaling.measure", {"pendingRequests": 0},
-     "compute.scaling.measure.pendingRequests must be a number greater than 0; got 0"),
+     "compute.scaling.measure.pendingRequests must be a number greater than 0 and at most 10000; got 0"),
+    # A NaN or infinite threshold once broke every endpoint's scaling round.
+    ("compute.scaling.measure", {"pendingRequests": float("nan")}, "pendingRequests must be a number greater than 0"),
+    ("compute.scaling.measure", {"pendingRequests": float("inf")}, "pendingRequests must be a number greater than 0"),
+    ("compute.scaling.measure", {"hardwareUsage": float("nan")}, "hardwareUsage must be a number greater than 0"),
+    ("compute.scaling.measure", {"pendingRequests": 10**400}, "pendingRequests must be a number greater than 0"),
     ("compute.scaling.measure", {"pendingRequests": "2"}, 'got "2"'),
     ("compute.scaling.measure", {"hardwareUsage": 120},
      "compute.scaling.measure.hardwareUsage must be a number greater than 0 and at most 100 (percent); got 120"),

@@ -1,0 +1,131 @@
+"""The pure planner: one endpoint's slots and wanted count in, the lifecycle actions out.
+
+`plan(view)` reads nothing and changes nothing; the owner carries its actions out. It holds
+these invariants, whatever the order of events that led to `view`:
+
+- the containers of an endpoint — starting, ready, draining and stopping alike — never exceed
+  `max + surge`, where the surge is 1 and only while a roll is under way: no action starts a
+  replica when that count is reached (a lowered max is reached by draining, never by starting);
+- a draining replica of the current revision is reclaimed before a new one is started;
+- surplus replicas go starting ones first (their launch is cancelled), then the ready ones with
+  the fewest requests in flight;
+- a roll keeps as many old replicas serving as the new revision lacks ready ones (all of them, for
+  good, if the new revision fails to start); each new ready replica lets an old one go, which frees
+  the room for the next new one; when capacity forbids the surge replica, it rolls by recreate:
+  one old replica is drained to free what it holds, then the new one starts.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class Phase(enum.Enum):
+    STARTING = "starting"  # its launch task runs: artifacts, image, container, readiness
+    READY = "ready"  # in the route table, taking requests
+    DRAINING = "draining"  # out of the route table, finishing its requests; may be reclaimed
+    STOPPING = "stopping"  # its container is being removed (or its launch cancelled)
+
+
+SURGE = 1
+
+
+@dataclass(frozen=True)
+class SlotView:
+    id: str
+    revision: int
+    phase: Phase
+    load: int = 0  # requests in flight on it
+
+
+@dataclass(frozen=True)
+class View:
+    revision: int  # the current revision
+    wanted: int  # replicas of the current revision wanted now
+    max_replicas: int
+    slots: tuple[SlotView, ...]
+    may_start: bool = True  # False while backing off after a failure, or once the revision failed
+    failed: bool = False  # the current revision failed to start: the old one keeps serving
+    free_capacity: int | None = None  # replicas that can still be placed (GPUs); None: unbounded
+
+
+@dataclass(frozen=True)
+class Start:
+    count: int
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Stop a starting replica: cancel its launch, whose cancellation removes its container."""
+
+    id: str
+
+
+@dataclass(frozen=True)
+class Drain:
+    id: str
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """A draining replica takes requests again."""
+
+    id: str
+
+
+Action = Start | Cancel | Drain | Reclaim
+
+
+def limit(view: View) -> int:
+    """The most containers the endpoint may have when a start is considered."""
+    rolling = any(s.revision != view.revision and s.phase is not Phase.STOPPING for s in view.slots)
+    return view.max_replicas + (SURGE if rolling else 0)
+
+
+def _remove(slots: list[SlotView]) -> list[Action]:
+    return [Cancel(s.id) if s.phase is Phase.STARTING else Drain(s.id) for s in slots]
+
+
+def _victims(slots: list[SlotView], n: int) -> list[SlotView]:
+    """Starting replicas first, then the ready ones with the fewest requests in flight."""
+    return sorted(slots, key=lambda s: (s.phase is Phase.READY, s.load, s.id))[:n]
+
+
+def plan(view: View) -> list[Action]:
+    live = [s for s in view.slots if s.phase in (Phase.STARTING, Phase.READY)]
+    current = [s for s in live if s.revision == view.revision]
+    old = [s for s in live if s.revision != view.revision]
+    actions: list[Action] = []
+
+    if len(current) > view.wanted:
+        actions += _remove(_victims(current, len(current) - view.wanted))
+    missing = view.wanted - len(current)
+    if missing > 0:
+        reclaimable = [s for s in view.slots if s.phase is Phase.DRAINING and s.revision == view.revision]
+        for slot in sorted(reclaimable, key=lambda s: s.id)[:missing]:
+            actions.append(Reclaim(slot.id))
+            missing -= 1
+    if missing > 0 and view.may_start:
+        room = limit(view) - len(view.slots)
+        capacity = missing if view.free_capacity is None else view.free_capacity
+        count = max(0, min(missing, room, capacity))
+        if count:
+            actions.append(Start(count))
+        busy = any(s.phase is Phase.STARTING for s in current) or any(
+            s.phase in (Phase.DRAINING, Phase.STOPPING) for s in view.slots  # already freeing something
+        )
+        if count == 0 and capacity <= 0 < room and old and not busy:
+            # Recreate: the surge cannot be placed, so free what one old replica holds first.
+            actions += _remove(_victims(old, 1))
+            return actions
+
+    # A roll: each new replica that is ready lets one old one go (starting ones first), so the
+    # surge replica's room frees for the next new one; the old revision keeps serving what the
+    # new one cannot yet, and all of it if the new revision failed to start.
+    if old and not (view.failed and view.wanted > 0):
+        ready_current = sum(1 for s in current if s.phase is Phase.READY)
+        keep = max(0, view.wanted - ready_current)
+        if len(old) > keep:
+            actions += _remove(_victims(old, len(old) - keep))
+    return actions

@@ -1,0 +1,145 @@
+"""A control plane in memory for unit tests: the real Controller and owners, the fake runtime, a
+launcher whose starts the test finishes by hand, a fake clock, and persistence into dicts."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import replace
+
+from autoscaler.controller import Controller
+from autoscaler.intent import Intent, Signals
+from autoscaler.planner import Phase
+from autoscaler.state import Status
+from engines.fake import FakeRuntime
+from engines.gpus import Gpu, GpuAllocator
+from engines.runtime import ContainerSpec, EndpointKey, ReplicaInfo
+from proxy.control import AuthType, RouteTable
+
+KEY = EndpointKey("acme", "e1")
+_uids = itertools.count(1)
+
+
+class HandLauncher:
+    """Starts a real (fake-runtime) container, then waits until the test says ready() or fail().
+    `auto` makes every start ready at once; `gpus_per_replica` makes it a GPU instance."""
+
+    def __init__(self, runtime: FakeRuntime) -> None:
+        self.runtime = runtime
+        self.gates: dict[str, asyncio.Future] = {}
+        self.unhealthy: set[str] = set()
+        self.auto = False
+        self.gpus_per_replica = 0
+        self.launched: list[str] = []
+
+    def gpu_need(self, intent: Intent) -> tuple[int, str]:
+        return (self.gpus_per_replica, "nvidia-l4") if self.gpus_per_replica else (0, "")
+
+    async def launch(self, intent, replica_id, gpus, report):
+        self.launched.append(replica_id)
+        report(f"starting {replica_id}")
+        spec = ContainerSpec(image="echo", gpu_device_ids=tuple(gpus))
+        info = await self.runtime.start(intent.key, replica_id, str(intent.revision), spec)
+        if not self.auto:
+            gate = self.gates[replica_id] = asyncio.get_running_loop().create_future()
+            try:
+                await gate
+            finally:
+                self.gates.pop(replica_id, None)
+        return info
+
+    async def healthy(self, replica: ReplicaInfo) -> bool:
+        return replica.replica_id not in self.unhealthy
+
+    def ready(self, replica_id: str) -> None:
+        self.gates[replica_id].set_result(None)
+
+    def fail(self, replica_id: str, error: Exception) -> None:
+        self.gates[replica_id].set_exception(error)
+
+
+def intent(key: EndpointKey = KEY, **kw) -> Intent:
+    base = dict(
+        key=key, uid="u1", generation=1, revision=1, auth=AuthType.PUBLIC, health_route="/health",
+        min_replicas=1, max_replicas=2,
+    )
+    base.update(kw)
+    return Intent(**base)
+
+
+class World:
+    def __init__(self, gpus: int = 0, runtime: FakeRuntime | None = None) -> None:
+        self.now = 0.0
+        self.wall_now = 1_000_000.0
+        self.routes = RouteTable()
+        self.runtime = runtime or FakeRuntime()
+        self.launcher = HandLauncher(self.runtime)
+        self.in_flight: dict[str, dict[str, int]] = {}
+        self.statuses: dict[str, Status] = {}
+        self.saved: dict[str, Signals] = {}
+        self.probe_ok = True
+        inventory = [Gpu(i, f"GPU-{i}", "NVIDIA L4", "nvidia-l4", 24 << 30) for i in range(gpus)]
+        self.allocator = GpuAllocator(inventory)
+        ids = (f"r{i}" for i in itertools.count(1))
+
+        async def probe(_intent):
+            return self.probe_ok
+
+        async def save_status(uid, status):
+            self.statuses[uid] = status
+
+        async def save_signals(uid, signals):
+            self.saved[uid] = signals
+
+        self.controller = Controller(
+            self.runtime, self.launcher, self.routes, allocator=self.allocator,
+            in_flight=lambda key: self.in_flight.get(key, {}), probe=probe,
+            save_status=save_status, save_signals=save_signals,
+            drain_grace_s=5.0, stop_grace_s=1.0, clock=lambda: self.now, wall=lambda: self.wall_now,
+            sleep=lambda seconds: asyncio.sleep(0),  # a drain's poll: time is the test's
+            new_id=lambda: next(ids),
+        )
+
+    async def settle(self, rounds: int = 3):
+        """Let tasks run and the owners step, a few times over; returns what the first round did."""
+        first = None
+        for _ in range(rounds):
+            for _ in range(20):
+                await asyncio.sleep(0)
+            result = await self.controller.tick()
+            first = first or result
+        for _ in range(20):
+            await asyncio.sleep(0)
+        return first
+
+    def ready_ids(self, key: EndpointKey = KEY) -> list[str]:
+        entry = self.routes.lookup(key.namespace, key.name)
+        return sorted(r.id for r in entry.replicas) if entry else []
+
+    def containers(self, key: EndpointKey = KEY) -> list[str]:
+        return sorted(rid for rid, c in self.runtime.containers.items() if c.info.endpoint == key)
+
+    def phases(self, key: EndpointKey = KEY) -> dict[str, Phase]:
+        owner = self.controller._owners.get(key)
+        return {s.id: s.phase for s in owner.slots.values()} if owner else {}
+
+    def status(self, key: EndpointKey = KEY) -> Status | None:
+        return self.controller.status(key)
+
+    def change(self, key: EndpointKey = KEY, *, resumed: bool = False, **kw) -> Intent:
+        """An API write: the next generation of the endpoint's intent."""
+        current = self.controller.intent(key)
+        new = replace(current, generation=current.generation + 1, **kw)
+        self.controller.apply(new, resumed=resumed)
+        return new
+
+    def scale_to_zero(self, key: EndpointKey = KEY) -> None:
+        self.wall_now += 1
+        self.change(key, zeroed_at=self.wall_now)
+
+    async def close(self) -> None:
+        await self.controller.close()
+
+
+def new_uid() -> str:
+    return f"u{next(_uids) + 100}"

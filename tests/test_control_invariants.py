@@ -1,0 +1,355 @@
+"""The control plane's invariants, whatever the order of events: a hypothesis state machine drives
+random interleavings of lifecycle calls, wakes, recommendations, launch outcomes, deaths and
+restarts against the real controller on the fake runtime, and checks after every step:
+
+- the containers of an endpoint never exceed max + surge, the surge only while a roll is under way
+  (a lowered max is reached by draining; a deleted endpoint's draining replicas are its own, not
+  those of a re-created one of the same name);
+- no container is without a slot;
+- no GPU is held by two replicas, and a container's GPUs are the ones assigned to it;
+- a paused or deleted endpoint has no container once its drains have finished (before that, only
+  draining and stopping ones);
+- a user's scale-to-zero is never undone without a new request (a wake) or a resume.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import replace
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
+
+from autoscaler.planner import SURGE
+from autoscaler.planner import Phase
+from engines.fake import FakeRuntime
+from engines.runtime import EndpointKey, ReplicaStatus, RuntimeError_
+
+from .control_world import World, intent
+
+KEYS = [EndpointKey("acme", "a"), EndpointKey("team", "b")]
+GPUS = 3
+key_index = st.integers(0, len(KEYS) - 1)
+
+
+class BrokenRuntime:
+    """What a killed endpointd's leftover tasks see: every call fails, so nothing is cleaned up."""
+
+    def __getattr__(self, name):
+        async def fail(*args, **kwargs):
+            raise RuntimeError_(name, "runtime", "the process is gone")
+
+        return fail
+
+
+class SlowDocker(FakeRuntime):
+    """The fake runtime, whose removals can be made to take a second of the test's clock (a
+    Docker engine under load): the window in which a stopping container still holds its GPUs."""
+
+    slow = False
+
+    async def stop(self, replica_id, grace_s):
+        if self.slow:
+            await self._sleep(1.0)
+        await super().stop(replica_id, grace_s)
+
+
+class ControlPlane(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        # Stop graces pass on the test's clock: a container that ignores SIGTERM stays "stopping"
+        # until time_passes says so.
+        self.world = World(gpus=GPUS, runtime=SlowDocker(sleep=self.fake_sleep))
+        self.world.launcher.gpus_per_replica = 1
+        self.declared: dict[EndpointKey, object] = {}  # what the store holds
+        self.zeroed: set[EndpointKey] = set()  # a user's scale-to-zero not yet followed by a wake
+        self.allowance: dict[EndpointKey, int] = {}
+        self.uids = itertools.count(1)
+        self.closing = False
+        self.run(self.world.settle())
+
+    def run(self, coro):
+        return self.loop.run_until_complete(coro)
+
+    async def fake_sleep(self, seconds):
+        deadline = self.world.now + seconds
+        while self.world.now < deadline and not self.closing:
+            await asyncio.sleep(0)
+
+    def close(self, world):
+        """A controller's close() awaits its tasks' clean-ups: time passes for them meanwhile."""
+        self.closing = True
+        try:
+            self.run(world.close())
+        finally:
+            self.closing = False
+
+    def teardown(self):
+        self.close(self.world)
+        self.loop.close()
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    @property
+    def controller(self):
+        return self.world.controller
+
+    def settle(self):
+        self.run(self.world.settle())
+        self.check()
+
+    def limit(self, key, containers) -> int:
+        """max, plus the surge while containers of another revision exist (a roll)."""
+        declared = self.declared.get(key)
+        if declared is None:
+            return 0
+        current = {slot_id for owner in self.controller._owners.values() for slot_id in owner.slots}
+        rolling = any(
+            c.endpoint == key and c.replica_id in current and c.revision != str(declared.revision) for c in containers
+        )
+        return declared.max_replicas + (SURGE if rolling else 0)
+
+    def declare(self, key, new):
+        self.declared[key] = new
+        self.allowance[key] = max(self.limit(key, self.containers()), self.allowance.get(key, 0))
+
+    def write(self, key, resumed=False, **changes):
+        """An API write to an existing endpoint: the next generation."""
+        current = self.declared[key]
+        new = replace(current, generation=current.generation + 1, **changes)
+        self.declare(key, new)
+        self.controller.apply(new, resumed=resumed)
+
+    def containers(self):
+        return self.run(self.world.runtime.list())
+
+    # --- rules ---------------------------------------------------------------------------------
+
+    @rule(k=key_index, low=st.integers(0, 2), extra=st.integers(0, 2))
+    def create(self, k, low, extra):
+        key = KEYS[k]
+        if key in self.declared:
+            return
+        new = intent(key=key, uid=f"u{next(self.uids)}", min_replicas=low, max_replicas=max(1, low + extra))
+        self.declare(key, new)
+        self.controller.apply(new)
+        self.settle()
+
+    @precondition(lambda self: self.declared)
+    @rule(k=key_index, low=st.integers(0, 2), extra=st.integers(0, 2))
+    def update_scaling(self, k, low, extra):
+        if KEYS[k] in self.declared:
+            self.write(KEYS[k], min_replicas=low, max_replicas=max(1, low + extra))
+            self.settle()
+
+    @precondition(lambda self: self.declared)
+    @rule(k=key_index)
+    def roll(self, k):
+        if KEYS[k] in self.declared:
+            self.write(KEYS[k], revision=self.declared[KEYS[k]].revision + 1)
+            self.settle()
+
+    @precondition(lambda self: self.declared)
+    @rule(k=key_index)
+    def pause(self, k):
+        if KEYS[k] in self.declared:
+            self.write(KEYS[k], paused=True)
+            self.settle()
+
+    @precondition(lambda self: self.declared)
+    @rule(k=key_index)
+    def resume(self, k):
+        if KEYS[k] in self.declared:
+            self.write(KEYS[k], resumed=True, paused=False, zeroed_at=None)
+            self.zeroed.discard(KEYS[k])
+            self.settle()
+
+    @precondition(lambda self: self.declared)
+    @rule(k=key_index)
+    def scale_to_zero(self, k):
+        if KEYS[k] in self.declared:
+            self.world.wall_now += 1
+            self.write(KEYS[k], zeroed_at=self.world.wall_now)
+            self.zeroed.add(KEYS[k])
+            self.settle()
+
+    @precondition(lambda self: self.declared)
+    @rule(k=key_index, recreate=st.booleans())
+    def delete(self, k, recreate):
+        key = KEYS[k]
+        if key not in self.declared:
+            return
+        del self.declared[key]
+        self.zeroed.discard(key)
+        self.controller.delete(key)
+        if recreate:  # at once, with the same name, as the client's delete-then-create does
+            new = intent(key=key, uid=f"u{next(self.uids)}", min_replicas=0, max_replicas=1)
+            self.declare(key, new)
+            self.controller.apply(new)
+        self.settle()
+
+    @rule(k=key_index)
+    def wake(self, k):
+        self.controller.wake(KEYS[k])
+        self.zeroed.discard(KEYS[k])
+        self.settle()
+
+    @rule(k=key_index, replicas=st.integers(0, 4))
+    def recommend(self, k, replicas):
+        self.controller.recommend(KEYS[k], replicas, "test")
+        self.settle()
+
+    @precondition(lambda self: self.world.launcher.gates)
+    @rule(data=st.data(), ok=st.booleans())
+    def launch_finishes(self, data, ok):
+        rid = data.draw(st.sampled_from(sorted(self.world.launcher.gates)))
+        if ok:
+            self.world.launcher.ready(rid)
+        else:
+            self.world.launcher.fail(rid, RuntimeError("engine exited with code 1"))
+        self.settle()
+
+    @rule(data=st.data())
+    def replica_dies(self, data):
+        running = [c for c in self.containers() if c.status is ReplicaStatus.RUNNING]
+        if running:
+            victim = data.draw(st.sampled_from(sorted(running, key=lambda c: c.replica_id)))
+            self.world.runtime.kill(victim.replica_id, 137)
+            self.controller.replica_died(victim.replica_id, 137)
+            self.settle()
+
+    @rule(k=key_index, n=st.integers(1, 3))
+    def busy(self, k, n):
+        """Requests in flight on every ready replica of the endpoint: its drains wait for them."""
+        owner = self.controller._owners.get(KEYS[k])
+        if owner is not None:
+            self.world.in_flight[str(KEYS[k])] = {s.id: n for s in owner.slots_in(Phase.READY)}
+            self.settle()
+
+    @rule(data=st.data())
+    def stubborn(self, data):
+        """A replica's engine ignores SIGTERM: its stop takes the whole grace period."""
+        running = [c for c in self.containers() if c.status is ReplicaStatus.RUNNING]
+        if running:
+            victim = data.draw(st.sampled_from(sorted(c.replica_id for c in running)))
+            self.world.runtime.ignore_sigterm(victim)
+
+    @rule(slow=st.booleans())
+    def docker_speed(self, slow):
+        self.world.runtime.slow = slow
+
+    @rule(n=st.integers(1, 3))
+    def time_passes(self, n):
+        self.world.now += 30.0 * n  # past backoffs, drain graces and stop graces
+        self.settle()
+
+    @rule()
+    def drains_finish(self):
+        """Every request completes and every grace passes: nothing of a quiet endpoint is left."""
+        self.world.in_flight.clear()
+        for _ in range(3):  # a grace that began during the last one passes too
+            self.world.now += 600.0
+            self.settle()
+        containers = self.containers()
+        for key in KEYS:
+            declared = self.declared.get(key)
+            if declared is None or declared.paused or key in self.zeroed:
+                left = [c.replica_id for c in containers if c.endpoint == key]
+                assert not left, f"{key}: {left} still there once every drain has finished"
+
+    @rule(crash=st.booleans())
+    def restart(self, crash):
+        """endpointd stops (SIGTERM, or killed: then its tasks clean nothing up) and starts again
+        from what the store holds, adopting what it finds."""
+        old = self.world
+        if crash:
+            old.controller.runtime = BrokenRuntime()
+        self.close(old)
+        new = World(gpus=GPUS, runtime=old.runtime)
+        new.launcher.gpus_per_replica = 1
+        new.now, new.wall_now = old.now, old.wall_now
+        for key, declared in self.declared.items():
+            new.controller.apply(declared, old.saved.get(declared.uid))
+        self.world = new
+        new.runtime.slow = False  # adopt() awaits its stops, and no time passes during a rule
+        self.run(new.controller.adopt(self.containers()))
+        self.settle()
+
+    @rule()
+    def converge(self):
+        """Every start succeeds, every request completes, time passes: each endpoint that should
+        serve reaches what it wants on its current revision (as far as the GPUs allow), and no
+        old revision is left running. Liveness beside the safety checks: no roll, drain or
+        reclaim may get stuck."""
+        launcher = self.world.launcher
+        launcher.auto = True
+        self.world.runtime.slow = False
+        try:
+            for _ in range(4):
+                for rid in list(launcher.gates):
+                    launcher.ready(rid)
+                self.world.in_flight.clear()
+                self.world.now += 600.0
+                self.settle()
+            for key, declared in self.declared.items():
+                owner = self.controller._owners[key]
+                wanted = owner.wanted()
+                ready = [s for s in owner.slots_in(Phase.READY) if s.revision == declared.revision]
+                old = [s.id for s in owner.slots.values() if s.revision != declared.revision]
+                if owner.failed_revision == declared.revision:
+                    continue  # three failed starts: it waits for a resume, and keeps what serves
+                assert not old, f"{key}: the old revision is still running after the roll: {old}"
+                free = self.world.allocator.free("nvidia-l4")
+                assert len(ready) == wanted or (len(ready) < wanted and free == 0), (
+                    f"{key}: {len(ready)} ready of {wanted} wanted, {free} GPUs free: {owner.slots}")
+        finally:
+            launcher.auto = False
+
+    # --- invariants ----------------------------------------------------------------------------
+
+    def check(self):
+        containers = self.containers()
+        by_endpoint: dict[EndpointKey, list] = {}
+        for c in containers:
+            by_endpoint.setdefault(c.endpoint, []).append(c)
+        current = {slot_id for owner in self.controller._owners.values() for slot_id in owner.slots}
+        for key in KEYS:
+            # Per incarnation: a deleted endpoint's replicas finish draining beside a re-created
+            # one of the same name (and hold their GPUs until they are gone).
+            n = len([c for c in by_endpoint.get(key, []) if c.replica_id in current])
+            allowed = self.allowance.get(key, 0)
+            assert n <= allowed, f"{key}: {n} containers, at most {allowed} allowed"
+            # What a lowered max leaves running drains away; the allowance only ever tightens.
+            self.allowance[key] = max(self.limit(key, containers), min(allowed, n))
+        owned = self.controller.owned_ids()
+        stray = [c.replica_id for c in containers if c.replica_id not in owned]
+        assert not stray, f"containers without a slot: {stray}"
+        gpus_seen: dict[str, str] = {}
+        holders = self.world.allocator.holders
+        for c in containers:
+            for gpu in self.world.runtime.containers[c.replica_id].spec.gpu_device_ids:
+                assert gpu not in gpus_seen, f"GPU {gpu} in {gpus_seen[gpu]} and {c.replica_id}"
+                gpus_seen[gpu] = c.replica_id
+                assert holders.get(gpu) == c.replica_id, f"{c.replica_id} uses {gpu}, assigned to {holders.get(gpu)}"
+        phases = {slot.id: slot.phase for owner in self.controller._all() for slot in owner.slots.values()}
+        for key in KEYS:
+            declared = self.declared.get(key)
+            quiet = declared is None or declared.paused or key in self.zeroed
+            if quiet:
+                serving = [c.replica_id for c in by_endpoint.get(key, [])
+                           if phases.get(c.replica_id) not in (Phase.DRAINING, Phase.STOPPING)]
+                assert not serving, (
+                    f"{key} ({'deleted' if declared is None else 'paused' if declared.paused else 'zeroed by a user'})"
+                    f" still has containers that are neither draining nor stopping: {serving}"
+                )
+            if declared is not None and key in self.zeroed:
+                assert self.controller.wanted(key) == 0, f"{key}: a user's scale-to-zero was undone"
+
+
+ControlPlane.TestCase.settings = settings(
+    max_examples=400, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+TestControlPlane = ControlPlane.TestCase
