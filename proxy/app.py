@@ -1,5 +1,11 @@
 """The proxy as an aiohttp application: the request handler, `/metrics`, and the upstream
-connection pool owned by the app's lifecycle."""
+connection pool owned by the app's lifecycle.
+
+`/metrics` lists every namespace's endpoints, so it needs a bearer token: an admin's, or one whose
+identity has the `metrics` scope (401 without a token, 403 with one that has neither). On an
+endpoint's route domain, /metrics is that endpoint's path like any other. `make_metrics_app` is
+the same /metrics alone, for a listener of its own (`metrics_port`).
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,11 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from .auth import METRICS_SCOPE, authorize_scope
 from .config import ProxyConfig
 from .control import ControlPlane
-from .errors import ProxyError, to_http
-from .forward import REQUEST_ID, ResponseCut, forward, request_id
+from .errors import NotFound, ProxyError, to_http
+from .forward import REQUEST_ID, ResponseCut, forward, request_id, upstream_headers
 from .hold import HEADER as SCALE_UP_TIMEOUT
 from .metrics import CLIENT_CLOSED
 from .pipeline import PROBE_HEADER, Pipeline
@@ -34,7 +41,10 @@ SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 def error_response(error: ProxyError, rid: str) -> web.Response:
     status, headers, body = to_http(error)
     headers[REQUEST_ID] = rid
-    return web.Response(status=status, headers=headers, body=body)
+    response = web.Response(status=status, headers=headers, body=body)
+    if error.closes_connection:
+        response.force_close()
+    return response
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -48,6 +58,11 @@ async def serve(request: web.Request, app: Mapping) -> web.StreamResponse:
     headers = request.headers
     rid = request_id(headers.get(REQUEST_ID))
     try:
+        forwarded = upstream_headers(request, rid)  # refuses what cannot be forwarded, before any hold
+    except ProxyError as error:
+        pipeline.refused(error)
+        return error_response(error, rid)
+    try:
         admission = await pipeline.admit(
             host=request.host,
             raw_path=request.raw_path,
@@ -60,12 +75,16 @@ async def serve(request: web.Request, app: Mapping) -> web.StreamResponse:
         return error_response(error, rid)
     code: int | str = CLIENT_CLOSED  # what is recorded if the client's disconnect cancels us
     try:
-        response = await forward(request, admission, pipeline, app[SESSION], rid)
+        response = await forward(request, admission, pipeline, app[SESSION], rid, forwarded)
         code = response.status
         return response
     except ProxyError as error:
         code = error.status
         admission.refused(error)
+        if error.closes_connection:
+            end = getattr(request.protocol, "end_after_response", None)  # proxy.connections' guard
+            if end is not None:
+                end()
         return error_response(error, rid)
     except ResponseCut as cut:
         code = cut.code
@@ -88,8 +107,19 @@ def routed_by_host(request: web.Request) -> bool:
 async def metrics(request: web.Request) -> web.StreamResponse:
     if routed_by_host(request):
         return await handle(request)
-    body = generate_latest(request.app[PIPELINE].metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return await metrics_response(request, request.app[PIPELINE])
+
+
+async def metrics_response(request: web.Request, pipeline: Pipeline) -> web.StreamResponse:
+    """The Prometheus text, for an admin or a token with the `metrics` scope."""
+    rid = request_id(request.headers.get(REQUEST_ID))
+    try:
+        await authorize_scope(request.headers.get("Authorization"), pipeline.tokens, METRICS_SCOPE, "/metrics")
+    except ProxyError as error:
+        pipeline.refused(error)
+        return error_response(error, rid)
+    body = generate_latest(pipeline.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, REQUEST_ID: rid})
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
@@ -120,6 +150,22 @@ def add_proxy(app: web.Application, pipeline: Pipeline) -> None:
     app.router.add_route("*", "/endpoints/{tail:.*}", handle)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/{tail:.*}", handle)
+
+
+def make_metrics_app(pipeline: Pipeline) -> web.Application:
+    """Only `GET /metrics` (same token rule), for the separate `metrics_port` listener."""
+
+    async def only_metrics(request: web.Request) -> web.StreamResponse:
+        return await metrics_response(request, pipeline)
+
+    async def elsewhere(request: web.Request) -> web.StreamResponse:
+        rid = request_id(request.headers.get(REQUEST_ID))
+        return error_response(NotFound("this listener serves only GET /metrics"), rid)
+
+    app = web.Application()
+    app.router.add_get("/metrics", only_metrics)
+    app.router.add_route("*", "/{tail:.*}", elsewhere)
+    return app
 
 
 def make_app(config: ProxyConfig, control: ControlPlane, probe_secret: str | None = None) -> web.Application:

@@ -1,4 +1,6 @@
-"""Who may call an endpoint: bearer-token verification (cached briefly) and the access rule."""
+"""Who may call an endpoint: bearer-token verification (cached briefly) and the access rules —
+for an endpoint (its auth type) and for the server's own routes (`/metrics`: an admin, or a
+token whose identity has the `metrics` scope)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,12 @@ from .errors import Forbidden, Unauthorized
 # Bounds memory when many distinct (e.g. garbage) tokens arrive: the cache is simply emptied when
 # it reaches this size, which costs one store lookup per live token afterwards.
 MAX_CACHED_TOKENS = 100_000
+# Tokens are URL-safe text far shorter than this; anything longer, or not printable ASCII (an
+# undecodable header arrives as surrogates), is no token of ours and is refused unhashed.
+MAX_TOKEN_CHARS = 1024
+METRICS_SCOPE = "metrics"
+SCOPES = frozenset({METRICS_SCOPE})  # every scope the proxy checks
+INVALID_TOKEN = "the bearer token is invalid or revoked; create a new one with `endpointd tokens create`"
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -50,18 +58,39 @@ class TokenCache:
         return identity
 
 
+def plausible_token(token: str) -> bool:
+    """Whether `token` could be one of ours at all; anything else is refused without a lookup."""
+    return len(token) <= MAX_TOKEN_CHARS and token.isascii() and token.isprintable()
+
+
+async def identify(authorization: str | None, tokens: TokenCache, needed_for: str) -> Identity:
+    """The caller's identity; Unauthorized without a token, or with one we do not know (a
+    malformed one included: the same 401, without a store lookup)."""
+    token = bearer_token(authorization)
+    if token is None:
+        raise Unauthorized(f"{needed_for} needs a token: send the header 'Authorization: Bearer <token>'")
+    identity = await tokens.identity(token) if plausible_token(token) else None
+    if identity is None:
+        raise Unauthorized(INVALID_TOKEN)
+    return identity
+
+
+async def authorize_scope(authorization: str | None, tokens: TokenCache, scope: str, what: str) -> Identity:
+    """Raise Unauthorized/Forbidden unless the caller is an admin or holds `scope`."""
+    identity = await identify(authorization, tokens, what)
+    if not identity.has_scope(scope):
+        raise Forbidden(
+            f"{what} needs an admin token or a token with the {scope!r} scope; user {identity.user}'s token "
+            f"has neither (create one with `endpointd tokens create USER --scope {scope}`)"
+        )
+    return identity
+
+
 async def authorize(entry: RouteEntry, authorization: str | None, tokens: TokenCache) -> Identity | None:
     """Raise Unauthorized/Forbidden unless the caller may use `entry`; runs before anything else."""
     if entry.auth is AuthType.PUBLIC:
         return None
-    token = bearer_token(authorization)
-    if token is None:
-        raise Unauthorized(
-            f"endpoint {entry.key} needs a token: send the header 'Authorization: Bearer <token>'"
-        )
-    identity = await tokens.identity(token)
-    if identity is None:
-        raise Unauthorized("the bearer token is invalid or revoked; create a new one with `endpointd tokens create`")
+    identity = await identify(authorization, tokens, f"endpoint {entry.key}")
     if entry.auth is AuthType.PRIVATE and not identity.may_access(entry.namespace):
         raise Forbidden(
             f"endpoint {entry.key} is private: user {identity.user} is neither {entry.namespace} "

@@ -1,8 +1,34 @@
-"""The proxy's configuration: one frozen object; ranges live in field metadata, checked at load."""
+"""The proxy's configuration: one frozen object; ranges live in field metadata, checked at load.
+
+Client connections (see proxy/connections.py), each default with its reason beside it:
+
+    header_read_timeout_s   30     a connection must deliver a complete request head within this
+                                   many seconds of opening (or of its first byte after a response):
+                                   closes slowloris and connections that never send anything; also
+                                   bounds a TLS handshake and the read of a small request body (408)
+    keepalive_timeout_s     75     an idle keep-alive connection is closed after this many seconds
+    max_client_connections  0      open client connections at most on the main listener; 0 =
+                                   automatic: half of the process's soft RLIMIT_NOFILE less a
+                                   reserve of 64 (see `connection_cap`); beyond it new connections
+                                   get a 503 and are closed at once, with a rate-limited log line
+
+Listeners (see proxy/server.py):
+
+    metrics_port            0      a second listener serving only /metrics (same token rule);
+                                   0 = none
+    tls_cert, tls_key       ""     PEM certificate chain and private key: both set, every listener
+                                   speaks HTTPS; both empty, plain HTTP; one alone is an error
+"""
 
 from __future__ import annotations
 
+import resource
 from dataclasses import dataclass, field
+
+# File descriptors kept out of the automatic connection cap: the listeners, the store, the Docker
+# socket, log files, the upstream pool's idle sockets, the interpreter's own.
+RESERVED_FDS = 64
+MAX_CONNECTIONS = 1_000_000
 
 
 def setting(default, *, min=None, max=None, help: str):  # noqa: A002 - names read well at call sites
@@ -55,5 +81,48 @@ class ProxyConfig:
         10.0, min=0.1, max=3600.0, help="ask the control plane again if a wake produced no replica by then",
     )
     drain_timeout_s: float = setting(
-        30.0, min=0.0, max=3600.0, help="on SIGTERM, time given to requests in flight before exit",
+        # Kubernetes' default termination grace period: a SIGKILL follows it.
+        30.0, min=0.0, max=3600.0,
+        help="on SIGTERM, time given to requests in flight before they are cut; the process exits "
+        "within it plus a few seconds for cleanup",
     )
+    header_read_timeout_s: float = setting(
+        # nginx's client_header_timeout is 60 s; 30 s is still far beyond any real client (a head
+        # is one packet) while freeing slowloris sockets twice as fast.
+        30.0, min=0.1, max=3600.0,
+        help="time a connection has to send a complete request head (from its opening, or from the "
+        "first byte after a response) before it is closed; also bounds the TLS handshake and the "
+        "read of a small request body (408)",
+    )
+    keepalive_timeout_s: float = setting(
+        # nginx's keepalive_timeout default; longer than the 60 s idle of common client pools
+        # (so the server is rarely the one to close a pooled connection under a client's request).
+        75.0, min=0.1, max=86_400.0, help="an idle keep-alive client connection is closed after this long",
+    )
+    max_client_connections: int = setting(
+        # 0 = automatic, from the soft RLIMIT_NOFILE at start: each proxied request holds a client
+        # and an upstream socket, so half of what is left after a reserve.
+        0, min=0, max=MAX_CONNECTIONS,
+        help="open client connections at most on the main listener (the metrics listener has its own "
+        "16); beyond it new ones get a 503 and are closed at once (0: half the soft open-files limit, "
+        "less a reserve of 64)",
+    )
+    metrics_port: int = setting(
+        0, min=0, max=65535,
+        help="a second listener, on the same host, serving only /metrics (same token rule); 0: none",
+    )
+    tls_cert: str = setting(
+        "", help="PEM certificate chain file: with tls_key, every listener serves HTTPS",
+    )
+    tls_key: str = setting("", help="PEM private key file of tls_cert")
+
+
+def connection_cap(config: ProxyConfig) -> int:
+    """`max_client_connections`, or when 0 the automatic cap from the soft RLIMIT_NOFILE: e.g.
+    1024 -> 480, 256 -> 96, unlimited -> 1,000,000."""
+    if config.max_client_connections:
+        return config.max_client_connections
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, (soft - RESERVED_FDS) // 2))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 
@@ -32,6 +32,9 @@ class RouteState(enum.StrEnum):
 class Replica:
     id: str
     address: str  # "127.0.0.1:PORT"
+    # The engine's own API key: sent upstream as `Authorization: Bearer <api_key>` (the caller's
+    # Authorization never is). A secret: kept out of repr, so out of logs and tracebacks.
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,9 +60,14 @@ class Identity:
     user: str
     orgs: frozenset[str] = frozenset()
     is_admin: bool = False
+    # What the token may do beyond its user's rights, e.g. "metrics": scrape /metrics.
+    scopes: frozenset[str] = frozenset()
 
     def may_access(self, namespace: str) -> bool:
         return self.is_admin or self.user == namespace or namespace in self.orgs
+
+    def has_scope(self, scope: str) -> bool:
+        return self.is_admin or scope in self.scopes
 
 
 Listener = Callable[[RouteEntry], None]

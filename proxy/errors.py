@@ -2,25 +2,42 @@
 
     ProxyError                  root; `status`, `cause` (metric label) and a sentence for the caller
       BadRequest          400   e.g. a malformed X-Scale-Up-Timeout
+        MalformedBody     400   the request body broke its own framing (closes the connection)
       EndpointPaused      400   paused by a user; only `resume` brings it back (reference behaviour)
       Unauthorized        401   no token, or one we do not know (with WWW-Authenticate: Bearer)
       Forbidden           403   a valid token without access to the endpoint's namespace
       NotFound            404   no such endpoint
+      RequestTimeout      408   a small request body did not arrive within header_read_timeout_s
       PayloadTooLarge     413   request body over the configured limit
+      HeadersTooLarge     431   a header line too long, or too many headers (from the HTTP parser)
       UpstreamFailed      502   the replica could not be reached, or broke the response
       Unavailable         503   no replica now: cold start, hold expired, hold queue full, failed
       UpstreamTimeout     504   the replica sent no response headers within the response-start
                                 timeout, or stopped sending for longer than the idle timeout
+
+Every refusal carries its sentence twice: as the JSON body `{"error": ...}` and in the header
+`X-Error-Message` (which the huggingface_hub client prints). The header is made safe first —
+printable ASCII only, at most MAX_HEADER_MESSAGE characters — because a sentence may quote what the
+caller sent (a path, a header value), and raw input in a header could break the response.
 """
 
 from __future__ import annotations
 
 import json
+import re
+
+ERROR_MESSAGE = "X-Error-Message"
+MAX_HEADER_MESSAGE = 500
+MAX_QUOTED_INPUT = 100
+_UNSAFE = re.compile(r"[^\x20-\x7e]")
 
 
 class ProxyError(Exception):
     status = 500
     cause = "internal"
+    # Whether the connection must close after the answer: what is left of the request on it
+    # cannot be read as a next request.
+    closes_connection = False
 
     def __init__(self, message: str, *, cause: str | None = None, retry_after_s: int | None = None):
         super().__init__(message)
@@ -32,6 +49,11 @@ class ProxyError(Exception):
 
 class BadRequest(ProxyError):
     status, cause = 400, "bad_request"
+
+
+class MalformedBody(BadRequest):
+    cause = "malformed_body"
+    closes_connection = True
 
 
 class EndpointPaused(ProxyError):
@@ -50,8 +72,17 @@ class NotFound(ProxyError):
     status, cause = 404, "not_found"
 
 
+class RequestTimeout(ProxyError):
+    status, cause = 408, "request_timeout"
+    closes_connection = True
+
+
 class PayloadTooLarge(ProxyError):
     status, cause = 413, "payload_too_large"
+
+
+class HeadersTooLarge(ProxyError):
+    status, cause = 431, "headers_too_large"
 
 
 class UpstreamFailed(ProxyError):
@@ -66,9 +97,27 @@ class UpstreamTimeout(ProxyError):
     status, cause = 504, "upstream_timeout"
 
 
+def header_safe(text: str, limit: int = MAX_HEADER_MESSAGE) -> str:
+    """`text` as a header value that cannot break a response: anything but printable ASCII
+    (control characters, CR/LF, non-ASCII, undecodable bytes) becomes '?', and it is cut to
+    `limit` characters."""
+    safe = _UNSAFE.sub("?", text)
+    return safe if len(safe) <= limit else safe[: limit - 3] + "..."
+
+
+def shown(value: str, limit: int = MAX_QUOTED_INPUT) -> str:
+    """Caller input as it may appear in an error sentence: printable ASCII, bounded."""
+    cut = value if len(value) <= limit else value[:limit] + "..."
+    return _UNSAFE.sub("?", cut)
+
+
+def quoted(value: str, limit: int = MAX_QUOTED_INPUT) -> str:
+    return f"'{shown(value, limit)}'"
+
+
 def to_http(error: ProxyError) -> tuple[int, dict[str, str], bytes]:
     """Status, headers and JSON body for a refusal; the one place errors become HTTP."""
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", ERROR_MESSAGE: header_safe(error.message)}
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="endpointd"'
     if error.retry_after_s is not None:

@@ -1,7 +1,15 @@
 """Forwarding over aiohttp: pooled upstream connections, bodies streamed both ways, SSE flushed
 event by event, the client's disconnect cancelling the upstream call. A replica gets two
 deadlines: `upstream_response_start_timeout_s` to send its response headers, then
-`upstream_idle_timeout_s` between bytes; missing either is a 504."""
+`upstream_idle_timeout_s` between bytes; missing either is a 504.
+
+The path after the endpoint prefix is sent as it came (the URL is marked already encoded, so yarl
+neither decodes `%2f`/`%2e%2e` nor removes dot segments); the only changes: an empty query (`/x?`)
+is sent as `/x`, and a fragment (`#...`, which no client should send) is dropped. A header value
+that is not valid UTF-8 cannot be forwarded as it came (aiohttp's client would send it empty), so
+it is refused with a 400. A replica with an API key gets `Authorization: Bearer <key>`; the
+caller's own Authorization is never forwarded.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +20,19 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
+from yarl import URL
 
-from .errors import PayloadTooLarge, UpstreamFailed, UpstreamTimeout
+from .errors import (
+    BadRequest,
+    MalformedBody,
+    PayloadTooLarge,
+    RequestTimeout,
+    UpstreamFailed,
+    UpstreamTimeout,
+    shown,
+)
 from .metrics import CLIENT_CLOSED
 from .pipeline import PROBE_HEADER, Admission, Pipeline
 
@@ -27,7 +45,8 @@ HOP_BY_HOP = frozenset(
     )
 )
 NOT_FORWARDED = HOP_BY_HOP | frozenset(
-    {"host", "authorization", "expect", "x-scale-up-timeout", PROBE_HEADER.lower()}
+    # X-Request-Id is set again (the caller's when it is printable, else a generated one)
+    {"host", "authorization", "expect", "x-scale-up-timeout", "x-request-id", PROBE_HEADER.lower()}
 )
 NOT_RETURNED = HOP_BY_HOP | frozenset({"content-length"})
 REQUEST_ID = "X-Request-Id"
@@ -71,15 +90,34 @@ def _drop_set(headers, always: frozenset[str]) -> frozenset[str]:
     return always | {h.strip().lower() for h in value.split(",")}
 
 
+def _require_utf8(name: str, value: str) -> None:
+    """aiohttp decodes header bytes as UTF-8 with surrogateescape: a surrogate is a byte that
+    was not UTF-8. Such a value cannot be sent on as it came."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise BadRequest(
+            f"the value of the header {shown(name)} is not valid UTF-8; send header values as ASCII"
+        ) from None
+
+
 def upstream_headers(request: web.Request, rid: str) -> CIMultiDict[str]:
+    """The headers the replica gets (without any replica's API key). Raises BadRequest for a
+    value that cannot be forwarded; called before admission, so such a request is never held."""
     drop = _drop_set(request.headers, NOT_FORWARDED)
     headers = CIMultiDict([(k, v) for k, v in request.headers.items() if k.lower() not in drop])
+    for name, value in headers.items():
+        if not value.isascii():
+            _require_utf8(name, value)
     remote = request.remote or ""
     prior = request.headers.get("X-Forwarded-For")
     headers["X-Forwarded-For"] = f"{prior}, {remote}" if prior else remote
     headers["X-Forwarded-Proto"] = request.scheme
-    if request.host:
-        headers["X-Forwarded-Host"] = request.host
+    host = request.host
+    if host:
+        if not host.isascii():
+            _require_utf8("Host", host)
+        headers["X-Forwarded-Host"] = host
     headers[REQUEST_ID] = rid
     return headers
 
@@ -92,31 +130,61 @@ class _Body:
         self._limit = limit
         self.started = False
         self.too_large = False
+        self.malformed: MalformedBody | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.started = True
         seen = 0
-        async for chunk in self._request.content.iter_chunked(CHUNK_BYTES):
-            seen += len(chunk)
-            if seen > self._limit:
-                self.too_large = True
-                raise PayloadTooLarge("request body over the limit")
-            yield chunk
+        try:
+            async for chunk in self._request.content.iter_chunked(CHUNK_BYTES):
+                seen += len(chunk)
+                if seen > self._limit:
+                    self.too_large = True
+                    raise PayloadTooLarge("request body over the limit")
+                yield chunk
+        except RequestPayloadError as error:
+            self.malformed = malformed(error)
+            raise
+
+
+def malformed(error: RequestPayloadError) -> MalformedBody:
+    return MalformedBody(f"the request body is malformed ({shown(str(error), 200)}); fix how the client frames it")
+
+
+async def _read_small_body(request: web.Request, length: int, timeout_s: float) -> bytes:
+    # Bounded: a client that announces a small body and stalls must not hold its request (and
+    # its pending count) forever. A streamed body is bounded by the replica's timeouts instead.
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.read()
+    except RequestPayloadError as error:
+        raise malformed(error) from None
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body ({length} bytes announced) did not arrive within {timeout_s:g} s"
+        ) from None
 
 
 async def forward(
-    request: web.Request, admission: Admission, pipeline: Pipeline, session: aiohttp.ClientSession, rid: str
+    request: web.Request,
+    admission: Admission,
+    pipeline: Pipeline,
+    session: aiohttp.ClientSession,
+    rid: str,
+    headers: CIMultiDict[str] | None = None,
 ) -> web.StreamResponse:
     """Send the request to a replica and stream its response back. Raises ProxyError on failure
-    before the response has started; after that, a failure aborts the connection."""
-    headers = upstream_headers(request, rid)
+    before the response has started; after that, a failure aborts the connection. `headers`:
+    from `upstream_headers` (made here when not given)."""
+    if headers is None:
+        headers = upstream_headers(request, rid)
     body: _Body | bytes | None = None
     if request.body_exists:
         length = request.content_length
         if length is not None and length <= SMALL_BODY_BYTES:
             # Small bodies of known length are read at once: one write upstream instead of a
             # streaming task, and a retry can resend them. Anything larger streams.
-            body = await request.read()
+            body = await _read_small_body(request, length, pipeline.config.header_read_timeout_s)
         else:
             body = _Body(request, pipeline.config.max_body_bytes)
     start_s = pipeline.config.upstream_response_start_timeout_s
@@ -127,7 +195,12 @@ async def forward(
         if replica is None:
             raise refused or UpstreamFailed(f"endpoint {admission.entry.key} has no replica to send to")
         tried.add(replica.id)
-        url = f"http://{replica.address}{admission.upstream_path}"
+        # encoded=True: the path goes out exactly as it came, not requoted nor normalised.
+        url = URL(f"http://{replica.address}{admission.upstream_path}", encoded=True)
+        if replica.api_key is not None:
+            headers["Authorization"] = f"Bearer {replica.api_key}"
+        else:
+            headers.popall("Authorization", None)  # a retry may follow a replica that had a key
         # Around the request call only, which returns with the response headers: a hung replica
         # fails fast, and a long stream after its headers is left to the idle timeout.
         deadline = asyncio.timeout(start_s)
@@ -160,6 +233,8 @@ async def forward(
         except aiohttp.ClientError as error:
             if isinstance(body, _Body) and body.too_large:
                 raise pipeline.too_large() from None
+            if isinstance(body, _Body) and body.malformed is not None:
+                raise body.malformed from None
             raise UpstreamFailed(
                 f"replica {replica.id} of endpoint {admission.entry.key} failed: {error}",
             ) from None

@@ -20,21 +20,26 @@ from collections import deque
 from collections.abc import Callable
 
 from .control import ControlPlane, RouteEntry, RouteState
-from .errors import BadRequest, EndpointPaused, NotFound, Unavailable
+from .errors import BadRequest, EndpointPaused, NotFound, Unavailable, quoted
 
 HEADER = "X-Scale-Up-Timeout"
 
 
 def parse_scale_up_timeout(value: str | None, cap_s: float) -> float | None:
-    """Seconds to hold, from the header; None when absent. Malformed values are a 400."""
+    """Seconds to hold, from the header; None when absent. Malformed values are a 400.
+
+    ASCII only: float() would also take other scripts' digits, and undecodable bytes (which
+    aiohttp hands over as surrogates) must be refused, not parsed."""
     if value is None:
         return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
+    seconds = math.nan
+    if value.isascii() and len(value) <= 32:
+        try:
+            seconds = float(value)
+        except ValueError:
+            pass
     if not math.isfinite(seconds) or seconds <= 0:
-        raise BadRequest(f"{HEADER} must be a number of seconds greater than 0; got {value!r}")
+        raise BadRequest(f"{HEADER} must be a number of seconds greater than 0; got {quoted(value)}")
     return min(seconds, cap_s)
 
 

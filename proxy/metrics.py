@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .pending import PendingCounter
@@ -49,6 +49,29 @@ class _Gauges(Collector):
         return [pending, in_flight, held]
 
 
+# (listener, open connections, connections refused at the cap so far), one per listener
+ConnectionStats = Callable[[], list[tuple[str, int, int]]]
+
+
+class _ConnectionGauges(Collector):
+    def __init__(self) -> None:
+        self.source: ConnectionStats = list
+
+    def collect(self):
+        open_ = GaugeMetricFamily(
+            "endpointd_proxy_client_connections", "Open client connections, by listener", labels=["listener"],
+        )
+        refused = CounterMetricFamily(
+            "endpointd_proxy_client_connections_refused",
+            "Client connections refused because the listener had max_client_connections open",
+            labels=["listener"],
+        )
+        for listener, n_open, n_refused in self.source():
+            open_.add_metric([listener], n_open)
+            refused.add_metric([listener], n_refused)
+        return [open_, refused]
+
+
 class ProxyMetrics:
     def __init__(self, counter: PendingCounter, held: Callable[[], Mapping[str, int]]):
         self.registry = CollectorRegistry()
@@ -69,8 +92,14 @@ class ProxyMetrics:
             ["endpoint", "code", "cause"], registry=self.registry,
         )
         self.registry.register(_Gauges(counter, held))
+        self._connections = _ConnectionGauges()
+        self.registry.register(self._connections)
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
+
+    def watch_connections(self, source: ConnectionStats) -> None:
+        """Where the connection gauges are read from (the server's listeners, once they listen)."""
+        self._connections.source = source
 
     def answered(self, endpoint: str, replica: str, code: str, duration_s: float | None) -> None:
         """Count one answered request. Label children are cached: prometheus' labels() takes a

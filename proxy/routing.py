@@ -1,9 +1,14 @@
-"""Which endpoint a request is for, and the path its replica sees (the endpoint prefix stripped)."""
+"""Which endpoint a request is for, and the path its replica sees (the endpoint prefix stripped).
+
+The path is the raw request target, still percent-encoded: what follows the prefix reaches the
+replica byte for byte (`%2e%2e`, `%2f`, `//`, `;` included). Only origin-form targets (starting
+with '/') are served: an absolute URL (a forward-proxy request) or '*' is a 400.
+"""
 
 from __future__ import annotations
 
 from .control import ControlPlane, RouteEntry
-from .errors import NotFound
+from .errors import BadRequest, NotFound, quoted, shown
 
 PREFIX = "/endpoints/"
 
@@ -34,6 +39,11 @@ def split_path(raw_path: str) -> tuple[str, str, str] | None:
 
 def resolve(control: ControlPlane, host: str | None, raw_path: str) -> tuple[RouteEntry, str]:
     """The routing entry and upstream path; Host-based routing wins over the path prefix."""
+    if not raw_path.startswith("/"):
+        raise BadRequest(
+            f"the request target {quoted(raw_path)} is not a path: send a path starting with '/' "
+            "(this server is no forward proxy)"
+        )
     if host:
         entry = control.lookup_host(host)
         if entry is not None:
@@ -44,5 +54,7 @@ def resolve(control: ControlPlane, host: str | None, raw_path: str) -> tuple[Rou
         entry = control.lookup(namespace, name)
         if entry is not None:
             return entry, tail
-        raise NotFound(f"endpoint {namespace}/{name} does not exist; check the namespace and name in the URL")
-    raise NotFound(f"no endpoint at {raw_path.partition('?')[0]}; endpoint URLs look like /endpoints/NAMESPACE/NAME/...")
+        raise NotFound(
+            f"endpoint {shown(namespace + '/' + name)} does not exist; check the namespace and name in the URL"
+        )
+    raise NotFound(f"no endpoint at {quoted(raw_path.partition('?')[0])}; endpoint URLs look like /endpoints/NAMESPACE/NAME/...")

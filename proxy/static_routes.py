@@ -4,8 +4,9 @@
     name = "alice"                  namespace = "acme"
     orgs = ["acme"]                 name = "echo"
     tokens = ["s3cret"]             type = "private"        # public | authenticated | private
-                                    replicas = ["127.0.0.1:9000"]
-                                    domain = "echo.local"   # optional: Host-based routing
+    scopes = ["metrics"]            replicas = ["127.0.0.1:9000"]
+    # optional: "metrics" may       domain = "echo.local"   # optional: Host-based routing
+    # read /metrics
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from .auth import SCOPES
 from .control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry
 
 
@@ -38,7 +40,12 @@ def parse(data: dict[str, Any]) -> InMemoryControlPlane:
     control = InMemoryControlPlane()
     for i, user in enumerate(data.get("users", [])):
         where = f"users[{i}]"
-        identity = Identity(_str(where, user, "name"), frozenset(_list_of_str(f"{where}.orgs", user.get("orgs", []))))
+        scopes = frozenset(_list_of_str(f"{where}.scopes", user.get("scopes", [])))
+        if not scopes <= SCOPES:
+            raise RoutesError(f"{where}.scopes may hold only {', '.join(sorted(SCOPES))}; got {sorted(scopes - SCOPES)}")
+        identity = Identity(
+            _str(where, user, "name"), frozenset(_list_of_str(f"{where}.orgs", user.get("orgs", []))), scopes=scopes
+        )
         for token in _list_of_str(f"{where}.tokens", user.get("tokens", [])):
             control.add_token(token, identity)
     for i, ep in enumerate(data.get("endpoints", [])):

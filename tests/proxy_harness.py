@@ -1,4 +1,7 @@
-"""Test harness for the proxy: in-process fake replicas and a proxy in front of them, over real HTTP."""
+"""Test harness for the proxy: in-process fake replicas and a proxy in front of them, over real HTTP.
+
+The proxy runs on the same listener code as `endpointd serve` (proxy/server.py `listen`), so the
+connection guards and error handling under every test are the production ones."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from proxy.app import PIPELINE, make_app
 from proxy.config import ProxyConfig
 from proxy.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry
 from proxy.pipeline import Pipeline
+from proxy.server import Listening, listen
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -22,7 +26,13 @@ TOKENS = {
     "owner": ("tok-alice", Identity("alice", frozenset())),
     "member": ("tok-bob", Identity("bob", frozenset({"acme"}))),
     "outsider": ("tok-eve", Identity("eve", frozenset({"other"}))),
+    "admin": ("tok-root", Identity("root", frozenset(), is_admin=True)),
+    "scraper": ("tok-prom", Identity("prom", frozenset(), scopes=frozenset({"metrics"}))),
 }
+
+
+def bearer(caller: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {TOKENS[caller][0]}"}
 
 
 @dataclass
@@ -62,14 +72,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class ProxyServer:
+    app: web.Application
+    listening: Listening
+    config: ProxyConfig
+
+    @property
+    def port(self) -> int:
+        return self.listening.port
+
+    async def close(self) -> None:
+        await self.listening.shutdown(0)
+
+
 class Harness:
     def __init__(self) -> None:
         self.control = InMemoryControlPlane()
         for token, identity in TOKENS.values():
             self.control.add_token(token, identity)
-        self.servers: list[TestServer] = []
+        self.servers: list = []
         self.session: aiohttp.ClientSession | None = None
-        self.proxy: TestServer | None = None
+        self.proxy: ProxyServer | None = None
+        self.scheme = "http"
 
     async def upstream(self, handler: Handler | None = None) -> Upstream:
         up = Upstream(handler)
@@ -80,12 +105,16 @@ class Harness:
         self.servers.append(up.server)
         return up
 
-    async def start(self, probe_secret: str | None = None, **config) -> None:
-        app = make_app(ProxyConfig(**config), self.control, probe_secret=probe_secret)
-        self.proxy = TestServer(app, host="127.0.0.1")
-        await self.proxy.start_server()
+    async def start(self, probe_secret: str | None = None, ssl=None, **config) -> None:
+        """`config`: ProxyConfig fields (port 0, any free one, unless given); `ssl`: the client's
+        SSL context for an HTTPS proxy."""
+        proxy_config = ProxyConfig(**{"host": "127.0.0.1", "port": 0, **config})
+        app = make_app(proxy_config, self.control, probe_secret=probe_secret)
+        self.proxy = ProxyServer(app, await listen(app, proxy_config), proxy_config)
         self.servers.append(self.proxy)
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        if proxy_config.tls_cert:
+            self.scheme = "https"
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ssl=ssl if ssl is not None else True))
 
     def endpoint(
         self,
@@ -96,8 +125,10 @@ class Harness:
         upstreams: tuple[Upstream | str, ...] = (),
         **kw,
     ) -> RouteEntry:
+        keys = kw.pop("api_keys", ())
         replicas = tuple(
-            Replica(f"r{i}", u if isinstance(u, str) else u.address) for i, u in enumerate(upstreams)
+            Replica(f"r{i}", u if isinstance(u, str) else u.address, keys[i] if i < len(keys) else None)
+            for i, u in enumerate(upstreams)
         )
         entry = RouteEntry(namespace=namespace, name=name, auth=auth, replicas=replicas, **kw)
         self.control.put(entry)
@@ -110,7 +141,7 @@ class Harness:
 
     def url(self, path: str) -> str:
         assert self.proxy is not None
-        return f"http://127.0.0.1:{self.proxy.port}{path}"
+        return f"{self.scheme}://127.0.0.1:{self.proxy.port}{path}"
 
     def request(self, method: str, path: str, **kw):
         assert self.session is not None
@@ -131,3 +162,62 @@ async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not condition():
             await asyncio.sleep(0.001)
+
+
+@dataclass
+class RawResponse:
+    status: int | None  # None: the connection was closed without a response
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+
+    def json(self):
+        import json
+
+        return json.loads(self.body)
+
+
+def parse_response(data: bytes) -> RawResponse:
+    if not data:
+        return RawResponse(None, {}, b"")
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return RawResponse(int(lines[0].split()[1]), headers, body)
+
+
+async def exchange(port: int, raw: bytes, timeout_s: float = 10.0, ssl=None) -> RawResponse:
+    """Send raw bytes and read one response: up to its Content-Length, else until the server
+    closes; a connection closed (or reset) without a response gives status None."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ssl)
+    try:
+        writer.write(raw)
+        data = b""
+        async with asyncio.timeout(timeout_s):
+            try:
+                while chunk := await reader.read(65536):
+                    data += chunk
+                    head, sep, body = data.partition(b"\r\n\r\n")
+                    if sep:
+                        length = parse_response(head + sep).headers.get("content-length")
+                        if length is not None and len(body) >= int(length):
+                            break
+            except ConnectionResetError:
+                pass
+        return parse_response(data)
+    finally:
+        writer.close()
+
+
+async def closed_by_server(reader: asyncio.StreamReader, timeout_s: float = 10.0) -> bytes:
+    """Everything the server sends until it closes the connection (failing after `timeout_s`)."""
+    data = b""
+    async with asyncio.timeout(timeout_s):
+        try:
+            while chunk := await reader.read(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    return data

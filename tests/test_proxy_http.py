@@ -13,7 +13,7 @@ from aiohttp import web
 
 from proxy.control import AuthType, Replica, RouteState
 
-from .proxy_harness import TOKENS, free_port, until
+from .proxy_harness import TOKENS, bearer, free_port, until
 
 EP = "/endpoints/acme/e1"
 
@@ -409,7 +409,7 @@ async def test_metrics_are_exposed(harness):
         pass
     async with harness.request("POST", "/endpoints/acme/cold"):
         pass
-    async with harness.request("GET", "/metrics") as r:
+    async with harness.request("GET", "/metrics", headers=bearer("admin")) as r:
         text = await r.text()
     assert 'endpointd_proxy_requests_total{code="200",endpoint="acme/e1",replica="r0"} 1.0' in text
     assert 'endpointd_proxy_refused_total{cause="cold_start",code="503",endpoint="acme/cold"} 1.0' in text

@@ -47,7 +47,10 @@ def test_strip_port(host, expected):
         (errors.Unauthorized("x"), 401, ("WWW-Authenticate", 'Bearer realm="endpointd"')),
         (errors.Forbidden("x"), 403, None),
         (errors.NotFound("x"), 404, None),
+        (errors.MalformedBody("x"), 400, None),
+        (errors.RequestTimeout("x"), 408, None),
         (errors.PayloadTooLarge("x"), 413, None),
+        (errors.HeadersTooLarge("x"), 431, None),
         (errors.UpstreamFailed("x"), 502, None),
         (errors.Unavailable("x", retry_after_s=5), 503, ("Retry-After", "5")),
         (errors.UpstreamTimeout("x"), 504, None),
@@ -58,6 +61,7 @@ def test_errors_map_to_http(error, status, extra_header):
     assert got_status == status
     assert body == b'{"error": "x"}'
     assert headers["Content-Type"] == "application/json"
+    assert headers["X-Error-Message"] == "x"  # the sentence, for clients that print headers
     if extra_header:
         assert headers[extra_header[0]] == extra_header[1]
 
@@ -159,3 +163,34 @@ async def test_token_cache_forgets_revoked_tokens_after_ttl():
     assert (await cache.identity("t")) is not None  # still cached
     now[0] = 5.1
     assert (await cache.identity("t")) is None
+
+
+@pytest.mark.parametrize("target", ["*", "http://evil.example/endpoints/acme/e1", "endpoints/acme/e1"])
+def test_a_target_that_is_not_a_path_is_a_400(target):
+    from proxy.routing import resolve
+
+    with pytest.raises(errors.BadRequest, match="is not a path"):
+        resolve(InMemoryControlPlane(), "d.example", target)
+
+
+class _CountingControl(InMemoryControlPlane):
+    def __init__(self):
+        super().__init__()
+        self.lookups = 0
+
+    async def verify_token(self, token):
+        self.lookups += 1
+        return await super().verify_token(token)
+
+
+@pytest.mark.parametrize(
+    "token", ["\udcff\udcfe", "tok\x01en", "tok\u00e9n", "x" * 1025],
+)
+async def test_a_token_that_cannot_be_ours_is_the_unknown_token_401_without_a_lookup(token):
+    from proxy.auth import INVALID_TOKEN, identify
+
+    control = _CountingControl()
+    with pytest.raises(errors.Unauthorized) as refused:
+        await identify(f"Bearer {token}", TokenCache(control, 5.0), "endpoint acme/e1")
+    assert refused.value.message == INVALID_TOKEN
+    assert control.lookups == 0

@@ -1,0 +1,314 @@
+"""Client connections under aiohttp's server: a deadline for each request head, the keep-alive
+timeout, a cap on open connections, and JSON answers for what the HTTP parser refuses.
+
+aiohttp's `web.Server` is the protocol factory a listening socket calls for every connection; it
+makes one `RequestHandler` (the asyncio protocol that parses requests and runs handlers) each.
+`GuardedServer` makes a `ClientConnection` instead, a RequestHandler that adds:
+
+- **the cap** (`ConnectionCap`): counted in `connection_made`; past the limit a connection gets a
+  ready-made 503 and is closed before aiohttp ever sees it, and one log line (at most every
+  REFUSAL_LOG_INTERVAL_S) says how many were refused. Under TLS the count starts once the
+  handshake is done; the handshake itself is bounded by `header_read_timeout_s` (server.py).
+- **the head-read deadline**: a timer armed when the connection opens and again at the first byte
+  of each later request; cancelled when the parser has a whole request head. If it fires while
+  the connection still waits for a head, the connection is closed. That closes both a connection
+  that never sends anything and a slowloris that sends a header byte now and then.
+- **keep-alive**: aiohttp's own `keepalive_timeout` (armed at connection start and after each
+  response, closing a connection that still waits for a request), set from the config instead
+  of aiohttp's default of 3630 s.
+- **errors as JSON**: what the parser refuses (smuggling attempts, obs-fold, oversized heads) is
+  answered `{"error": ...}` with X-Error-Message, 431 for a head over the size limits, and is
+  logged as one debug line, never a traceback; a request target that is not a path ('*', an
+  absolute URL) is a 400 before any route sees it.
+
+It uses a few of RequestHandler's attributes that are not public API (`_request_count`,
+`_request_in_progress`, `_messages`, `_current_request`, `_lingering_time`, `_close`): a test in
+tests/test_proxy_connections.py fails if an aiohttp release renames them. Also a fix for an
+aiohttp gap: a body that breaks its framing mid-stream ends the handler's body with the error
+(a 400 at once) instead of leaving it waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import HttpVersion11 as HTTP11
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+
+from .errors import ERROR_MESSAGE, BadRequest, HeadersTooLarge, ProxyError, header_safe, quoted, shown, to_http
+
+log = logging.getLogger("endpointd.proxy")
+
+REFUSAL_LOG_INTERVAL_S = 10.0  # one line per interval however many connections are refused
+# aiohttp's parser limits (its defaults, set explicitly): a longer line or more headers is a 431.
+MAX_LINE_BYTES = 8190
+MAX_HEADERS = 128
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+class ConnectionCap:
+    """The open connections of one listener, at most `limit`."""
+
+    def __init__(self, limit: int, listener: str, clock: Callable[[], float] = time.monotonic):
+        self.limit = limit
+        self.listener = listener
+        self.open: set[ClientConnection] = set()
+        self.refused_total = 0
+        self._clock = clock
+        self._unlogged = 0
+        self._logged_at: float | None = None
+        self._empty: asyncio.Event | None = None
+        body = json.dumps({"error": self.refusal}).encode()
+        self.refusal_bytes = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\n{ERROR_MESSAGE}: {header_safe(self.refusal)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode() + body
+
+    @property
+    def refusal(self) -> str:
+        return f"this server already has {self.limit} open connections, its limit; retry later"
+
+    def admit(self, connection: ClientConnection) -> bool:
+        if len(self.open) >= self.limit:
+            self.refused_total += 1
+            self._unlogged += 1
+            now = self._clock()
+            if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_INTERVAL_S:
+                since = "" if self._logged_at is None else f" in the last {now - self._logged_at:.0f} s"
+                log.warning(
+                    "refusing new connections on %s: %d open, the limit (max_client_connections); %d refused%s. "
+                    "Raise the limit (and the open-files limit, ulimit -n), or find who holds idle connections",
+                    self.listener, len(self.open), self._unlogged, since,
+                )
+                self._logged_at = now
+                self._unlogged = 0
+            return False
+        self.open.add(connection)
+        return True
+
+    def release(self, connection: ClientConnection) -> None:
+        self.open.discard(connection)
+        if not self.open and self._empty is not None:
+            self._empty.set()
+
+    async def wait_empty(self) -> None:
+        if not self.open:
+            return
+        if self._empty is None or self._empty.is_set():
+            self._empty = asyncio.Event()
+        await self._empty.wait()
+
+
+def _parse_error(exc: BaseException | None) -> ProxyError:
+    """The refusal for what aiohttp's HTTP parser could not accept."""
+    if isinstance(exc, LineTooLong) or (
+        isinstance(exc, HttpProcessingError) and "too many headers" in exc.message.lower()
+    ):
+        return HeadersTooLarge(
+            f"the request head is too large: at most {MAX_HEADERS} headers of at most "
+            f"{MAX_LINE_BYTES} bytes each, and a request line of at most {MAX_LINE_BYTES} bytes"
+        )
+    reason = ""
+    if isinstance(exc, HttpProcessingError) and exc.message:
+        reason = exc.message.strip().splitlines()[0].rstrip(":")
+    return BadRequest(
+        "the request is not valid HTTP/1.1" + (f" ({shown(reason, 200)})" if reason else "")
+        + "; fix the client or what sits between it and this server"
+    )
+
+
+class ClientConnection(RequestHandler):
+    """One client connection: aiohttp's protocol, with the cap, the head deadline and JSON errors."""
+
+    __slots__ = ("_cap", "_head_timeout_s", "_head_timer", "_admitted")
+
+    def __init__(self, manager: GuardedServer, *, cap: ConnectionCap, head_timeout_s: float, **kwargs):
+        super().__init__(manager, **kwargs)
+        self._cap = cap
+        self._head_timeout_s = head_timeout_s
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._admitted = False
+
+    # -- the cap ---------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self._cap.admit(self):
+            # Closed before aiohttp knows of it: no task, no parser work, the descriptor freed now.
+            transport.write(self._cap.refusal_bytes)  # type: ignore[attr-defined]
+            transport.close()
+            return
+        self._admitted = True
+        super().connection_made(transport)
+        self._arm()  # the first request's head must arrive within the deadline
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self._admitted:
+            return
+        self._admitted = False
+        self._disarm()
+        self._cap.release(self)
+        super().connection_lost(exc)
+
+    # -- the head deadline -----------------------------------------------------------------
+
+    @property
+    def waiting_for_head(self) -> bool:
+        """Handling no request and holding none parsed: idle, or in the middle of a head."""
+        return not self._request_in_progress and not self._messages
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return
+        heads = self._request_count
+        super().data_received(data)
+        if self._request_count != heads:
+            self._disarm()  # a whole head arrived (or one the parser refused: answered, then closed)
+            self._end_broken_body()
+        elif self._head_timer is None and self.waiting_for_head:
+            self._arm()  # the first bytes of the next request
+
+    def _end_broken_body(self) -> None:
+        """aiohttp's parser, failing in the middle of a body (a bad chunk size, say), queues its
+        error as the next message and leaves the body of the request being handled waiting for
+        bytes that will never come: the handler would hang until the replica's timeouts. End
+        that body with the error instead, so the handler answers 400 at once."""
+        request = self._current_request
+        if request is None or not self._messages:
+            return
+        exc = getattr(self._messages[-1][0], "exc", None)  # an aiohttp _ErrInfo
+        if isinstance(exc, HttpProcessingError) and not request.content.is_eof():
+            reason = exc.message.strip().splitlines()[0].rstrip(":") if exc.message else type(exc).__name__
+            request.content.set_exception(RequestPayloadError(reason))
+            self.end_after_response()  # a lingering read of the rest would meet the same error
+
+    def end_after_response(self) -> None:
+        """Close the connection once the current response is sent, without aiohttp's lingering
+        read of an unread body: what is left on it cannot be read as a next request."""
+        self._lingering_time = 0.0
+        self._close = True
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._head_timer = self._loop.call_later(self._head_timeout_s, self._head_deadline)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_deadline(self) -> None:
+        self._head_timer = None
+        if self.waiting_for_head and self.transport is not None:
+            log.debug("closing a connection that sent no complete request head within %g s", self._head_timeout_s)
+            self.force_close()
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def close_when_idle(self) -> bool:
+        """Close now if no request is in progress (True); else after the current response."""
+        if self.waiting_for_head:
+            self.force_close()
+            return True
+        self._close = True  # aiohttp's flag: no further request on this connection
+        return False
+
+    # -- errors as JSON --------------------------------------------------------------------
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            # A bug of ours (or a handler's unhandled timeout, 504): its traceback goes to the
+            # log, never to the caller.
+            self.log_exception("Error handling request from %s", request.remote, exc_info=exc)
+            error: ProxyError = ProxyError("the server failed on this request; its log says why")
+            error.status = status
+        else:
+            error = _parse_error(exc)
+            log.debug("refused a malformed request from %s: %s (%s)", request.remote, error.message, type(exc).__name__)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response had started; no error can be sent any more")
+        code, headers, body = to_http(error)
+        response = web.Response(status=code, headers=headers, body=body)
+        response.force_close()
+        return response
+
+
+def screened(handler: Handler) -> Handler:
+    """Refuse, with a JSON 400 before any route sees them, what the parser lets through but this
+    server will not serve: a target that is not a path ('*', an absolute URL, which aiohttp would
+    route by its path with the Host taken from it), and Transfer-Encoding in an HTTP/1.0 request
+    (RFC 9112 §6.1: its framing must be treated as faulty)."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        if request.raw_path[:1] == "/" and (request.version >= HTTP11 or "Transfer-Encoding" not in request.headers):
+            return await handler(request)
+        if request.raw_path[:1] != "/":
+            error = BadRequest(f"the request target {quoted(request.raw_path)} is not a path: send a path starting with '/'")
+        else:
+            error = BadRequest("an HTTP/1.0 request cannot have Transfer-Encoding; send Content-Length, or use HTTP/1.1")
+        code, headers, body = to_http(error)
+        response = web.Response(status=code, headers=headers, body=body)
+        response.force_close()
+        return response
+
+    return handle
+
+
+class GuardedServer(web.Server):
+    """aiohttp's Server, making a ClientConnection per connection."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        cap: ConnectionCap,
+        head_timeout_s: float,
+        keepalive_timeout_s: float,
+        request_factory=None,
+        handler_cancellation: bool = True,
+    ):
+        super().__init__(
+            screened(handler), request_factory=request_factory, handler_cancellation=handler_cancellation
+        )
+        self.cap = cap
+        self._head_timeout_s = head_timeout_s
+        self._connection_kwargs = {
+            "keepalive_timeout": keepalive_timeout_s,
+            "access_log": None,
+            "max_line_size": MAX_LINE_BYTES,
+            "max_field_size": MAX_LINE_BYTES,
+            "max_headers": MAX_HEADERS,
+        }
+        self._connection_loop = asyncio.get_running_loop()
+
+    def __call__(self) -> ClientConnection:
+        return ClientConnection(
+            self, loop=self._connection_loop, cap=self.cap, head_timeout_s=self._head_timeout_s,
+            **self._connection_kwargs,
+        )
+
+
+class GuardedAppRunner(web.AppRunner):
+    """An AppRunner whose server is a GuardedServer; the app's startup and cleanup as usual."""
+
+    def __init__(self, app: web.Application, *, cap: ConnectionCap, head_timeout_s: float, keepalive_timeout_s: float,
+                 shutdown_timeout: float):
+        super().__init__(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout)
+        self._guard = {"cap": cap, "head_timeout_s": head_timeout_s, "keepalive_timeout_s": keepalive_timeout_s}
+
+    async def _make_server(self) -> web.Server:
+        plain = await super()._make_server()  # runs the app's startup, gives its handler and request factory
+        return GuardedServer(plain.request_handler, request_factory=plain.request_factory, **self._guard)
