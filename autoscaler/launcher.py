@@ -4,6 +4,7 @@ each step reported to the endpoint's status message."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import aiohttp
 
 from engines import artifacts, hardware, presets, readiness
+from engines.capacity import Need
 from engines.gpus import Gpu, GpuAllocator, GpuSampler
 from engines.runtime import ReplicaInfo, Runtime
 
@@ -18,6 +20,10 @@ from .intent import Intent
 
 # A replica found after a restart must answer its health route this fast to be adopted.
 HEALTH_CHECK_S = 5.0
+# Bytes of randomness in a replica's engine API key (secrets.token_urlsafe: 43 characters).
+API_KEY_BYTES = 32
+# What `check` passes for the key: the same validation as a launch, without making a secret.
+CHECK_API_KEY = "check"
 
 
 class EngineLauncher:
@@ -61,13 +67,27 @@ class EngineLauncher:
         presets.build_container_spec(
             model.image, model_dir="/repository", served_model_name=spec.name,
             resources=replace(resources, gpu_device_ids=placeholder_gpus), env=model.env, secrets=model.secrets,
-            command=model.command, args=model.args, default_images=self._default_images,
+            command=model.command, args=model.args, default_images=self._default_images, api_key=CHECK_API_KEY,
         )
 
     def gpu_need(self, intent: Intent) -> tuple[int, str]:
         compute = intent.spec.compute
         resources = self.resources(compute.accelerator, compute.instance_type, compute.instance_size)
         return (resources.gpu_count, compute.instance_type) if resources.gpu_count else (0, "")
+
+    def needs(self, intent: Intent) -> Need:
+        """What one replica of the endpoint holds while it exists (HostCapacity accounts it)."""
+        return self.needs_of(intent.spec)
+
+    def needs_of(self, spec) -> Need:
+        """The same, from an endpoint spec: its GPUs, and the CPU and memory limits its container
+        gets (a GPU instance's memory limit is its share of the host's, `hardware.gpu_memory_share`)."""
+        compute = spec.compute
+        resources = self.resources(compute.accelerator, compute.instance_type, compute.instance_size)
+        return Need(
+            gpus=resources.gpu_count, gpu_type=compute.instance_type if resources.gpu_count else "",
+            cpus=resources.cpus or 0.0, memory_bytes=resources.memory_bytes or 0,
+        )
 
     async def launch(
         self, intent: Intent, replica_id: str, gpus: tuple[str, ...], report: Callable[[str], None]
@@ -79,6 +99,9 @@ class EngineLauncher:
 
         report(f"fetching model artifacts of {model.repository}")
         model_dir = await artifacts.fetch(model.repository, model.revision, self._cache_dir)
+        # A key of the replica's own: a replica's engine answers only who holds it (the proxy, the
+        # probes), not another endpoint's engine nor a local process that found its port. Kept on
+        # its container, so a restarted endpointd still has it (ReplicaInfo.api_key).
         container = presets.build_container_spec(
             model.image,
             model_dir=str(model_dir),
@@ -89,6 +112,7 @@ class EngineLauncher:
             command=model.command,
             args=model.args,
             default_images=self._default_images,
+            api_key=secrets.token_urlsafe(API_KEY_BYTES),
         )
         report(f"pulling image {container.image}")
         await self._runtime.ensure_image(container.image, container.registry_auth, report)
@@ -118,7 +142,8 @@ class EngineLauncher:
     async def healthy(self, replica: ReplicaInfo) -> bool:
         try:
             async with self._session.get(
-                f"http://{replica.address}{replica.health_route}", timeout=aiohttp.ClientTimeout(total=HEALTH_CHECK_S)
+                f"http://{replica.address}{replica.health_route}", timeout=aiohttp.ClientTimeout(total=HEALTH_CHECK_S),
+                headers=readiness.auth_headers(replica),
             ) as response:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):

@@ -24,8 +24,10 @@ from typing import Any
 
 import aiodocker
 import aiohttp
+from aiodocker.networks import DockerNetwork
 
 from .runtime import (
+    LABEL_API_KEY,
     LABEL_HEALTH_ROUTE,
     LABEL_INSTANCE,
     LABEL_MANAGED,
@@ -47,6 +49,8 @@ from .runtime import (
     RuntimeError_,
     Usage,
     container_name,
+    network_labels,
+    network_name,
 )
 
 log = logging.getLogger("endpointd.docker")
@@ -67,9 +71,40 @@ BUILD_OUTPUT_TAIL = 10
 ANY_HOST = ("", "0.0.0.0", "::")
 # The label filter that matches every container endpointd owns, and nothing else.
 MANAGED = f"{LABEL_MANAGED}=true"
+# Tasks (processes and threads) one replica may run: a fork bomb in an engine stops here instead
+# of exhausting the host's pid space (pid_max is 32768 on small hosts). Engines need far fewer:
+# vLLM or SGLang on 8 GPUs runs about ten processes of a few hundred threads each (PyTorch and
+# tokenizer pools sized to the host's cores); the echo engine runs a handful.
+PIDS_LIMIT = 4096
+# Setuid binaries and file capabilities in an image grant nothing: the engine keeps at most what it
+# starts with, which CapDrop/CapAdd (ContainerSpec.capabilities) bound.
+NO_NEW_PRIVILEGES = "no-new-privileges:true"
+# Tries of a start whose network another process removed or doubled meanwhile (_NetworkChanged).
+NETWORK_ATTEMPTS = 3
+# What Docker says when its address pools are spent; every endpoint has a network of its own.
+POOLS_SPENT = "address pool"
+POOLS_HINT = (
+    "; every endpoint has a Docker network of its own and dockerd's default address pools hold about "
+    "30: give it more with `default-address-pools` in /etc/docker/daemon.json "
+    '(e.g. {"base": "10.210.0.0/16", "size": 24} for 256)'
+)
 # Docker's container states as ours; any other ("exited", "dead", "removing") is EXITED. A paused
 # container's process is alive, only frozen: it is RUNNING, and its health probe tells it hangs.
 CONTAINER_STATUS = {"created": ReplicaStatus.CREATED, "running": ReplicaStatus.RUNNING, "paused": ReplicaStatus.RUNNING}
+
+
+class _NetworkChanged(Exception):
+    """A container's network was removed or doubled by another process between its making and the
+    container's start: the start is tried again, on the network as it is now."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _network_changed(error: aiodocker.DockerError) -> bool:
+    message = str(error.message)
+    return "is ambiguous" in message or ("network" in message and "not found" in message)
 
 
 @asynccontextmanager
@@ -129,14 +164,24 @@ def _with_tag(image: str) -> str:
 
 
 def create_config(
-    endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec, publish_host: str
+    endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec, publish_host: str, network: str
 ) -> dict[str, Any]:
-    """The `POST /containers/create` body for one replica."""
+    """The `POST /containers/create` body for one replica, on `network` (the endpoint's, by name or id).
+
+    Nothing of the host reaches the container but the spec's mounts (the model, read-only) and its
+    GPUs: no devices, no host network, pid, ipc or uts namespace, no privileges."""
     port_key = f"{spec.port}/tcp"
     host: dict[str, Any] = {
         "PortBindings": {port_key: [{"HostIp": publish_host, "HostPort": ""}]},  # "": a random free port
         "Binds": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.mounts],
         "RestartPolicy": {"Name": "no"},  # the controller replaces dead replicas itself
+        "NetworkMode": network,  # the endpoint's own network, never Docker's default bridge
+        "Privileged": False,
+        "SecurityOpt": [NO_NEW_PRIVILEGES],
+        "CapDrop": ["ALL"],
+        "CapAdd": list(spec.capabilities),
+        "PidsLimit": PIDS_LIMIT,
+        "IpcMode": "private",  # explicit: a daemon may default to "shareable"
     }
     if spec.shm_size_bytes:
         host["ShmSize"] = spec.shm_size_bytes
@@ -144,6 +189,7 @@ def create_config(
         host["NanoCpus"] = int(spec.cpus * 1e9)
     if spec.memory_bytes:
         host["Memory"] = spec.memory_bytes
+        host["MemorySwap"] = spec.memory_bytes  # memory + swap: the limit is the limit, no swap on top
     if spec.gpu_device_ids:
         host["DeviceRequests"] = [
             {"Driver": "nvidia", "DeviceIDs": list(spec.gpu_device_ids), "Capabilities": [["gpu"]]}
@@ -162,7 +208,10 @@ def create_config(
             LABEL_HEALTH_ROUTE: spec.health_route,
         },
         "HostConfig": host,
+        "NetworkingConfig": {"EndpointsConfig": {network: {}}},
     }
+    if spec.api_key:
+        config["Labels"][LABEL_API_KEY] = spec.api_key
     if spec.entrypoint is not None:
         config["Entrypoint"] = list(spec.entrypoint)
     if spec.args is not None:
@@ -196,6 +245,7 @@ def replica_info(data: Mapping[str, Any]) -> ReplicaInfo:
             for request in (data.get("HostConfig") or {}).get("DeviceRequests") or ()
             for device in request.get("DeviceIDs") or ()
         ),
+        api_key=labels.get(LABEL_API_KEY) or None,
     )
 
 
@@ -242,6 +292,15 @@ class DockerRuntime:
         self._instance = instance
         self._managed = [MANAGED] + ([f"{LABEL_INSTANCE}={instance}"] if instance else [])
         self._docker = aiodocker.Docker(url=url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL)
+        # One lock per endpoint network, held from making sure the network exists until the
+        # container on it has started, and by a removal: Docker makes a network of the same name
+        # twice when asked at once, and removes one that a created (not yet started) container
+        # is attached to, whose start then fails.
+        self._network_locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def instance(self) -> str | None:
+        return self._instance
 
     async def _json_lines(
         self, path: str, method: str = "GET", *, params: Mapping[str, str], data: Any = None,
@@ -301,13 +360,10 @@ class DockerRuntime:
 
     async def start(self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec) -> ReplicaInfo:
         name = container_name(endpoint, replica_id)
-        config = create_config(endpoint, replica_id, revision, spec, self._publish_host)
-        if self._instance:
-            config["Labels"][LABEL_INSTANCE] = self._instance
         # The work runs in a task of its own that a cancel never cuts short: a create request that
         # reached the engine makes a container whether or not we are still waiting. So on a cancel,
         # wait for the work to end, remove what it made, and only then let CancelledError go.
-        work = asyncio.ensure_future(self._create_and_start(name, config))
+        work = asyncio.ensure_future(self._create_and_start(endpoint, name, replica_id, revision, spec))
         try:
             data = await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -316,18 +372,117 @@ class DockerRuntime:
         log.info("started %s (%s) from %s", name, data["Id"][:12], spec.image)  # never the env: secrets
         return replica_info(data)
 
-    async def _create_and_start(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
-        """Create, start and inspect the container; a failure after the create removes it."""
-        async with _wrapped("start container", name):
-            container = await self._docker.containers.create(config, name=name)
-            try:
-                await container.start()
-                return await container.show()
-            except BaseException:
-                # Leave no half-started container behind; the original error is the one to report.
-                with suppress(aiodocker.DockerError, aiohttp.ClientError, OSError):
-                    await container.delete(force=True)
-                raise
+    async def _create_and_start(
+        self, endpoint: EndpointKey, name: str, replica_id: str, revision: str, spec: ContainerSpec
+    ) -> dict[str, Any]:
+        """Make sure the endpoint's network exists, then create, start and inspect the container on
+        it; a failure after the create removes the container. A network that another process's
+        runtime removed or doubled meanwhile (see _ensure_network) is made sure of again, and the
+        container made anew, up to NETWORK_ATTEMPTS times."""
+        async with self._network_lock(endpoint):
+            for attempt in range(1, NETWORK_ATTEMPTS + 1):
+                network_id = await self._ensure_network(endpoint)
+                # By id, which stays unambiguous should Docker hold two networks of this name.
+                config = create_config(endpoint, replica_id, revision, spec, self._publish_host, network_id)
+                if self._instance:
+                    config["Labels"][LABEL_INSTANCE] = self._instance
+                try:
+                    async with _wrapped("start container", name):
+                        return await self._create_and_start_once(name, config)
+                except _NetworkChanged as changed:
+                    if attempt == NETWORK_ATTEMPTS:
+                        raise RuntimeError_("start container", name, f"{changed} (Docker status {changed.status})") from None
+                    log.info("the network of %s changed during its start (%s); trying again", name, changed)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    async def _create_and_start_once(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
+        container = await self._docker.containers.create(config, name=name)
+        try:
+            await container.start()
+            return await container.show()
+        except BaseException as error:
+            # Leave no half-started container behind; the original error is the one to report.
+            with suppress(aiodocker.DockerError, aiohttp.ClientError, OSError):
+                await container.delete(force=True)
+            if isinstance(error, aiodocker.DockerError) and _network_changed(error):
+                raise _NetworkChanged(error.status, error.message) from None
+            raise
+
+    def _network_lock(self, endpoint: EndpointKey) -> asyncio.Lock:
+        return self._network_locks.setdefault(network_name(self._instance, endpoint), asyncio.Lock())
+
+    async def _endpoint_networks(self, endpoint: EndpointKey) -> list[dict[str, Any]]:
+        """The endpoint's networks of this runtime's instance (normally one), by id."""
+        name, labels = network_name(self._instance, endpoint), network_labels(self._instance, endpoint)
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        found = await self._docker.networks.list(filters=filters)
+        own = [n for n in found if n.get("Name") == name and (n.get("Labels") or {}).get(LABEL_INSTANCE) == self._instance]
+        return sorted(own, key=lambda n: n["Id"])
+
+    async def _ensure_network(self, endpoint: EndpointKey) -> str:
+        """The id of the endpoint's network, made if there is none: a user-defined bridge of its own,
+        labelled as endpointd's. Idempotent.
+
+        Within this runtime the lock serializes it. Runtimes of two processes racing may each make
+        one (Docker does not refuse the second), and Docker starts no container on a network whose
+        name is ambiguous: whoever finds two keeps the one a running container is on (at most one
+        can have one), else the smallest id, and removes the others."""
+        name = network_name(self._instance, endpoint)
+        async with _wrapped("create network", name):
+            found = await self._endpoint_networks(endpoint)
+            if not found:
+                config = {"Name": name, "Driver": "bridge", "CheckDuplicate": True,
+                          "Labels": network_labels(self._instance, endpoint)}
+                try:
+                    await self._docker.networks.create(config)
+                    log.info("created network %s for %s", name, endpoint)
+                except aiodocker.DockerError as error:
+                    if POOLS_SPENT in str(error.message):
+                        raise RuntimeError_("create network", name, f"{error.message}{POOLS_HINT}") from None
+                    if error.status != 409:  # 409: one of this name exists (another runtime made it just now)
+                        raise
+                found = await self._endpoint_networks(endpoint)
+                if not found:
+                    raise RuntimeError_(
+                        "create network", name,
+                        "a network of this name exists that endpointd did not make for this endpoint: remove it "
+                        f"(`docker network rm {name}`)",
+                    )
+            if len(found) == 1:
+                return found[0]["Id"]
+            details = [await DockerNetwork(self._docker, n["Id"]).show() for n in found]
+            chosen = next((d for d in details if d.get("Containers")), details[0])
+            for other in details:
+                if other is not chosen:
+                    with suppress(aiodocker.DockerError):  # gone already, or in use by a start under way
+                        await DockerNetwork(self._docker, other["Id"]).delete()
+            log.info("kept network %s (%s) of %d made at once", name, chosen["Id"][:12], len(found))
+            return chosen["Id"]
+
+    async def remove_network(self, endpoint: EndpointKey) -> None:
+        name = network_name(self._instance, endpoint)
+        async with self._network_lock(endpoint), _wrapped("remove network", name):
+            for network in await self._endpoint_networks(endpoint):
+                try:
+                    await DockerNetwork(self._docker, network["Id"]).delete()
+                except aiodocker.DockerError as error:
+                    if error.status == 404:  # removed meanwhile
+                        continue
+                    if error.status == 403 and "active endpoints" in str(error.message):
+                        log.info("kept network %s: a running container of %s still uses it", name, endpoint)
+                        continue
+                    raise
+                log.info("removed network %s of %s", name, endpoint)
+
+    async def networks(self) -> list[EndpointKey]:
+        async with _wrapped("list", "networks"):
+            found = await self._docker.networks.list(filters={"label": self._managed})
+        keys = {
+            EndpointKey(labels[LABEL_NAMESPACE], labels[LABEL_NAME])
+            for labels in ((n.get("Labels") or {}) for n in found)
+            if LABEL_NAMESPACE in labels and LABEL_NAME in labels
+        }
+        return sorted(keys, key=lambda key: (key.namespace, key.name))
 
     async def _discard(self, work: asyncio.Future[dict[str, Any]], name: str) -> None:
         """Remove the container of an abandoned start, once its work has ended."""

@@ -1,10 +1,11 @@
 """An in-memory `Runtime` for fast unit tests of the control plane, modelling what the Docker one
-does where the control plane can tell: a start is first a CREATED container without an address,
-then a RUNNING one; a cancelled start removes its container; a stop sends "SIGTERM", which a
-container may ignore until the grace period ends (exit code 137); several runtimes of different
-instances share one engine (`FakeEngine`) and never see each other's containers. Addresses come
-from the test. It can be told to be slow, to fail a start, to kill or hang a replica, raises the
-errors the Docker runtime raises, and records the calls it gets."""
+does where the control plane can tell: a start puts the container on its endpoint's network (made
+by the endpoint's first start; `remove_network` keeps one a live container is on), and is first a
+CREATED container without an address, then a RUNNING one; a cancelled start removes its container;
+a stop sends "SIGTERM", which a container may ignore until the grace period ends (exit code 137);
+several runtimes of different instances share one engine (`FakeEngine`) and never see each other's
+containers. Addresses come from the test. It can be told to be slow, to fail a start, to kill or
+hang a replica, raises the errors the Docker runtime raises, and records the calls it gets."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from .runtime import (
+    LABEL_INSTANCE,
+    LABEL_NAME,
+    LABEL_NAMESPACE,
     ContainerSpec,
     EndpointKey,
     EventKind,
@@ -27,6 +31,8 @@ from .runtime import (
     RuntimeError_,
     Usage,
     container_name,
+    network_labels,
+    network_name,
 )
 
 # Where the default addresses start: high, unprivileged, and clearly not a real replica's.
@@ -35,12 +41,20 @@ FIRST_FAKE_PORT = 40000
 SIGKILL_EXIT_CODE = 137
 
 
+@dataclass(frozen=True)
+class FakeNetwork:
+    name: str
+    id: str
+    labels: dict[str, str]
+
+
 @dataclass
 class _Container:
     info: ReplicaInfo
     spec: ContainerSpec
     instance: str | None  # the `endpointd.instance` label of the runtime that made it
     lines: list[str]
+    network: str = ""  # the name of the endpoint network it is on
     usage: Usage = Usage(0.0, 0, None)
     ignores_sigterm: bool = False
     hung: bool = False
@@ -53,6 +67,7 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.containers: dict[str, _Container] = {}  # by container id, of every instance
+        self.networks: dict[str, FakeNetwork] = {}  # by name, of every instance
         self._ids = itertools.count(1)
         self._ports = itertools.count(FIRST_FAKE_PORT)
         self._subscribers: list[tuple[str | None, asyncio.Queue[ReplicaEvent]]] = []
@@ -79,6 +94,21 @@ class FakeEngine:
         for instance, queue in self._subscribers:
             if instance is None or instance == container.instance:
                 queue.put_nowait(event)
+
+    def ensure_network(self, instance: str | None, endpoint: EndpointKey) -> FakeNetwork:
+        """The endpoint's network, made if there is none (at once: the fake has no race to lose)."""
+        name = network_name(instance, endpoint)
+        if name not in self.networks:
+            self.networks[name] = FakeNetwork(name, f"net{next(self._ids)}", network_labels(instance, endpoint))
+        return self.networks[name]
+
+    def remove_network(self, name: str) -> bool:
+        """Remove the network unless a live container is on it, as Docker refuses one with active
+        endpoints (an exited container does not hold it); whether it is gone."""
+        if any(c.network == name and c.info.status is not ReplicaStatus.EXITED for c in self.containers.values()):
+            return False
+        self.networks.pop(name, None)
+        return True
 
     def remove(self, container: _Container) -> None:
         """Idempotent, as two concurrent removals in Docker end with the container gone."""
@@ -164,6 +194,7 @@ class FakeRuntime:
     async def start(self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec) -> ReplicaInfo:
         self.calls.append(("start", replica_id))
         name = container_name(endpoint, replica_id)
+        network = self.engine.ensure_network(self.instance, endpoint)  # first, as the Docker runtime does
         # What Docker refuses at create time, before any container exists.
         if self.images is not None and spec.image not in self.images:
             raise RuntimeError_("start container", name, f"No such image: {spec.image}")
@@ -173,9 +204,9 @@ class FakeRuntime:
             raise RuntimeError_("start container", name, f"the container name {name} is already in use")
         info = ReplicaInfo(
             replica_id, endpoint, revision, self.engine.next_container_id(), name,
-            ReplicaStatus.CREATED, None, spec.health_route, gpus=spec.gpu_device_ids,
+            ReplicaStatus.CREATED, None, spec.health_route, gpus=spec.gpu_device_ids, api_key=spec.api_key,
         )
-        container = _Container(info, spec, self.instance, [])
+        container = _Container(info, spec, self.instance, [], network=network.name)
         self.engine.containers[info.container_id] = container
         try:
             if self.start_delay_s:
@@ -213,6 +244,18 @@ class FakeRuntime:
 
     async def list(self, endpoint: EndpointKey | None = None) -> list[ReplicaInfo]:
         return [c.info for c in self._own() if endpoint is None or c.info.endpoint == endpoint]
+
+    async def remove_network(self, endpoint: EndpointKey) -> None:
+        self.calls.append(("remove_network", str(endpoint)))
+        self.engine.remove_network(network_name(self.instance, endpoint))
+
+    async def networks(self) -> list[EndpointKey]:
+        keys = {
+            EndpointKey(n.labels[LABEL_NAMESPACE], n.labels[LABEL_NAME])
+            for n in self.engine.networks.values()
+            if self.instance is None or n.labels.get(LABEL_INSTANCE) == self.instance
+        }
+        return sorted(keys, key=lambda key: (key.namespace, key.name))
 
     async def inspect(self, replica_id: str) -> ReplicaInfo:
         return self._get("inspect", replica_id).info

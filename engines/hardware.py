@@ -25,6 +25,9 @@ ACCELERATORS = (CPU, GPU)
 # instance tables mean it.
 MEMORY_PER_CPU_BYTES = 2 * 1024**3
 
+# Memory limits are whole MiB: a cgroup limit is kept in pages anyway, and a round figure reads well.
+MIB = 1024**2
+
 # Sizes are powers of two, as in the reference tables (x1, x2, x4, x8, x16, ...); GPU instances
 # stop at x8, the most GPUs one reference instance has.
 GPU_SIZES = (1, 2, 4, 8)
@@ -42,7 +45,9 @@ class HardwareError(ValueError):
 
 @dataclass(frozen=True)
 class Resources:
-    """What one replica gets. GPU replicas have no CPU or memory limit: the GPUs are what is scarce."""
+    """What one replica gets: CPU instances a CPU and a memory limit; GPU instances their GPUs and a
+    memory limit (`gpu_memory_share`), no CPU limit (the GPUs are what is scarce, and a CPU cap
+    would starve tokenization and the engine's scheduler)."""
 
     cpus: float | None
     memory_bytes: int | None
@@ -74,6 +79,15 @@ def host_cpu_count() -> int:
 
 def host_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def gpu_memory_share(memory_bytes: int, gpu_total: int, gpu_count: int) -> int:
+    """A GPU replica's memory limit: the host's memory in the share of the host's GPUs it holds
+    (of any type), rounded down to a MiB. As cloud GPU instances do (an instance with a quarter of
+    a server's GPUs has about a quarter of its memory), and so that the replicas that fill every
+    GPU of the host fill its memory at most once: one engine loading weights through host memory
+    can never take another's."""
+    return memory_bytes * gpu_count // gpu_total // MIB * MIB
 
 
 def _power_of_two(n: int) -> bool:
@@ -134,7 +148,7 @@ def resolve(
             f"compute.instanceSize {instance_size!r} needs {n} {instance_type}; this host has "
             f"{counts[instance_type]} (valid: {_names(valid)})"
         )
-    return Resources(cpus=None, memory_bytes=None, gpu_count=n)
+    return Resources(cpus=None, memory_bytes=gpu_memory_share(memory_bytes, len(inventory), n), gpu_count=n)
 
 
 def _gpu_counts(inventory: Sequence[Gpu]) -> dict[str, int]:
@@ -156,7 +170,6 @@ def describe_offer(
     `allocated` holds the device ids (GPU uuids) replicas hold now; a size is `available` when that
     many GPUs of its type are free.
     """
-    memory_gb = memory_bytes // 1024**3
     offers = [
         ComputeOffer(
             accelerator=CPU, instance_type=cpu_instance_type, instance_size=f"x{n}",
@@ -173,7 +186,8 @@ def describe_offer(
             offers.append(ComputeOffer(
                 accelerator=GPU, instance_type=gpu_type, instance_size=f"x{n}",
                 architecture=of_type[0].name, num_accelerators=n, num_cpus=cpu_count,
-                memory_gb=memory_gb, gpu_memory_gb=n * of_type[0].memory_total_bytes // 1024**3,
+                memory_gb=gpu_memory_share(memory_bytes, len(inventory), n) // 1024**3,
+                gpu_memory_gb=n * of_type[0].memory_total_bytes // 1024**3,
                 max_accelerators=total, used_accelerators=used,
                 status="available" if total - used >= n else "not_available",
             ))

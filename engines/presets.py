@@ -11,7 +11,10 @@ The endpoint's `env`, `secrets`, `command` and `args` apply on top of the preset
   - `command` replaces the entrypoint and, with it, the preset's arguments (the container runs
     exactly `command + args`);
   - `args` alone are appended to the preset's arguments (the engine's parser keeps the last value,
-    so they can also override a preset flag).
+    so they can also override a preset flag), except the replica's API key (`--api-key`).
+
+Each replica's engine API key (`api_key`) goes where its engine reads one (see VLLM_KEY_ENV); the
+variable is reserved.
 
 Errors:
     PresetError       the variant cannot be turned into a container; the message says what to fix
@@ -68,6 +71,35 @@ LLAMACPP_RESERVED = frozenset({
     "LLAMA_ARG_CTX_SIZE", "LLAMA_ARG_N_PARALLEL", "LLAMA_ARG_ENDPOINT_METRICS",
 })
 LLAMACPP_MODES = ("text-generation", "embedding")
+
+# How each engine takes the replica's API key (the launcher makes one per replica; the proxy and the
+# health probes send it as `Authorization: Bearer <key>`). An environment variable when the engine
+# reads one, so that the key is not in the engine's command line (which `ps` shows every user of
+# the host); it goes to `secret_env`, never logged nor shown. Checked in each engine's source:
+#   vLLM       VLLM_API_KEY (entrypoints/openai/api_server.py: `args.api_key or envs.VLLM_API_KEY`).
+#              Guards /v1, /v2, /inference, /cohere only (serve/utils/server_utils.py,
+#              GUARDED_PREFIX): /health and /metrics stay open, and so do its few other routes.
+#   SGLang     --api-key only (server_args.py: a plain argparse flag, no variable): the one key in a
+#              command line, so `ps` on the host shows it. /health*, /ready*, /metrics open
+#              (srt/utils/auth.py).
+#   TGI        API_KEY (launcher: clap `long, env` on `api_key`, since 2.3.0; the launcher hands it
+#              to the router as `--api-key`). Guards the inference routes; /health, /info, /metrics open.
+#   TEI        API_KEY (router/src/main.rs, clap `long, env`). /health, /ping, /metrics, GET / open
+#              since 1.5.1 (before, /health needed the key too: the probes send it anyway).
+#   llama.cpp  LLAMA_API_KEY (common/arg.cpp: `--api-key` … set_env). /health, /v1/health, /models,
+#              /v1/models, / open.
+#   echo       ECHO_API_KEY (engines/echo/server.py). Everything but /health needs it.
+# The inference toolkit takes none; nor does any other custom image.
+VLLM_KEY_ENV = "VLLM_API_KEY"
+SGLANG_KEY_FLAG = "--api-key"
+TGI_KEY_ENV = "API_KEY"
+TEI_KEY_ENV = "API_KEY"
+LLAMACPP_KEY_ENV = "LLAMA_API_KEY"
+ECHO_KEY_ENV = "ECHO_API_KEY"
+# The project's own test engine, run as a custom image: it takes a key too. Any tag or digest.
+ECHO_REPOSITORY = "endpointd/echo"
+# Flags by which `model.args` would replace the replica's key (and lock the proxy out of it).
+KEY_FLAGS = frozenset({"--api-key", "--api-key-file"})
 
 _COMMON_KEYS = ("url", "port", "healthRoute", "health_route")  # health_route: the 2023 spec's spelling
 
@@ -146,6 +178,8 @@ class _Engine:
     reserved_env: frozenset[str] = frozenset()
     needs_model: bool = True
     registry_auth: RegistryAuth | None = None
+    key_env: str | None = None  # the variable the engine reads its API key from
+    key_flag: str | None = None  # else the flag it takes it by; neither: the engine takes no key
 
 
 def _flags(options: _Options, table: Sequence[tuple[str, str, Callable[[str], Any]]]) -> list[str]:
@@ -189,7 +223,7 @@ def _vllm(options: _Options, port: int, served_model_name: str, resources: Resou
     ])
     # The module form works in every vLLM image (`vllm serve` took a positional model in some).
     return _Engine("vLLM", port, ("python3", "-m", "vllm.entrypoints.openai.api_server"), tuple(args),
-                   shm_size_bytes=VLLM_SHM_BYTES)
+                   shm_size_bytes=VLLM_SHM_BYTES, reserved_env=frozenset({VLLM_KEY_ENV}), key_env=VLLM_KEY_ENV)
 
 
 def _sglang(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
@@ -206,7 +240,7 @@ def _sglang(options: _Options, port: int, served_model_name: str, resources: Res
         ("kvCacheDtype", "--kv-cache-dtype", options.text),
     ])
     return _Engine("sGLang", port, ("python3", "-m", "sglang.launch_server"), tuple(args),
-                   shm_size_bytes=SGLANG_SHM_BYTES)
+                   shm_size_bytes=SGLANG_SHM_BYTES, key_flag=SGLANG_KEY_FLAG)
 
 
 def _tgi(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
@@ -229,7 +263,7 @@ def _tgi(options: _Options, port: int, served_model_name: str, resources: Resour
     if options.flag("disableCustomKernels"):
         env["DISABLE_CUSTOM_KERNELS"] = "true"
     return _Engine("tgi", port, env=env, shm_size_bytes=TGI_SHM_BYTES,
-                   reserved_env=frozenset({"MODEL_ID", "PORT"}))
+                   reserved_env=frozenset({"MODEL_ID", "PORT", TGI_KEY_ENV}), key_env=TGI_KEY_ENV)
 
 
 def _tei(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
@@ -239,7 +273,8 @@ def _tei(options: _Options, port: int, served_model_name: str, resources: Resour
         ("maxConcurrentRequests", "--max-concurrent-requests", options.integer),
         ("pooling", "--pooling", options.text),
     ])
-    return _Engine("tei-gpu" if resources.gpu_count else "tei", port, args=tuple(args))
+    return _Engine("tei-gpu" if resources.gpu_count else "tei", port, args=tuple(args),
+                   reserved_env=frozenset({TEI_KEY_ENV}), key_env=TEI_KEY_ENV)
 
 
 def _llamacpp(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
@@ -280,7 +315,7 @@ def _llamacpp(options: _Options, port: int, served_model_name: str, resources: R
     if pooling is not None:
         env["LLAMA_ARG_POOLING"] = pooling
     return _Engine("llamacpp-gpu" if resources.gpu_count else "llamacpp", port, env=env,
-                   reserved_env=LLAMACPP_RESERVED)
+                   reserved_env=LLAMACPP_RESERVED | {LLAMACPP_KEY_ENV}, key_env=LLAMACPP_KEY_ENV)
 
 
 def _huggingface(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
@@ -290,9 +325,21 @@ def _huggingface(options: _Options, port: int, served_model_name: str, resources
                    reserved_env=frozenset({"HF_MODEL_DIR"}))
 
 
+def _is_echo(image: str) -> bool:
+    """Whether the image is the project's echo engine (`endpointd/echo`, any tag or digest)."""
+    repository = image.split("@", 1)[0]
+    if ":" in repository.rsplit("/", 1)[-1]:
+        repository = repository.rsplit(":", 1)[0]
+    return repository == ECHO_REPOSITORY
+
+
 def _custom(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
-    if options.text("url") is None:
+    url = options.text("url")
+    if url is None:
         raise PresetError(f"{options.path('url')} is required: the image to run, e.g. \"ghcr.io/acme/server:1.2\"")
+    # Any other image is the user's: endpointd cannot know whether or how it takes a key.
+    key_env = ECHO_KEY_ENV if _is_echo(url) else None
+    reserved = frozenset({key_env}) if key_env else frozenset()
     auth = None
     credentials = options.mapping("credentials")
     if credentials is not None:
@@ -303,8 +350,9 @@ def _custom(options: _Options, port: int, served_model_name: str, resources: Res
             raise PresetError(f"{options.path('credentials.password')} must be a string")
         auth = RegistryAuth(username=username, password=password)
     env = options.mapping("env") or {}
-    _check_env("image.custom.env", env, frozenset(), "custom")
-    return _Engine(None, port, env=dict(env), needs_model=False, registry_auth=auth)
+    _check_env("image.custom.env", env, reserved, "custom")
+    return _Engine(None, port, env=dict(env), needs_model=False, registry_auth=auth, reserved_env=reserved,
+                   key_env=key_env)
 
 
 @dataclass(frozen=True)
@@ -366,8 +414,13 @@ def build_container_spec(
     command: Sequence[str] | None = None,
     args: Sequence[str] | None = None,
     default_images: Mapping[str, str] | None = None,
+    api_key: str | None = None,
 ) -> ContainerSpec:
-    """The container for one replica of an endpoint whose `model.image` is `image`."""
+    """The container for one replica of an endpoint whose `model.image` is `image`.
+
+    `api_key`: the replica's engine API key, given to engines that take one (see the table at
+    `VLLM_KEY_ENV`) and kept as `ContainerSpec.api_key`; that is None when the engine got none
+    (it takes none, or takes it only as a flag and `command` replaced the preset's arguments)."""
     name, options = _variant(image)
     preset = PRESETS[name]
 
@@ -413,11 +466,26 @@ def build_container_spec(
     for key in secrets:  # a secret replaces the preset's value and never sits in the plain env
         merged_env.pop(key, None)
 
+    if engine.key_env or engine.key_flag:
+        for arg in args or ():
+            if isinstance(arg, str) and arg.split("=", 1)[0] in KEY_FLAGS:
+                raise PresetError(
+                    f"model.args sets {arg.split('=', 1)[0]}: endpointd gives each replica a key of its own "
+                    f"(and the proxy sends it); remove the flag"
+                )
+    secret_env = dict(secrets)
     if command is not None:
         entrypoint, final_args = tuple(command), tuple(args or ())
     else:
         entrypoint = engine.entrypoint
         final_args = engine.args if args is None else (*(engine.args or ()), *args)
+    given_key = None
+    if api_key is not None and engine.key_env:
+        secret_env[engine.key_env] = api_key
+        given_key = api_key
+    elif api_key is not None and engine.key_flag and command is None:
+        final_args = (*(final_args or ()), engine.key_flag, api_key)  # last: the parser keeps the last value
+        given_key = api_key
 
     return ContainerSpec(
         image=url if url is not None else images[engine.image_key],
@@ -426,11 +494,12 @@ def build_container_spec(
         entrypoint=entrypoint,
         args=final_args,
         env=merged_env,
-        secret_env=dict(secrets),
+        secret_env=secret_env,
         mounts=repository_mounts(model_dir) if model_dir is not None else (),
         shm_size_bytes=engine.shm_size_bytes,
         cpus=resources.cpus,
         memory_bytes=resources.memory_bytes,
         gpu_device_ids=resources.gpu_device_ids,
         registry_auth=engine.registry_auth,
+        api_key=given_key,
     )

@@ -40,6 +40,13 @@ class ReplicaStartTimeout(RuntimeError_):
         super().__init__("start", f"replica {replica_id}", f"{health_route} did not answer 200 within {deadline_s:g} s")
 
 
+def auth_headers(replica: ReplicaInfo) -> dict[str, str]:
+    """The replica's engine API key as a bearer token, for a probe: most engines answer their
+    health route without it, but a user's health route may be any route (and older TEI guards
+    /health too). None without a key."""
+    return {"Authorization": f"Bearer {replica.api_key}"} if replica.api_key else {}
+
+
 async def wait_ready(
     runtime: Runtime,
     replica: ReplicaInfo,
@@ -50,7 +57,7 @@ async def wait_ready(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> ReplicaInfo:
-    """The replica, once `GET http://{address}{health_route}` answers 200.
+    """The replica, once `GET http://{address}{health_route}` (with its API key) answers 200.
 
     Raises ReplicaStartFailed (exit code and last log lines) if its container exits first, and
     ReplicaStartTimeout once `deadline_s` has passed.
@@ -62,7 +69,7 @@ async def wait_ready(
         if info.address is not None:
             try:
                 url = f"http://{info.address}{info.health_route}"
-                async with session.get(url, timeout=probe_timeout) as response:
+                async with session.get(url, timeout=probe_timeout, headers=auth_headers(info)) as response:
                     if response.status == 200:
                         return info
             except (aiohttp.ClientError, TimeoutError):

@@ -12,8 +12,10 @@ Errors, one root:
 from __future__ import annotations
 
 import enum
+import hashlib
+import re
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 # Labels put on every container endpointd starts; a restarted endpointd finds its replicas by them.
@@ -25,6 +27,29 @@ LABEL_REPLICA = "endpointd.replica"
 LABEL_REVISION = "endpointd.revision"
 LABEL_PORT = "endpointd.port"
 LABEL_HEALTH_ROUTE = "endpointd.health-route"
+# The replica's engine API key, kept on its container so that a restarted endpointd can still
+# authenticate to the replicas it adopts. Only who controls the Docker engine can read it (and
+# they can read the engine's environment anyway).
+LABEL_API_KEY = "endpointd.api-key"
+
+# Capabilities an engine keeps; every other one is dropped. NET_BIND_SERVICE lets an engine run
+# as root bind a port below 1024 (TGI, TEI, the echo engine and most custom images listen on 80).
+# Docker 20.10 already lets any user bind low ports inside a container
+# (net.ipv4.ip_unprivileged_port_start=0), so this is for engines where that sysctl differs.
+# Nothing else is needed by the engines presets run: they run as root on files their image owns
+# and read the model, which must be world-readable as the Hub cache writes it (no DAC_OVERRIDE,
+# DAC_READ_SEARCH, CHOWN, FOWNER), never switch users (no SETUID, SETGID), and reach GPUs through
+# the device nodes the NVIDIA runtime adds (no capability involved). A custom image that chowns
+# or drops to another user at start fails, with the reason in its log.
+DEFAULT_CAPABILITIES = ("NET_BIND_SERVICE",)
+
+# Docker network names: the characters Docker accepts, and a bound that keeps them readable in
+# `docker network ls` (the bridge interface is named from the network id, so no kernel limit applies).
+_NETWORK_CHARS = re.compile(r"[^a-zA-Z0-9_.-]")
+NETWORK_NAME_MAX = 63
+# Hex digits of SHA-256 over (instance, namespace, name) in a network name: two endpoints whose
+# readable parts collide ("a-b"/"c" and "a"/"b-c") or were cut short still get two networks.
+NETWORK_DIGEST_CHARS = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +95,23 @@ class ContainerSpec:
     memory_bytes: int | None = None  # memory limit; None: unlimited
     gpu_device_ids: tuple[str, ...] = ()  # explicit NVIDIA device ids, never shared by two replicas
     registry_auth: RegistryAuth | None = None
+    # The key the engine was configured with (by the preset: an env var in `secret_env`, or a flag
+    # in `args` for engines that take none from the environment). The runtime keeps it on the
+    # container (LABEL_API_KEY) and gives it back as ReplicaInfo.api_key; None: the engine has none.
+    api_key: str | None = field(default=None, repr=False)
+    capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES  # kept; every other capability is dropped
+
+    def __repr__(self) -> str:
+        """The fields that are not secret, with the API key masked where a flag carries it."""
+        shown = []
+        for f in fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if self.api_key and isinstance(value, tuple):
+                value = tuple("***" if item == self.api_key else item for item in value)
+            shown.append(f"{f.name}={value!r}")
+        return f"ContainerSpec({', '.join(shown)})"
 
 
 class ReplicaStatus(enum.StrEnum):
@@ -94,6 +136,10 @@ class ReplicaInfo:
     # The GPU device ids the container was given, read back from the container itself, so that a
     # restarted endpointd rebuilds its GPU assignments from the replicas it adopts.
     gpus: tuple[str, ...] = ()
+    # The engine API key the replica was started with (read back from its container, so adopted
+    # replicas have it too); the proxy and the health probes send it as a bearer token. None: the
+    # engine was given none (the inference toolkit, custom images, replicas started before keys).
+    api_key: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +186,24 @@ def container_name(endpoint: EndpointKey, replica_id: str) -> str:
     return f"endpointd-{endpoint.namespace}-{endpoint.name}-{replica_id}"
 
 
+def network_name(instance: str | None, endpoint: EndpointKey) -> str:
+    """The Docker network of one endpoint's replicas: readable, at most NETWORK_NAME_MAX
+    characters, and distinct for every (instance, endpoint) pair (a digest of the exact parts)."""
+    exact = "\0".join((instance or "", endpoint.namespace, endpoint.name))
+    digest = hashlib.sha256(exact.encode()).hexdigest()[:NETWORK_DIGEST_CHARS]
+    readable = _NETWORK_CHARS.sub("-", "-".join(p for p in (instance, endpoint.namespace, endpoint.name) if p))
+    room = NETWORK_NAME_MAX - len("endpointd--") - NETWORK_DIGEST_CHARS
+    return f"endpointd-{readable[:room]}-{digest}"
+
+
+def network_labels(instance: str | None, endpoint: EndpointKey) -> dict[str, str]:
+    """The labels of an endpoint's network: endpointd's, as on its containers (no replica)."""
+    labels = {LABEL_MANAGED: "true", LABEL_NAMESPACE: endpoint.namespace, LABEL_NAME: endpoint.name}
+    if instance:
+        labels[LABEL_INSTANCE] = instance
+    return labels
+
+
 class Runtime(Protocol):
     async def ensure_image(
         self, image: str, auth: RegistryAuth | None = None, progress: ProgressCallback | None = None
@@ -149,12 +213,23 @@ class Runtime(Protocol):
     async def start(
         self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec
     ) -> ReplicaInfo:
-        """Create and start a container; its port is published on 127.0.0.1 at a random host port.
+        """Create and start a container on the endpoint's own network (never Docker's default
+        bridge), made by the endpoint's first start; its port is published on 127.0.0.1 at a
+        random host port. Concurrent starts of one endpoint share one network.
 
         Until it is started the container is listed as CREATED, without an address. A failed start
         leaves no container behind. Cancellation-safe: when the task awaiting it is cancelled, at
         any point, the container it made (even one the engine creates after the cancel, because the
         request had already reached it) is removed before CancelledError propagates."""
+
+    async def remove_network(self, endpoint: EndpointKey) -> None:
+        """Remove the endpoint's network, once its last replica is gone (after a delete). No
+        error when there is none; a network that a running container still uses (a re-created
+        endpoint of the same name has started one) is kept: it is that endpoint's now."""
+
+    async def networks(self) -> list[EndpointKey]:
+        """The endpoints that have a network of this runtime's instance (all instances' without
+        one), for a sweep of networks whose endpoint is gone."""
 
     async def stop(self, replica_id: str, grace_s: float) -> None:
         """SIGTERM, then SIGKILL after grace_s; then remove the container. ReplicaNotFound if none.

@@ -6,6 +6,7 @@ the engine's answer to one request, so that a test can cancel a call at a known 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import tempfile
@@ -60,16 +61,20 @@ def docker_key() -> EndpointKey:
 
 @pytest.fixture
 async def docker_runtime(docker_key: EndpointKey):
-    """The real Docker engine through endpointd's runtime. The test endpoint's containers (found
-    by their labels, whichever runtime started them) are removed after the test, even a failed one."""
+    """The real Docker engine through endpointd's runtime. The containers and networks of the test's
+    namespace (found by their labels, whichever runtime made them: every endpoint a test makes is in
+    its key's namespace) are removed after the test, even a failed one."""
     await require_docker()
     runtime = DockerRuntime()
     try:
         yield runtime
     finally:
         try:
-            for info in await runtime.list(docker_key):
-                await runtime.stop(info.replica_id, grace_s=0)
+            for info in await runtime.list():
+                if info.endpoint.namespace == docker_key.namespace:
+                    await runtime.stop(info.replica_id, grace_s=0)
+            for network in await engine_network_ids(docker_key.namespace):
+                await docker_cli("network", "rm", network)
         finally:
             await runtime.close()
 
@@ -92,6 +97,26 @@ async def engine_containers(key: EndpointKey) -> list[str]:
         "--filter", f"label=endpointd.namespace={key.namespace}", "--filter", f"label=endpointd.name={key.name}",
     )
     return out.split()
+
+
+async def engine_networks(namespace: str, name: str | None = None) -> list[str]:
+    """`docker network ls` of the networks labelled with this namespace (and endpoint name)."""
+    filters = ["--filter", f"label=endpointd.namespace={namespace}"]
+    if name is not None:
+        filters += ["--filter", f"label=endpointd.name={name}"]
+    return sorted((await docker_cli("network", "ls", "--format", "{{.Name}}", *filters)).split())
+
+
+async def engine_network_ids(namespace: str) -> list[str]:
+    """The ids of the networks labelled with this namespace (a name may be ambiguous: Docker makes
+    two networks of one name when asked at once)."""
+    return (await docker_cli("network", "ls", "-q", "--no-trunc", "--filter", f"label=endpointd.namespace={namespace}")).split()
+
+
+async def docker_inspect(kind: str, target: str) -> dict:
+    """`docker inspect` of one container or network, as Docker itself shows it."""
+    [data] = json.loads(await docker_cli(kind, "inspect", target))
+    return data
 
 
 @dataclass

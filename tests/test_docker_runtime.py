@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import logging
+import re
 import time
 import uuid
 
@@ -14,7 +15,14 @@ import aiohttp
 import pytest
 
 from engines import readiness
-from engines.docker import DockerRuntime, create_config, registry_auth_header, replica_info, usage_from_stats
+from engines.docker import (
+    PIDS_LIMIT,
+    DockerRuntime,
+    create_config,
+    registry_auth_header,
+    replica_info,
+    usage_from_stats,
+)
 from engines.images import ECHO_IMAGE
 from engines.runtime import (
     ContainerSpec,
@@ -27,10 +35,10 @@ from engines.runtime import (
     ReplicaStatus,
     RuntimeError_,
     Usage,
+    network_name,
 )
 
 from .docker_fixtures import docker_cli, engine_containers, gated_engine
-
 
 SECRET = "s3cret-value"
 # Generous bounds for behaviour checks, not benchmarks: a loaded CI machine may be slow.
@@ -63,26 +71,70 @@ def test_create_config_carries_labels_ports_limits_and_gpus():
         image="img:1", port=8000, health_route="/ready", entrypoint=("serve",), args=("--x", "1"),
         env={"A": "1"}, secret_env={"TOKEN": SECRET}, mounts=(Mount("/models/m", "/repository"),),
         shm_size_bytes=1 << 30, cpus=1.5, memory_bytes=2 << 30, gpu_device_ids=("GPU-a", "GPU-b"),
+        api_key="k3y",
     )
-    config = create_config(EndpointKey("ns", "e"), "r1", "4", spec, "127.0.0.1")
+    config = create_config(EndpointKey("ns", "e"), "r1", "4", spec, "127.0.0.1", "net-ns-e")
     host = config["HostConfig"]
     assert config["Labels"] == {
         "endpointd.managed": "true", "endpointd.namespace": "ns", "endpointd.name": "e",
         "endpointd.replica": "r1", "endpointd.revision": "4", "endpointd.port": "8000",
-        "endpointd.health-route": "/ready",
+        "endpointd.health-route": "/ready", "endpointd.api-key": "k3y",
     }
     assert host["PortBindings"] == {"8000/tcp": [{"HostIp": "127.0.0.1", "HostPort": ""}]}
     assert (config["Entrypoint"], config["Cmd"]) == (["serve"], ["--x", "1"])
     assert config["Env"] == ["A=1", f"TOKEN={SECRET}"]
     assert host["Binds"] == ["/models/m:/repository:ro"]
     assert (host["ShmSize"], host["NanoCpus"], host["Memory"]) == (1 << 30, 1_500_000_000, 2 << 30)
+    assert host["MemorySwap"] == 2 << 30  # the limit is the limit: no swap on top of it
     assert host["DeviceRequests"] == [{"Driver": "nvidia", "DeviceIDs": ["GPU-a", "GPU-b"], "Capabilities": [["gpu"]]}]
 
 
 def test_create_config_leaves_the_image_defaults_and_no_gpu():
-    config = create_config(EndpointKey("ns", "e"), "r1", "1", ContainerSpec(image="img:1"), "127.0.0.1")
+    config = create_config(EndpointKey("ns", "e"), "r1", "1", ContainerSpec(image="img:1"), "127.0.0.1", "net-ns-e")
     assert not {"Entrypoint", "Cmd"} & config.keys()
-    assert not {"DeviceRequests", "NanoCpus", "Memory", "ShmSize"} & config["HostConfig"].keys()
+    assert not {"DeviceRequests", "NanoCpus", "Memory", "MemorySwap", "ShmSize"} & config["HostConfig"].keys()
+    assert "endpointd.api-key" not in config["Labels"]  # no key: no label
+
+
+def test_create_config_joins_only_the_endpoints_network_without_privileges():
+    spec = ContainerSpec(image="img:1", mounts=(Mount("/models/m", "/repository"), Mount("/models/blobs", "/blobs")))
+    config = create_config(EndpointKey("ns", "e"), "r1", "1", spec, "127.0.0.1", "net-ns-e")
+    host = config["HostConfig"]
+    # The endpoint's own network, never Docker's default bridge, the host's or another container's.
+    assert host["NetworkMode"] == "net-ns-e"
+    assert config["NetworkingConfig"] == {"EndpointsConfig": {"net-ns-e": {}}}
+    # No privileges: nothing gained through setuid files, every capability dropped but one, a
+    # bounded number of tasks, and namespaces of its own.
+    assert host["SecurityOpt"] == ["no-new-privileges:true"]
+    assert (host["CapDrop"], host["CapAdd"]) == (["ALL"], ["NET_BIND_SERVICE"])
+    assert host["PidsLimit"] == PIDS_LIMIT
+    assert host["Privileged"] is False
+    assert host["IpcMode"] == "private"
+    assert not {"PidMode", "UTSMode", "UsernsMode", "CgroupnsMode", "Devices", "DeviceCgroupRules", "Mounts",
+                "VolumesFrom", "Links", "Sysctls"} & host.keys()
+    # Nothing of the host but the model, read-only.
+    assert host["Binds"] == ["/models/m:/repository:ro", "/models/blobs:/blobs:ro"]
+    assert "Volumes" not in config
+
+
+@pytest.mark.parametrize("instance, key", [
+    (None, EndpointKey("acme", "e1")),
+    ("0123456789abcdef", EndpointKey("acme", "e1")),
+    ("0123456789abcdef", EndpointKey("a" * 200, "b" * 200)),  # bounded, however long the names
+    ("0123456789abcdef", EndpointKey("ns with spaces/and:colons", "é")),  # only what Docker accepts
+])
+def test_network_names_are_bounded_valid_and_name_their_endpoint(instance, key):
+    name = network_name(instance, key)
+    assert len(name) <= 63 and name.startswith("endpointd-")
+    assert re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", name)
+    assert name == network_name(instance, key)  # stable: a restarted endpointd finds it again
+
+
+def test_network_names_differ_for_every_instance_and_endpoint():
+    keys = [EndpointKey("a-b", "c"), EndpointKey("a", "b-c"), EndpointKey("a", "b"), EndpointKey("b", "a"),
+            EndpointKey("x" * 100, "one"), EndpointKey("x" * 100, "two")]
+    names = {network_name(instance, key) for instance in (None, "i1", "i2") for key in keys}
+    assert len(names) == 3 * len(keys)
 
 
 def _inspected(status, *, ports=None, device_requests=None, exit_code=0):
@@ -118,6 +170,14 @@ PUBLISHED = {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "32768"}]}
 def test_replica_info_reads_the_state_the_address_and_the_gpus(data, status, address, exit_code, gpus):
     info = replica_info(data)
     assert (info.status, info.address, info.exit_code, info.gpus) == (status, address, exit_code, gpus)
+
+
+def test_replica_info_reads_the_api_key_back_and_never_shows_it():
+    data = _inspected("running", ports=PUBLISHED)
+    assert replica_info(data).api_key is None
+    data["Config"]["Labels"]["endpointd.api-key"] = "k3y-value"
+    info = replica_info(data)
+    assert info.api_key == "k3y-value" and "k3y-value" not in repr(info)
     assert (info.replica_id, info.endpoint, info.container_name) == ("r1", EndpointKey("ns", "e"), "endpointd-ns-e-r1")
 
 
@@ -164,6 +224,13 @@ async def test_an_unreachable_engine_is_a_runtime_error_naming_the_operation(tmp
             await runtime.list()
         with pytest.raises(RuntimeError_, match="stop container replica r1: cannot reach the Docker engine"):
             await runtime.stop("r1", 1)
+        key = EndpointKey("ns", "e")
+        with pytest.raises(RuntimeError_, match=f"create network {network_name(None, key)}: cannot reach the Docker engine"):
+            await runtime.start(key, "r1", "1", ContainerSpec(image="img"))
+        with pytest.raises(RuntimeError_, match=f"remove network {network_name(None, key)}: cannot reach the Docker engine"):
+            await runtime.remove_network(key)
+        with pytest.raises(RuntimeError_, match="list networks: cannot reach the Docker engine"):
+            await runtime.networks()
     finally:
         await runtime.close()
 

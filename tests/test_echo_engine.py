@@ -336,6 +336,61 @@ async def test_chat_completion_with_the_real_client(hf):
     assert chunks[-1].choices[0].finish_reason == "length"
 
 
+# --- the API key ---
+
+ECHO_KEY = "k3y-of-this-replica"
+ROUTES = [("GET", "/info"), ("GET", "/metrics"), ("GET", "/v1/models"), ("POST", "/generate"),
+          ("POST", "/"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/embeddings"),
+          ("POST", "/generate_stream"), ("GET", "/no-such-route")]
+BODIES = {"/generate": {"inputs": "a"}, "/": {"inputs": "a"}, "/generate_stream": {"inputs": "a"},
+          "/v1/chat/completions": {"messages": [{"role": "user", "content": "a"}]},
+          "/v1/completions": {"prompt": "a"}, "/v1/embeddings": {"input": "a"}}
+
+
+@pytest.mark.parametrize("method, path", ROUTES)
+@pytest.mark.parametrize("authorization, allowed", [
+    (None, False),
+    ("Bearer wrong", False),
+    (ECHO_KEY, False),  # the bare key, without the scheme
+    (f"Basic {ECHO_KEY}", False),
+    (f"Bearer {ECHO_KEY}x", False),
+    (f"Bearer {ECHO_KEY}", True),
+    (f"bearer {ECHO_KEY}", True),  # the scheme is case-insensitive (RFC 9110)
+])
+async def test_with_a_key_every_route_but_health_needs_it(start, method, path, authorization, allowed):
+    client = await start(api_key=ECHO_KEY)
+    headers = {"Authorization": authorization} if authorization else {}
+    async with client.request(method, path, json=BODIES.get(path), headers=headers) as response:
+        if allowed:
+            assert response.status == (404 if path == "/no-such-route" else 200)
+        else:
+            assert response.status == 401
+            assert (await response.json()) == {"error": "a valid `Authorization: Bearer <key>` header is required",
+                                               "error_type": "authentication"}
+    async with client.get("/health") as response:  # readiness is probed without the key
+        assert response.status == 200
+
+
+async def test_without_a_key_every_route_is_open(start):
+    client = await start()
+    status, _ = await post(client, "/generate", {"inputs": "a"})
+    assert status == 200
+
+
+async def test_a_refused_request_is_logged_without_the_key(start, capsys):
+    client = await start(api_key=ECHO_KEY)
+    async with client.post("/generate", json={"inputs": "a"}, headers={"Authorization": "Bearer guess"}) as response:
+        assert response.status == 401
+    out = capsys.readouterr().out
+    assert "POST /generate 401" in out and ECHO_KEY not in out and "guess" not in out
+
+
+def test_the_key_is_never_shown():
+    settings = Settings.from_env({"ECHO_API_KEY": ECHO_KEY})
+    assert settings.api_key == ECHO_KEY and ECHO_KEY not in repr(settings)
+    assert Settings.from_env({"ECHO_API_KEY": ""}).api_key is None  # empty: no key
+
+
 # --- settings ---
 
 

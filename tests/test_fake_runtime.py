@@ -25,9 +25,15 @@ from engines.runtime import (
     ReplicaStatus,
     RuntimeError_,
     Usage,
+    network_name,
 )
 
-from .docker_fixtures import docker_cli, engine_containers
+from .docker_fixtures import (
+    docker_cli,
+    docker_inspect,
+    engine_containers,
+    engine_networks,
+)
 
 KEY = EndpointKey("acme", "e1")
 SPEC = ContainerSpec(image="img:1")
@@ -304,6 +310,13 @@ class FakeSubject:
     async def leftovers(self) -> list[str]:
         return [c.info.container_name for c in self.engine.containers.values() if c.info.endpoint == self.key]
 
+    async def networks(self) -> list[str]:
+        return sorted(n.name for n in self.engine.networks.values()
+                      if (n.labels["endpointd.namespace"], n.labels["endpointd.name"]) == (self.key.namespace, self.key.name))
+
+    async def network_of(self, info: ReplicaInfo) -> list[str]:
+        return [self.engine.containers[info.container_id].network]
+
     async def close(self) -> None:
         pass
 
@@ -341,6 +354,12 @@ class DockerSubject:
 
     async def leftovers(self) -> list[str]:
         return await engine_containers(self.key)
+
+    async def networks(self) -> list[str]:
+        return await engine_networks(self.key.namespace, self.key.name)
+
+    async def network_of(self, info: ReplicaInfo) -> list[str]:
+        return sorted((await docker_inspect("container", info.container_id))["NetworkSettings"]["Networks"])
 
     async def close(self) -> None:
         for rt in self.runtimes:
@@ -463,6 +482,41 @@ async def test_instances_never_see_nor_stop_each_others_replicas(subject):
     finally:
         await my_events.aclose()
     assert await subject.leftovers() == []
+
+
+async def test_an_endpoints_replicas_share_a_network_of_its_own_made_at_the_first_start(subject):
+    scope = instance()
+    rt, unscoped = subject.runtime(scope), subject.runtime(None)
+    assert await subject.networks() == []
+    # Two starts at once make one network, not two (Docker itself would make both).
+    first, second = await asyncio.gather(subject.start(rt, "r1"), subject.start(rt, "r2"))
+    mine = network_name(scope, subject.key)
+    assert await subject.networks() == [mine]
+    assert await subject.network_of(first) == await subject.network_of(second) == [mine]  # never "bridge"
+    # Another instance's replicas of the same endpoint are on a network of their own.
+    third = await subject.start(unscoped, "r3")
+    assert await subject.network_of(third) == [network_name(None, subject.key)]
+    assert await subject.networks() == sorted([mine, network_name(None, subject.key)])
+    assert subject.key in await rt.networks() and await rt.networks() == [subject.key]
+    await unscoped.stop("r3", grace_s=1)
+    await unscoped.remove_network(subject.key)
+    assert await subject.networks() == [mine]
+
+
+async def test_remove_network_removes_an_unused_network_keeps_a_used_one_and_ignores_an_absent_one(subject):
+    rt = subject.runtime(instance())
+    await rt.remove_network(subject.key)  # none yet: no error
+    info = await subject.start(rt, "r1")
+    await rt.remove_network(subject.key)  # a running replica still uses it: kept
+    assert await subject.networks() == [network_name(rt.instance, subject.key)]
+    assert (await rt.inspect("r1")).status is ReplicaStatus.RUNNING and info.address
+    await rt.stop("r1", grace_s=1)
+    await rt.remove_network(subject.key)
+    assert await subject.networks() == [] and await rt.networks() == []
+    await rt.remove_network(subject.key)  # already gone: no error
+    # A later start makes it again.
+    await subject.start(rt, "r2")
+    assert await subject.networks() == [network_name(rt.instance, subject.key)]
 
 
 # --- readiness ---------------------------------------------------------------------------------

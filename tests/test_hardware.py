@@ -5,9 +5,17 @@ from __future__ import annotations
 import pytest
 
 from engines.gpus import Gpu
-from engines.hardware import HardwareError, Resources, describe_offer, host_cpu_count, host_memory_bytes, resolve
+from engines.hardware import (
+    HardwareError,
+    Resources,
+    describe_offer,
+    host_cpu_count,
+    host_memory_bytes,
+    resolve,
+)
 
 GIB = 1024**3
+MIB = 1024**2
 L4 = 24_152_899_584  # bytes NVML reports for an L4: 22 GiB
 H100 = 85_520_809_984  # 79 GiB
 INVENTORY = [
@@ -24,12 +32,29 @@ HOST = {"cpu_count": 16, "memory_bytes": 64 * GIB, "inventory": INVENTORY}
     ("cpu", "intel-icl", "x4", Resources(4.0, 8 * GIB, 0)),
     ("cpu", "amd-genoa", "x8", Resources(8.0, 16 * GIB, 0)),  # any CPU instanceType: one kind of CPU here
     ("cpu", "intel-icl", "x16", Resources(16.0, 32 * GIB, 0)),
-    ("gpu", "nvidia-l4", "x1", Resources(None, None, 1)),
-    ("gpu", "nvidia-l4", "x2", Resources(None, None, 2)),
-    ("gpu", "nvidia-h100", "x1", Resources(None, None, 1)),
+    # A GPU replica gets the host's memory in the share of the host's GPUs it holds (3 GPUs here,
+    # whatever their type), rounded down to a MiB: 64 GiB / 3 = 21845.33 MiB.
+    ("gpu", "nvidia-l4", "x1", Resources(None, 21845 * MIB, 1)),
+    ("gpu", "nvidia-l4", "x2", Resources(None, 43690 * MIB, 2)),  # 2/3 of 64 GiB
+    ("gpu", "nvidia-h100", "x1", Resources(None, 21845 * MIB, 1)),
 ])
 def test_resolve(accelerator, instance_type, size, expected):
     assert resolve(accelerator, instance_type, size, **HOST) == expected
+
+
+# (host memory, GPUs on the host, GPUs of the replica, its memory limit)
+@pytest.mark.parametrize("memory, gpus, n, limit", [
+    (64 * GIB, 1, 1, 64 * GIB),  # the only GPU: all of the host's memory
+    (64 * GIB, 2, 1, 32 * GIB),
+    (64 * GIB, 2, 2, 64 * GIB),
+    (1024 * GIB, 8, 1, 128 * GIB),  # an 8-GPU server: 1/8 each
+    (1024 * GIB, 8, 4, 512 * GIB),
+    (100 * MIB + 1, 3, 1, 33 * MIB),  # 33.33 MiB, rounded down to a whole MiB
+])
+def test_a_gpu_replicas_memory_is_its_share_of_the_host(memory, gpus, n, limit):
+    inventory = [Gpu(i, f"GPU-{i}", "NVIDIA L4", "nvidia-l4", L4) for i in range(gpus)]
+    got = resolve("gpu", "nvidia-l4", f"x{n}", cpu_count=16, memory_bytes=memory, inventory=inventory)
+    assert (got.cpus, got.memory_bytes, got.gpu_count) == (None, limit, n)
 
 
 @pytest.mark.parametrize("accelerator, instance_type, size, host, message", [
@@ -61,10 +86,11 @@ def test_offer_lists_cpu_sizes_and_gpu_sizes_with_quota():
         ("cpu", "intel-icl", "x1", 1, 2, None, 6, 0, "available"),
         ("cpu", "intel-icl", "x2", 2, 4, None, 6, 0, "available"),
         ("cpu", "intel-icl", "x4", 4, 8, None, 6, 0, "available"),
-        ("gpu", "nvidia-h100", "x1", 1, 64, 79, 1, 0, "available"),
+        # A GPU instance's memory: its share of the host's, 64 GiB × n / 3 GPUs (whole GiB shown)
+        ("gpu", "nvidia-h100", "x1", 1, 21, 79, 1, 0, "available"),
         # 2 L4, one held: x1 fits (1 free), x2 does not; 22 GiB each
-        ("gpu", "nvidia-l4", "x1", 1, 64, 22, 2, 1, "available"),
-        ("gpu", "nvidia-l4", "x2", 2, 64, 44, 2, 1, "not_available"),
+        ("gpu", "nvidia-l4", "x1", 1, 21, 22, 2, 1, "available"),
+        ("gpu", "nvidia-l4", "x2", 2, 42, 44, 2, 1, "not_available"),
     ]
     assert offers[3].architecture == "NVIDIA H100 80GB HBM3"
     assert offers[3].num_cpus == 6

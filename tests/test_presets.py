@@ -225,3 +225,97 @@ def test_errors_say_what_to_fix(image, kw, message):
     with pytest.raises(PresetError) as caught:
         spec(image, **kw)
     assert message in str(caught.value)
+
+
+# --- the engine API key ---------------------------------------------------------------------------
+
+KEY = "k3y-of-the-replica"
+
+# (variant, resources, how the engine takes its key: ("env", VARIABLE) as a secret, ("flag", FLAG) in
+# its arguments, or None) — from each engine's source: vLLM reads VLLM_API_KEY (vllm/envs.py; the
+# --api-key flag takes precedence), SGLang only --api-key (server_args.py), llama-server
+# LLAMA_API_KEY (common/arg.cpp: --api-key … set_env), TEI and TGI (>= 2.3) API_KEY (clap `long,
+# env` on `api_key`), the echo engine ECHO_API_KEY; the inference toolkit and other images have none.
+@pytest.mark.parametrize("image, resources, takes", [
+    ({"vLLM": {}}, GPU1, ("env", "VLLM_API_KEY")),
+    ({"sGLang": {}}, GPU1, ("flag", "--api-key")),
+    ({"llamacpp": {"modelPath": "m.gguf"}}, CPU2, ("env", "LLAMA_API_KEY")),
+    ({"tei": {}}, CPU2, ("env", "API_KEY")),
+    ({"tgi": {}}, GPU1, ("env", "API_KEY")),
+    ({"custom": {"url": "endpointd/echo:latest"}}, CPU2, ("env", "ECHO_API_KEY")),
+    ({"custom": {"url": "endpointd/echo"}}, CPU2, ("env", "ECHO_API_KEY")),
+    ({"custom": {"url": "endpointd/echo:dev"}}, CPU2, ("env", "ECHO_API_KEY")),
+    ({"custom": {"url": "endpointd/echo-fork:1"}}, CPU2, None),
+    ({"custom": {"url": "acme/endpointd/echo:1"}}, CPU2, None),
+    ({"custom": {"url": "ghcr.io/acme/server:1"}}, CPU2, None),
+    ({"huggingface": {}}, CPU2, None),
+])
+def test_each_engine_gets_the_replicas_key_its_own_way(image, resources, takes):
+    got = spec(image, resources, api_key=KEY)
+    assert got.api_key == (KEY if takes else None)
+    if takes and takes[0] == "env":
+        assert got.secret_env == {takes[1]: KEY} and takes[1] not in got.env
+    elif takes:
+        assert got.args[-2:] == (takes[1], KEY) and not got.secret_env
+    else:
+        assert not got.secret_env and KEY not in (got.args or ()) and KEY not in got.env.values()
+    assert KEY not in repr(got)
+    without = spec(image, resources)  # no key asked for: the engine gets none
+    assert without.api_key is None and not without.secret_env and KEY not in (without.args or ())
+
+
+def test_a_key_in_the_environment_survives_a_user_command_a_flag_does_not():
+    got = spec({"vLLM": {}}, api_key=KEY, command=["vllm", "serve"], args=["/repository"])
+    assert (got.entrypoint, got.args, got.secret_env, got.api_key) == (("vllm", "serve"), ("/repository",), {"VLLM_API_KEY": KEY}, KEY)
+    got = spec({"sGLang": {}}, api_key=KEY, command=["python3", "-m", "sglang.launch_server"])
+    assert (got.args, got.api_key) == ((), None)  # the container runs exactly the user's command: no key
+
+
+@pytest.mark.parametrize("image, where, name", [
+    ({"vLLM": {}}, "env", "VLLM_API_KEY"),
+    ({"llamacpp": {"modelPath": "m.gguf"}}, "secrets", "LLAMA_API_KEY"),
+    ({"tei": {}}, "env", "API_KEY"),
+    ({"tgi": {}}, "secrets", "API_KEY"),
+    ({"custom": {"url": "endpointd/echo:latest"}}, "env", "ECHO_API_KEY"),
+])
+def test_the_key_variable_is_reserved(image, where, name):
+    with pytest.raises(PresetError, match=f"model.{where} sets {name}, which the .* preset reserves"):
+        spec(image, CPU2, api_key=KEY, **{where: {name: "mine"}})
+
+
+def test_the_echo_images_own_env_may_not_set_its_key_either():
+    with pytest.raises(PresetError, match="model.image.custom.env sets ECHO_API_KEY"):
+        spec({"custom": {"url": "endpointd/echo:latest", "env": {"ECHO_API_KEY": "mine"}}}, CPU2, api_key=KEY)
+
+
+@pytest.mark.parametrize("image, flag", [
+    ({"vLLM": {}}, "--api-key"),
+    ({"sGLang": {}}, "--api-key=mine"),
+    ({"tei": {}}, "--api-key"),
+    ({"llamacpp": {"modelPath": "m.gguf"}}, "--api-key-file"),
+])
+def test_user_args_may_not_replace_the_key(image, flag):
+    with pytest.raises(PresetError, match="model.args sets --api-key.*endpointd gives each replica a key of its own"):
+        spec(image, api_key=KEY, args=[flag, "mine"])
+
+
+def test_other_images_take_any_args():
+    got = spec({"custom": {"url": "img"}}, CPU2, api_key=KEY, args=["--api-key", "theirs"])
+    assert got.args == ("--api-key", "theirs") and got.api_key is None
+
+
+# --- limits follow the instance --------------------------------------------------------------------
+
+GPU1_LIMITED = Resources(cpus=None, memory_bytes=21 * GIB, gpu_count=1, gpu_device_ids=("GPU-a",))
+
+
+@pytest.mark.parametrize("image, resources, cpus, memory", [
+    ({"tgi": {}}, CPU2, 2.0, 4 * GIB),
+    ({"vLLM": {}}, GPU1_LIMITED, None, 21 * GIB),  # a GPU instance: its share of the host's memory
+    ({"custom": {"url": "img"}}, CPU2, 2.0, 4 * GIB),
+])
+def test_cpu_and_memory_limits_follow_the_instance(image, resources, cpus, memory):
+    got = spec(image, resources)
+    assert (got.cpus, got.memory_bytes) == (cpus, memory)
+    assert got.capabilities == ("NET_BIND_SERVICE",)  # every engine: all other capabilities dropped
+    assert all(m.read_only for m in got.mounts)  # nothing of the host is writable

@@ -14,17 +14,21 @@ python3-aiohttp 3.8. Behaviour knobs, environment variables validated at start:
     ECHO_CRASH_AFTER_REQUESTS   integer >= 1: exit with code 3 after answering that many inference requests
     ECHO_NEVER_READY            1/true: /health never answers 200 (default 0/false)
     ECHO_TASK                   text-generation (default) or feature-extraction: what `POST /` does
+    ECHO_API_KEY                when set, every route but /health needs `Authorization: Bearer <key>`
+                                (401 otherwise), as real engines' API keys do; endpointd gives each
+                                replica its own. Never logged.
 """
 
 import asyncio
 import hashlib
+import hmac
 import json
 import math
 import os
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
@@ -43,6 +47,9 @@ CLIENT_CLOSED_STATUS = 499  # logged for a request whose client went away (nginx
 SHUTDOWN_TIMEOUT_S = 1.0
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 BOOLEANS = {"1": True, "true": True, "0": False, "false": False}
+# Routes that answer without the API key: readiness is probed directly, without one.
+OPEN_ROUTES = frozenset({"/health"})
+UNAUTHORIZED = {"error": "a valid `Authorization: Bearer <key>` header is required", "error_type": "authentication"}
 
 
 def log(line):
@@ -82,6 +89,7 @@ class Settings:
     crash_after_requests: int | None = None
     never_ready: bool = False
     task: str = "text-generation"
+    api_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ):
@@ -93,6 +101,7 @@ class Settings:
             crash_after_requests=_env_number(environ, "ECHO_CRASH_AFTER_REQUESTS", int, None, 1),
             never_ready=BOOLEANS[_env_choice(environ, "ECHO_NEVER_READY", tuple(BOOLEANS), "0")],
             task=_env_choice(environ, "ECHO_TASK", TASKS, TASKS[0]),
+            api_key=environ.get("ECHO_API_KEY") or None,
         )
 
 
@@ -176,6 +185,22 @@ async def log_requests(request, handler):
         raise
     finally:
         log(f"{request.method} {request.path} {status}")
+
+
+def require_key(key):
+    """A middleware: with a key, every route but OPEN_ROUTES answers 401 to a request without
+    `Authorization: Bearer <key>` (the scheme in any case), compared in constant time."""
+    expected = key.encode()
+
+    @web.middleware
+    async def middleware(request, handler):
+        if request.path not in OPEN_ROUTES:
+            scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), expected):
+                return web.json_response(UNAUTHORIZED, status=401)
+        return await handler(request)
+
+    return middleware
 
 
 class Engine:
@@ -367,7 +392,9 @@ class Engine:
 def make_app(settings, exit_process=os._exit):
     """The engine as an aiohttp app; `exit_process(code)` ends the process when it crashes on purpose."""
     engine = Engine(settings, exit_process)
-    app = web.Application(middlewares=[log_requests])
+    # Logged first, so that a refused request is logged too (method, path, status: never a header).
+    middlewares = [log_requests] + ([require_key(settings.api_key)] if settings.api_key else [])
+    app = web.Application(middlewares=middlewares)
     app.cleanup_ctx.append(engine.readiness)
     app.router.add_get("/health", engine.health)
     app.router.add_get("/info", engine.info)
