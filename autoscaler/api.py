@@ -11,20 +11,24 @@ Errors, one root, mapped to HTTP by `errors_middleware` (its test is a table):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from engines import hardware
+from engines import artifacts, hardware
+from engines.model_roots import ModelRoots, RootsError
 from engines.presets import PresetError
 from engines.gpus import Gpu, GpuAllocator
 from engines.runtime import EndpointKey
 from proxy.app import serve as proxy_serve
 from proxy.app import routed_by_host
-from proxy.auth import bearer_token
+from proxy.auth import bearer_token, plausible_token
+from proxy.errors import ERROR_MESSAGE, header_safe
 from proxy.forward import REQUEST_ID, request_id
 
 from . import openapi
@@ -32,6 +36,7 @@ from . import store as store_mod
 from . import wire
 from .controller import Controller
 from .intent import Intent, Signals
+from .sealing import Sealer, SealingError
 from .state import State
 from .store import Store
 
@@ -67,8 +72,10 @@ class Conflict(ApiError):
 
 
 def error_body(status: int, message: str, rid: str) -> web.Response:
+    # header_safe: a message can quote a crafted path or name; a control character echoed into
+    # a header once dropped the connection.
     return web.json_response(
-        {"error": message}, status=status, headers={REQUEST_ID: rid, "X-Error-Message": message[:200]}
+        {"error": message}, status=status, headers={REQUEST_ID: rid, ERROR_MESSAGE: header_safe(message)}
     )
 
 
@@ -80,10 +87,16 @@ async def errors_middleware(request: web.Request, handler):
         return await proxy_serve(request, request.config_dict)
     rid = request_id(request.headers.get(REQUEST_ID))
     try:
+        if handler not in PUBLIC:
+            # Who is asking, before anything is looked up: a caller without a valid token learns
+            # nothing, not even which endpoints or routes exist.
+            request[IDENTITY] = await request.app[API].identity(request)
         return await handler(request)
     except ApiError as error:
         return error_body(error.status, error.message, rid)
     except (wire.WireError, hardware.HardwareError, PresetError) as error:
+        return error_body(400, str(error), rid)
+    except (RootsError, SealingError) as error:
         return error_body(400, str(error), rid)
     except store_mod.NotFound as error:
         return error_body(404, str(error), rid)
@@ -99,8 +112,21 @@ async def errors_middleware(request: web.Request, handler):
 
 
 API = web.AppKey("management_api", "ManagementApi")
+IDENTITY = web.RequestKey("identity", object)  # who the middleware found the caller to be
 # Concurrent writes to one endpoint retry on a fresh read this many times before a 409.
 MUTATE_ATTEMPTS = 10
+# Deeper JSON than any real body: nesting beyond it is refused (it once raised RecursionError).
+MAX_JSON_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the operator allows and what this host is, as far as a request body may ask."""
+
+    roots: ModelRoots
+    own_names: frozenset[str]  # host names of this server: never an endpoint's route.domain
+    max_replicas: int
+    never_fits: Callable[[wire.EndpointSpec], str | None]  # why the spec could never run here
 
 
 class ManagementApi:
@@ -111,6 +137,8 @@ class ManagementApi:
         *,
         endpoint_url: Callable[[str, str], str],
         check: Callable[[wire.EndpointSpec], None],
+        limits: Limits,
+        sealer: Sealer,
         inventory: list[Gpu],
         allocator: GpuAllocator,
         cpu_count: int,
@@ -120,6 +148,8 @@ class ManagementApi:
         self.controller = controller
         self.endpoint_url = endpoint_url
         self.check = check
+        self.limits = limits
+        self.sealer = sealer
         self.inventory = inventory
         self.allocator = allocator
         self.cpu_count = cpu_count
@@ -128,10 +158,12 @@ class ManagementApi:
     # --- helpers -----------------------------------------------------------------------------
 
     async def identity(self, request: web.Request):
+        if IDENTITY in request:
+            return request[IDENTITY]
         token = bearer_token(request.headers.get("Authorization"))
         if token is None:
             raise Unauthenticated("this call needs a token: send the header 'Authorization: Bearer <token>'")
-        identity = await self.store.verify_token(token)
+        identity = await self.store.verify_token(token) if plausible_token(token) else None
         if identity is None:
             raise Unauthenticated("the bearer token is invalid or revoked")
         return identity
@@ -153,9 +185,42 @@ class ManagementApi:
         except store_mod.NotFound:
             raise NotFound(f"endpoint {ns}/{name} does not exist") from None
 
+    def spec(self, rec) -> wire.EndpointSpec:
+        return wire.spec_from_json(self.sealer.unseal(rec.spec))
+
+    def stored(self, spec: wire.EndpointSpec) -> dict[str, Any]:
+        return self.sealer.seal(wire.spec_to_json(spec))
+
+    async def vet(self, spec: wire.EndpointSpec, identity, ns: str) -> None:
+        """Refuse what the body may not ask of this host (400), beyond the wire format's checks."""
+        self.check(spec)
+        scaling = spec.compute.scaling
+        if scaling.max_replica > self.limits.max_replicas:
+            raise Invalid(
+                f"compute.scaling.maxReplica must be at most {self.limits.max_replicas} on this host "
+                f"(the operator's max_replicas_per_endpoint); got {scaling.max_replica}"
+            )
+        why = self.limits.never_fits(spec)
+        if why is not None:
+            raise Invalid(f"compute.scaling.minReplica {scaling.min_replica} could never run here: {why}")
+        domain = spec.route.domain
+        if domain is not None and domain in self.limits.own_names:
+            raise Invalid(
+                f"route.domain {domain} is one of this server's own names ({', '.join(sorted(self.limits.own_names))}); "
+                "choose a host name of your own"
+            )
+        if artifacts.is_local(spec.model.repository):
+            await asyncio.to_thread(self.limits.roots.check, spec.model.repository)
+
     @staticmethod
-    def intent(rec) -> Intent:
-        spec = wire.spec_from_json(rec.spec)
+    def taken(error: store_mod.DomainTaken, identity) -> Conflict:
+        """409 for a domain held elsewhere, naming the holder only to those who may see it."""
+        if identity.may_access(error.namespace):
+            return Conflict(f"route.domain {error.domain} is already taken by endpoint {error.namespace}/{error.name}; choose another")
+        return Conflict(f"route.domain {error.domain} is already taken by an endpoint of another namespace; choose another")
+
+    def intent(self, rec) -> Intent:
+        spec = self.spec(rec)
         scaling = spec.compute.scaling
         return Intent(
             key=EndpointKey(rec.namespace, rec.name),
@@ -188,7 +253,7 @@ class ManagementApi:
         raise Conflict(f"endpoint {ns}/{name} is being changed by others at the same time; retry")
 
     def render(self, rec) -> dict[str, Any]:
-        spec = wire.spec_from_json(rec.spec)
+        spec = self.spec(rec)
         status = self.controller.status(EndpointKey(rec.namespace, rec.name))
         state = status.state if status else State(rec.state)
         message = status.message if status else rec.message
@@ -227,8 +292,13 @@ class ManagementApi:
         if await self.store.namespace_kind(ns) is None:
             raise NotFound(f"namespace {ns} does not exist; create the user or org first (`endpointd users add`)")
         spec = wire.parse_create(await _json(request))
-        self.check(spec)
-        rec = await self.store.create_endpoint(ns, spec.name, wire.spec_to_json(spec), state=State.PENDING)
+        await self.vet(spec, identity, ns)
+        try:
+            rec = await self.store.create_endpoint(
+                ns, spec.name, self.stored(spec), state=State.PENDING, domain=spec.route.domain
+            )
+        except store_mod.DomainTaken as error:
+            raise self.taken(error, identity) from None
         self.controller.apply(self.intent(rec), self.signals(rec))
         await self.audit(request, identity.user, "create", ns, spec.name, wire.audit_details(spec))
         return web.json_response(self.render(rec))
@@ -243,14 +313,20 @@ class ManagementApi:
         identity = await self.member(request, ns)
         body = await _json(request)
         kinds = []
+        spec, _ = wire.apply_update(self.spec(await self.record(ns, name)), body)
+        await self.vet(spec, identity, ns)  # the slow checks (a local tree's walk) once, outside the retries
 
         def change(rec):
-            spec, kind = wire.apply_update(wire.spec_from_json(rec.spec), body)
+            spec, kind = wire.apply_update(self.spec(rec), body)
             self.check(spec)
             kinds[:] = [kind]
-            return {"spec": wire.spec_to_json(spec), "bump_revision": kind is wire.ChangeKind.ROLL}
+            return {"spec": self.stored(spec), "bump_revision": kind is wire.ChangeKind.ROLL,
+                    "domain": spec.route.domain}
 
-        rec = await self.mutate(ns, name, change)
+        try:
+            rec = await self.mutate(ns, name, change)
+        except store_mod.DomainTaken as error:
+            raise self.taken(error, identity) from None
         self.controller.apply(self.intent(rec))
         await self.audit(request, identity.user, "update", ns, name, {"change": str(kinds[0]), "keys": sorted(body)})
         return web.json_response(self.render(rec))
@@ -301,12 +377,33 @@ async def openapi_document(request: web.Request) -> web.Response:
     return web.json_response(openapi.document())
 
 
+PUBLIC = frozenset({openapi_document})  # the only management routes that need no token
+
 async def _json(request: web.Request) -> Any:
     raw = await request.read()
+    too_deep = Invalid(f"the request body nests deeper than {MAX_JSON_DEPTH} levels; no endpoint needs that")
     try:
-        return json.loads(raw or b"null")
+        value = json.loads(raw or b"null")
+    except RecursionError:
+        raise too_deep from None
     except ValueError as error:
         raise Invalid(f"the request body is not valid JSON: {error}") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise too_deep
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (iteratively: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def add_api(app: web.Application, api: ManagementApi) -> None:
@@ -325,6 +422,7 @@ def add_api(app: web.Application, api: ManagementApi) -> None:
     r.add_get("/provider/{ns}", api.provider)
     r.add_get("/openapi.json", openapi_document)
     hub = web.Application(middlewares=[errors_middleware])
+    hub[API] = api
     hub.router.add_get("/whoami-v2", api.whoami)
     app.add_subapp("/v2", v2)
     app.add_subapp("/api", hub)

@@ -13,6 +13,7 @@ from proxy.config import ProxyConfig
 
 from . import settings
 from .config import ScalingConfig, ServeConfig
+from .store import SCOPES
 from .wire import wire_time
 
 
@@ -30,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .serve import build_app
 
     proxy, serve, scaling = _load(args)
-    run(build_app(proxy, serve, scaling), proxy.host, proxy.port, proxy.drain_timeout_s)
+    run(build_app(proxy, serve, scaling), proxy)
     return 0
 
 
@@ -45,7 +46,7 @@ def _proxy(args: argparse.Namespace) -> int:
     logging.getLogger("endpointd").info(
         "proxying %d endpoint(s) on http://%s:%d/endpoints/...", len(control.entries), config.host, config.port
     )
-    run(make_app(config, control), config.host, config.port, config.drain_timeout_s)
+    run(make_app(config, control), config)
     return 0
 
 
@@ -79,7 +80,7 @@ def _users_add(args: argparse.Namespace) -> int:
 
 def _tokens_create(args: argparse.Namespace) -> int:
     async def action(store):
-        token, info = await store.create_token(args.user, args.label)
+        token, info = await store.create_token(args.user, args.label, args.scope or ())
         print(f"token {info.id} for {info.user} (shown once; keep it secret):")
         print(token)
 
@@ -100,7 +101,8 @@ def _tokens_list(args: argparse.Namespace) -> int:
     async def action(store):
         for info in await store.list_tokens(args.user):
             state = f"revoked {wire_time(info.revoked_at)}" if info.revoked_at else "active"
-            print(f"{info.id}  ...{info.hint or '':<4}  {info.label or '-':<24} created {wire_time(info.created_at)}  {state}")
+            scopes = f"  scopes: {','.join(sorted(info.scopes))}" if info.scopes else ""
+            print(f"{info.id}  ...{info.hint or '':<4}  {info.label or '-':<24} created {wire_time(info.created_at)}  {state}{scopes}")
 
     asyncio.run(_with_store(args, action))
     return 0
@@ -137,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     create = with_data_dir(tokens.add_parser("create", help="create a token; printed once, as the last line"))
     create.add_argument("user")
     create.add_argument("--label")
+    create.add_argument("--scope", action="append", choices=sorted(SCOPES),
+                        help="what the token may do beyond its user's rights: metrics = scrape /metrics (repeatable)")
     create.set_defaults(func=_tokens_create)
     revoke = with_data_dir(tokens.add_parser("revoke", help="revoke a token (by id or by the token itself)"))
     revoke.add_argument("token")
@@ -154,15 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from engines.model_roots import RootsError
     from proxy.static_routes import RoutesError
 
+    from .datadir import DataDirLocked
+    from .sealing import SealingError
     from .store import StoreError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (settings.SettingsError, RoutesError, StoreError) as error:
+    except (settings.SettingsError, RoutesError, StoreError, DataDirLocked, RootsError, SealingError) as error:
         print(f"endpointd: {error}", file=sys.stderr)
         return 2
 

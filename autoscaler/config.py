@@ -13,6 +13,17 @@ class ServeConfig:
     external_url: str = setting(
         "", help="base URL handed out in endpoint URLs (default http://HOST:PORT)",
     )
+    model_roots: tuple[str, ...] = setting(
+        (), help="directories under which local model repositories may be (default DATA_DIR/models)",
+    )
+    max_replicas_per_endpoint: int = setting(
+        # Far more than one host runs usefully, and a bound on what a crafted maxReplica can ask.
+        32, min=1, max=1000, help="the largest maxReplica an endpoint may ask for",
+    )
+    cpu_overcommit: float = setting(
+        # 1.0: the CPUs and memory that replicas' limits add up to never exceed the host's.
+        1.0, min=0.1, max=64.0, help="how many times the host's CPUs and memory replicas' limits may add up to",
+    )
     publish_host: str = setting(
         "127.0.0.1", help="host address engine ports are published on; the proxy reaches replicas there",
     )

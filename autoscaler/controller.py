@@ -9,7 +9,8 @@ posted, and at least every `interval_s`. Beside it:
 - `check_liveness()`: a ready replica whose health route fails `liveness_failures` checks in a
   row is taken out of rotation and replaced;
 - `sweep()`: any container with this instance's labels and no slot is stopped — the footprint of
-  a bug or of a crash, garbage-collected by label ownership like a ReplicaSet's pods;
+  a bug or of a crash, garbage-collected by label ownership like a ReplicaSet's pods — and the
+  network of any endpoint that no longer exists is removed;
 - `adopt()`: after a restart, running healthy containers of the current revision become slots
   again, with the GPUs they hold; the rest are stopped.
 
@@ -27,7 +28,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines.gpus import AdoptConflict, GpuAllocator
+from engines.capacity import HostCapacity
+from engines.gpus import AdoptConflict
 from engines.runtime import EndpointKey, ReplicaInfo, ReplicaStatus, Runtime, RuntimeError_
 from proxy.control import RouteTable
 
@@ -61,7 +63,7 @@ class Controller:
         launcher: Launcher,
         routes: RouteTable,
         *,
-        allocator: GpuAllocator,
+        capacity: HostCapacity,
         in_flight: Callable[[str], Mapping[str, int]],
         probe: Callable[[Intent], Awaitable[bool]],
         save_status: Callable[[str, Status], Awaitable[None]],
@@ -81,7 +83,7 @@ class Controller:
         self.runtime = runtime
         self.launcher = launcher
         self.routes = routes
-        self.allocator = allocator
+        self.capacity = capacity
         self.events = events or EventLog(wall=wall)
         self.drain_grace_s = drain_grace_s
         self.stop_grace_s = stop_grace_s
@@ -130,17 +132,14 @@ class Controller:
 
     def capacity_of(self, intent: Intent) -> tuple[int | None, str]:
         """Replicas of this endpoint that can still be placed, and why not when none can."""
-        count, gpu_type = self.launcher.gpu_need(intent)
-        if not count:
-            return None, ""
-        return self.allocator.free(gpu_type) // count, self.allocator.shortage(count, gpu_type)
+        return self.capacity.free(self.launcher.needs(intent))
 
     def assign_gpus(self, replica_id: str, intent: Intent) -> tuple[str, ...]:
-        count, gpu_type = self.launcher.gpu_need(intent)
-        return self.allocator.assign(replica_id, count, gpu_type) if count else ()
+        """Hold the replica's GPUs, CPUs and memory; the GPU ids it gets (NoCapacity if none fit)."""
+        return self.capacity.assign(replica_id, self.launcher.needs(intent))
 
     def release_gpus(self, replica_id: str) -> None:
-        self.allocator.release(replica_id)
+        self.capacity.release(replica_id)
 
     async def probe(self, intent: Intent) -> bool:
         return await self._probe(intent)
@@ -217,7 +216,7 @@ class Controller:
         return [s.id for s in owner.slots_in(Phase.DRAINING, Phase.STOPPING)] if owner else []
 
     def replicas_can_run(self, key: EndpointKey) -> int | None:
-        """Most replicas of this endpoint that can run now (GPUs), or None when only max bounds it."""
+        """Most replicas of this endpoint that can run now (GPUs, CPUs, memory), or None when only max bounds it."""
         owner = self._owners.get(key)
         if owner is None:
             return None
@@ -253,7 +252,15 @@ class Controller:
         for owner in [o for o in self._retired if o.finished]:
             self._retired.remove(owner)
             self.events.forget(owner.intent.uid)
+            if owner.intent.key not in self._owners:  # not re-created meanwhile: its network goes too
+                self.spawn(self._remove_network(owner.intent.key))
         return result
+
+    async def _remove_network(self, key: EndpointKey) -> None:
+        try:
+            await self.runtime.remove_network(key)
+        except RuntimeError_ as error:
+            log.warning("could not remove the network of %s: %s", key, error)
 
     async def run(self) -> None:
         while True:
@@ -296,6 +303,10 @@ class Controller:
                 await self.runtime.stop(info.replica_id, 0.0)
             except RuntimeError_ as error:
                 log.warning("could not stop orphan %s: %s", info.replica_id, error)
+        live = set(self._owners) | {owner.intent.key for owner in self._retired}
+        for key in await self.runtime.networks():
+            if key not in live:  # an endpoint deleted while endpointd was down, or a failed removal
+                await self._remove_network(key)
         return [info.replica_id for info in orphans]
 
     async def run_sweeps(self) -> None:
@@ -325,7 +336,7 @@ class Controller:
             )
             if keep:
                 try:
-                    self.allocator.adopt(info.replica_id, info.gpus)
+                    self.capacity.adopt(info.replica_id, self.launcher.needs(owner.intent), info.gpus)
                 except AdoptConflict as conflict:
                     log.warning("not adopting replica %s: %s", info.replica_id, conflict)
                     keep = False

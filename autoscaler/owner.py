@@ -13,7 +13,8 @@ Invariants held here, beside the planner's:
   ours without a slot is an orphan (the controller sweeps those);
 - a starting replica is stopped by cancelling its launch, whose cancellation path removes the
   container it made; a cancelled launch is never a failure;
-- GPUs are assigned when a slot is made and released only when its container is gone;
+- GPUs (and the CPUs and memory a replica's limits take) are assigned when a slot is made and
+  released only when its container is gone;
 - after delete the owner publishes nothing: the endpoint's route never comes back.
 """
 
@@ -25,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from engines.capacity import Need
 from engines.runtime import ReplicaInfo, ReplicaNotFound, Runtime, RuntimeError_
 from proxy.control import Replica, RouteEntry, RouteState, RouteTable
 
@@ -52,8 +54,8 @@ AFTER_S = 0.001
 
 
 class Launcher(Protocol):
-    def gpu_need(self, intent: Intent) -> tuple[int, str]:
-        """GPUs one replica needs: (count, instance type); (0, "") for a CPU instance."""
+    def needs(self, intent: Intent) -> Need:
+        """What one replica holds while it exists: GPUs, CPUs, memory."""
 
     async def launch(
         self, intent: Intent, replica_id: str, gpus: tuple[str, ...], report: Callable[[str], None]
@@ -565,7 +567,8 @@ class Owner:
             return
         intent = self.intent
         ready = tuple(
-            Replica(s.id, s.info.address) for s in self.slots_in(Phase.READY) if s.info is not None and s.info.address
+            Replica(s.id, s.info.address, api_key=s.info.api_key)
+            for s in self.slots_in(Phase.READY) if s.info is not None and s.info.address
         )
         broken = self.failed_revision == intent.revision
         if intent.paused:

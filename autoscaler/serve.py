@@ -7,6 +7,8 @@ import asyncio
 import logging
 import os
 import secrets
+import socket
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -14,6 +16,8 @@ import aiohttp
 from aiohttp import web
 
 from engines import hardware
+from engines.capacity import HostCapacity
+from engines.model_roots import ModelRoots
 from engines.docker import DockerRuntime
 from engines.gpus import GpuAllocator, GpuSampler, load_nvml, read_inventory
 from engines.runtime import EndpointKey
@@ -22,12 +26,14 @@ from proxy.config import ProxyConfig
 from proxy.control import Identity
 from proxy.pipeline import PROBE_HEADER, Pipeline
 
-from .api import ManagementApi, add_api
+from . import datadir
+from .api import Limits, ManagementApi, add_api
 from .config import ScalingConfig, ServeConfig
 from .controller import Controller
 from .intent import Intent, Signals
 from .launcher import EngineLauncher
 from .policy import Scaling
+from .sealing import Sealer, needs_sealing
 from .scaler import Scaler
 from .plane import StoreControlPlane
 from . import tokens
@@ -48,19 +54,53 @@ def instance_id(data_dir: Path) -> str:
     """A stable id of this endpointd (its data directory), made once and kept there."""
     path = data_dir / INSTANCE_FILE
     if not path.exists():
-        path.write_text(secrets.token_hex(8) + "\n")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(8) + "\n")
     return path.read_text().strip()
 
 
+def scheme(proxy: ProxyConfig) -> str:
+    return "https" if proxy.tls_cert else "http"
+
+
 def base_url(proxy: ProxyConfig, serve: ServeConfig) -> str:
-    return (serve.external_url or f"http://{proxy.host}:{proxy.port}").rstrip("/")
+    return (serve.external_url or f"{scheme(proxy)}://{proxy.host}:{proxy.port}").rstrip("/")
+
+
+def own_names(proxy: ProxyConfig, serve: ServeConfig) -> frozenset[str]:
+    """Host names by which callers reach this server itself (its API, /metrics): no endpoint may
+    take one as its route.domain. IP literals are refused by the wire format already."""
+    names = {proxy.host.lower(), "localhost", socket.gethostname().lower()}
+    external = urllib.parse.urlsplit(base_url(proxy, serve)).hostname
+    if external:
+        names.add(external.lower())
+    return frozenset(names)
+
+
+async def seal_plain_secrets(store: Store, sealer: Sealer) -> None:
+    """Migrate a store from before sealing: seal every secret still in plain text, then compact
+    so that the plain text is gone from the WAL and free pages too."""
+    migrated = 0
+    for record in await store.list_endpoints():
+        if needs_sealing(record.spec):
+            await store.update_intent(record.namespace, record.name, record.generation, spec=sealer.seal(record.spec))
+            migrated += 1
+    if migrated:
+        await store.compact()
+        log.info("sealed the secrets of %d endpoint(s) that an older endpointd stored in plain text", migrated)
 
 
 async def bootstrap_admin(store: Store, data_dir: Path) -> None:
-    """The admin token: ENDPOINTD_ADMIN_TOKEN when set, else generated once into a 0600 file."""
-    generated = await store.ensure_admin(os.environ.get("ENDPOINTD_ADMIN_TOKEN") or None)
+    """The admin token: ENDPOINTD_ADMIN_TOKEN when set (a generated one is then revoked, and its
+    file removed), else generated once into a 0600 file."""
+    from_env = os.environ.get("ENDPOINTD_ADMIN_TOKEN") or None
+    generated = await store.ensure_admin(from_env)
     path = data_dir / ADMIN_TOKEN_FILE
-    if generated:
+    if from_env is not None and path.exists():
+        path.unlink()
+        log.info("ENDPOINTD_ADMIN_TOKEN is set: the generated admin token is revoked and %s removed", path)
+    elif generated:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(generated + "\n")
@@ -87,9 +127,13 @@ async def build_app(
     """The whole of endpointd as one aiohttp app. What has a lifetime (the reconcile loop, the
     connections to Docker and SQLite) is closed by the app's cleanup context."""
     data_dir = Path(serve_config.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    datadir.make_private(data_dir)
+    lock = datadir.lock(data_dir)  # before anything is touched: a second serve stops here
+    roots = ModelRoots.configure(serve_config.model_roots, data_dir)
+    sealer = Sealer.open(data_dir)
     store = await Store.open(data_dir / STORE_FILE)
     await bootstrap_admin(store, data_dir)
+    await seal_plain_secrets(store, sealer)
     internal_token = secrets.token_urlsafe(32)  # the controller's own, for probes through the proxy
     internal = Identity("endpointd", frozenset(), is_admin=True)
 
@@ -107,6 +151,7 @@ async def build_app(
     nvml = load_nvml() if inventory else None
     gpu_sampler = GpuSampler(nvml, inventory) if nvml is not None else None
     cpu_count, memory_bytes = hardware.host_cpu_count(), hardware.host_memory_bytes()
+    capacity = HostCapacity(allocator, cpu_count, memory_bytes, serve_config.cpu_overcommit)
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S))
     launcher = EngineLauncher(
         runtime, session, inventory=inventory, allocator=allocator, cache_dir=data_dir / "models",
@@ -120,20 +165,22 @@ async def build_app(
     async def save_signals(uid: str, signals: Signals) -> None:
         await store.save_signals(uid, signals.woken_at, signals.idle_at)
 
-    proxy_base = f"http://{proxy_config.host}:{proxy_config.port}/endpoints"
+    proxy_base = f"{scheme(proxy_config)}://{proxy_config.host}:{proxy_config.port}/endpoints"
 
     async def probe(intent: Intent) -> bool:
         """`running` only once the health route answers 200 through the proxy itself."""
         url = f"{proxy_base}/{intent.key.namespace}/{intent.key.name}{intent.health_route}"
         headers = {"Authorization": f"Bearer {internal_token}", PROBE_HEADER: probe_secret}
         try:
-            async with session.get(url, headers=headers) as r:
+            # ssl=False: the probe talks to this very process over loopback; its certificate is
+            # for the names callers use, which the listen address need not be.
+            async with session.get(url, headers=headers, ssl=False) as r:
                 return r.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
 
     controller = Controller(
-        runtime, launcher, plane, allocator=allocator,
+        runtime, launcher, plane, capacity=capacity,
         in_flight=pipeline.counter.replica_loads, probe=probe, save_status=save_status, save_signals=save_signals,
         drain_grace_s=serve_config.drain_grace_s, stop_grace_s=serve_config.stop_grace_s,
         interval_s=serve_config.reconcile_interval_s, liveness_interval_s=serve_config.liveness_interval_s,
@@ -153,8 +200,13 @@ async def build_app(
     api = ManagementApi(
         store, controller,
         endpoint_url=lambda ns, name: f"{url_base}/endpoints/{ns}/{name}",
-        check=launcher.check, inventory=inventory, allocator=allocator,
-        cpu_count=cpu_count, memory_bytes=memory_bytes,
+        check=launcher.check, sealer=sealer,
+        limits=Limits(
+            roots=roots, own_names=own_names(proxy_config, serve_config),
+            max_replicas=serve_config.max_replicas_per_endpoint,
+            never_fits=lambda spec: capacity.never_fits(launcher.needs_of(spec), spec.compute.scaling.min_replica),
+        ),
+        inventory=inventory, allocator=allocator, cpu_count=cpu_count, memory_bytes=memory_bytes,
     )
 
     async def reconciling(app: web.Application) -> AsyncIterator[None]:
@@ -182,6 +234,7 @@ async def build_app(
             await store.close()
             if gpu_sampler is not None:
                 gpu_sampler.close()
+            os.close(lock)  # the data directory is free for the next serve
 
     app = web.Application()
     add_proxy(app, pipeline)

@@ -29,11 +29,23 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def _type_name(kind: type) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[kind]
+# A list setting: a TOML list of strings, a flag given once per item, or an environment
+# variable with the items separated by ':' (as PATH is).
+PATHS = "tuple[str, ...]"
+ENV_LIST_SEPARATOR = ":"
 
 
-def _coerce(kind: type, value: Any) -> Any:
+def _type_name(kind: type | str) -> str:
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            PATHS: "a list of non-empty strings"}[kind]
+
+
+def _coerce(kind: type | str, value: Any) -> Any:
+    if kind == PATHS:
+        items = value.split(ENV_LIST_SEPARATOR) if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) and i for i in items):
+            raise ValueError
+        return tuple(items)
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -114,12 +126,17 @@ def read_file(path: str | None) -> dict[str, Any]:
 def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field, defaulting to None so that unset flags do not override the env."""
     for field in dataclasses.fields(cls):
+        repeated = field.type == PATHS
         parser.add_argument(
-            flag_name(field.name),
+            flag_name(field.name.removesuffix("s") if repeated else field.name),
             dest=field.name,
             default=None,
-            metavar=field.type.upper() if isinstance(field.type, str) else "VALUE",
-            help=f"{field.metadata.get('help', '')} (default {field.default!r}; env {env_name(field.name)})",
+            action="append" if repeated else "store",
+            metavar="PATH" if repeated else field.type.upper() if isinstance(field.type, str) else "VALUE",
+            help=f"{field.metadata.get('help', '')} ("
+            + ("repeatable; " if repeated else "")
+            + f"default {field.default!r}; env {env_name(field.name)}"
+            + (f", items separated by '{ENV_LIST_SEPARATOR}'" if repeated else "") + ")",
         )
 
 

@@ -11,6 +11,7 @@ Errors, one root:
       NotFound     no such user, token or endpoint
       Conflict     a name is taken, or a token cannot be (re)used as asked
         Stale      an endpoint changed since the caller read it (generation check)
+        DomainTaken another endpoint holds that route domain
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -34,6 +36,9 @@ from . import tokens
 
 ADMIN = "admin"
 ADMIN_ENV = "ENDPOINTD_ADMIN_TOKEN"
+GENERATED_LABEL = "generated admin token"
+# What a token may do beyond its user's rights: `metrics` may scrape /metrics (Prometheus).
+SCOPES = frozenset({"metrics"})
 # How long a writer waits for another process's transaction before failing: far longer than any
 # transaction here takes (milliseconds), short enough that a stuck writer surfaces as an error.
 BUSY_TIMEOUT_MS = 5000
@@ -95,7 +100,9 @@ MIGRATIONS = [
     # idle scale-down) is persisted beside it, so a restart never changes the replica count. A
     # uid tells a re-created endpoint from the one deleted before it. The replica target is no
     # longer stored: it follows from the rest. An endpoint left at zero by the old schema is
-    # kept at zero, as a scale-to-zero.
+    # kept at zero, as a scale-to-zero. A route domain is unique across endpoints (a second one
+    # received every other endpoint's traffic); of older endpoints sharing one, the first keeps it.
+    # A token may carry scopes beyond its user's rights (`metrics`: may scrape /metrics).
     """
     ALTER TABLE endpoints ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE endpoints ADD COLUMN uid TEXT NOT NULL DEFAULT '';
@@ -106,6 +113,14 @@ MIGRATIONS = [
     UPDATE endpoints SET zeroed_at = unixepoch() WHERE target_replicas = 0 AND paused = 0;
     ALTER TABLE endpoints DROP COLUMN target_replicas;
     CREATE UNIQUE INDEX endpoints_by_uid ON endpoints (uid);
+    ALTER TABLE endpoints ADD COLUMN domain TEXT;
+    UPDATE endpoints SET domain = lower(json_extract(spec, '$.route.domain')) WHERE rowid IN (
+        SELECT min(rowid) FROM endpoints WHERE json_extract(spec, '$.route.domain') IS NOT NULL
+        GROUP BY lower(json_extract(spec, '$.route.domain')));
+    UPDATE endpoints SET spec = json_set(spec, '$.route.domain', json('null'))
+        WHERE domain IS NULL AND json_extract(spec, '$.route.domain') IS NOT NULL;
+    CREATE UNIQUE INDEX endpoints_by_domain ON endpoints (domain);
+    ALTER TABLE tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
     """,
 ]
 
@@ -126,6 +141,14 @@ class Stale(Conflict):
     """The endpoint changed since it was read (its generation moved on): read it again."""
 
 
+class DomainTaken(Conflict):
+    """Another endpoint holds the route domain; who may be told depends on who asks."""
+
+    def __init__(self, domain: str, namespace: str, name: str) -> None:
+        super().__init__(f"route.domain {domain} is already taken by endpoint {namespace}/{name}")
+        self.domain, self.namespace, self.name = domain, namespace, name
+
+
 @dataclass(frozen=True, slots=True)
 class UserInfo:
     name: str
@@ -144,6 +167,7 @@ class TokenInfo:
     hint: str  # the token's last characters, "" when it is too short to show any
     created_at: datetime
     revoked_at: datetime | None
+    scopes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +181,7 @@ class EndpointRecord:
     paused: bool
     created_at: datetime
     updated_at: datetime
+    domain: str | None  # the route domain, unique across endpoints
     uid: str  # this incarnation: a re-created endpoint of the same name has another
     generation: int  # bumped by every intent write; writes compare it first
     zeroed_at: float | None  # a user's scale-to-zero (unix time)
@@ -200,14 +225,20 @@ def _statements(script: str) -> Iterator[str]:
 
 def _token(row: aiosqlite.Row) -> TokenInfo:
     return TokenInfo(
-        row["id"], row["user"], row["label"], row["hint"], _time(row["created_at"]), _time(row["revoked_at"])
+        row["id"], row["user"], row["label"], row["hint"], _time(row["created_at"]), _time(row["revoked_at"]),
+        _scopes(row["scopes"]),
     )
+
+
+def _scopes(text: str) -> frozenset[str]:
+    return frozenset(filter(None, text.split(",")))
 
 
 def _endpoint(row: aiosqlite.Row) -> EndpointRecord:
     return EndpointRecord(
         row["namespace"], row["name"], json.loads(row["spec"]), row["state"], row["message"], row["revision"],
-        bool(row["paused"]), _time(row["created_at"]), _time(row["updated_at"]), row["uid"], row["generation"],
+        bool(row["paused"]), _time(row["created_at"]), _time(row["updated_at"]), row["domain"], row["uid"],
+        row["generation"],
         row["zeroed_at"], row["woken_at"], row["idle_at"],
     )
 
@@ -232,10 +263,17 @@ class Store:
         """Open (creating the file and its directory) and migrate. `now` gives aware datetimes."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        # 0600 before SQLite opens it: its WAL and shared-memory files take the database's mode.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
         db = await aiosqlite.connect(path, isolation_level=None)  # transactions are explicit
         try:
             db.row_factory = aiosqlite.Row
             await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # Overwritten and deleted content is zeroed, so a secret sealed in place of its plain
+            # text (or deleted with its endpoint) does not linger in free pages.
+            await db.execute("PRAGMA secure_delete = ON")
             await db.execute("PRAGMA foreign_keys = ON")
             async with db.execute("PRAGMA journal_mode = WAL") as cursor:
                 (mode,) = await cursor.fetchone()
@@ -349,18 +387,24 @@ class Store:
 
     # --- tokens --------------------------------------------------------------------------------
 
-    async def create_token(self, user: str, label: str | None = None) -> tuple[str, TokenInfo]:
+    async def create_token(
+        self, user: str, label: str | None = None, scopes: Iterable[str] = ()
+    ) -> tuple[str, TokenInfo]:
         """A new token for `user`: the value, which is not stored and cannot be shown again, and its info."""
+        unknown = sorted(set(scopes) - SCOPES)
+        if unknown:
+            raise StoreError(f"unknown token scope {unknown[0]!r}; the scopes are: {', '.join(sorted(SCOPES))}")
         plaintext = tokens.generate()
         async with self._transaction():
             await self._require_user(user)
-            info = await self._insert_token(user, plaintext, label)
+            info = await self._insert_token(user, plaintext, label, scopes)
         return plaintext, info
 
-    async def _insert_token(self, user: str, plaintext: str, label: str | None) -> TokenInfo:
+    async def _insert_token(self, user: str, plaintext: str, label: str | None, scopes: Iterable[str] = ()) -> TokenInfo:
         row = await self._one(
-            "INSERT INTO tokens (id, user, label, hash, hint, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
-            tokens.new_id(), user, label, tokens.hash_token(plaintext), tokens.hint(plaintext), self._stamp(),
+            "INSERT INTO tokens (id, user, label, hash, hint, scopes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+            tokens.new_id(), user, label, tokens.hash_token(plaintext), tokens.hint(plaintext),
+            ",".join(sorted(set(scopes))), self._stamp(),
         )
         return _token(row)
 
@@ -370,14 +414,14 @@ class Store:
         # its timing could at most tell how many leading characters of the SHA-256 of the caller's
         # own guess match a stored digest, and that helps no one find a token that hashes there.
         rows = await self._all(
-            "SELECT u.name, u.is_admin, m.org FROM tokens t JOIN users u ON u.name = t.user "
+            "SELECT u.name, u.is_admin, t.scopes, m.org FROM tokens t JOIN users u ON u.name = t.user "
             "LEFT JOIN memberships m ON m.user = u.name WHERE t.hash = ? AND t.revoked_at IS NULL",
             tokens.hash_token(plaintext),
         )
         if not rows:
             return None
         orgs = frozenset(row["org"] for row in rows if row["org"] is not None)
-        return Identity(rows[0]["name"], orgs, bool(rows[0]["is_admin"]))
+        return Identity(rows[0]["name"], orgs, bool(rows[0]["is_admin"]), scopes=_scopes(rows[0]["scopes"]))
 
     async def revoke_token(self, token_id_or_plaintext: str) -> TokenInfo:
         """Revoke a token named by its id or by its value. Revoking twice keeps the first time."""
@@ -400,7 +444,7 @@ class Store:
         """Make sure user `admin` exists, is an admin and has a live token.
 
         With `env_token` (ENDPOINTD_ADMIN_TOKEN) that token is registered for admin, idempotently,
-        and an earlier, different ENDPOINTD_ADMIN_TOKEN is revoked. Without, a token is generated
+        and an earlier, different ENDPOINTD_ADMIN_TOKEN and the generated token are revoked. Without, a token is generated
         only when admin has no live one, and returned so the caller can hand it over once; None
         otherwise."""
         async with self._transaction():
@@ -409,7 +453,7 @@ class Store:
                 if await self._one("SELECT 1 FROM tokens WHERE user = ? AND revoked_at IS NULL", ADMIN):
                     return None
                 generated = tokens.generate()
-                await self._insert_token(ADMIN, generated, "generated admin token")
+                await self._insert_token(ADMIN, generated, GENERATED_LABEL)
                 return generated
             digest = tokens.hash_token(env_token)
             known = await self._one("SELECT id, user, revoked_at FROM tokens WHERE hash = ?", digest)
@@ -421,9 +465,12 @@ class Store:
                     f"{ADMIN_ENV} is token {known['id']}, revoked at {known['revoked_at']}; set a new {ADMIN_ENV}"
                 )
             now = self._stamp()
+            # Rotation: an earlier environment token, and the token generated before one was set,
+            # stop working once the operator sets ENDPOINTD_ADMIN_TOKEN.
             await self._db.execute(
-                "UPDATE tokens SET revoked_at = ? WHERE user = ? AND from_env = 1 AND hash != ? AND revoked_at IS NULL",
-                (now, ADMIN, digest),
+                "UPDATE tokens SET revoked_at = ? WHERE user = ? AND hash != ? AND revoked_at IS NULL "
+                "AND (from_env = 1 OR label = ?)",
+                (now, ADMIN, digest, GENERATED_LABEL),
             )
             # Upsert: a token already registered (the same variable at an earlier start, or the
             # generated one copied into the variable) becomes the environment's, nothing else changes.
@@ -441,19 +488,28 @@ class Store:
     # --- endpoints -----------------------------------------------------------------------------
 
     async def create_endpoint(
-        self, namespace: str, name: str, spec: dict[str, Any], *, state: str = "pending"
+        self, namespace: str, name: str, spec: dict[str, Any], *, state: str = "pending", domain: str | None = None
     ) -> EndpointRecord:
         now = self._stamp()
-        try:
-            async with self._transaction():
-                row = await self._one(
-                    "INSERT INTO endpoints (namespace, name, spec, state, uid, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
-                    namespace, name, json.dumps(spec), str(state), secrets.token_hex(8), now, now,
-                )
-        except aiosqlite.IntegrityError:
-            raise Conflict(f"endpoint {namespace}/{name} already exists; choose another name or update it") from None
+        async with self._transaction():
+            await self._free_domain(domain, namespace, name)
+            if await self._one("SELECT 1 FROM endpoints WHERE namespace = ? AND name = ?", namespace, name):
+                raise Conflict(f"endpoint {namespace}/{name} already exists; choose another name or update it")
+            row = await self._one(
+                "INSERT INTO endpoints (namespace, name, spec, state, domain, uid, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+                namespace, name, json.dumps(spec), str(state), domain, secrets.token_hex(8), now, now,
+            )
         return _endpoint(row)
+
+    async def _free_domain(self, domain: str | None, namespace: str, name: str) -> None:
+        """DomainTaken unless `domain` is free or already this endpoint's (inside the caller's
+        write transaction, so no other writer can take it between the check and the write)."""
+        if domain is None:
+            return
+        row = await self._one("SELECT namespace, name FROM endpoints WHERE domain = ?", domain)
+        if row is not None and (row["namespace"], row["name"]) != (namespace, name):
+            raise DomainTaken(domain, row["namespace"], row["name"])
 
     async def get_endpoint(self, namespace: str, name: str) -> EndpointRecord:
         row = await self._one("SELECT * FROM endpoints WHERE namespace = ? AND name = ?", namespace, name)
@@ -478,6 +534,7 @@ class Store:
         bump_revision: bool = False,
         paused: bool | None = None,
         zeroed_at: float | None | Literal["keep"] = "keep",
+        domain: str | None | Literal["keep"] = "keep",
     ) -> EndpointRecord:
         """Change what people declared, only if the endpoint is still at `generation` (else Stale:
         read it again and re-apply the change), and move it to the next generation."""
@@ -488,10 +545,14 @@ class Store:
             changes["paused"] = int(paused)
         if zeroed_at != "keep":
             changes["zeroed_at"] = zeroed_at
+        if domain != "keep":
+            changes["domain"] = domain
         sets = [f"{column} = ?" for column in changes]
         if bump_revision:
             sets.append("revision = revision + 1")
         async with self._transaction():
+            if domain != "keep":
+                await self._free_domain(domain, namespace, name)
             row = await self._one(
                 f"UPDATE endpoints SET {', '.join([*sets, 'generation = generation + 1', 'updated_at = ?'])} "
                 "WHERE namespace = ? AND name = ? AND generation = ? RETURNING *",
@@ -501,6 +562,14 @@ class Store:
                 await self.get_endpoint(namespace, name)  # NotFound when it is gone
                 raise Stale(f"endpoint {namespace}/{name} changed while this change was made; retry it")
         return _endpoint(row)
+
+    async def compact(self) -> None:
+        """Fold the WAL into the database and rewrite it: no old page (a secret's plain text before
+        it was sealed, a deleted endpoint) survives in the WAL or in free pages."""
+        async with self._write_lock:
+            await self._all("PRAGMA wal_checkpoint(TRUNCATE)")  # read to the end: no statement left open
+            await self._all("VACUUM")
+            await self._all("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def save_status(self, uid: str, state: str, message: str) -> None:
         """The owner's view of the endpoint; a no-op for a deleted incarnation."""

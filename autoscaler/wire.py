@@ -50,6 +50,8 @@ _MISSING: Any = object()  # a key the body does not have; messages say "got noth
 
 # Pending requests per replica before another is added: beyond this no engine batches usefully.
 MAX_PENDING_THRESHOLD = 10_000
+# The format's own bound on replicas (the operator's max_replicas_per_endpoint is lower).
+MAX_REPLICAS = 1000
 
 
 class WireError(ValueError):
@@ -195,6 +197,26 @@ def _provider(body: dict[str, Any], base: Provider | None) -> Provider:
     )
 
 
+# RFC 1123 host names: dot-separated labels of letters, digits and inner hyphens, 63 characters
+# each, 253 in all. The last label may be neither all digits nor hexadecimal ("0x7f000001"), so
+# that no form a resolver reads as an IPv4 address ("127.1", "2130706433") passes for a name:
+# IP literals are the server's own names, never an endpoint's.
+DOMAIN_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
+
+
+def _domain(value: Any, path: str) -> str:
+    rule = "a DNS host name such as \"e1.models.example.com\" (letters, digits, hyphens and dots; not an IP address)"
+    if not isinstance(value, str):
+        _fail(path, rule, value)
+    domain = value.lower()
+    labels = domain.split(".")
+    if (len(domain) > 253 or not all(DOMAIN_LABEL.fullmatch(label) for label in labels)
+            or NUMERIC_LABEL.fullmatch(labels[-1])):
+        _fail(path, rule, value)
+    return domain
+
+
 def _route(body: dict[str, Any], base: Route | None) -> Route:
     def path_(value: Any, path: str) -> str:
         if not isinstance(value, str) or not value.startswith("/"):
@@ -202,7 +224,7 @@ def _route(body: dict[str, Any], base: Route | None) -> Route:
         return value
 
     return Route(
-        domain=_take(body, "domain", "route", lambda v, p: _text(v, p).lower(), _kept(base, "domain"), None),
+        domain=_take(body, "domain", "route", _domain, _kept(base, "domain"), None),
         path=_take(body, "path", "route", path_, _kept(base, "path"), None),
     )
 
@@ -245,7 +267,8 @@ def _scaling_measure(body: dict[str, Any], base: Measure | None) -> Measure:
 
 def _scaling(body: dict[str, Any], base: Scaling | None) -> Scaling:
     path = "compute.scaling"
-    max_replica = _take(body, "maxReplica", path, lambda v, p: _integer(v, p, 1, None, "an integer of at least 1"),
+    max_replica = _take(body, "maxReplica", path, lambda v, p: _integer(
+        v, p, 1, MAX_REPLICAS, f"an integer between 1 and {MAX_REPLICAS}"),
                         keep=_kept(base, "max_replica"))
     if base is None or "minReplica" in body:
         min_replica = _take(body, "minReplica", path, lambda v, p: _integer(

@@ -11,6 +11,7 @@ from autoscaler.controller import Controller
 from autoscaler.intent import Intent, Signals
 from autoscaler.planner import Phase
 from autoscaler.state import Status
+from engines.capacity import HostCapacity, Need
 from engines.fake import FakeRuntime
 from engines.gpus import Gpu, GpuAllocator
 from engines.runtime import ContainerSpec, EndpointKey, ReplicaInfo
@@ -32,8 +33,8 @@ class HandLauncher:
         self.gpus_per_replica = 0
         self.launched: list[str] = []
 
-    def gpu_need(self, intent: Intent) -> tuple[int, str]:
-        return (self.gpus_per_replica, "nvidia-l4") if self.gpus_per_replica else (0, "")
+    def needs(self, intent: Intent) -> Need:
+        return Need(gpus=self.gpus_per_replica, gpu_type="nvidia-l4") if self.gpus_per_replica else Need()
 
     async def launch(self, intent, replica_id, gpus, report):
         self.launched.append(replica_id)
@@ -68,10 +69,10 @@ def intent(key: EndpointKey = KEY, **kw) -> Intent:
 
 
 class World:
-    def __init__(self, gpus: int = 0, runtime: FakeRuntime | None = None) -> None:
+    def __init__(self, gpus: int = 0, runtime: FakeRuntime | None = None, routes: RouteTable | None = None) -> None:
         self.now = 0.0
         self.wall_now = 1_000_000.0
-        self.routes = RouteTable()
+        self.routes = routes if routes is not None else RouteTable()
         self.runtime = runtime or FakeRuntime()
         self.launcher = HandLauncher(self.runtime)
         self.in_flight: dict[str, dict[str, int]] = {}
@@ -80,6 +81,7 @@ class World:
         self.probe_ok = True
         inventory = [Gpu(i, f"GPU-{i}", "NVIDIA L4", "nvidia-l4", 24 << 30) for i in range(gpus)]
         self.allocator = GpuAllocator(inventory)
+        self.capacity = HostCapacity(self.allocator, cpu_count=64, memory_bytes=256 << 30)
         ids = (f"r{i}" for i in itertools.count(1))
 
         async def probe(_intent):
@@ -92,7 +94,7 @@ class World:
             self.saved[uid] = signals
 
         self.controller = Controller(
-            self.runtime, self.launcher, self.routes, allocator=self.allocator,
+            self.runtime, self.launcher, self.routes, capacity=self.capacity,
             in_flight=lambda key: self.in_flight.get(key, {}), probe=probe,
             save_status=save_status, save_signals=save_signals,
             drain_grace_s=5.0, stop_grace_s=1.0, clock=lambda: self.now, wall=lambda: self.wall_now,

@@ -39,12 +39,15 @@ class Serve:
         self.admin_token = admin_token
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # The model directory below is the operator's model root; 2-core test machines run more
+        # x1 replicas than they have CPUs, so CPU limits may add up to 8 times the host's.
         self.env = {**os.environ, "ENDPOINTD_ADMIN_TOKEN": admin_token, "ENDPOINTD_DATA_DIR": str(data_dir),
-                    "ENDPOINTD_PORT": str(self.port), **(extra_env or {})}
+                    "ENDPOINTD_PORT": str(self.port), "ENDPOINTD_MODEL_ROOTS": str(data_dir.parent / "models"),
+                    "ENDPOINTD_CPU_OVERCOMMIT": "8", **(extra_env or {})}
         self.log = data_dir / "serve.log"
         self.process: subprocess.Popen | None = None
         # A local model repository (mounted read-only at /repository; the echo engine ignores it).
-        model = data_dir.parent / "model"
+        model = data_dir.parent / "models" / "model"
         model.mkdir(parents=True, exist_ok=True)
         (model / "config.json").write_text("{}")
         self.model = str(model)
@@ -93,6 +96,12 @@ class Serve:
         names = self.containers(all_states=True)
         if names:
             subprocess.run(["/usr/bin/docker", "rm", "-f", *names], capture_output=True, check=True)
+        networks = subprocess.run(
+            ["/usr/bin/docker", "network", "ls", "-q", "--no-trunc", "--filter", f"label=endpointd.instance={self.instance}"],
+            capture_output=True, text=True, check=True,
+        ).stdout.split()
+        if networks:
+            subprocess.run(["/usr/bin/docker", "network", "rm", *networks], capture_output=True)
 
     def close(self) -> None:
         """Test teardown: stop endpointd if it runs, then remove the containers it left."""

@@ -1,5 +1,5 @@
 """On one listener, an endpoint's route domain owns every path, the API's and /metrics included;
-elsewhere the API's unknown paths are JSON 404s."""
+elsewhere the API answers JSON."""
 
 import pytest
 from aiohttp import web
@@ -39,7 +39,8 @@ async def test_the_route_domain_owns_every_path(client, path):
     assert (r.status, await r.json()) == (200, {"path": path})
 
 
-async def test_unknown_api_paths_are_json_404s(client):
-    r = await client.get("/v2/nope")
-    assert r.status == 404
-    assert (await r.json()) == {"error": "Not Found: GET /v2/nope"}
+async def test_off_the_route_domain_the_api_answers_json_and_asks_for_a_token_first(client):
+    r = await client.get("/v2/nope")  # unknown with a token is a JSON 404: tests/test_api_hostile.py
+    assert r.status == 401
+    assert (await r.json()) == {
+        "error": "this call needs a token: send the header 'Authorization: Bearer <token>'"}

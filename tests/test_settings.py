@@ -85,3 +85,44 @@ def test_static_routes():
 def test_static_routes_errors(data, message):
     with pytest.raises(RoutesError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse(data)
+
+
+@pytest.mark.parametrize("layer, value", [
+    ("flags", ["/srv/models", "/data/hub"]),  # --model-root given twice
+    ("env", "/srv/models:/data/hub"),  # ENDPOINTD_MODEL_ROOTS, ':'-separated like PATH
+    ("file", ["/srv/models", "/data/hub"]),  # a TOML list
+])
+def test_model_roots_is_a_list_from_every_layer(layer, value):
+    from autoscaler.config import ServeConfig
+
+    kwargs = {"flags": {}, "env": {}, "file_values": {}}
+    key = "ENDPOINTD_MODEL_ROOTS" if layer == "env" else "model_roots"
+    kwargs[{"flags": "flags", "env": "env", "file": "file_values"}[layer]][key] = value
+    assert settings.load(ServeConfig, "serve", **kwargs).model_roots == ("/srv/models", "/data/hub")
+
+
+def test_a_bad_model_roots_value_names_the_key():
+    from autoscaler.config import ServeConfig
+
+    with pytest.raises(settings.SettingsError, match=r"serve.model_roots = \[1\] \(from the config file \[serve\]\) is invalid: it must be a list of non-empty strings"):
+        settings.load(ServeConfig, "serve", file_values={"model_roots": [1]})
+
+
+def test_the_model_root_flag_repeats():
+    args = build_parser().parse_args(["serve", "--model-root", "/a", "--model-root", "/b"])
+    assert args.model_roots == ["/a", "/b"]
+
+
+def test_a_model_root_holding_the_data_dir_stops_serve_at_start(tmp_path):
+    import subprocess
+    import sys
+
+    data = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, "-m", "autoscaler.cli", "serve", "--data-dir", str(data), "--model-root", str(tmp_path),
+         "--port", "1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert f"serve.model_roots: {str(tmp_path)!r} is or contains the data directory" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -220,7 +220,7 @@ async def test_is_member(store, user, namespace, member):
 async def test_create_endpoint_returns_the_stored_record(store):
     record = await store.create_endpoint("acme", "e1", SPEC)
     assert record == EndpointRecord(
-        "acme", "e1", SPEC, "pending", "", 1, False, T0, T0, record.uid, 1, None, None, None
+        "acme", "e1", SPEC, "pending", "", 1, False, T0, T0, None, record.uid, 1, None, None, None
     )
     assert len(record.uid) == 16
     assert await store.get_endpoint("acme", "e1") == record
@@ -412,3 +412,12 @@ async def test_a_write_waits_for_another_process_transaction_instead_of_failing(
     finally:
         holder.close()
         await reader.close()
+
+
+async def test_compact_folds_the_wal_and_leaves_no_statement_open(store, db_path):
+    rec = await store.create_endpoint("acme", "e1", {"model": {"secrets": {"K": "plain-secret-42"}}})
+    await store.update_intent("acme", "e1", rec.generation, spec={"model": {"secrets": {"K": "sealed"}}})
+    await store.compact()
+    for path in db_path.parent.iterdir():
+        assert b"plain-secret-42" not in path.read_bytes(), path.name
+    assert (await store.get_endpoint("acme", "e1")).spec == {"model": {"secrets": {"K": "sealed"}}}

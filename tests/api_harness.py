@@ -1,0 +1,76 @@
+"""The management API in process, on a real store, over real HTTP: the controller is the
+in-memory control world (fake runtime, hand-driven launcher), so no Docker is needed."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from autoscaler.api import Limits, ManagementApi, add_api
+from autoscaler.plane import StoreControlPlane
+from autoscaler.sealing import Sealer
+from autoscaler.store import Store
+from engines.gpus import GpuAllocator
+from engines.model_roots import ModelRoots
+from proxy.app import add_proxy
+from proxy.config import ProxyConfig
+from proxy.pipeline import Pipeline
+
+from .control_world import World
+
+OWN_NAMES = frozenset({"127.0.0.1", "localhost", "endpointd.example.org"})
+
+
+class ApiWorld:
+    async def start(self, tmp_path, *, max_replicas: int = 32) -> ApiWorld:
+        self.data = tmp_path / "data"
+        self.models = tmp_path / "models"
+        self.models.mkdir(parents=True)
+        (self.models / "tiny").mkdir()
+        (self.models / "tiny" / "config.json").write_text("{}")
+        self.store = await Store.open(self.data / "endpointd.db")
+        await self.store.add_user("alice", ["acme"])
+        await self.store.add_user("bob")
+        self.tokens = {
+            "alice": (await self.store.create_token("alice"))[0],
+            "bob": (await self.store.create_token("bob"))[0],
+            "admin": await self.store.ensure_admin(None),
+        }
+        plane = StoreControlPlane(self.store.verify_token)
+        self.world = World(routes=plane)
+        self.world.launcher.auto = True
+        self.api = ManagementApi(
+            self.store, self.world.controller,
+            endpoint_url=lambda ns, name: f"http://endpointd.example.org/endpoints/{ns}/{name}",
+            check=lambda spec: None,
+            limits=Limits(
+                roots=ModelRoots.configure([str(self.models)], self.data), own_names=OWN_NAMES,
+                max_replicas=max_replicas, never_fits=lambda spec: None,
+            ),
+            sealer=Sealer.open(self.data),
+            inventory=[], allocator=GpuAllocator([]), cpu_count=2, memory_bytes=8 << 30,
+        )
+        app = web.Application()
+        add_proxy(app, Pipeline(ProxyConfig(), plane))
+        add_api(app, self.api)
+        self.client = TestClient(TestServer(app, host="127.0.0.1"))
+        await self.client.start_server()
+        return self
+
+    def auth(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[who]}"}
+
+    def body(self, name: str = "e1", **model) -> dict:
+        return {
+            "name": name, "type": "private",
+            "provider": {"vendor": "local", "region": "local"},
+            "compute": {"accelerator": "cpu", "instanceType": "intel-icl", "instanceSize": "x1",
+                        "scaling": {"minReplica": 1, "maxReplica": 1}},
+            "model": {"repository": str(self.models / "tiny"), "framework": "custom",
+                      "image": {"custom": {"url": "endpointd/echo:latest"}}, **model},
+        }
+
+    async def close(self) -> None:
+        await self.client.close()
+        await self.world.close()
+        await self.store.close()
