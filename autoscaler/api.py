@@ -258,7 +258,7 @@ class ManagementApi:
         state = status.state if status else State(rec.state)
         message = status.message if status else rec.message
         serving = state in (State.RUNNING, State.SCALED_TO_ZERO, State.UPDATING, State.UPDATE_FAILED)
-        return wire.render_endpoint(
+        body = wire.render_endpoint(
             spec,
             wire.StatusView(
                 state=state,
@@ -270,6 +270,8 @@ class ManagementApi:
                 target_replica=status.target if status else 0,
             ),
         )
+        body["namespace"] = rec.namespace  # beyond the reference's shape: listings of * need it
+        return body
 
     # --- routes ------------------------------------------------------------------------------
 
@@ -282,8 +284,13 @@ class ManagementApi:
 
     async def list_endpoints(self, request: web.Request) -> web.Response:
         ns = request.match_info["ns"]
-        await self.member(request, ns)
-        records = await self.store.list_endpoints(ns)
+        if ns == "*":  # every namespace: admins only (the client's own "*" lists the user's and orgs')
+            if not (await self.identity(request)).is_admin:
+                raise Forbidden("only an admin may list the endpoints of every namespace ('*')")
+            records = await self.store.list_endpoints()
+        else:
+            await self.member(request, ns)
+            records = await self.store.list_endpoints(ns)
         return web.json_response(wire.render_list([self.render(r) for r in records]))
 
     async def create(self, request: web.Request) -> web.Response:
@@ -421,6 +428,9 @@ def add_api(app: web.Application, api: ManagementApi) -> None:
     r.add_post("/endpoint/{ns}/{name}/scale-to-zero", api.scale_to_zero)
     r.add_get("/provider/{ns}", api.provider)
     r.add_get("/openapi.json", openapi_document)
+    from . import api_watch
+
+    api_watch.add_routes(r, api)
     hub = web.Application(middlewares=[errors_middleware])
     hub[API] = api
     hub.router.add_get("/whoami-v2", api.whoami)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 from proxy.config import ProxyConfig
 
@@ -108,6 +110,105 @@ def _tokens_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace):
+    from .client import Client
+
+    file = settings.read_file(getattr(args, "config", None))
+    proxy = settings.load(ProxyConfig, "proxy", file_values=file.get("proxy"), env=os.environ)
+    serve = settings.load(ServeConfig, "serve", file_values=file.get("serve"), env=os.environ,
+                          flags={"data_dir": getattr(args, "data_dir", None)})
+    return Client.from_settings(args.url, args.token, host=proxy.host, port=proxy.port, tls=bool(proxy.tls_cert),
+                                data_dir=serve.data_dir)
+
+
+def _endpoint_arg(value: str) -> tuple[str, str]:
+    ns, _, name = value.partition("/")
+    if not ns or not name:
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAMESPACE/NAME, e.g. acme/chat")
+    return ns, name
+
+
+def _logs(args: argparse.Namespace) -> int:
+    client = _client(args)
+    ns, name = args.endpoint
+    params = {"replica": args.replica, "tail": args.tail}
+    path = f"/v2/endpoint/{quote(ns)}/{quote(name)}/logs"
+    if args.follow:
+        try:
+            for line in client.events(f"{path}/sse", params):
+                print(line, flush=True)
+        except KeyboardInterrupt:
+            return 0
+    else:
+        print(client.text(path, params), end="")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    client = _client(args)
+    ns = args.namespace or "*"
+    params = {"endpoint": args.endpoint, "action": args.action, "since": args.since, "limit": args.limit}
+    for item in client.json("GET", f"/v2/audit/{quote(ns)}", params)["items"]:
+        details = json.dumps(item["details"], sort_keys=True) if item["details"] else ""
+        print(f"{item['at']}  {item['user']:<12} {item['action']:<14} {item['namespace']}/{item['endpoint']}  "
+              f"{item['sourceIp']}  {item['requestId']}  {details}".rstrip())
+    return 0
+
+
+def _endpoints_ls(args: argparse.Namespace) -> int:
+    client = _client(args)
+    ns = args.namespace or client.json("GET", "/api/whoami-v2")["name"]
+    for item in client.json("GET", f"/v2/endpoint/{quote(ns)}")["items"]:
+        status = item["status"]
+        print(f"{item.get('namespace', ns)}/{item['name']:<24} {status['state']:<13} "
+              f"{status.get('readyReplica', 0)}/{status.get('targetReplica', 0)}  {status.get('url', '-')}")
+    return 0
+
+
+def _endpoints_describe(args: argparse.Namespace) -> int:
+    client = _client(args)
+    ns, name = args.endpoint
+    base = f"/v2/endpoint/{quote(ns)}/{quote(name)}"
+    item = client.json("GET", base)
+    status = item["status"]
+    model = item["model"]
+    print(f"{ns}/{name}: {status['state']} — {status.get('message', '')}")
+    print(f"  url:      {status.get('url', '-')}")
+    print(f"  model:    {model['repository']} ({next(iter(model['image']))})")
+    print(f"  hardware: {item['compute']['accelerator']} {item['compute']['instanceType']} {item['compute']['instanceSize']}")
+    print(f"  replicas: {status.get('readyReplica', 0)} ready of {status.get('targetReplica', 0)} wanted")
+    for replica in client.json("GET", f"{base}/replica")["items"]:
+        print(f"    {replica['id']}  {replica['state']:<12} revision {replica['revision']}  {replica['message']}")
+    events = client.json("GET", f"{base}/events", {"limit": args.events})["items"]
+    if events:
+        print("  last events:")
+        for event in events:
+            where = f" {event['replica']}" if event["replica"] else ""
+            print(f"    {event['at']}{where} {event['kind']}: {event['reason']}")
+    return 0
+
+
+def _hf(args: argparse.Namespace) -> int:
+    """The `hf` CLI (huggingface_hub's), pointed at this endpointd: it has no flag of its own for
+    that, so the two settings the client reads are set here before it runs."""
+    client = _client(args)
+    os.environ["HF_ENDPOINT"] = client.url
+    if client.token and not os.environ.get("HF_TOKEN"):
+        os.environ["HF_TOKEN"] = client.token
+    import huggingface_hub.constants as constants
+
+    constants.ENDPOINT = client.url
+    constants.INFERENCE_ENDPOINTS_ENDPOINT = f"{client.url}/v2"
+    from huggingface_hub.cli.hf import main as hf_main
+
+    sys.argv = ["hf", *args.hf_args]
+    try:
+        hf_main()
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="endpointd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +250,43 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("user")
     listing.set_defaults(func=_tokens_list)
 
+    def talking_to_serve(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--url", help="the endpointd to talk to (default http(s)://HOST:PORT of this machine's settings; env ENDPOINTD_URL)")
+        p.add_argument("--token", help="bearer token (default ENDPOINTD_TOKEN, else the admin token)")
+        p.add_argument("--config", help="TOML file with the [proxy] and [serve] tables serve reads")
+        return with_data_dir(p)
+
+    logs = talking_to_serve(sub.add_parser("logs", help="an endpoint's runtime logs (its replicas' stdout and stderr)"))
+    logs.add_argument("endpoint", type=_endpoint_arg, metavar="NS/NAME")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines as they come")
+    logs.add_argument("--replica", help="only this replica's lines")
+    logs.add_argument("--tail", type=int, help="the latest N lines (default 50)")
+    logs.set_defaults(func=_logs)
+
+    audit = talking_to_serve(sub.add_parser("audit", help="the audit log, newest first"))
+    audit.add_argument("namespace", nargs="?", help="a user or org (default: every namespace; admins only)")
+    audit.add_argument("--endpoint", help="one endpoint's entries")
+    audit.add_argument("--action", help="one action's entries (create, update, delete, pause, resume, scale-to-zero)")
+    audit.add_argument("--since", help="RFC 3339 time or unix seconds")
+    audit.add_argument("--limit", type=int, help="at most this many (default 100)")
+    audit.set_defaults(func=_audit)
+
+    endpoints = sub.add_parser("endpoints", help="list and describe endpoints").add_subparsers(
+        dest="endpoints_command", required=True)
+    ls = talking_to_serve(endpoints.add_parser("ls", help="a namespace's endpoints (default: the token's own; * for all, admins)"))
+    ls.add_argument("namespace", nargs="?")
+    ls.set_defaults(func=_endpoints_ls)
+    describe = talking_to_serve(endpoints.add_parser("describe", help="state, replicas, URL and last events"))
+    describe.add_argument("endpoint", type=_endpoint_arg, metavar="NS/NAME")
+    describe.add_argument("--events", type=int, default=10, help="how many of the last events (default 10)")
+    describe.set_defaults(func=_endpoints_describe)
+
+    hf = talking_to_serve(sub.add_parser("hf", help="huggingface_hub's `hf` CLI, pointed at this endpointd",
+                                         description="Runs `hf ARGS...` with HF_ENDPOINT and the Inference Endpoints "
+                                                     "base set to this endpointd, e.g. `endpointd hf endpoints ls`."))
+    hf.add_argument("hf_args", nargs=argparse.REMAINDER, metavar="ARGS")
+    hf.set_defaults(func=_hf)
+
     images = sub.add_parser("images", help="build the project's own engine images locally")
     images_sub = images.add_subparsers(dest="images_command", required=True)
     build = images_sub.add_parser("build", help="build endpointd/base:bookworm and endpointd/echo:latest")
@@ -161,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     from engines.model_roots import RootsError
     from proxy.static_routes import RoutesError
 
+    from .client import ClientError
     from .datadir import DataDirLocked
     from .sealing import SealingError
     from .store import StoreError
@@ -169,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (settings.SettingsError, RoutesError, StoreError, DataDirLocked, RootsError, SealingError) as error:
+    except (settings.SettingsError, RoutesError, StoreError, DataDirLocked, RootsError, SealingError, ClientError) as error:
         print(f"endpointd: {error}", file=sys.stderr)
         return 2
 

@@ -37,6 +37,7 @@ from .events import EventLog
 from .intent import Intent, Signals
 from .owner import Adopted, Delete, Died, Launcher, Liveness, NewIntent, Owner, Recommend, Wake
 from .planner import Phase
+from .replicas import ReplicaRecord
 from .state import Status
 
 log = logging.getLogger("endpointd.controller")
@@ -222,6 +223,11 @@ class Controller:
             return None
         free, _ = self.capacity_of(owner.intent)
         return None if free is None else free + len(owner.slots_in(Phase.STARTING, Phase.READY))
+
+    def replicas(self, key: EndpointKey) -> list[ReplicaRecord]:
+        """The endpoint's replicas with their timelines (those stopped in the last 24 h too)."""
+        owner = self._owners.get(key)
+        return owner.history.items() if owner else []
 
     def status(self, key: EndpointKey) -> Status | None:
         owner = self._owners.get(key)

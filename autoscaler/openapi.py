@@ -77,6 +77,47 @@ WHOAMI = {"type": "object", "required": ["type", "name", "orgs"], "properties": 
     "orgs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
 }}
 PROVIDER = {"type": "object", "required": ["vendors"], "properties": {"vendors": {"type": "array"}}}
+STATES = ["pending", "initializing", "running", "draining", "stopped", "failed"]
+REPLICAS = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {
+    "type": "object", "required": ["id", "state", "revision", "createdAt", "timeline"], "properties": {
+        "id": {"type": "string"}, "state": {"enum": STATES}, "revision": {"type": "integer"},
+        "createdAt": {"type": "string", "format": "date-time"},
+        "readyAt": {"type": ["string", "null"], "format": "date-time"},
+        "stoppedAt": {"type": ["string", "null"], "format": "date-time"},
+        "exitCode": {"type": ["integer", "null"]}, "message": {"type": "string"},
+        "gpus": {"type": "array", "items": {"type": "string"}},
+        "timeline": {"type": "array", "items": {"type": "object", "properties": {
+            "state": {"enum": STATES}, "at": {"type": "string", "format": "date-time"}}}},
+    }}}}}
+EVENTS = {"type": "object", "required": ["items", "last"], "properties": {
+    "last": {"type": "integer", "description": "pass as `since` to get only newer events"},
+    "items": {"type": "array", "items": {"type": "object", "properties": {
+        "seq": {"type": "integer"}, "at": {"type": "string", "format": "date-time"}, "kind": {"type": "string"},
+        "reason": {"type": "string"}, "replica": {"type": ["string", "null"]}, "inputs": {"type": "object"},
+    }}}}}
+AUDIT = {"type": "object", "required": ["items", "nextCursor"], "properties": {
+    "nextCursor": {"type": ["string", "null"], "description": "pass as `cursor` for the next (older) page"},
+    "items": {"type": "array", "items": {"type": "object", "properties": {
+        "at": {"type": "string", "format": "date-time"}, "user": {"type": "string"}, "action": {"type": "string"},
+        "namespace": {"type": "string"}, "endpoint": {"type": "string"}, "details": {"type": "object"},
+        "sourceIp": {"type": "string"}, "requestId": {"type": "string"},
+    }}}}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+SINCE_SEQ = _query("since", {"type": "integer", "minimum": 0}, "only events after this seq")
+LIMIT_EVENTS = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many (latest)")
+AUDIT_PARAMS = (
+    {**NS, "description": "user or org, or * (admins) for every namespace"},
+    _query("endpoint", {"type": "string", "maxLength": 200}, "one endpoint's entries"),
+    _query("action", {"type": "string", "maxLength": 200}, "one action's entries, e.g. create"),
+    _query("since", {"type": "string"}, "RFC 3339 time or unix seconds"),
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page size (default 100)"),
+    _query("cursor", {"type": "string"}, "the nextCursor of the previous page"),
+)
 
 
 def document() -> dict[str, Any]:
@@ -105,6 +146,11 @@ def document() -> dict[str, Any]:
             "/v2/endpoint/{ns}/{name}/resume": {"post": _op("resume a paused endpoint", ENDPOINT)},
             "/v2/endpoint/{ns}/{name}/scale-to-zero": {"post": _op("drain and stop; the next request wakes it", ENDPOINT)},
             "/v2/provider/{ns}": {"get": _op("this host's hardware and what is free", PROVIDER, params=(NS,), errors=(401, 403))},
+            "/v2/endpoint/{ns}/{name}/replica": {"get": _op("each replica's timeline (stopped ones of the last 24 h too)", REPLICAS)},
+            "/v2/endpoint/{ns}/{name}/events": {"get": _op(
+                "lifecycle and scaling events: why it scaled, why a replica was replaced", EVENTS,
+                params=(NS, NAME, SINCE_SEQ, LIMIT_EVENTS))},
+            "/v2/audit/{ns}": {"get": _op("the audit log, newest first", AUDIT, params=AUDIT_PARAMS, errors=(400, 401, 403))},
             "/v2/openapi.json": {"get": _op("this document", {"type": "object"}, params=(), errors=())},
         },
     }

@@ -33,6 +33,7 @@ from proxy.control import Replica, RouteEntry, RouteState, RouteTable
 from .events import EventLog
 from .intent import Intent, Signals, asleep, wanted
 from .planner import Cancel, Drain, Phase, Reclaim, SlotView, Start, View, plan
+from .replicas import ReplicaHistory, ReplicaState
 from .state import State, Status
 
 log = logging.getLogger("endpointd.controller")
@@ -204,6 +205,12 @@ class StepResult:
     drained: list[str] = field(default_factory=list)  # drained or cancelled
 
 
+def slot_state(slot: Slot) -> ReplicaState:
+    """The timeline state of a slot's phase (a stopping replica is still draining to the user)."""
+    return {Phase.STARTING: ReplicaState.INITIALIZING, Phase.READY: ReplicaState.RUNNING}.get(
+        slot.phase, ReplicaState.DRAINING)
+
+
 class _LatestWriter:
     """Writes the latest value with one task at a time: a slow store never reorders writes."""
 
@@ -247,6 +254,7 @@ class Owner:
         self.verified = False  # the health route answered 200 through the proxy
         self._verifying = False
         self._verify_after = 0.0
+        self.history = ReplicaHistory(host.wall)  # each replica's timeline, for GET …/replica
         self._inbox: list[Message] = []
         self._published: RouteEntry | None = None
         self._status: Status | None = None
@@ -344,6 +352,7 @@ class Owner:
             case Progress(_, text):
                 if slot.phase is Phase.STARTING:
                     self.progress = text
+                    self.history.moved(slot.id, ReplicaState.INITIALIZING, text)
             case Launched(_, info):
                 self._launched(slot, info)
             case LaunchEnded(_, error, removed):
@@ -361,6 +370,7 @@ class Owner:
             case Died(_, exit_code):
                 if slot.phase in (Phase.READY, Phase.DRAINING):
                     self._event("replica_died", f"its container exited with code {exit_code}; replacing it", slot)
+                    self.history.moved(slot.id, slot_state(slot), f"exited with code {exit_code}", exit_code)
                     self._stop(slot, 0.0)
             case Liveness(_, ok):
                 self._liveness(slot, ok)
@@ -411,10 +421,9 @@ class Owner:
             return
         slot.liveness_failures = 0 if ok else slot.liveness_failures + 1
         if slot.liveness_failures >= self.host.liveness_failures:
-            self._event(
-                "replica_unresponsive",
-                f"its health route failed {slot.liveness_failures} checks in a row; replacing it", slot,
-            )
+            reason = f"its health route failed {slot.liveness_failures} checks in a row; replacing it"
+            self._event("replica_unresponsive", reason, slot)
+            self.history.moved(slot.id, slot_state(slot), reason)
             self._stop(slot, 0.0)
 
     # --- slot transitions (only from step) ---------------------------------------------
@@ -429,6 +438,7 @@ class Owner:
             return False
         slot = self.slots[slot_id] = Slot(slot_id, intent.revision, Phase.STARTING, gpus=gpus)
         slot.task = self.host.spawn(self._launch(slot, intent))
+        self.history.started(slot_id, intent.revision, gpus)
         result.started.append(slot_id)
         self._event("replica_starting", f"starting a replica of revision {intent.revision}", slot, gpus=list(gpus))
         return True
@@ -442,6 +452,7 @@ class Owner:
 
     def _drain(self, slot: Slot, result: StepResult) -> None:
         slot.phase = Phase.DRAINING
+        self.history.moved(slot.id, ReplicaState.DRAINING, "no longer wanted: finishing its requests")
         result.drained.append(slot.id)
         self._event("replica_draining", "no longer wanted: it finishes its requests, then stops", slot)
         slot.task = self.host.spawn(self._drain_wait(slot.id))
@@ -451,6 +462,7 @@ class Owner:
             slot.task.cancel()
             slot.task = None
         slot.phase = Phase.READY
+        self.history.moved(slot.id, ReplicaState.RUNNING, "wanted again: taking requests")
         self._event("replica_reclaimed", "wanted again while draining: it takes requests again", slot)
 
     def _stop(self, slot: Slot, grace_s: float) -> None:
@@ -462,6 +474,7 @@ class Owner:
 
     def _adopted(self, info: ReplicaInfo) -> None:
         self.slots[info.replica_id] = Slot(info.replica_id, self.intent.revision, Phase.READY, gpus=info.gpus, info=info)
+        self.history.started(info.replica_id, self.intent.revision, info.gpus, running=True)
         # No scale-down before the scaler has a full window of data: keep what was running.
         adopted = len(self.slots_in(Phase.READY))
         self.signals = replace(self.signals, recommendation=max(self.signals.recommendation or 0, adopted))
@@ -474,6 +487,7 @@ class Owner:
             self._stop(slot, 0.0)
             return
         slot.phase = Phase.READY
+        self.history.moved(slot.id, ReplicaState.RUNNING, f"answers {info.health_route}")
         if slot.revision == self.intent.revision:
             self.failures, self.last_error, self.progress = 0, "", ""
         self._event("replica_ready", f"answers {info.health_route} on {info.address}", slot)
@@ -483,6 +497,7 @@ class Owner:
         if slot.phase is Phase.STARTING and error is not None:
             log.warning("replica %s of %s failed to start: %s", slot.id, self.key, error)
             self._event("replica_failed", error, slot)
+            self.history.moved(slot.id, ReplicaState.FAILED, error)
             if slot.revision == self.intent.revision:
                 self.failures += 1
                 self.last_error = error
@@ -499,6 +514,7 @@ class Owner:
         """Its container no longer exists: only now are its GPUs free."""
         del self.slots[slot.id]
         self.host.release_gpus(slot.id)
+        self.history.moved(slot.id, ReplicaState.STOPPED)
         self._event("replica_stopped", "its container is gone", slot)
 
     # --- tasks (they report back by posting) -------------------------------------------

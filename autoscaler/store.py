@@ -199,6 +199,7 @@ class AuditEntry:
     details: dict[str, Any]
     source_ip: str
     request_id: str
+    id: int = 0  # increasing: the cursor of a listing
 
 
 def _iso(moment: datetime) -> str:
@@ -246,7 +247,7 @@ def _endpoint(row: aiosqlite.Row) -> EndpointRecord:
 def _audit(row: aiosqlite.Row) -> AuditEntry:
     return AuditEntry(
         _time(row["at"]), row["actor"], row["action"], row["namespace"], row["name"], json.loads(row["details"]),
-        row["source_ip"], row["request_id"],
+        row["source_ip"], row["request_id"], row["id"],
     )
 
 
@@ -605,10 +606,23 @@ class Store:
             )
         return _audit(row)
 
-    async def list_audit(self, namespace: str | None = None, limit: int = 100) -> list[AuditEntry]:
-        """The latest entries first."""
-        if namespace is None:
-            rows = await self._all("SELECT * FROM audit ORDER BY id DESC LIMIT ?", limit)
-        else:
-            rows = await self._all("SELECT * FROM audit WHERE namespace = ? ORDER BY id DESC LIMIT ?", namespace, limit)
+    async def list_audit(
+        self, namespace: str | None = None, limit: int = 100, *, endpoint: str | None = None,
+        action: str | None = None, since: datetime | None = None, before: int | None = None,
+    ) -> list[AuditEntry]:
+        """The latest entries first, optionally of one namespace, endpoint or action, at or after
+        `since`, and older than the entry `before` (a cursor: the last id of the previous page)."""
+        where, args = [], []
+        for column, value in (("namespace", namespace), ("name", endpoint), ("action", action)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if since is not None:
+            where.append("at >= ?")
+            args.append(_iso(since))
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._all(f"SELECT * FROM audit{clause} ORDER BY id DESC LIMIT ?", *args, limit)
         return [_audit(row) for row in rows]

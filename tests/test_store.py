@@ -346,7 +346,7 @@ async def test_an_unknown_endpoint_is_not_found(store, call):
 
 async def test_audit_entries_are_listed_latest_first(store, clock):
     first = await store.record_audit("alice", "create", "acme", "e1", {"image": "vLLM"}, "10.0.0.7", "req-1")
-    assert first == AuditEntry(T0, "alice", "create", "acme", "e1", {"image": "vLLM"}, "10.0.0.7", "req-1")
+    assert first == AuditEntry(T0, "alice", "create", "acme", "e1", {"image": "vLLM"}, "10.0.0.7", "req-1", first.id)
     clock.advance(1)
     await store.record_audit("bob", "pause", "beta", "b1", {}, "10.0.0.8", "req-2")
     clock.advance(1)
