@@ -413,8 +413,9 @@ def _depth(value: Any) -> int:
     return deepest
 
 
-def add_api(app: web.Application, api: ManagementApi) -> None:
-    """Mount the API as sub-apps, so its error middleware never runs on the proxy's hot path."""
+def add_api(app: web.Application, api: ManagementApi, *, logs: Any, analytics: Any) -> None:
+    """Mount the API as sub-apps, so its error middleware never runs on the proxy's hot path.
+    `logs` (a LogService) and `analytics` (an Analytics) serve the logs and metrics routes."""
     v2 = web.Application(middlewares=[errors_middleware])
     v2[API] = api
     r = v2.router
@@ -431,6 +432,10 @@ def add_api(app: web.Application, api: ManagementApi) -> None:
     from . import api_watch
 
     api_watch.add_routes(r, api)
+    from . import api_logs, api_metrics
+
+    api_logs.add_routes(r, api, logs)
+    api_metrics.add_routes(r, api, analytics)
     hub = web.Application(middlewares=[errors_middleware])
     hub[API] = api
     hub.router.add_get("/whoami-v2", api.whoami)

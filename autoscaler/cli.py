@@ -19,11 +19,19 @@ from .store import SCOPES
 from .wire import wire_time
 
 
-def _load(args: argparse.Namespace) -> tuple[ProxyConfig, ServeConfig, ScalingConfig]:
+def _sections():
+    from .analytics import AnalyticsConfig
+    from .logs import LogsConfig
+
+    return ((ProxyConfig, "proxy"), (ServeConfig, "serve"), (ScalingConfig, "scaling"),
+            (LogsConfig, "logs"), (AnalyticsConfig, "analytics"))
+
+
+def _load(args: argparse.Namespace) -> tuple:
     file = settings.read_file(args.config)
     return tuple(
         settings.load(cls, section, file_values=file.get(section), env=os.environ, flags=settings.flags_of(args, cls))
-        for cls, section in ((ProxyConfig, "proxy"), (ServeConfig, "serve"), (ScalingConfig, "scaling"))
+        for cls, section in _sections()
     )
 
 
@@ -32,8 +40,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from .serve import build_app
 
-    proxy, serve, scaling = _load(args)
-    run(build_app(proxy, serve, scaling), proxy)
+    proxy, serve, scaling, logs, analytics = _load(args)
+    run(build_app(proxy, serve, scaling, logs, analytics), proxy)
     return 0
 
 
@@ -214,10 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the management API, the proxy and the controller")
-    serve.add_argument("--config", help="TOML file; its [proxy], [serve] and [scaling] tables set any option below")
-    settings.add_flags(serve, ProxyConfig)
-    settings.add_flags(serve, ServeConfig)
-    settings.add_flags(serve, ScalingConfig)
+    serve.add_argument("--config", help="TOML file; its [proxy], [serve], [scaling], [logs] and [analytics] "
+                       "tables set any option below")
+    for cls, _ in _sections():
+        settings.add_flags(serve, cls)
     serve.set_defaults(func=_serve)
 
     proxy = sub.add_parser("proxy", help="run the edge proxy alone, in front of replicas listed in a routes file")

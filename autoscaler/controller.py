@@ -80,8 +80,12 @@ class Controller:
         wall: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         new_id: Callable[[], str] | None = None,
+        on_forget: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
+        """`on_forget(uid)`: an endpoint incarnation is gone for good (deleted, and nothing of it
+        left running): what others keep of it (logs, analytics) goes too."""
         self.runtime = runtime
+        self._on_forget = on_forget
         self.launcher = launcher
         self.routes = routes
         self.capacity = capacity
@@ -258,9 +262,17 @@ class Controller:
         for owner in [o for o in self._retired if o.finished]:
             self._retired.remove(owner)
             self.events.forget(owner.intent.uid)
+            if self._on_forget is not None:
+                self.spawn(self._forget(owner.intent.uid))
             if owner.intent.key not in self._owners:  # not re-created meanwhile: its network goes too
                 self.spawn(self._remove_network(owner.intent.key))
         return result
+
+    async def _forget(self, uid: str) -> None:
+        try:
+            await self._on_forget(uid)
+        except Exception:  # noqa: BLE001 - what is left of it is pruned by its own bounds
+            log.exception("could not forget the logs and analytics of endpoint incarnation %s", uid)
 
     async def _remove_network(self, key: EndpointKey) -> None:
         try:

@@ -121,6 +121,9 @@ AUDIT_PARAMS = (
 
 
 def document() -> dict[str, Any]:
+    from .api_logs import OPENAPI_PATHS as LOGS_PATHS
+    from .api_metrics import OPENAPI_PATHS as METRICS_PATHS
+
     endpoint_ref = {"$ref": "#/components/schemas/Endpoint"}
     return {
         "openapi": "3.1.0",
@@ -152,5 +155,7 @@ def document() -> dict[str, Any]:
                 params=(NS, NAME, SINCE_SEQ, LIMIT_EVENTS))},
             "/v2/audit/{ns}": {"get": _op("the audit log, newest first", AUDIT, params=AUDIT_PARAMS, errors=(400, 401, 403))},
             "/v2/openapi.json": {"get": _op("this document", {"type": "object"}, params=(), errors=())},
+            **LOGS_PATHS,
+            **METRICS_PATHS,
         },
     }

@@ -27,11 +27,13 @@ from proxy.control import Identity
 from proxy.pipeline import PROBE_HEADER, Pipeline
 
 from . import datadir
+from .analytics import Analytics, AnalyticsConfig
 from .api import Limits, ManagementApi, add_api
 from .config import ScalingConfig, ServeConfig
 from .controller import Controller
 from .intent import Intent, Signals
 from .launcher import EngineLauncher
+from .logs import Collecting, LogsConfig, LogService
 from .policy import Scaling
 from .sealing import Sealer, needs_sealing
 from .scaler import Scaler
@@ -122,7 +124,8 @@ def scaling_of(intent: Intent | None) -> Scaling | None:
 
 
 async def build_app(
-    proxy_config: ProxyConfig, serve_config: ServeConfig, scaling_config: ScalingConfig = ScalingConfig()
+    proxy_config: ProxyConfig, serve_config: ServeConfig, scaling_config: ScalingConfig = ScalingConfig(),
+    logs_config: LogsConfig = LogsConfig(), analytics_config: AnalyticsConfig = AnalyticsConfig(),
 ) -> web.Application:
     """The whole of endpointd as one aiohttp app. What has a lifetime (the reconcile loop, the
     connections to Docker and SQLite) is closed by the app's cleanup context."""
@@ -179,8 +182,26 @@ async def build_app(
         except (aiohttp.ClientError, TimeoutError):
             return False
 
+    controller: Controller | None = None
+
+    def uid_of(key: EndpointKey) -> str | None:
+        intent = controller.intent(key) if controller is not None else None
+        return intent.uid if intent is not None else None
+
+    def secrets_of(key: EndpointKey) -> list[str]:
+        intent = controller.intent(key) if controller is not None else None
+        if intent is None or intent.spec is None:
+            return []
+        return list(intent.spec.model.secrets.values())
+
+    logs = LogService(runtime, data_dir, uid_of=uid_of, secrets_of=secrets_of, config=logs_config)
+
+    async def forget(uid: str) -> None:
+        await logs.forget(uid)
+        await analytics.forget(uid)
+
     controller = Controller(
-        runtime, launcher, plane, capacity=capacity,
+        Collecting(runtime, logs), launcher, plane, on_forget=forget, capacity=capacity,
         in_flight=pipeline.counter.replica_loads, probe=probe, save_status=save_status, save_signals=save_signals,
         drain_grace_s=serve_config.drain_grace_s, stop_grace_s=serve_config.stop_grace_s,
         interval_s=serve_config.reconcile_interval_s, liveness_interval_s=serve_config.liveness_interval_s,
@@ -196,6 +217,12 @@ async def build_app(
         scaling_of=lambda key: scaling_of(controller.intent(key)),
         utilization=utilization, interval_s=scaling_config.scale_interval_s, registry=pipeline.metrics.registry,
     )
+    analytics = Analytics(
+        analytics_config, endpoints=controller, runtime=runtime, answers=pipeline.metrics,
+        pending=pipeline.counter.snapshot, routes=plane, gpus=allocator, gpu_sampler=gpu_sampler,
+        cpu_limit=lambda intent: launcher.needs(intent).cpus or None, data_dir=data_dir,
+    )
+    pipeline.metrics.registry.register(analytics.collector)
     url_base = base_url(proxy_config, serve_config)
     api = ManagementApi(
         store, controller,
@@ -212,6 +239,8 @@ async def build_app(
     async def reconciling(app: web.Application) -> AsyncIterator[None]:
         for record in await store.list_endpoints():
             controller.apply(api.intent(record), api.signals(record))
+        await logs.start()
+        await analytics.start()
         adopted = await controller.adopt(await runtime.list())
         log.info("adopted %d running replica(s); serving on %s", len(adopted), url_base)
         tasks = [
@@ -229,6 +258,8 @@ async def build_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await controller.close()
+            await analytics.close()
+            await logs.close()
             await session.close()
             await runtime.close()
             await store.close()
@@ -238,6 +269,6 @@ async def build_app(
 
     app = web.Application()
     add_proxy(app, pipeline)
-    add_api(app, api)
+    add_api(app, api, logs=logs, analytics=analytics)
     app.cleanup_ctx.append(reconciling)
     return app

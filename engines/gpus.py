@@ -173,7 +173,8 @@ class GpuAllocator:
 
 
 class GpuSampler:
-    """GPU utilization (percent of time a kernel ran over the driver's last sample period)."""
+    """GPU utilization (percent of time a kernel ran over the driver's last sample period) and
+    GPU memory in use (bytes of the card's memory allocated, by every process on it)."""
 
     def __init__(self, nvml: Any, inventory: Sequence[Gpu]) -> None:
         self._nvml = nvml
@@ -186,6 +187,14 @@ class GpuSampler:
         for uuid in ids:
             handle = self._nvml.nvmlDeviceGetHandleByIndex(self._index[uuid])
             result[uuid] = float(self._nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+        return result
+
+    def memory_used(self, ids: Iterable[str]) -> dict[str, int]:
+        """Device id -> bytes of GPU memory in use, for the given ids (unknown ids raise KeyError)."""
+        result = {}
+        for uuid in ids:
+            handle = self._nvml.nvmlDeviceGetHandleByIndex(self._index[uuid])
+            result[uuid] = int(self._nvml.nvmlDeviceGetMemoryInfo(handle).used)
         return result
 
     def close(self) -> None:

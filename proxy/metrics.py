@@ -1,9 +1,17 @@
 """The proxy's Prometheus metrics. Gauges are read from the counters at scrape time, so the
-request path pays only for the counters and histograms it updates."""
+request path pays only for the counters and histograms it updates.
+
+Beside the registry, an optional tap keeps every answered demand request (replica, status code,
+duration) per endpoint until a reader takes them (`take_answers()`): the control plane's
+analytics turn them into request counts and exact latency quantiles. Off until `tap()` is called,
+so the proxy alone (`endpointd proxy`) keeps nothing; bounded, so a reader that stops taking costs
+at most TAP_LIMIT answers per endpoint (beyond it answers are only counted).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -18,6 +26,19 @@ CLIENT_CLOSED = "499"  # the client went away before the response was complete (
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 COLD_START_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
+# Answers kept per endpoint between two takes. The analytics sampler takes every 10 s, so this is
+# 10,000 requests/s of one endpoint with every latency kept (a few MB); beyond it only counts.
+TAP_LIMIT = 100_000
+
+Answer = tuple[str, str, float | None]  # (replica id or NO_REPLICA, status code, duration_s or None)
+
+
+@dataclass(slots=True)
+class Answers:
+    """One endpoint's answered demand requests since the last take."""
+
+    kept: list[Answer] = field(default_factory=list)  # in order, at most TAP_LIMIT
+    beyond: dict[tuple[str, str], int] = field(default_factory=dict)  # (replica, code) -> answers past the limit
 
 
 class _Gauges(Collector):
@@ -96,19 +117,46 @@ class ProxyMetrics:
         self.registry.register(self._connections)
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
+        self._tap: dict[str, Answers] | None = None  # endpoint key -> answers since the last take
+
+    def tap(self) -> None:
+        """Keep every demand answer per endpoint from now on, for `take_answers()`."""
+        if self._tap is None:
+            self._tap = {}
+
+    def take_answers(self) -> dict[str, Answers]:
+        """The answers kept since the last take, per endpoint key; the tap starts empty again."""
+        taken = self._tap or {}
+        if self._tap is not None:
+            self._tap = {}
+        return taken
 
     def watch_connections(self, source: ConnectionStats) -> None:
         """Where the connection gauges are read from (the server's listeners, once they listen)."""
         self._connections.source = source
 
-    def answered(self, endpoint: str, replica: str, code: str, duration_s: float | None) -> None:
+    def answered(
+        self, endpoint: str, replica: str, code: str, duration_s: float | None, demand: bool = True
+    ) -> None:
         """Count one answered request. Label children are cached: prometheus' labels() takes a
-        lock and checks its arguments on every call, which the hot path need not pay."""
+        lock and checks its arguments on every call, which the hot path need not pay.
+        `demand=False` (the control plane's own probe) is counted here but kept out of the tap:
+        an endpoint's analytics show its callers' requests only."""
         key = (endpoint, replica, code)
         child = self._request_children.get(key)
         if child is None:
             child = self._request_children[key] = self.requests.labels(endpoint, replica, code)
         child.inc()
+        tap = self._tap
+        if tap is not None and demand and endpoint:
+            answers = tap.get(endpoint)
+            if answers is None:
+                answers = tap[endpoint] = Answers()
+            if len(answers.kept) < TAP_LIMIT:
+                answers.kept.append((replica, code, duration_s))
+            else:
+                beyond = answers.beyond
+                beyond[(replica, code)] = beyond.get((replica, code), 0) + 1
         if duration_s is None:  # refused before admission: not a served request's latency
             return
         latency = self._latency_children.get(endpoint)

@@ -64,7 +64,9 @@ class Admission:
     def finish(self, code: int | str) -> None:
         pipeline = self._pipeline
         key = self.entry.key
-        pipeline.metrics.answered(key, self.ticket.replica_id or NO_REPLICA, str(code), pipeline.clock() - self._started)
+        pipeline.metrics.answered(
+            key, self.ticket.replica_id or NO_REPLICA, str(code), pipeline.clock() - self._started, self.ticket.demand
+        )
         self.ticket.close()
         if self.ticket.demand:  # a probe took no held request's place, so frees none
             pipeline.gate.finished(key)

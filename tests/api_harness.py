@@ -52,7 +52,7 @@ class ApiWorld:
         )
         app = web.Application()
         add_proxy(app, Pipeline(ProxyConfig(), plane))
-        add_api(app, self.api)
+        add_api(app, self.api, logs=None, analytics=None)  # their routes have tests of their own
         self.client = TestClient(TestServer(app, host="127.0.0.1"))
         await self.client.start_server()
         return self

@@ -27,7 +27,7 @@ async def client():
                            domain="e1.example"))
     app = web.Application()
     add_proxy(app, Pipeline(ProxyConfig(), control))
-    add_api(app, ManagementApi.__new__(ManagementApi))  # routing only: no handler is reached below
+    add_api(app, ManagementApi.__new__(ManagementApi), logs=None, analytics=None)  # routing only: no handler is reached below
     async with TestClient(TestServer(app, host="127.0.0.1")) as c:
         yield c
     await replica.close()

@@ -63,7 +63,7 @@ async def metrics(client):
     async with client.get("/metrics") as response:
         assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
         lines = (await response.text()).splitlines()
-    return {name: int(value) for name, value in (line.split() for line in lines if not line.startswith("#"))}
+    return {name: int(value) for name, value in (line.split() for line in lines if line.startswith("echo_"))}
 
 
 async def healthy(client):

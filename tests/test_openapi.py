@@ -8,7 +8,7 @@ from autoscaler.api import ManagementApi, add_api
 
 def served_routes() -> set[tuple[str, str]]:
     app = web.Application()
-    add_api(app, ManagementApi.__new__(ManagementApi))  # only the route table is read
+    add_api(app, ManagementApi.__new__(ManagementApi), logs=None, analytics=None)  # only the route table is read
     routes = set()
     for resource in app.router.resources():
         sub = getattr(resource, "_app", None)  # a sub-app: its routes' paths carry the prefix

@@ -4,7 +4,10 @@ It speaks the HTTP APIs of real engines, so that huggingface_hub's InferenceClie
 TGI (`POST /` and `/generate` as JSON, `/generate_stream` and `POST /` with `"stream": true` as SSE,
 `GET /info`), OpenAI (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `GET /v1/models`)
 and, with ECHO_TASK=feature-extraction, TEI's `POST /`. The "generated" tokens are the input's words
-echoed back. `GET /health` answers 503 until the engine is ready, `GET /metrics` in Prometheus text.
+echoed back. `GET /health` answers 503 until the engine is ready, `GET /metrics` in Prometheus text,
+with vLLM's scheduler gauges (`vllm:num_requests_running`, `vllm:num_requests_waiting`,
+`vllm:kv_cache_usage_perc`) computed from its real requests: at most ECHO_MAX_RUNNING run at once,
+the rest wait, and the "KV cache" is the share of those slots in use.
 
 Self-contained (stdlib + aiohttp, 3.8 API: no web.AppKey) because its image has Debian bookworm's
 python3-aiohttp 3.8. Behaviour knobs, environment variables validated at start:
@@ -14,6 +17,8 @@ python3-aiohttp 3.8. Behaviour knobs, environment variables validated at start:
     ECHO_CRASH_AFTER_REQUESTS   integer >= 1: exit with code 3 after answering that many inference requests
     ECHO_NEVER_READY            1/true: /health never answers 200 (default 0/false)
     ECHO_TASK                   text-generation (default) or feature-extraction: what `POST /` does
+    ECHO_MAX_RUNNING            integer >= 1: inference requests answered at once, the rest wait
+                                (default 256, vLLM's max_num_seqs)
     ECHO_API_KEY                when set, every route but /health needs `Authorization: Bearer <key>`
                                 (401 otherwise), as real engines' API keys do; endpointd gives each
                                 replica its own. Never logged.
@@ -42,6 +47,7 @@ TOKEN_LOGPROB = -0.1  # every token's log-probability: TGI's stream events must 
 EMBEDDING_DIM = 8  # small and fixed: enough to tell two texts apart
 CRASH_EXIT_CODE = 3
 CLIENT_CLOSED_STATUS = 499  # logged for a request whose client went away (nginx's convention)
+DEFAULT_MAX_RUNNING = 256  # vLLM's default max_num_seqs: requests in one batch
 # After SIGTERM, in-flight requests get this long to finish, then are cut (aiohttp >= 3.9 waits it
 # twice: before and after cancelling): well inside Docker's 10 s stop grace.
 SHUTDOWN_TIMEOUT_S = 1.0
@@ -90,6 +96,7 @@ class Settings:
     never_ready: bool = False
     task: str = "text-generation"
     api_key: str | None = field(default=None, repr=False)
+    max_running: int = DEFAULT_MAX_RUNNING
 
     @classmethod
     def from_env(cls, environ):
@@ -102,6 +109,7 @@ class Settings:
             never_ready=BOOLEANS[_env_choice(environ, "ECHO_NEVER_READY", tuple(BOOLEANS), "0")],
             task=_env_choice(environ, "ECHO_TASK", TASKS, TASKS[0]),
             api_key=environ.get("ECHO_API_KEY") or None,
+            max_running=_env_number(environ, "ECHO_MAX_RUNNING", int, DEFAULT_MAX_RUNNING, 1),
         )
 
 
@@ -211,7 +219,10 @@ class Engine:
         self.exit_process = exit_process
         self.ready = False
         self.requests_total = 0
-        self.in_flight = 0
+        self.in_flight = 0  # inference requests between arrival and answer: waiting + running
+        self.waiting = 0
+        self.running = 0
+        self._slots = asyncio.Semaphore(settings.max_running)
         self.tokens_total = 0
         self.created = int(time.time())
 
@@ -236,13 +247,22 @@ class Engine:
         async def gated(request):
             if not self.ready:
                 return web.json_response({"error": "loading"}, status=503)
-            # in_flight is decremented in `finally`: errors and client disconnects never leak a count.
+            # Every count is decremented in `finally`: errors and client disconnects never leak one.
             self.in_flight += 1
             try:
+                self.waiting += 1
+                try:
+                    await self._slots.acquire()
+                finally:
+                    self.waiting -= 1
+                self.running += 1
                 try:
                     response = await handler(request, await _json_object(request))
                 except Invalid as error:
                     response = web.json_response({"error": str(error), "error_type": "validation"}, status=422)
+                finally:
+                    self.running -= 1
+                    self._slots.release()
             finally:
                 self.in_flight -= 1
             self.requests_total += 1
@@ -378,12 +398,20 @@ class Engine:
                                   "max_new_tokens": DEFAULT_MAX_NEW_TOKENS, "router": "echo-engine"})
 
     async def metrics(self, request):
+        model = f'{{model_name="{MODEL_ID}"}}'  # vLLM labels its gauges with the served model
         text = "".join(
-            f"# HELP {name} {about}\n# TYPE {name} {kind}\n{name} {value}\n"
-            for name, kind, about, value in (
-                ("echo_requests_total", "counter", "Inference requests answered.", self.requests_total),
-                ("echo_requests_in_flight", "gauge", "Inference requests being answered.", self.in_flight),
-                ("echo_tokens_generated_total", "counter", "Tokens generated.", self.tokens_total),
+            f"# HELP {name} {about}\n# TYPE {name} {kind}\n{name}{labels} {value}\n"
+            for name, labels, kind, about, value in (
+                ("echo_requests_total", "", "counter", "Inference requests answered.", self.requests_total),
+                ("echo_requests_in_flight", "", "gauge", "Inference requests being answered.", self.in_flight),
+                ("echo_tokens_generated_total", "", "counter", "Tokens generated.", self.tokens_total),
+                ("vllm:num_requests_running", model, "gauge", "Number of requests in model execution batches.",
+                 float(self.running)),
+                ("vllm:num_requests_waiting", model, "gauge", "Number of requests waiting to be processed.",
+                 float(self.waiting)),
+                ("vllm:kv_cache_usage_perc", model, "gauge",
+                 "KV-cache usage. 1 means 100 percent usage (here: the share of ECHO_MAX_RUNNING in use).",
+                 self.running / self.settings.max_running),
             )
         )
         return web.Response(body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
