@@ -29,6 +29,7 @@ from proxy.pipeline import PROBE_HEADER, Pipeline
 from . import datadir
 from .analytics import Analytics, AnalyticsConfig
 from .api import Limits, ManagementApi, add_api
+from .dashboard import add_dashboard
 from .config import ScalingConfig, ServeConfig
 from .controller import Controller
 from .intent import Intent, Signals
@@ -268,6 +269,7 @@ async def build_app(
             os.close(lock)  # the data directory is free for the next serve
 
     app = web.Application()
+    add_dashboard(app)  # before the proxy's catch-all route
     add_proxy(app, pipeline)
     add_api(app, api, logs=logs, analytics=analytics)
     app.cleanup_ctx.append(reconciling)
