@@ -46,6 +46,7 @@ class Serve:
                     "ENDPOINTD_CPU_OVERCOMMIT": "8", **(extra_env or {})}
         self.log = data_dir / "serve.log"
         self.process: subprocess.Popen | None = None
+        self._users: set[str] = set()
         # A local model repository (mounted read-only at /repository; the echo engine ignores it).
         model = data_dir.parent / "models" / "model"
         model.mkdir(parents=True, exist_ok=True)
@@ -57,6 +58,14 @@ class Serve:
         if done.returncode != 0:
             raise AssertionError(f"endpointd {' '.join(args)} failed: {done.stderr}")
         return done.stdout
+
+    def add_user(self, name: str, org: str | None = None, *scope: str) -> str:
+        """`endpointd users add` (once per name) and a token of that user (with `--scope`s), returned."""
+        if name not in self._users:
+            self.cli("users", "add", name, *(("--org", org) if org else ()))
+            self._users.add(name)
+        args = [a for s in scope for a in ("--scope", s)]
+        return self.cli("tokens", "create", name, *args).strip().splitlines()[-1]
 
     def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,8 @@ ECHO = {"url": "endpointd/echo:latest", "healthRoute": "/health", "env": {}}
 @pytest.fixture
 def serve(tmp_path, docker_engine, monkeypatch):
     s = Serve(tmp_path / "data", admin_token="test-admin-token")
-    s.cli("users", "add", "alice", "--org", "acme")
-    s.cli("users", "add", "eve")
-    s.alice = s.cli("tokens", "create", "alice").strip().splitlines()[-1]
-    s.eve = s.cli("tokens", "create", "eve").strip().splitlines()[-1]
+    s.alice = s.add_user("alice", "acme")
+    s.eve = s.add_user("eve")
     s.start()
     monkeypatch.setattr(hub_constants, "INFERENCE_ENDPOINTS_ENDPOINT", f"{s.url}/v2")
     # InferenceEndpoint objects (wait, fetch, .client) resolve the token like the CLI does.

@@ -36,10 +36,8 @@ ADMIN = "admin"  # the admin's namespace
 @pytest.fixture
 def serve(tmp_path, docker_engine, monkeypatch):
     s = Serve(tmp_path / "data", admin_token="test-admin-token", extra_env=FAST)
-    s.cli("users", "add", "alice", "--org", "acme")
-    s.cli("users", "add", "bob")
-    s.alice = s.cli("tokens", "create", "alice").strip().splitlines()[-1]
-    s.bob = s.cli("tokens", "create", "bob").strip().splitlines()[-1]
+    s.alice = s.add_user("alice", "acme")
+    s.bob = s.add_user("bob")
     s.start()
     monkeypatch.setattr(hub_constants, "INFERENCE_ENDPOINTS_ENDPOINT", f"{s.url}/v2")
     monkeypatch.setenv("HF_TOKEN", s.admin_token)  # what `wait()` sends

@@ -20,10 +20,8 @@ SECRET = "hf_observed_secret_31337"
 @pytest.fixture
 def serve(tmp_path, docker_engine, monkeypatch):
     s = Serve(tmp_path / "data", admin_token="test-admin-token")
-    s.cli("users", "add", "alice")
-    s.cli("users", "add", "bob")
-    s.alice = s.cli("tokens", "create", "alice").strip().splitlines()[-1]
-    s.bob = s.cli("tokens", "create", "bob").strip().splitlines()[-1]
+    s.alice = s.add_user("alice")
+    s.bob = s.add_user("bob")
     s.start()
     monkeypatch.setattr(hub_constants, "INFERENCE_ENDPOINTS_ENDPOINT", f"{s.url}/v2")
     monkeypatch.setenv("HF_TOKEN", s.alice)
