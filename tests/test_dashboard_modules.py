@@ -1,0 +1,310 @@
+"""The dashboard's own modules, run in Chromium without endpointd or Docker: the SSE reader (events
+split across chunks, CRLF, multi-line data, comments), the mapping of an API error sentence to
+its form field, and the "copy as curl / Python" snippets, which must be a shell command whose body
+is the request's JSON and Python that compiles, with no secret value in either."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import http.server
+import json
+import shlex
+import threading
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import sync_playwright
+
+from autoscaler.dashboard import CSP, STATIC
+
+from .test_e2e_dashboard import CHROMIUM, CHROMIUM_ARGS
+
+
+class _Files(http.server.SimpleHTTPRequestHandler):
+    """The dashboard's folder, plus `/blank`: an empty page of the same origin to import modules into;
+    every answer under the dashboard's own Content-Security-Policy."""
+
+    def end_headers(self):
+        self.send_header("Content-Security-Policy", CSP)
+        super().end_headers()
+
+    def do_GET(self):
+        if self.path != "/blank":
+            return super().do_GET()
+        body = b"<!doctype html><title>modules</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def page():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (tests/run's setup installs it)")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Files, directory=str(STATIC)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda error: errors.append(str(error)))
+            page.csp = []
+            page.on("console", lambda m: page.csp.append(m.text) if "Content Security Policy" in m.text else None)
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/blank")
+            yield page
+            browser.close()
+            assert errors == []
+            assert page.csp == []
+    finally:
+        server.shutdown()
+        thread.join()
+
+
+SSE_CASES = [
+    (["data: one\n\n"], ["one"]),
+    (["da", "ta: split", " across\n", "\ndata: two\n\n"], ["split across", "two"]),
+    (["data: a\r\ndata: b\r\n\r\n"], ["a\nb"]),
+    ([": keep-alive\n\n", "event: x\nid: 3\ndata:{\"k\":1}\n\n"], ['{"k":1}']),
+    (["data: cut off before its blank line\n"], []),  # not dispatched: the SSE specification's rule
+    (["data: cut off mid-line"], []),
+    (["data: [DONE]\n\n"], ["[DONE]"]),
+    (["data: a\r", "\ndata: b\r", "\n\r", "\n"], ["a\nb"]),  # CRLF split between chunks: one event
+    (["data: x\r\rdata: y\n\n"], ["x", "y"]),  # lone CRs end lines too
+]
+
+
+@pytest.mark.parametrize("chunks, events", SSE_CASES)
+def test_sse_reader(page, chunks, events):
+    got = page.evaluate("""async (chunks) => {
+        const { readEvents } = await import('/sse.js');
+        const enc = new TextEncoder();
+        const body = new ReadableStream({ start(c) { for (const x of chunks) c.enqueue(enc.encode(x)); c.close(); } });
+        const seen = [];
+        await readEvents(new Response(body), (d) => seen.push(d));
+        return seen; }""", chunks)
+    assert got == events
+
+
+def test_sse_reader_refuses_an_endless_line(page):
+    message = page.evaluate("""async () => {
+        const { readEvents, MAX_EVENT_CHARS } = await import('/sse.js');
+        const chunk = new TextEncoder().encode('x'.repeat(65536));
+        let sent = 0;
+        const body = new ReadableStream({ pull(c) { sent += chunk.length; c.enqueue(chunk);
+            if (sent > 4 * MAX_EVENT_CHARS) c.close(); } });
+        try { await readEvents(new Response(new Blob(['data: ']).stream()), () => {});
+              await readEvents(new Response(body), () => {}); return 'read it all: ' + sent; }
+        catch (e) { return e.message + ' after ' + sent; } }""")
+    assert message.startswith("the event stream sent a line longer than 1048576 characters after ")
+    assert int(message.rsplit(" ", 1)[1]) <= 1048576 + 3 * 65536
+
+
+ERROR_CASES = [
+    ("compute.scaling.maxReplica must be at most 32 on this host; got 999", "compute.scaling.maxReplica"),
+    ("compute.scaling.measure.pendingRequests must be a number greater than 0; got -1", "compute.scaling.measure"),
+    ("model.image.custom.url must be the image to run; got nothing", "model.image.custom.url"),
+    ("model.image.vLLM.tensorParallelSize = 4 GPUs, but the instance has 1", "model.image"),
+    ("route.domain localhost is one of this server's own names", "route.domain"),
+    ("name must be 1 to 32 lowercase letters; got \"A\"", "name"),
+    ("model.env and model.secrets both set X; keep each name in one of them", "model.env"),
+    ("the request body is not valid JSON", None),
+    ("namespaces differ: nothing matches", None),
+]
+
+
+@pytest.mark.parametrize("message, slot", ERROR_CASES)
+def test_an_api_error_lands_at_the_field_it_names(page, message, slot):
+    where = page.evaluate("""async (message) => {
+        const { showError } = await import('/fields.js');
+        const form = document.createElement('form');
+        for (const f of ['name', 'namespace', 'compute.scaling.maxReplica', 'compute.scaling.measure', 'model.image',
+                         'model.image.custom.url', 'route.domain', 'model.env']) {
+            const p = document.createElement('p'); p.className = 'field-error'; p.dataset.field = f; form.append(p);
+        }
+        const fallback = document.createElement('p'); fallback.className = 'field-error'; form.append(fallback);
+        document.body.append(form);
+        const target = showError(form, message, fallback);
+        const result = { field: target.dataset.field || null, text: target.textContent,
+                         others: [...form.querySelectorAll('.field-error')].filter((p) => p !== target && p.textContent).length };
+        form.remove();
+        return result; }""", message)
+    assert where == {"field": slot, "text": message, "others": 0}
+
+
+BODY = {
+    "name": "it's-a-test", "type": "private", "provider": {"vendor": "local", "region": "local"},
+    "compute": {"accelerator": "cpu", "instanceType": "intel-icl", "instanceSize": "x1",
+                "scaling": {"minReplica": 0, "maxReplica": 2, "scaleToZeroTimeout": 5, "measure": {"pendingRequests": 1.5}}},
+    "model": {"repository": "/models/o'brien", "framework": "custom", "image": {"custom": {"url": "endpointd/echo:latest",
+              "healthRoute": "/health", "credentials": {"username": "u", "password": "registry-pass-123"}}},
+              "env": {"A": "x'y\"z"}, "secrets": {"HF_TOKEN": "hf_secret_value_42"}},
+    "tags": ["<b>", "quote'd"], "route": {"domain": "e1.example.com"},
+}
+
+
+def test_copy_as_curl_is_the_request_without_secrets(page):
+    text = page.evaluate("""async (body) => {
+        const { curl, withoutSecrets } = await import('/snippets.js');
+        return curl('POST', '/v2/endpoint/alice', withoutSecrets(body)); }""", BODY)
+    words = shlex.split(text.replace("\\\n", " "))
+    assert words[:3] == ["curl", "-X", "POST"] and words[3].endswith("/v2/endpoint/alice")
+    assert "Authorization: Bearer $HF_TOKEN" in words
+    sent = json.loads(words[words.index("-d") + 1])
+    expected = json.loads(json.dumps(BODY))
+    expected["model"]["secrets"] = {"HF_TOKEN": "<HF_TOKEN>"}
+    expected["model"]["image"]["custom"]["credentials"]["password"] = "<registry password>"
+    assert sent == expected
+    assert "hf_secret_value_42" not in text and "registry-pass-123" not in text
+
+
+def test_copy_as_python_compiles_and_calls_the_client(page):
+    text = page.evaluate("""async (body) => {
+        const { pythonCreate } = await import('/snippets.js');
+        return pythonCreate('alice', body); }""", BODY)
+    tree = ast.parse(text)
+    (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "create_inference_endpoint"]
+    kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
+    assert ast.literal_eval(call.args[0]) == "it's-a-test"
+    assert kwargs["namespace"] == "alice" and kwargs["repository"] == "/models/o'brien"
+    assert kwargs["min_replica"] == 0 and kwargs["max_replica"] == 2 and kwargs["scale_to_zero_timeout"] == 5
+    assert kwargs["scaling_metric"] == "pendingRequests" and kwargs["scaling_threshold"] == 1.5
+    assert kwargs["custom_image"]["custom"]["url"] == "endpointd/echo:latest"
+    assert kwargs["env"] == {"A": "x'y\"z"} and kwargs["secrets"] == {"HF_TOKEN": "<HF_TOKEN>"}
+    assert kwargs["tags"] == ["<b>", "quote'd"] and kwargs["domain"] == "e1.example.com"
+    assert "hf_secret_value_42" not in text
+
+
+@pytest.mark.parametrize("kind", ["chat", "generate", "embeddings"])
+def test_playground_python_compiles(page, kind):
+    payloads = {"chat": {"model": "b", "messages": [{"role": "user", "content": "it's \"quoted\""}], "max_tokens": 8, "stream": True},
+                "generate": {"inputs": "it's", "parameters": {"max_new_tokens": 8}},
+                "embeddings": {"input": "it's", "model": "b"}}
+    text = page.evaluate("""async ([kind, payload]) => {
+        const { pythonInference } = await import('/snippets.js');
+        return pythonInference(kind, 'http://127.0.0.1:8080/endpoints/a/b', payload); }""", [kind, payloads[kind]])
+    called = {n.func.attr for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    assert {"chat": "chat_completion", "generate": "text_generation", "embeddings": "post"}[kind] in called
+    assert "X-Scale-Up-Timeout" in text
+
+
+PROGRESS_CASES = [
+    ("initializing", "fetching model artifacts of org/model", "Downloading the model"),
+    ("initializing", "pulling image vllm/vllm-openai:v0.9.1", "Pulling the image"),
+    ("initializing", "vllm/vllm-openai:v0.9.1: 4f4fb700ef54 Downloading", "Pulling the image"),
+    ("initializing", "starting replica ab12cd", "Initializing"),
+    ("initializing", "waiting for replica ab12cd to answer /health", "Waiting for the engine to answer its health route"),
+    ("pending", "waiting for 1 GPU: 0 of 0 free", "Waiting for a place to run"),
+    ("updating", "rolling to revision 3", "Updating"),
+    ("running", "1/1 replicas ready", None),
+    ("scaledToZero", "", None),
+]
+
+
+@pytest.mark.parametrize("state, message, what", PROGRESS_CASES)
+def test_long_waits_say_what_they_wait_for(page, state, message, what):
+    got = page.evaluate("""async ([state, message]) => {
+        const { progressOf } = await import('/format.js');
+        const p = progressOf({ state, message });
+        return p && p.what; }""", [state, message])
+    assert got == what
+
+
+def test_the_csp_refuses_inline_code_and_the_tests_see_it(page):
+    """What the browser tests listen for is what Chromium reports: an inline style and an inline
+    script are refused, and each refusal is logged."""
+    refused = lambda m: "Content Security Policy" in m.text  # noqa: E731
+    with page.expect_console_message(refused) as style:
+        page.evaluate("() => document.body.setAttribute('style', 'color: rgb(255, 0, 0)')")
+    with page.expect_console_message(refused) as script:
+        page.evaluate("""() => { const s = document.createElement('script');
+            s.textContent = 'window.__ran = true'; document.body.append(s); }""")
+    assert "style" in style.value.text and "script" in script.value.text
+    assert page.evaluate("window.__ran") is None
+    assert page.evaluate("getComputedStyle(document.body).color") != "rgb(255, 0, 0)"
+    page.csp.clear()  # refusals this test caused on purpose
+
+
+PROVIDER = {"vendors": [{"name": "local", "regions": [{"name": "local", "computes": [
+    {"id": "local-intel-icl-x1", "accelerator": "cpu", "instanceType": "intel-icl", "instanceSize": "x1",
+     "architecture": "Intel/AMD CPU", "numAccelerators": 1, "numCpus": 1, "memoryGb": 2, "pricePerHour": 0,
+     "status": "available", "quota": {"maxAccelerators": 2, "usedAccelerators": 0}},
+    {"id": "local-nvidia-l4-x2", "accelerator": "gpu", "instanceType": "nvidia-l4", "instanceSize": "x2",
+     "architecture": "NVIDIA L4", "numAccelerators": 2, "numCpus": 2, "memoryGb": 4, "gpuMemoryGb": 24, "pricePerHour": 0,
+     "status": "not_available", "quota": {"maxAccelerators": 2, "usedAccelerators": 1}},
+    {"id": "local-nvidia-l4-x1", "accelerator": "gpu", "instanceType": "nvidia-l4", "instanceSize": "x1",
+     "architecture": "NVIDIA L4", "numAccelerators": 1, "numCpus": 1, "memoryGb": 2, "gpuMemoryGb": 24, "pricePerHour": 0,
+     "status": "available", "quota": {"maxAccelerators": 2, "usedAccelerators": 1}},
+]}]}]}
+
+
+def test_hardware_that_cannot_fit_is_greyed_out_with_the_reason(page):
+    rows = page.evaluate("""async (provider) => {
+        const { hardwareSection } = await import('/fields.js');
+        const section = hardwareSection(provider);
+        document.body.append(section.el);
+        const rows = [...section.el.querySelectorAll('label.choice')].map((l) => ({
+            id: l.querySelector('input').value, disabled: l.querySelector('input').disabled,
+            checked: l.querySelector('input').checked, reason: l.querySelector('.reason')?.textContent || null }));
+        const picked = section.value();
+        section.el.remove();
+        return { rows, picked: [picked.vendor, picked.region, picked.instanceType, picked.instanceSize] }; }""", PROVIDER)
+    assert rows["rows"] == [
+        {"id": "local-intel-icl-x1", "disabled": False, "checked": True, "reason": None},
+        {"id": "local-nvidia-l4-x2", "disabled": True, "checked": False,
+         "reason": "not available now (not_available): 1 of 2 in use"},
+        {"id": "local-nvidia-l4-x1", "disabled": False, "checked": False, "reason": None},
+    ]
+    assert rows["picked"] == ["local", "local", "intel-icl", "x1"]
+
+
+def _endpoint(name, state, tags, updated, ready=1, target=1):
+    return {"name": name, "namespace": "alice", "type": "private", "tags": tags,
+            "model": {"repository": f"org/{name}", "image": {"tgi": {}}},
+            "compute": {"accelerator": "cpu", "instanceType": "intel-icl", "instanceSize": "x1"},
+            "status": {"state": state, "message": f"{name} is {state}", "updatedAt": updated,
+                       "readyReplica": ready, "targetReplica": target}}
+
+
+LISTING = {"items": [
+    _endpoint("bravo", "running", ["prod"], "2026-12-01T10:00:00.000Z"),
+    _endpoint("alpha", "scaledToZero", ["dev", "<i>x</i>"], "2026-12-01T12:00:00.000Z", ready=0, target=0),
+    _endpoint("charlie", "failed", ["prod"], "2026-12-01T11:00:00.000Z", ready=0),
+]}
+
+
+def test_the_endpoints_table_filters_and_sorts(page):
+    """The list page against a canned answer of the API (Playwright answers the fetch): filters by
+    name, state and tag, sorts by any column both ways, shows the status message on hover."""
+    page.route("**/v2/endpoint/alice", lambda route: route.fulfill(json=LISTING))
+    page.evaluate("""async () => {
+        const { render } = await import('/pages/endpoints.js');
+        const root = document.createElement('main'); root.id = 'list'; document.body.append(root);
+        window.__stopList = render(root, { namespace: 'alice', seen: new Set(), refreshPicker() {} }); }""")
+    rows = lambda: page.locator("#list tbody tr").evaluate_all("rows => rows.map((r) => r.dataset.name)")  # noqa: E731
+    page.wait_for_function("() => document.querySelectorAll('#list tbody tr[data-name]').length === 3")
+    assert rows() == ["alpha", "bravo", "charlie"]
+    assert page.locator('#list tr[data-name="charlie"] .badge').get_attribute("title") == "charlie is failed"
+    assert page.locator('#list tr[data-name="alpha"] .tag').all_text_contents() == ["dev", "<i>x</i>"]
+
+    page.locator("#list th button", has_text="Name").click()
+    assert rows() == ["charlie", "bravo", "alpha"]
+    page.locator("#list th button", has_text="Last update").click()
+    assert rows() == ["bravo", "charlie", "alpha"]
+    assert page.locator("#list th", has_text="Last update").get_attribute("aria-sort") == "ascending"
+
+    page.locator("#list select").nth(1).select_option("prod")
+    assert rows() == ["bravo", "charlie"]
+    page.locator("#list select").nth(0).select_option("failed")
+    assert rows() == ["charlie"]
+    page.locator("#list input[type=search]").fill("zzz")
+    assert page.locator("#list tbody").inner_text() == "No endpoint matches the filters."
+    page.evaluate("() => { window.__stopList(); document.getElementById('list').remove(); }")
+    page.unroute("**/v2/endpoint/alice")
