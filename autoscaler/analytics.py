@@ -549,13 +549,22 @@ class Analytics:
         now = self._wall()
         config = self.config
         history_on = self._history is not None
-        plan = plan_query(
-            start, end, step, now=now,
-            fine_since=max(self._first_sample if self._first_sample is not None else now, now - config.analytics_memory_s)
-            if history_on else -math.inf,
-            fine_s=config.analytics_interval_s, coarse_s=config.analytics_history_step_s,
-            max_range_s=config.analytics_history_days * 86_400 + 86_400,
-        )
+        ring_since = max(self._first_sample if self._first_sample is not None else now, now - config.analytics_memory_s)
+
+        def planned(fine_since: float) -> Plan:
+            return plan_query(
+                start, end, step, now=now, fine_since=fine_since,
+                fine_s=config.analytics_interval_s, coarse_s=config.analytics_history_step_s,
+                max_range_s=config.analytics_history_days * 86_400 + 86_400,
+            )
+
+        plan = planned(ring_since if history_on else -math.inf)
+        if not plan.fine and ring_since > now - config.analytics_memory_s:
+            # Before the ring's first sample, the history may hold nothing of this endpoint (a
+            # fresh endpointd, an endpoint created since): then the ring, at its finer
+            # resolution, is all there is to show.
+            if not await self._history.read(intent.uid, int(plan.start), int(ring_since)):
+                plan = planned(-math.inf)
         state = self._states.get(intent.uid)
         points: list[tuple[float, Sample | Aggregate]] = []
         if plan.fine:

@@ -567,12 +567,27 @@ async def test_a_restart_inside_a_step_adds_to_it(tmp_path):
 
 
 async def test_a_coarse_query_includes_the_step_not_yet_written(tmp_path):
+    before = World(tmp_path)  # an earlier process, ten minutes before: one step in the history
+    before.wall.t = T0 - 600 + 5
+    await before.analytics.open()
+    await rounds(before, 1, burst=1)
+    await before.analytics.close()
     w = World(tmp_path)
     await w.analytics.open()
     await rounds(w, 5, burst=3)
     # `from` before this process' first round: the history's resolution, with the open step from memory.
     body = await w.analytics.series(KEY, T0 - 600, T0 + 300, 300)
-    assert body["series"]["requests"]["total"] == [None, None, 15]
+    assert body["resolution"] == 300 and body["series"]["requests"]["total"] == [1, None, 15]
+    await w.analytics.close()
+
+
+async def test_with_no_history_before_this_process_the_ring_answers_at_its_resolution(tmp_path):
+    w = World(tmp_path)  # a fresh endpointd: the last 15 minutes reach back before its first round
+    await w.analytics.open()
+    await rounds(w, 5, burst=3)
+    body = await w.analytics.series(KEY, T0 - 900, T0 + 50)
+    assert body["resolution"] == 10
+    assert sum(v or 0 for v in body["series"]["requests"]["total"]) == 15
     await w.analytics.close()
 
 
