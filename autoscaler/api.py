@@ -4,9 +4,15 @@ Handlers parse and check the request, change the intent in the store (under its 
 check, re-applying the change to a fresh read when another write got there first), post it to the
 controller, record an audit entry, and render the endpoint as the client expects it.
 
+On create (and on an update that changes the repository, its revision, the image or the
+framework), the model is pinned (`pin`): an unpinned revision becomes the commit it names now
+(a local directory: its content hash), and the download pattern is computed for the engine and
+framework, so that every replica runs the same files and fetches only those it needs.
+
 Errors, one root, mapped to HTTP by `errors_middleware` (its test is a table):
     ApiError         status + a sentence that says what to fix
       Unauthenticated 401, Forbidden 403, NotFound 404, Conflict 409, Invalid 400
+    artifacts.HubUnreachable 502 (the Hub did not answer), artifacts.ArtifactError 400
 """
 
 from __future__ import annotations
@@ -14,13 +20,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from engines import artifacts, hardware
+from engines.suggest import SuggestError
 from engines.model_roots import ModelRoots, RootsError
 from engines.presets import PresetError
 from engines.gpus import Gpu, GpuAllocator
@@ -96,7 +105,11 @@ async def errors_middleware(request: web.Request, handler):
         return error_body(error.status, error.message, rid)
     except (wire.WireError, hardware.HardwareError, PresetError) as error:
         return error_body(400, str(error), rid)
-    except (RootsError, SealingError) as error:
+    except (RootsError, SealingError, SuggestError) as error:
+        return error_body(400, str(error), rid)
+    except artifacts.HubUnreachable as error:
+        return error_body(502, str(error), rid)
+    except artifacts.ArtifactError as error:
         return error_body(400, str(error), rid)
     except store_mod.NotFound as error:
         return error_body(404, str(error), rid)
@@ -129,6 +142,16 @@ class Limits:
     never_fits: Callable[[wire.EndpointSpec], str | None]  # why the spec could never run here
 
 
+Describe = Callable[[str, "str | None"], Awaitable[artifacts.RepoFacts]]
+
+
+def default_describe() -> Describe:
+    """Local directories as they are; Hub ids from the Hub, else huggingface_hub's default cache."""
+    import huggingface_hub.constants
+
+    return partial(artifacts.describe, cache_dir=Path(huggingface_hub.constants.HF_HUB_CACHE))
+
+
 class ManagementApi:
     def __init__(
         self,
@@ -143,7 +166,22 @@ class ManagementApi:
         allocator: GpuAllocator,
         cpu_count: int,
         memory_bytes: int,
+        describe: Describe | None = None,
+        present: Callable[[str], Awaitable[bool]] | None = None,
+        default_images: Mapping[str, str] | None = None,
+        catalog: Any = None,
     ) -> None:
+        """`describe(repository, revision)`: what a repository is at a revision (artifacts.describe);
+        `present(image)`: whether an image is on this host (None: unknown); `default_images`: the
+        operator's pinned engine images; `catalog`: the recipes (default: the shipped ones)."""
+        self.describe = describe or default_describe()
+        self.present = present
+        self.default_images = default_images
+        if catalog is None:
+            from .catalog import load_catalog
+
+            catalog = load_catalog(())
+        self.catalog = catalog
         self.store = store
         self.controller = controller
         self.endpoint_url = endpoint_url
@@ -218,6 +256,30 @@ class ManagementApi:
         if identity.may_access(error.namespace):
             return Conflict(f"route.domain {error.domain} is already taken by endpoint {error.namespace}/{error.name}; choose another")
         return Conflict(f"route.domain {error.domain} is already taken by an endpoint of another namespace; choose another")
+
+    async def pin(self, spec: wire.EndpointSpec, old: wire.EndpointSpec | None = None,
+                  model_body: Any = None) -> wire.EndpointSpec:
+        """`spec` with its revision resolved and its download pattern computed, as far as the change
+        from `old` (None: a create) asks: the revision when the repository or `model.revision` is
+        sent, the pattern then and when the image or framework changes (unless it is sent)."""
+        model = spec.model
+        sent = model_body if isinstance(model_body, dict) else {}
+        if old is None:
+            moved = repin = True
+            repattern = model.download_pattern is None
+        else:
+            moved = model.repository != old.model.repository
+            repin = moved or "revision" in sent
+            repattern = sent.get("downloadPattern") is None and (
+                repin or model.image != old.model.image or model.framework != old.model.framework)
+        if not (repin or repattern):
+            return spec
+        # An update to another repository without a revision means its latest, not the old commit.
+        asked = model.revision if (old is None or "revision" in sent) else (None if moved else old.model.revision)
+        facts = await self.describe(model.repository, asked)
+        revision = facts.revision if repin else model.revision
+        pattern = artifacts.download_pattern(model.image, model.framework, facts) if repattern else model.download_pattern
+        return replace(spec, model=replace(model, revision=revision, download_pattern=pattern))
 
     def intent(self, rec) -> Intent:
         spec = self.spec(rec)
@@ -296,10 +358,20 @@ class ManagementApi:
     async def create(self, request: web.Request) -> web.Response:
         ns = request.match_info["ns"]
         identity = await self.member(request, ns)
+        await self.namespace_exists(ns)
+        spec = wire.parse_create(await _json(request))
+        return web.json_response(self.render(await self.create_spec(request, identity, ns, spec)))
+
+    async def namespace_exists(self, ns: str) -> None:
         if await self.store.namespace_kind(ns) is None:
             raise NotFound(f"namespace {ns} does not exist; create the user or org first (`endpointd users add`)")
-        spec = wire.parse_create(await _json(request))
+
+    async def create_spec(self, request: web.Request, identity, ns: str, spec: wire.EndpointSpec,
+                          audit_extra: Mapping[str, Any] | None = None):
+        """Vet, pin, store, post to the controller and audit a new endpoint (the API's create and
+        the catalog's deploy); returns its record."""
         await self.vet(spec, identity, ns)
+        spec = await self.pin(spec)
         try:
             rec = await self.store.create_endpoint(
                 ns, spec.name, self.stored(spec), state=State.PENDING, domain=spec.route.domain
@@ -307,8 +379,9 @@ class ManagementApi:
         except store_mod.DomainTaken as error:
             raise self.taken(error, identity) from None
         self.controller.apply(self.intent(rec), self.signals(rec))
-        await self.audit(request, identity.user, "create", ns, spec.name, wire.audit_details(spec))
-        return web.json_response(self.render(rec))
+        await self.audit(request, identity.user, "create", ns, spec.name,
+                         {**wire.audit_details(spec), **(audit_extra or {})})
+        return rec
 
     async def get(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["ns"], request.match_info["name"]
@@ -320,11 +393,18 @@ class ManagementApi:
         identity = await self.member(request, ns)
         body = await _json(request)
         kinds = []
-        spec, _ = wire.apply_update(self.spec(await self.record(ns, name)), body)
-        await self.vet(spec, identity, ns)  # the slow checks (a local tree's walk) once, outside the retries
+        old = self.spec(await self.record(ns, name))
+        first, _ = wire.apply_update(old, body)
+        await self.vet(first, identity, ns)  # the slow checks (a local tree's walk) once, outside the retries
+        model_body = body.get("model") if isinstance(body, dict) else None
+        pinned = await self.pin(first, old, model_body)  # the Hub once, outside the retries too
 
         def change(rec):
-            spec, kind = wire.apply_update(self.spec(rec), body)
+            fresh = self.spec(rec)
+            spec, _ = wire.apply_update(fresh, body)
+            if pinned is not first:  # pinned anew: those values, for what they were pinned for
+                spec = self.repinned(spec, pinned, ns, name)
+            kind = wire.change_kind(fresh, spec)
             self.check(spec)
             kinds[:] = [kind]
             return {"spec": self.stored(spec), "bump_revision": kind is wire.ChangeKind.ROLL,
@@ -337,6 +417,16 @@ class ManagementApi:
         self.controller.apply(self.intent(rec))
         await self.audit(request, identity.user, "update", ns, name, {"change": str(kinds[0]), "keys": sorted(body)})
         return web.json_response(self.render(rec))
+
+    @staticmethod
+    def repinned(spec: wire.EndpointSpec, pinned: wire.EndpointSpec, ns: str, name: str) -> wire.EndpointSpec:
+        """`spec` (an update applied to a fresh read) with the revision and pattern pinned for it
+        before the retries; refused when a concurrent write changed what they were pinned for."""
+        basis = ("repository", "image", "framework")
+        if any(getattr(spec.model, key) != getattr(pinned.model, key) for key in basis):
+            raise Conflict(f"endpoint {ns}/{name}'s model was changed by another request meanwhile; retry")
+        return replace(spec, model=replace(
+            spec.model, revision=pinned.model.revision, download_pattern=pinned.model.download_pattern))
 
     async def delete(self, request: web.Request) -> web.Response:
         ns, name = request.match_info["ns"], request.match_info["name"]
@@ -436,8 +526,12 @@ def add_api(app: web.Application, api: ManagementApi, *, logs: Any, analytics: A
 
     api_logs.add_routes(r, api, logs)
     api_metrics.add_routes(r, api, analytics)
+    from . import api_catalog
+
+    api_catalog.add_suggest_route(r, api)
     hub = web.Application(middlewares=[errors_middleware])
     hub[API] = api
     hub.router.add_get("/whoami-v2", api.whoami)
+    api_catalog.add_catalog_routes(hub.router, api)
     app.add_subapp("/v2", v2)
     app.add_subapp("/api", hub)

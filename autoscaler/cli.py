@@ -35,13 +35,23 @@ def _load(args: argparse.Namespace) -> tuple:
     )
 
 
+def _engines(args: argparse.Namespace):
+    """`[engines]`: the operator's pinned engine images (a free-form table, keys checked)."""
+    from .config import EnginesConfig
+
+    table = settings.read_file(args.config).get("engines")
+    if table is not None and not isinstance(table, dict):
+        raise settings.SettingsError("[engines] in the config file must be a table of KEY = \"IMAGE\"")
+    return EnginesConfig.load(file_values=table, env=os.environ, flags=getattr(args, "engine_image", None))
+
+
 def _serve(args: argparse.Namespace) -> int:
     from proxy.server import run
 
     from .serve import build_app
 
     proxy, serve, scaling, logs, analytics = _load(args)
-    run(build_app(proxy, serve, scaling, logs, analytics), proxy)
+    run(build_app(proxy, serve, scaling, logs, analytics, _engines(args)), proxy)
     return 0
 
 
@@ -207,6 +217,7 @@ def _hf(args: argparse.Namespace) -> int:
 
     constants.ENDPOINT = client.url
     constants.INFERENCE_ENDPOINTS_ENDPOINT = f"{client.url}/v2"
+    constants.INFERENCE_CATALOG_ENDPOINT = f"{client.url}/api/v1/catalog"  # `hf endpoints catalog ls|deploy`
     from huggingface_hub.cli.hf import main as hf_main
 
     sys.argv = ["hf", *args.hf_args]
@@ -223,9 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the management API, the proxy and the controller")
     serve.add_argument("--config", help="TOML file; its [proxy], [serve], [scaling], [logs] and [analytics] "
-                       "tables set any option below")
+                       "tables set any option below, and [engines] pins engine images")
     for cls, _ in _sections():
         settings.add_flags(serve, cls)
+    serve.add_argument("--engine-image", action="append", metavar="KEY=IMAGE",
+                       help="pin an engine's image, e.g. vllm=vllm/vllm-openai:v0.8.5 (repeatable; keys: the presets' "
+                            "vLLM, tgi, sGLang, llamacpp, llamacpp-gpu, tei, tei-gpu, huggingface, any case; "
+                            "env ENDPOINTD_ENGINE_IMAGE_<KEY>; TOML [engines] KEY = \"IMAGE\")")
     serve.set_defaults(func=_serve)
 
     proxy = sub.add_parser("proxy", help="run the edge proxy alone, in front of replicas listed in a routes file")

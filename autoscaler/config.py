@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from proxy.config import setting
+
+from . import settings
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,9 @@ class ServeConfig:
     reconcile_interval_s: float = setting(
         1.0, min=0.01, max=60.0, help="longest time between two reconcile rounds (changes trigger one at once)",
     )
+    catalog_files: tuple[str, ...] = setting(
+        (), help="TOML files of inference-catalog recipes, added to the shipped ones (format: autoscaler/catalog.toml)",
+    )
 
 
 @dataclass(frozen=True)
@@ -78,3 +86,49 @@ class ScalingConfig:
             hardware_up_every_s=self.hardware_up_every_s, hardware_down_every_s=self.hardware_down_every_s,
             stabilization_s=self.stabilization_s, minute_s=self.minute_s,
         )
+
+
+# A Docker image reference: repository[:tag][@digest], no spaces; Docker caps a name at 255 characters.
+IMAGE_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,254}")
+ENGINE_ENV_PREFIX = settings.ENV_PREFIX + "ENGINE_IMAGE_"  # ENDPOINTD_ENGINE_IMAGE_VLLM, …_LLAMACPP_GPU
+
+
+@dataclass(frozen=True)
+class EnginesConfig:
+    """`[engines]`: the image each engine preset runs, pinned by the operator (`vllm =
+    "vllm/vllm-openai:v0.8.5"`). Keys are presets.DEFAULT_IMAGES' (any case: `vllm` is `vLLM`);
+    what is not given keeps the preset's default. Env ENDPOINTD_ENGINE_IMAGE_<KEY> ('-' as '_'), flag
+    `--engine-image KEY=IMAGE` (repeatable)."""
+
+    images: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, *, file_values: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+             flags: list[str] | None = None) -> EnginesConfig:
+        from engines.presets import DEFAULT_IMAGES
+
+        keys = {key.lower(): key for key in DEFAULT_IMAGES}
+        env_keys = {ENGINE_ENV_PREFIX + key.upper().replace("-", "_"): key for key in DEFAULT_IMAGES}
+        layers: list[tuple[str, Any, str]] = []
+        for key, value in (file_values or {}).items():
+            layers.append((key, value, "the config file [engines]"))
+        for name, key in env_keys.items():
+            if (env or {}).get(name):
+                layers.append((key, env[name], name))
+        for item in flags or ():
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise settings.SettingsError(f"--engine-image {item!r} is invalid: it must be KEY=IMAGE, e.g. vllm=vllm/vllm-openai:v0.8.5")
+            layers.append((key, value, "--engine-image"))
+        images: dict[str, str] = {}
+        for key, value, source in layers:
+            known = keys.get(str(key).lower())
+            if known is None:
+                raise settings.SettingsError(
+                    f"unknown key engines.{key} (from {source}); valid keys: {', '.join(DEFAULT_IMAGES)}")
+            if not isinstance(value, str) or not IMAGE_REF.fullmatch(value):
+                raise settings.SettingsError(
+                    f"engines.{key} = {value!r} (from {source}) is invalid: it must be an image reference such as "
+                    f"\"vllm/vllm-openai:v0.8.5\" (no spaces, at most 255 characters)")
+            images[known] = value
+        return cls(images)

@@ -4,6 +4,7 @@ each step reported to the endpoint's status message."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -17,6 +18,8 @@ from engines.gpus import Gpu, GpuAllocator, GpuSampler
 from engines.runtime import ReplicaInfo, Runtime
 
 from .intent import Intent
+
+log = logging.getLogger("endpointd.launcher")
 
 # A replica found after a restart must answer its health route this fast to be adopted.
 HEALTH_CHECK_S = 5.0
@@ -68,6 +71,7 @@ class EngineLauncher:
             model.image, model_dir="/repository", served_model_name=spec.name,
             resources=replace(resources, gpu_device_ids=placeholder_gpus), env=model.env, secrets=model.secrets,
             command=model.command, args=model.args, default_images=self._default_images, api_key=CHECK_API_KEY,
+            task=getattr(model, "task", None), framework=getattr(model, "framework", None),
         )
 
     def gpu_need(self, intent: Intent) -> tuple[int, str]:
@@ -98,7 +102,10 @@ class EngineLauncher:
         resources = replace(resources, gpu_device_ids=gpus)
 
         report(f"fetching model artifacts of {model.repository}")
-        model_dir = await artifacts.fetch(model.repository, model.revision, self._cache_dir)
+        # The commit pinned at create (a local directory: as it is), only the files its engine needs.
+        model_dir = await artifacts.fetch(model.repository, model.revision, self._cache_dir,
+                                          allow_patterns=getattr(model, "download_pattern", None))
+        await self._check_local_content(spec.name, model.repository, model.revision, model_dir)
         # A key of the replica's own: a replica's engine answers only who holds it (the proxy, the
         # probes), not another endpoint's engine nor a local process that found its port. Kept on
         # its container, so a restarted endpointd still has it (ReplicaInfo.api_key).
@@ -113,6 +120,9 @@ class EngineLauncher:
             args=model.args,
             default_images=self._default_images,
             api_key=secrets.token_urlsafe(API_KEY_BYTES),
+            # The toolkit's pipeline and weights. getattr: test doubles of a Model without them.
+            task=getattr(model, "task", None),
+            framework=getattr(model, "framework", None),
         )
         report(f"pulling image {container.image}")
         await self._runtime.ensure_image(container.image, container.registry_auth, report)
@@ -122,6 +132,18 @@ class EngineLauncher:
         return await readiness.wait_ready(
             self._runtime, info, session=self._session, deadline_s=self._ready_deadline_s
         )
+
+    @staticmethod
+    async def _check_local_content(name: str, repository: str, revision: str | None, model_dir: Path) -> None:
+        """A local directory cannot be pinned like a commit: say so in the log when its content hash
+        moved since the endpoint recorded it, since replicas may then run different files."""
+        if not artifacts.is_local(repository) or not (revision or "").startswith(artifacts.LOCAL_REVISION_PREFIX):
+            return
+        now = await asyncio.to_thread(artifacts.content_hash, model_dir)
+        if now != revision:
+            log.warning("endpoint %s: the local repository %s changed since it was recorded (%s, now %s); replicas "
+                        "may run different files: update the endpoint with model.revision null to record it again",
+                        name, repository, revision, now)
 
     async def utilization(self, intent: Intent, replica_ids: list[str]) -> float | None:
         """Average utilization of the replicas, in percent: GPU (NVML) on GPU instances, else CPU

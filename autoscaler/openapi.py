@@ -46,7 +46,12 @@ SCHEMAS: dict[str, Any] = {
     }},
     "Model": {"type": "object", "required": ["repository", "framework", "image"], "properties": {
         "repository": {"type": "string", "description": "a Hub repository id or a local directory"},
-        "framework": {"type": "string"}, "revision": {"type": ["string", "null"]}, "task": {"type": ["string", "null"]},
+        "framework": {"type": "string", "description": "pytorch, tensorflow, onnx, jax or custom: whose weights are fetched"},
+        "revision": {"type": ["string", "null"], "description": "sent: a branch, tag or commit; returned: the commit "
+                     "it was pinned to at create, or sha256:... (a local directory's content hash)"},
+        "task": {"type": ["string", "null"]},
+        "downloadPattern": {"type": ["array", "null"], "items": {"type": "string"}, "maxItems": 64,
+                            "description": "files fetched (allow_patterns); null: all. Computed at create unless sent"},
         "image": {"$ref": "#/components/schemas/Image"},
         "command": {"type": "array", "items": {"type": "string"}}, "args": {"type": "array", "items": {"type": "string"}},
         "env": {"type": "object", "additionalProperties": {"type": "string"}},
@@ -120,6 +125,51 @@ AUDIT_PARAMS = (
 )
 
 
+SUGGESTION = {"type": "object", "required": ["engine", "image", "present", "reason"], "properties": {
+    "repository": {"type": "string"}, "revision": {"type": "string"}, "accelerator": {"enum": ["cpu", "gpu"]},
+    "engine": {"type": "string"}, "image": {"$ref": "#/components/schemas/Image"},
+    "task": {"type": ["string", "null"]}, "framework": {"type": "string"}, "reason": {"type": "string"},
+    "ggufFiles": {"type": "array", "items": {"type": "string"}}, "containerImage": {"type": "string"},
+    "present": {"type": ["boolean", "null"], "description": "whether the engine's image is on this host (null: unknown)"},
+    "mustPull": {"type": ["boolean", "null"]},
+    "downloadPattern": {"type": ["array", "null"], "items": {"type": "string"}},
+    "source": {"enum": ["hub", "cache", "local"]},
+}}
+SUGGEST_PARAMS = (
+    {**_query("repository", {"type": "string", "maxLength": 1024}, "a Hub id or a local directory under a model root"),
+     "required": True},
+    _query("accelerator", {"enum": ["cpu", "gpu"]}, "the instance's accelerator (default cpu)"),
+    _query("gguf", {"type": "string", "maxLength": 256}, "the GGUF file to serve (default: Q4_K_M, else the smallest)"),
+    _query("revision", {"type": "string", "maxLength": 256}, "a branch, tag or commit (default main)"),
+)
+CATALOG_LIST = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {
+    "type": "object", "required": ["repoId", "modelName", "authorName", "license", "task", "createdAt", "recipes"],
+    "properties": {
+        "repoId": {"type": "string"}, "modelName": {"type": "string"}, "authorName": {"type": "string"},
+        "license": {"type": "string"}, "task": {"type": "string"}, "createdAt": {"type": "string", "format": "date-time"},
+        "recipes": {"type": "array", "items": {"type": "object", "required": ["publicId", "accelerator", "engineType"],
+                    "properties": {"publicId": {"type": "string"}, "accelerator": {"type": "string"},
+                                   "engineType": {"type": "string"}, "ggufFile": {"type": ["string", "null"]},
+                                   "revision": {"type": ["string", "null"]}}}},
+    }}}}}
+CATALOG_LIST_PARAMS = (
+    _query("accelerator", {"type": "string", "maxLength": 256}, "only recipes on this accelerator"),
+    _query("engine", {"type": "string", "maxLength": 256}, "only recipes of this engine (vllm, llamacpp, tei, ...)"),
+    _query("license", {"type": "string", "maxLength": 256}, "only models under this license"),
+    _query("task", {"type": "string", "maxLength": 256}, "only models for this task"),
+    _query("search", {"type": "string", "maxLength": 256}, "only models whose id contains this"),
+    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many models"),
+)
+DEPLOY_BODY = {"type": "object", "required": ["namespace"], "properties": {
+    "namespace": {"type": "string"}, "config": {"type": "object", "properties": {"name": {"type": "string"}}},
+    "accelerator": {"type": "string", "description": "model route only: pick the recipe on this accelerator"},
+    "ggufFile": {"type": "string", "description": "model route only: pick the recipe serving this GGUF file"},
+}}
+DEPLOYED = {"type": "object", "required": ["endpoint"], "properties": {"endpoint": ENDPOINT}}
+REPO = {"name": "repo", "in": "path", "required": True, "schema": {"type": "string"}, "description": "org/name"}
+RECIPE = {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}, "description": "publicId"}
+
+
 def document() -> dict[str, Any]:
     from .api_logs import OPENAPI_PATHS as LOGS_PATHS
     from .api_metrics import OPENAPI_PATHS as METRICS_PATHS
@@ -154,6 +204,17 @@ def document() -> dict[str, Any]:
                 "lifecycle and scaling events: why it scaled, why a replica was replaced", EVENTS,
                 params=(NS, NAME, SINCE_SEQ, LIMIT_EVENTS))},
             "/v2/audit/{ns}": {"get": _op("the audit log, newest first", AUDIT, params=AUDIT_PARAMS, errors=(400, 401, 403))},
+            "/v2/engines/suggest": {"get": _op(
+                "the engine to run a repository with, its settings, and whether its image is here", SUGGESTION,
+                params=SUGGEST_PARAMS, errors=(400, 401, 502))},
+            "/api/v1/catalog/list": {"get": _op("the catalog's models and their recipes", CATALOG_LIST,
+                                                params=CATALOG_LIST_PARAMS, errors=(400, 401))},
+            "/api/v1/catalog/model/{repo}/deploy": {"post": _op(
+                "deploy a catalog model's default recipe (or the one for accelerator / ggufFile)", DEPLOYED,
+                params=(REPO,), body=DEPLOY_BODY, errors=(400, 401, 403, 404, 409, 502))},
+            "/api/v1/catalog/recipe/{id}/deploy": {"post": _op(
+                "deploy one catalog recipe", DEPLOYED, params=(RECIPE,), body=DEPLOY_BODY,
+                errors=(400, 401, 403, 404, 409, 502))},
             "/v2/openapi.json": {"get": _op("this document", {"type": "object"}, params=(), errors=())},
             **LOGS_PATHS,
             **METRICS_PATHS,

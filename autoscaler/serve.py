@@ -10,12 +10,13 @@ import secrets
 import socket
 import urllib.parse
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
-from engines import hardware
+from engines import artifacts, hardware
 from engines.capacity import HostCapacity
 from engines.model_roots import ModelRoots
 from engines.docker import DockerRuntime
@@ -30,7 +31,8 @@ from . import datadir
 from .analytics import Analytics, AnalyticsConfig
 from .api import Limits, ManagementApi, add_api
 from .dashboard import add_dashboard
-from .config import ScalingConfig, ServeConfig
+from .catalog import load_catalog
+from .config import EnginesConfig, ScalingConfig, ServeConfig
 from .controller import Controller
 from .intent import Intent, Signals
 from .launcher import EngineLauncher
@@ -127,9 +129,11 @@ def scaling_of(intent: Intent | None) -> Scaling | None:
 async def build_app(
     proxy_config: ProxyConfig, serve_config: ServeConfig, scaling_config: ScalingConfig = ScalingConfig(),
     logs_config: LogsConfig = LogsConfig(), analytics_config: AnalyticsConfig = AnalyticsConfig(),
+    engines_config: EnginesConfig = EnginesConfig(),
 ) -> web.Application:
     """The whole of endpointd as one aiohttp app. What has a lifetime (the reconcile loop, the
     connections to Docker and SQLite) is closed by the app's cleanup context."""
+    catalog = load_catalog(serve_config.catalog_files)  # every recipe checked first: a bad one stops the start
     data_dir = Path(serve_config.data_dir).resolve()
     datadir.make_private(data_dir)
     lock = datadir.lock(data_dir)  # before anything is touched: a second serve stops here
@@ -160,7 +164,7 @@ async def build_app(
     launcher = EngineLauncher(
         runtime, session, inventory=inventory, allocator=allocator, cache_dir=data_dir / "models",
         ready_deadline_s=serve_config.ready_deadline_s, cpu_count=cpu_count, memory_bytes=memory_bytes,
-        gpu_sampler=gpu_sampler,
+        gpu_sampler=gpu_sampler, default_images=engines_config.images or None,
     )
 
     async def save_status(uid: str, status: Status) -> None:
@@ -235,6 +239,9 @@ async def build_app(
             never_fits=lambda spec: capacity.never_fits(launcher.needs_of(spec), spec.compute.scaling.min_replica),
         ),
         inventory=inventory, allocator=allocator, cpu_count=cpu_count, memory_bytes=memory_bytes,
+        # The launcher's cache: a revision pinned at create from a cached snapshot is the one it fetches.
+        describe=partial(artifacts.describe, cache_dir=data_dir / "models"),
+        present=runtime.image_exists, default_images=engines_config.images or None, catalog=catalog,
     )
 
     async def reconciling(app: web.Application) -> AsyncIterator[None]:

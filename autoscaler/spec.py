@@ -48,13 +48,16 @@ class Model:
 
     repository: str  # a Hub repository id or a local directory
     framework: str
-    revision: str | None
+    revision: str | None  # once created: the commit it runs (Hub), or "sha256:..." (a local directory's content)
     task: str | None
     image: dict[str, Any]  # exactly one variant: {"tgi": {...}}, {"custom": {"url": ..., "credentials": ...}}, ...
     command: tuple[str, ...] | None
     args: tuple[str, ...] | None
     env: dict[str, str]
     secrets: dict[str, str]  # never rendered, never in repr
+    # What artifacts.fetch downloads (snapshot_download's allow_patterns); None: every file. Computed
+    # at create from the engine and the framework (artifacts.download_pattern) unless given.
+    download_pattern: tuple[str, ...] | None = None
 
     @property
     def variant(self) -> str:

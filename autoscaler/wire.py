@@ -52,6 +52,14 @@ _MISSING: Any = object()  # a key the body does not have; messages say "got noth
 MAX_PENDING_THRESHOLD = 10_000
 # The format's own bound on replicas (the operator's max_replicas_per_endpoint is lower).
 MAX_REPLICAS = 1000
+# A local path may be long (PATH_MAX is 4096); a Hub id is at most 96 characters; 1024 covers both sanely.
+MAX_REPOSITORY_CHARS = 1024
+# framework, task, revision: short words, branch names or commit shas.
+MAX_NAME_CHARS = 256
+# model.downloadPattern: a handful of globs is what any engine needs.
+MAX_DOWNLOAD_PATTERNS, MAX_PATTERN_CHARS = 64, 256
+# The inference toolkit's variants: they take `env` (the FAQ's `image.huggingface.env`).
+TOOLKIT_VARIANTS = ("huggingface", "hfServe")
 
 
 class WireError(ValueError):
@@ -335,6 +343,8 @@ def _image(value: Any, path: str) -> dict[str, Any]:
             if not isinstance(credentials.get("password", ""), str):
                 raise WireError(f"{where}.credentials.password must be a string or absent; got "
                                 f"{_json_type(credentials['password'])} (not shown: it is a secret)")
+    if variant in TOOLKIT_VARIANTS and options.get("env") is not None:
+        _env(options["env"], f"{where}.env")  # the FAQ's way to set the toolkit's environment
     for key in ("healthRoute", "health_route"):
         route = options.get(key)
         if route is not None and (not isinstance(route, str) or not route.startswith("/")):
@@ -342,18 +352,37 @@ def _image(value: Any, path: str) -> dict[str, Any]:
     return copy.deepcopy(value)
 
 
+def _bounded(limit: int) -> Callable[[Any, str], str]:
+    def parse(value: Any, path: str) -> str:
+        if not isinstance(value, str) or not value or len(value) > limit or "\0" in value:
+            _fail(path, f"a non-empty string of at most {limit} characters", value)
+        return value
+
+    return parse
+
+
+def _patterns(value: Any, path: str) -> tuple[str, ...]:
+    rule = (f"a list of 1 to {MAX_DOWNLOAD_PATTERNS} file patterns such as [\"*.json\", \"*.safetensors\"], "
+            f"each at most {MAX_PATTERN_CHARS} characters")
+    if (not isinstance(value, list) or not 0 < len(value) <= MAX_DOWNLOAD_PATTERNS
+            or not all(isinstance(v, str) and 0 < len(v) <= MAX_PATTERN_CHARS and "\0" not in v for v in value)):
+        _fail(path, rule, value)
+    return tuple(value)
+
+
 def _model(body: dict[str, Any], base: Model | None) -> Model:
     k = partial(_kept, base)
     model = Model(
-        repository=_take(body, "repository", "model", _text, k("repository")),
-        framework=_take(body, "framework", "model", _text, k("framework")),
-        revision=_take(body, "revision", "model", _text, k("revision"), None),
-        task=_take(body, "task", "model", _text, k("task"), None),
+        repository=_take(body, "repository", "model", _bounded(MAX_REPOSITORY_CHARS), k("repository")),
+        framework=_take(body, "framework", "model", _bounded(MAX_NAME_CHARS), k("framework")),
+        revision=_take(body, "revision", "model", _bounded(MAX_NAME_CHARS), k("revision"), None),
+        task=_take(body, "task", "model", _bounded(MAX_NAME_CHARS), k("task"), None),
         image=_take(body, "image", "model", _image, k("image")),
         command=_take(body, "command", "model", _texts, k("command"), None),
         args=_take(body, "args", "model", _texts, k("args"), None),
         env=_take(body, "env", "model", _env, k("env"), {}),
         secrets=_take(body, "secrets", "model", _secrets, k("secrets"), {}),
+        download_pattern=_take(body, "downloadPattern", "model", _patterns, k("download_pattern"), None),
     )
     both = sorted(set(model.env) & set(model.secrets))
     if both:
@@ -393,11 +422,16 @@ def apply_update(spec: EndpointSpec, body: Any) -> tuple[EndpointSpec, ChangeKin
     if body.get("name", spec.name) != spec.name:
         _fail("name", f'"{spec.name}", the name of this endpoint (create a new endpoint to rename it)', body["name"])
     new = _spec(body, spec)
-    if new == spec:
-        return new, ChangeKind.NONE
-    if new.model != spec.model or _hardware(new) != _hardware(spec):
-        return new, ChangeKind.ROLL
-    return new, ChangeKind.SCALING_ONLY
+    return new, change_kind(spec, new)
+
+
+def change_kind(old: EndpointSpec, new: EndpointSpec) -> ChangeKind:
+    """What going from `old` to `new` asks of the replicas."""
+    if new == old:
+        return ChangeKind.NONE
+    if new.model != old.model or _hardware(new) != _hardware(old):
+        return ChangeKind.ROLL
+    return ChangeKind.SCALING_ONLY
 
 
 def _hardware(spec: EndpointSpec) -> tuple[str, str, str]:
@@ -436,6 +470,7 @@ def spec_to_json(spec: EndpointSpec) -> dict[str, Any]:
             "args": None if model.args is None else list(model.args),
             "env": dict(model.env),
             "secrets": dict(model.secrets),
+            "downloadPattern": None if model.download_pattern is None else list(model.download_pattern),
         },
         "route": {"domain": spec.route.domain, "path": spec.route.path},
         "privateService": copy.deepcopy(spec.private_service),

@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from engines.artifacts import RepoFacts
+
 from .api_harness import ApiWorld
 
 
@@ -113,6 +115,11 @@ async def test_a_symlink_out_of_a_root_is_refused(api):
 
 async def test_a_repository_under_a_root_and_a_hub_id_are_accepted(api):
     assert (await create(api))[0] == 200
+
+    async def hub(repository, revision):  # the Hub, as far as pinning asks it (no network here)
+        return RepoFacts(repository, "c" * 40, {"config.json": 2})
+
+    api.api.describe = hub
     assert (await create(api, body=api.body("e2", repository="acme/some-model")))[0] == 200
 
 

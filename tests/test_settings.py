@@ -126,3 +126,70 @@ def test_a_model_root_holding_the_data_dir_stops_serve_at_start(tmp_path):
     assert done.returncode == 2
     assert f"serve.model_roots: {str(tmp_path)!r} is or contains the data directory" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- [engines]: the operator's pinned engine images ------------------------------------------------
+
+
+def test_engine_images_are_pinned_by_file_env_and_flag():
+    from autoscaler.config import EnginesConfig
+
+    config = EnginesConfig.load(
+        file_values={"vllm": "vllm/vllm-openai:v0.8.5", "tei": "ghcr.io/huggingface/text-embeddings-inference:cpu-1.5"},
+        env={"ENDPOINTD_ENGINE_IMAGE_LLAMACPP_GPU": "ghcr.io/ggml-org/llama.cpp:server-cuda-b4000",
+             "ENDPOINTD_ENGINE_IMAGE_TEI": "registry.local/tei:1.6"},
+        flags=["sGLang=lmsysorg/sglang:v0.4.6"],
+    )
+    assert config.images == {  # keys in any case become the presets' own; env beats file
+        "vLLM": "vllm/vllm-openai:v0.8.5", "tei": "registry.local/tei:1.6",
+        "llamacpp-gpu": "ghcr.io/ggml-org/llama.cpp:server-cuda-b4000", "sGLang": "lmsysorg/sglang:v0.4.6",
+    }
+    assert EnginesConfig.load().images == {}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"file_values": {"vlm": "x:1"}}, "unknown key engines.vlm (from the config file [engines]); valid keys: vLLM, tgi"),
+    ({"flags": ["nope=x:1"]}, "unknown key engines.nope (from --engine-image)"),
+    ({"flags": ["vllm"]}, "--engine-image 'vllm' is invalid: it must be KEY=IMAGE"),
+    ({"file_values": {"vllm": "has space:1"}}, "engines.vllm = 'has space:1' (from the config file [engines]) is invalid"),
+    ({"file_values": {"vllm": 3}}, "engines.vllm = 3 (from the config file [engines]) is invalid"),
+    ({"env": {"ENDPOINTD_ENGINE_IMAGE_TGI": "x" * 300}}, "(from ENDPOINTD_ENGINE_IMAGE_TGI) is invalid"),
+])
+def test_bad_engine_images_stop_the_start(kwargs, message):
+    from autoscaler.config import EnginesConfig
+
+    with pytest.raises(settings.SettingsError) as info:
+        EnginesConfig.load(**kwargs)
+    assert message in str(info.value)
+
+
+def test_serve_reads_the_engines_table_and_stops_on_an_unknown_key(tmp_path, capsys):
+    from autoscaler.cli import _engines
+
+    good = tmp_path / "good.toml"
+    good.write_text('[engines]\nvllm = "vllm/vllm-openai:v0.8.5"\n')
+    args = build_parser().parse_args(["serve", "--config", str(good), "--engine-image", "tgi=ghcr.io/x/tgi:3.0"])
+    assert _engines(args).images == {"vLLM": "vllm/vllm-openai:v0.8.5", "tgi": "ghcr.io/x/tgi:3.0"}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[engines]\nvllm2 = "x:1"\n')
+    assert main(["serve", "--config", str(bad), "--data-dir", str(tmp_path / "data")]) == 2
+    assert "endpointd: unknown key engines.vllm2" in capsys.readouterr().err
+
+
+def test_a_bad_catalog_file_stops_the_start(tmp_path, capsys):
+    bad = tmp_path / "recipes.toml"
+    bad.write_text("[[model]]\nrepo_id = 'a/b'\n")
+    assert main(["serve", "--catalog-file", str(bad), "--data-dir", str(tmp_path / "data"), "--port", "1"]) == 2
+    assert f"endpointd: catalog {bad}, model a/b: task is required" in capsys.readouterr().err
+
+
+def test_engine_image_variables_clash_with_no_other_option():
+    import dataclasses
+
+    from autoscaler.cli import _sections
+    from autoscaler.config import ENGINE_ENV_PREFIX
+    from engines.presets import DEFAULT_IMAGES
+
+    ours = {ENGINE_ENV_PREFIX + key.upper().replace("-", "_") for key in DEFAULT_IMAGES}
+    theirs = {settings.env_name(f.name) for cls, _ in _sections() for f in dataclasses.fields(cls)}
+    assert len(ours) == len(DEFAULT_IMAGES) and not ours & theirs

@@ -1,0 +1,185 @@
+"""Routes that help choose what to deploy: the engine suggestion (`GET /v2/engines/suggest`) and
+the inference catalog under `/api/v1/catalog` (the reference's own paths: `list`,
+`model/{repo}/deploy`, `recipe/{id}/deploy`; HF-API.md §9), which the unmodified client reaches
+once `constants.INFERENCE_CATALOG_ENDPOINT` is `{endpointd}/api/v1/catalog`.
+
+Every route needs a valid token (any user); a deploy needs membership of the namespace it
+creates in, and is audited as a create (with the recipe)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from engines import artifacts, hardware, presets
+from engines.runtime import RuntimeError_
+from engines.suggest import suggest
+
+from . import wire
+from .catalog import CatalogError, endpoint_name
+
+log = logging.getLogger("endpointd.api")
+
+# Query and body strings are short words, ids and paths; longer is refused.
+MAX_PARAM_CHARS = 256
+MAX_LIMIT = 1000
+SUGGEST_PARAMS = ("repository", "accelerator", "gguf", "revision")
+LIST_PARAMS = ("accelerator", "engine", "license", "task", "search", "limit")
+
+
+def _invalid(message: str) -> Exception:
+    from .api import Invalid
+
+    return Invalid(message)
+
+
+def _param(query: Mapping[str, str], key: str, *, required: bool = False, limit: int = MAX_PARAM_CHARS,
+           choices: tuple[str, ...] | None = None) -> str | None:
+    values = query.getall(key, []) if hasattr(query, "getall") else [query[key]] if key in query else []
+    if len(values) > 1:
+        raise _invalid(f"query parameter {key} is given {len(values)} times; give it once")
+    value = values[0] if values else None
+    if value in (None, ""):
+        if required:
+            raise _invalid(f"query parameter {key} is required")
+        return None
+    if len(value) > limit or "\0" in value:
+        raise _invalid(f"query parameter {key} must be at most {limit} characters; got {len(value)}")
+    if choices is not None and value not in choices:
+        raise _invalid(f"query parameter {key} must be one of {', '.join(choices)}; got {value[:40]!r}")
+    return value
+
+
+def _known(query: Mapping[str, str], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        raise _invalid(f"unknown query parameter {unknown[0][:40]!r}; this route takes {', '.join(allowed)}")
+
+
+def image_for(image: Mapping[str, Any], accelerator: str, default_images: Mapping[str, str] | None) -> str:
+    """The container image the preset runs for `image` on an `accelerator` instance, with the
+    operator's pinned images."""
+    gpus = 1 if accelerator == hardware.GPU else 0
+    resources = hardware.Resources(cpus=None, memory_bytes=None, gpu_count=gpus,
+                                   gpu_device_ids=tuple(f"gpu-{i}" for i in range(gpus)))
+    return presets.build_container_spec(image, model_dir=artifacts.REPOSITORY_TARGET, served_model_name="suggest",
+                                        resources=resources, default_images=default_images).image
+
+
+def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
+    async def suggestion(request: web.Request) -> web.Response:
+        await api.identity(request)
+        query = request.query
+        _known(query, SUGGEST_PARAMS)
+        repository = _param(query, "repository", required=True, limit=wire.MAX_REPOSITORY_CHARS)
+        accelerator = _param(query, "accelerator", choices=hardware.ACCELERATORS) or hardware.CPU
+        gguf = _param(query, "gguf")
+        revision = _param(query, "revision")
+        if artifacts.is_local(repository):
+            await asyncio.to_thread(api.limits.roots.check, repository)  # only under the model roots, as a create
+        facts = await api.describe(repository, revision)
+        chosen = suggest(facts, accelerator, gguf)
+        container = image_for(chosen.image, accelerator, api.default_images)
+        try:
+            present = await api.present(container) if api.present is not None else None
+        except RuntimeError_ as error:  # Docker did not answer: unknown, not a failed suggestion
+            log.warning("could not tell whether image %s is present: %s", container, error)
+            present = None
+        try:
+            pattern = artifacts.download_pattern(chosen.image, chosen.framework, facts)
+        except artifacts.ArtifactError:
+            pattern = None
+        return web.json_response({
+            "repository": repository, "revision": facts.revision, "accelerator": accelerator,
+            "engine": chosen.variant, "image": chosen.image, "task": chosen.task, "framework": chosen.framework,
+            "reason": chosen.reason, "ggufFiles": list(chosen.ggufs),
+            "containerImage": container, "present": present, "mustPull": None if present is None else not present,
+            "downloadPattern": None if pattern is None else list(pattern), "source": facts.source,
+        })
+
+    router.add_get("/engines/suggest", suggestion)
+
+
+def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
+    from .api import NotFound, _json
+
+    async def listing(request: web.Request) -> web.Response:
+        await api.identity(request)
+        query = request.query
+        _known(query, LIST_PARAMS)
+        limit = _param(query, "limit")
+        if limit is not None and (not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT):
+            raise _invalid(f"query parameter limit must be an integer between 1 and {MAX_LIMIT}; got {limit[:40]!r}")
+        items = api.catalog.listing(
+            accelerator=_param(query, "accelerator"), engine=_param(query, "engine"),
+            license=_param(query, "license"), task=_param(query, "task"), search=_param(query, "search"),
+            limit=int(limit) if limit is not None else None,
+        )
+        return web.json_response({"items": items})
+
+    async def deploy(request: web.Request, recipe_of) -> web.Response:
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise _invalid("the request body must be a JSON object such as {\"namespace\": \"alice\"}")
+        ns = _field(body, "namespace", required=True)
+        identity = await api.member(request, ns)
+        await api.namespace_exists(ns)
+        try:
+            recipe = recipe_of(body)
+        except CatalogError as error:
+            raise NotFound(str(error)) from None
+        config = body.get("config")
+        if config is not None and not isinstance(config, dict):
+            raise _invalid("config must be an object such as {\"name\": \"my-endpoint\"}")
+        name = _field(config or {}, "name", where="config.name") or endpoint_name(recipe)
+        roots = api.limits.roots.roots
+        try:
+            spec = wire.parse_create(recipe.create_body(name, roots[0] if roots else None))
+        except CatalogError as error:
+            raise _invalid(str(error)) from None
+        rec = await api.create_spec(request, identity, ns, spec, {"recipe": recipe.id})
+        return web.json_response({"endpoint": api.render(rec)})
+
+    async def deploy_model(request: web.Request) -> web.Response:
+        repo = request.match_info["repo"]
+
+        def recipe_of(body):
+            accelerator = _field(body, "accelerator")
+            if accelerator is not None and accelerator not in hardware.ACCELERATORS:
+                raise _invalid(f"accelerator must be one of {', '.join(hardware.ACCELERATORS)}; got {accelerator[:40]!r}")
+            return api.catalog.choose(repo, accelerator, _field(body, "ggufFile"))
+
+        return await deploy(request, recipe_of)
+
+    async def deploy_recipe(request: web.Request) -> web.Response:
+        recipe_id = request.match_info["id"]
+
+        def recipe_of(body):
+            for key in ("accelerator", "ggufFile"):
+                if body.get(key) is not None:
+                    raise _invalid(f"{key} cannot be used with a recipe id, which already is one recipe")
+            recipe = api.catalog.recipe(recipe_id)
+            if recipe is None:
+                raise CatalogError(f"recipe {recipe_id[:80]} is not in the catalog; list them with `hf endpoints catalog ls`")
+            return recipe
+
+        return await deploy(request, recipe_of)
+
+    router.add_get("/v1/catalog/list", listing)
+    router.add_post(r"/v1/catalog/model/{repo:[^{}]+}/deploy", deploy_model)
+    router.add_post("/v1/catalog/recipe/{id}/deploy", deploy_recipe)
+
+
+def _field(body: Mapping[str, Any], key: str, *, required: bool = False, where: str | None = None) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise _invalid(f"{where or key} is required")
+        return None
+    if not isinstance(value, str) or not value or len(value) > MAX_PARAM_CHARS:
+        raise _invalid(f"{where or key} must be a non-empty string of at most {MAX_PARAM_CHARS} characters")
+    return value

@@ -1,0 +1,114 @@
+"""The catalog end to end: `endpointd serve` on the real Docker engine with an operator's recipe
+file beside the shipped recipes; the unmodified huggingface_hub client lists them and deploys an
+echo-engine recipe that becomes running and answers; the `hf` CLI does the same through
+`endpointd hf`; and the engine suggestion says whether the toolkit's image is on this host."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import huggingface_hub.constants as hub_constants
+import pytest
+from huggingface_hub import HfApi
+
+from engines.presets import DEFAULT_IMAGES
+
+from .serve_process import Serve
+
+pytestmark = pytest.mark.docker
+PINNED = "endpointd/echo:latest"
+
+# An operator's recipe: the echo engine on the test's model directory, under the model root.
+OPERATOR_RECIPES = '''
+[[model]]
+repo_id = "e2ecat/echo"
+license = "MIT"
+task = "text-generation"
+added = 2026-12-02
+repository = "{model_root}/model"
+framework = "custom"
+
+[[model.recipe]]
+id = "e2ecat-echo-cpu"
+accelerator = "cpu"
+instance_type = "intel-icl"
+instance_size = "x1"
+image = { custom = { url = "endpointd/echo:latest", healthRoute = "/health" } }
+type = "authenticated"
+'''
+
+
+@pytest.fixture
+def serve(tmp_path, docker_engine, monkeypatch):
+    recipes = tmp_path / "recipes.toml"
+    recipes.write_text(OPERATOR_RECIPES)
+    # The operator pins the toolkit's image (to one this host has): the suggestion checks that one.
+    s = Serve(tmp_path / "data", admin_token="test-admin-token",
+              extra_env={"ENDPOINTD_CATALOG_FILES": str(recipes), "ENDPOINTD_ENGINE_IMAGE_HUGGINGFACE": PINNED})
+    (tmp_path / "models" / "echo").mkdir()  # where the shipped echo recipe finds its (ignored) model
+    s.alice = s.add_user("alice", "acme")
+    s.start()
+    monkeypatch.setattr(hub_constants, "INFERENCE_ENDPOINTS_ENDPOINT", f"{s.url}/v2")
+    monkeypatch.setattr(hub_constants, "INFERENCE_CATALOG_ENDPOINT", f"{s.url}/api/v1/catalog")
+    monkeypatch.setenv("HF_TOKEN", s.alice)
+    yield s
+    s.close()
+
+
+def test_the_client_lists_and_deploys_recipes_that_run(serve):
+    api = HfApi(endpoint=serve.url, token=serve.alice)
+    models = {m.repo_id: m for m in api.list_inference_catalog()}
+    assert [r.id for r in models["e2ecat/echo"].recipes] == ["e2ecat-echo-cpu"]
+    assert [r.id for r in models["endpointd/echo"].recipes] == ["endpointd-echo-cpu"]  # shipped
+
+    endpoint = api.create_inference_endpoint_from_catalog("endpointd/echo", name="e2ecat-shipped")
+    assert endpoint.namespace == "alice"
+    endpoint.wait(timeout=120, refresh_every=0.5)
+    assert endpoint.status == "running"
+    assert endpoint.client.text_generation("from the catalog") == "from the catalog "
+    assert endpoint.raw["model"]["revision"].startswith("sha256:")  # a local directory: its content hash
+
+    endpoint = api.create_inference_endpoint_from_catalog(recipe_id="e2ecat-echo-cpu", name="e2ecat-operator")
+    endpoint.wait(timeout=120, refresh_every=0.5)
+    assert endpoint.raw["type"] == "authenticated" and endpoint.repository == serve.model
+    assert endpoint.client.text_generation("operator recipe") == "operator recipe "
+
+
+def test_the_hf_cli_lists_and_deploys_through_endpointd_hf(serve):
+    listed = serve.cli("hf", "--url", serve.url, "--token", serve.alice, "endpoints", "catalog", "ls", "--format", "json")
+    rows = json.loads(listed)
+    assert {row["recipe_id"] for row in rows} >= {"e2ecat-echo-cpu", "endpointd-echo-cpu", "minilm-l6-toolkit-cpu"}
+
+    serve.cli("hf", "--url", serve.url, "--token", serve.alice, "endpoints", "catalog", "deploy",
+              "--recipe", "e2ecat-echo-cpu", "--name", "e2ecat-cli")
+    endpoint = HfApi(endpoint=serve.url, token=serve.alice).get_inference_endpoint("e2ecat-cli")
+    endpoint.wait(timeout=120, refresh_every=0.5)
+    assert endpoint.client.text_generation("cli") == "cli "
+
+
+def suggestion(serve: Serve, repository) -> dict:
+    query = urllib.parse.urlencode({"repository": str(repository), "accelerator": "cpu"})
+    request = urllib.request.Request(f"{serve.url}/v2/engines/suggest?{query}",
+                                     headers={"Authorization": f"Bearer {serve.alice}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def test_the_suggestion_says_whether_the_engine_image_is_here(serve):
+    body = suggestion(serve, serve.model)
+    assert (body["engine"], body["image"]) == ("huggingface", {"huggingface": {}})
+    here = subprocess.run(["/usr/bin/docker", "image", "inspect", PINNED], capture_output=True).returncode == 0
+    assert here  # the echo image: the e2e tests need it anyway
+    assert (body["containerImage"], body["present"], body["mustPull"]) == (PINNED, True, False)
+
+    st = Path(serve.model).parent / "e2ecat-st"  # a sentence-transformers model: TEI, not pinned here
+    st.mkdir()
+    (st / "modules.json").write_text("[]")
+    body = suggestion(serve, st)
+    image = DEFAULT_IMAGES["tei"]
+    here = subprocess.run(["/usr/bin/docker", "image", "inspect", image], capture_output=True).returncode == 0
+    assert (body["engine"], body["containerImage"], body["present"], body["mustPull"]) == ("tei", image, here, not here)
