@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
+import dataclasses
 import json
 import logging
 import math
 import os
+import re
+import socket
 import tarfile
+import tempfile
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
@@ -88,6 +91,15 @@ POOLS_HINT = (
     "30: give it more with `default-address-pools` in /etc/docker/daemon.json "
     '(e.g. {"base": "10.210.0.0/16", "size": 24} for 256)'
 )
+# endpointd in a container of the engine it drives (its own image, docs/compose.yaml) reaches
+# replicas by container name on their endpoint networks, which it joins, and publishes no port.
+# This variable names its container (name or id) explicitly; "host" forces the host mode. Unset,
+# it is detected: /.dockerenv exists and the engine knows a container of this host name (a
+# container's default host name is its short id). Anywhere else (this machine's own dockerd runs
+# inside a container the engine does not know of, for one) the host mode stays as it always was.
+SELF_CONTAINER_ENV = "ENDPOINTD_SELF_CONTAINER"
+DOCKERENV = Path("/.dockerenv")
+_SHORT_ID = re.compile(r"[0-9a-f]{12}")
 # Docker's container states as ours; any other ("exited", "dead", "removing") is EXITED. A paused
 # container's process is alive, only frozen: it is RUNNING, and its health probe tells it hangs.
 CONTAINER_STATUS = {"created": ReplicaStatus.CREATED, "running": ReplicaStatus.RUNNING, "paused": ReplicaStatus.RUNNING}
@@ -164,15 +176,18 @@ def _with_tag(image: str) -> str:
 
 
 def create_config(
-    endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec, publish_host: str, network: str
+    endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec, publish_host: str, network: str,
+    publish: bool = True,
 ) -> dict[str, Any]:
-    """The `POST /containers/create` body for one replica, on `network` (the endpoint's, by name or id).
+    """The `POST /containers/create` body for one replica, on `network` (the endpoint's, by name or id),
+    its port published on `publish_host` unless `publish` is false (endpointd in a container reaches
+    it on that network instead).
 
     Nothing of the host reaches the container but the spec's mounts (the model, read-only) and its
     GPUs: no devices, no host network, pid, ipc or uts namespace, no privileges."""
     port_key = f"{spec.port}/tcp"
     host: dict[str, Any] = {
-        "PortBindings": {port_key: [{"HostIp": publish_host, "HostPort": ""}]},  # "": a random free port
+        "PortBindings": {port_key: [{"HostIp": publish_host, "HostPort": ""}]} if publish else {},  # "": a random free port
         "Binds": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.mounts],
         "RestartPolicy": {"Name": "no"},  # the controller replaces dead replicas itself
         "NetworkMode": network,  # the endpoint's own network, never Docker's default bridge
@@ -219,13 +234,16 @@ def create_config(
     return config
 
 
-def replica_info(data: Mapping[str, Any]) -> ReplicaInfo:
-    """A ReplicaInfo from `docker inspect` data."""
+def replica_info(data: Mapping[str, Any], by_name: bool = False) -> ReplicaInfo:
+    """A ReplicaInfo from `docker inspect` data; with `by_name`, its address is the container's
+    name and port on its network (endpointd in a container), else its published port's."""
     labels = data["Config"]["Labels"] or {}
     state = data["State"]
     status = CONTAINER_STATUS.get(state.get("Status", ""), ReplicaStatus.EXITED)
     address = None
-    if status is ReplicaStatus.RUNNING:
+    if status is ReplicaStatus.RUNNING and by_name:
+        address = f"{data['Name'].lstrip('/')}:{labels.get(LABEL_PORT, '80')}"
+    elif status is ReplicaStatus.RUNNING:
         bindings = (data["NetworkSettings"].get("Ports") or {}).get(f"{labels.get(LABEL_PORT, '80')}/tcp") or []
         if bindings:
             host = bindings[0]["HostIp"]
@@ -274,21 +292,48 @@ def usage_from_stats(stats: Mapping[str, Any]) -> Usage:
     return Usage(cpu_percent=percent, memory_bytes=used, memory_limit_bytes=int(limit) if limit else None)
 
 
-def _context_tarball(context_dir: Path) -> bytes:
-    """A build context as a gzipped tarball, Python caches left out."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+def _context_tarball(context_dir: Path, into: Path) -> None:
+    """A build context as a tarball file, Python caches left out. Not compressed: the large
+    contexts (the toolkit's torch wheel) are compressed already, and gzip would take longer than
+    the transfer it saves over a local socket."""
+    with tarfile.open(into, mode="w") as tar:
         tar.add(context_dir, arcname=".", filter=lambda item: None if "__pycache__" in item.name else item)
-    return buffer.getvalue()
+
+
+def translate_path(path: str, mounts: list[tuple[str, str]]) -> str:
+    """`path` inside a container as a host path, through its mounts ((destination, source) pairs,
+    longest destination first); RuntimeError_ when none holds it."""
+    for destination, source in mounts:
+        if destination == "/":
+            return source.rstrip("/") + path
+        if path == destination or path.startswith(destination + "/"):
+            return source + path[len(destination):]
+    raise RuntimeError_(
+        "start container", path,
+        "endpointd runs in a container and this directory is on none of its volumes, so Docker cannot mount it "
+        "into a replica: put the data dir and the model roots on volumes (see docs/compose.yaml)",
+    )
 
 
 class DockerRuntime:
     """`Runtime` on the local Docker engine. Create it inside a running event loop."""
 
-    def __init__(self, publish_host: str = "127.0.0.1", url: str | None = None, instance: str | None = None) -> None:
+    def __init__(
+        self, publish_host: str = "127.0.0.1", url: str | None = None, instance: str | None = None,
+        self_container: str | None = None,
+    ) -> None:
         """`instance`, when given, scopes this runtime to the containers it labelled with it, so two
-        endpointd instances (two data directories) on one engine never adopt or stop each other's."""
+        endpointd instances (two data directories) on one engine never adopt or stop each other's.
+
+        `self_container`: endpointd's own container (name or id), when it runs in one of this
+        engine; "host" for the host mode; None: SELF_CONTAINER_ENV, else detected (see there)."""
         self._publish_host = publish_host
+        self._self_setting = self_container if self_container is not None else os.environ.get(SELF_CONTAINER_ENV, "")
+        self._self_id: str | None = None  # endpointd's container id in container mode
+        self._self_mounts: list[tuple[str, str]] = []  # its (destination, host source) pairs, longest first
+        self._self_known = False
+        self._self_lock = asyncio.Lock()
+        self._joined: set[str] = set()  # network ids endpointd's container is known to be on
         self._instance = instance
         self._managed = [MANAGED] + ([f"{LABEL_INSTANCE}={instance}"] if instance else [])
         self._docker = aiodocker.Docker(url=url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL)
@@ -301,6 +346,93 @@ class DockerRuntime:
     @property
     def instance(self) -> str | None:
         return self._instance
+
+    async def own_container(self) -> str | None:
+        """endpointd's own container id when it runs in a container of this engine (container
+        mode: replicas are reached by name, nothing is published), else None (host mode). Found
+        once, at the first call."""
+        async with self._self_lock:
+            if not self._self_known:
+                self._self_id = await self._find_self()
+                if self._self_id:
+                    async with _wrapped("inspect", f"endpointd's own container {self._self_id[:12]}"):
+                        data = await self._docker.containers.container(self._self_id).show()
+                    self._self_mounts = sorted(
+                        ((m["Destination"].rstrip("/") or "/", m["Source"]) for m in data.get("Mounts") or ()
+                         if m.get("Destination") and m.get("Source")),
+                        key=lambda pair: len(pair[0]), reverse=True,
+                    )
+                self._self_known = True
+                if self._self_id:
+                    log.info("endpointd runs in container %s: replicas are reached on their networks by name, "
+                             "their ports are not published", self._self_id[:12])
+            return self._self_id
+
+    async def _find_self(self) -> str | None:
+        setting = self._self_setting.strip()
+        if setting == "host":
+            return None
+        if setting:
+            async with _wrapped("inspect", f"endpointd's own container {setting}"):
+                try:
+                    return (await self._docker.containers.container(setting).show())["Id"]
+                except aiodocker.DockerError as error:
+                    if error.status != 404:
+                        raise
+            raise RuntimeError_(
+                "inspect", f"endpointd's own container {setting}",
+                f"the Docker engine has no such container: set {SELF_CONTAINER_ENV} to endpointd's container "
+                "name or id, or to \"host\"",
+            )
+        hostname = socket.gethostname()
+        # Docker's default host name is the container id's first 12 hex digits; any other one (set
+        # with --hostname) needs the explicit setting.
+        if not DOCKERENV.exists() or not _SHORT_ID.fullmatch(hostname):
+            return None
+        async with _wrapped("list", f"containers of id {hostname}"):
+            found = await self._docker.containers.list(filters=json.dumps({"id": [hostname]}))
+        own = [container.id for container in found if container.id.startswith(hostname)]
+        return own[0] if len(own) == 1 else None  # none: a container of another engine (host mode)
+
+    def host_path(self, path: str) -> str:
+        """Where `path` of endpointd's own container lies on the host (container mode): a bind
+        mount's source is a path of the host, not of the container that asks for it. Raises
+        RuntimeError_ when no volume of endpointd's container holds it."""
+        if self._self_id is None:
+            return path
+        return translate_path(path, self._self_mounts)
+
+    async def _join(self, network_id: str) -> None:
+        """Put endpointd's container on an endpoint's network (container mode), once."""
+        own = await self.own_container()
+        if own is None or network_id in self._joined:
+            return
+        try:
+            await DockerNetwork(self._docker, network_id).connect({"Container": own})
+            log.info("joined network %s", network_id[:12])
+        except aiodocker.DockerError as error:
+            # Already on it (a restart, another task): Docker says "already exists" (403 or 500).
+            if "already exists" not in str(error.message):
+                raise
+        self._joined.add(network_id)
+
+    async def _leave(self, network_id: str) -> None:
+        own = await self.own_container()
+        if own is None:
+            return
+        self._joined.discard(network_id)
+        with suppress(aiodocker.DockerError):  # not on it, or the network is gone
+            await DockerNetwork(self._docker, network_id).disconnect({"Container": own, "Force": True})
+
+    async def _info(self, data: Mapping[str, Any]) -> ReplicaInfo:
+        """replica_info in this runtime's mode; in container mode, a running replica's networks
+        are joined first, so that one adopted after a restart is reachable by its name too."""
+        by_name = await self.own_container() is not None
+        if by_name and (data.get("State") or {}).get("Status") == "running":
+            for network in ((data.get("NetworkSettings") or {}).get("Networks") or {}).values():
+                if network.get("NetworkID"):
+                    await self._join(network["NetworkID"])
+        return replica_info(data, by_name=by_name)
 
     async def _json_lines(
         self, path: str, method: str = "GET", *, params: Mapping[str, str], data: Any = None,
@@ -370,7 +502,7 @@ class DockerRuntime:
             await _to_the_end(self._discard(work, name))
             raise
         log.info("started %s (%s) from %s", name, data["Id"][:12], spec.image)  # never the env: secrets
-        return replica_info(data)
+        return await self._info(data)
 
     async def _create_and_start(
         self, endpoint: EndpointKey, name: str, replica_id: str, revision: str, spec: ContainerSpec
@@ -382,12 +514,18 @@ class DockerRuntime:
         async with self._network_lock(endpoint):
             for attempt in range(1, NETWORK_ATTEMPTS + 1):
                 network_id = await self._ensure_network(endpoint)
+                own = await self.own_container()
+                if own is not None and spec.mounts:
+                    spec = dataclasses.replace(spec, mounts=tuple(
+                        dataclasses.replace(m, source=self.host_path(m.source)) for m in spec.mounts))
                 # By id, which stays unambiguous should Docker hold two networks of this name.
-                config = create_config(endpoint, replica_id, revision, spec, self._publish_host, network_id)
+                config = create_config(endpoint, replica_id, revision, spec, self._publish_host, network_id,
+                                       publish=own is None)
                 if self._instance:
                     config["Labels"][LABEL_INSTANCE] = self._instance
                 try:
                     async with _wrapped("start container", name):
+                        await self._join(network_id)  # container mode: endpointd on the network too
                         return await self._create_and_start_once(name, config)
                 except _NetworkChanged as changed:
                     if attempt == NETWORK_ATTEMPTS:
@@ -463,6 +601,7 @@ class DockerRuntime:
         name = network_name(self._instance, endpoint)
         async with self._network_lock(endpoint), _wrapped("remove network", name):
             for network in await self._endpoint_networks(endpoint):
+                await self._leave(network["Id"])  # container mode: endpointd's own container is on it
                 try:
                     await DockerNetwork(self._docker, network["Id"]).delete()
                 except aiodocker.DockerError as error:
@@ -520,7 +659,7 @@ class DockerRuntime:
         async with _wrapped("list", "containers"):
             for container in await self._docker.containers.list(all=True, filters=json.dumps({"label": labels})):
                 try:
-                    found.append(replica_info(await container.show()))
+                    found.append(await self._info(await container.show()))
                 except aiodocker.DockerError as error:
                     if error.status != 404:  # 404: removed between the listing and its inspection
                         raise
@@ -529,7 +668,7 @@ class DockerRuntime:
     async def inspect(self, replica_id: str) -> ReplicaInfo:
         container = await self._find("inspect", replica_id)
         async with _wrapped("inspect", f"replica {replica_id}", replica=True):
-            return replica_info(await container.show())
+            return await self._info(await container.show())
 
     async def logs(self, replica_id: str, tail: int = 50) -> list[str]:
         container = await self._find("logs", replica_id)
@@ -599,28 +738,37 @@ class DockerRuntime:
 
     async def build_image(
         self, context_dir: Path, tag: str, dockerfile: str = "Dockerfile", progress: ProgressCallback | None = None,
-        labels: dict[str, str] | None = None,
+        labels: dict[str, str] | None = None, buildargs: dict[str, str] | None = None, nocache: bool = False,
     ) -> None:
-        """`docker build` of a small local context; a failure names the failing step and its output."""
+        """`docker build` of a local context (streamed from a temporary tarball, so a large one is
+        never held in memory); a failure names the failing step and its output."""
         params = {"t": tag, "dockerfile": dockerfile, "rm": "1", "forcerm": "1"}
         if labels:
             params["labels"] = json.dumps(labels)
-        headers = {"Content-Type": "application/x-tar", "Content-Encoding": "gzip"}
+        if buildargs:
+            params["buildargs"] = json.dumps(buildargs)
+        if nocache:
+            params["nocache"] = "1"
+        headers = {"Content-Type": "application/x-tar"}
         step, output = "", deque[str](maxlen=BUILD_OUTPUT_TAIL)
-        lines = self._json_lines("build", "POST", params=params, data=_context_tarball(context_dir), headers=headers)
-        async with _wrapped("build image", tag), aclosing(lines):
-            async for line in lines:
-                if "error" in line:
-                    where = f" (at {step})" if step else ""
-                    raise RuntimeError_("build image", tag, f"{line['error'].strip()}{where}\n" + "\n".join(output))
-                for text in line.get("stream", "").splitlines():
-                    if text.startswith("Step "):
-                        step = text
-                        output.clear()
-                        if progress:
-                            progress(f"{tag}: {text}")
-                    elif text.strip():
-                        output.append(text)
+        with tempfile.TemporaryDirectory(prefix="endpointd-context-") as tmp:
+            tarball = Path(tmp) / "context.tar"
+            await asyncio.to_thread(_context_tarball, context_dir, tarball)
+            with tarball.open("rb") as body:
+                lines = self._json_lines("build", "POST", params=params, data=body, headers=headers)
+                async with _wrapped("build image", tag), aclosing(lines):
+                    async for line in lines:
+                        if "error" in line:
+                            where = f" (at {step})" if step else ""
+                            raise RuntimeError_("build image", tag, f"{line['error'].strip()}{where}\n" + "\n".join(output))
+                        for text in line.get("stream", "").splitlines():
+                            if text.startswith("Step "):
+                                step = text
+                                output.clear()
+                                if progress:
+                                    progress(f"{tag}: {text}")
+                            elif text.strip():
+                                output.append(text)
 
     async def close(self) -> None:
         await self._docker.close()

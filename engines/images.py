@@ -1,5 +1,11 @@
 """Building endpointd's own images without a registry: a Debian root filesystem made with
-debootstrap and imported as `endpointd/base:bookworm`, then the echo engine on top of it."""
+debootstrap and imported as `endpointd/base:bookworm`, then on top of it the echo engine, the
+inference toolkit and endpointd itself.
+
+Every image built here carries a digest of what it is built from (CONTEXT_LABEL) and is rebuilt
+only when that digest changes, or when the base is rebuilt: CI runs `endpointd images build` on
+every run, and the toolkit takes minutes.
+"""
 
 from __future__ import annotations
 
@@ -8,35 +14,72 @@ import hashlib
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .docker import DockerRuntime
+from .presets import DEFAULT_IMAGES
 from .runtime import RuntimeError_
 
 BASE_IMAGE = "endpointd/base:bookworm"
 ECHO_IMAGE = "endpointd/echo:latest"
-# What the echo engine needs from Debian; minbase keeps the image near 260 MB.
+# The tag the `huggingface` preset runs: one constant, so that the preset and the build agree.
+TOOLKIT_IMAGE = DEFAULT_IMAGES["huggingface"]
+ENDPOINTD_IMAGE = "endpointd/endpointd:latest"
+# What the echo engine needs from Debian; minbase keeps the image near 260 MB. The toolkit and
+# endpointd's own image bring their Python packages with pip (a wheel copied in), not Debian's.
 BASE_PACKAGES = ("python3", "python3-aiohttp")
 DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 ECHO_CONTEXT = Path(__file__).parent / "echo"
+TOOLKIT_CONTEXT = Path(__file__).parent / "toolkit"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Lines of a failing command's output shown in its error: debootstrap's reason is in its last ones.
 OUTPUT_TAIL = 15
+
+# The toolkit's build inputs from the host (PLATFORM.md): TLS to the package index goes through a
+# proxy whose CA is only in this bundle; torch's CPU wheel lies on disk (the index's torch is the
+# CUDA build, gigabytes of nvidia-* wheels); Debian's own pip wheel (the base has no pip).
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+TORCH_WHEELS = Path("/opt/wheels")
+TORCH_WHEEL_GLOB = "torch-*+cpu-cp311-*.whl"
+PIP_WHEELS = Path("/usr/share/python-wheels")
 
 Progress = Callable[[str], None]
 
 
 CONTEXT_LABEL = "endpointd.context-sha256"
 CONTEXT_FILES = ("Dockerfile", "server.py")
+TOOLKIT_FILES = ("Dockerfile", "requirements.txt", "__init__.py", "tasks.py", "handlers.py", "server.py")
+# endpointd's own image: its Dockerfile, and what `pip wheel` builds it from.
+ENDPOINTD_FILES = ("Dockerfile", "pyproject.toml", "README.md")
+ENDPOINTD_PACKAGES = ("proxy", "autoscaler", "engines")
 
 
-def context_digest(context: Path) -> str:
-    """SHA-256 over the files an image is built from, so an edit to them triggers a rebuild."""
+def _digest(items: Iterable[tuple[str, bytes]]) -> str:
     digest = hashlib.sha256()
-    for name in CONTEXT_FILES:
-        digest.update(name.encode() + b"\0" + (context / name).read_bytes() + b"\0")
+    for name, content in items:
+        digest.update(name.encode() + b"\0" + content + b"\0")
     return digest.hexdigest()
+
+
+def context_digest(context: Path, files: Iterable[str] = CONTEXT_FILES, extra: Iterable[str] = ()) -> str:
+    """SHA-256 over the files an image is built from (and `extra` names, such as a wheel's file
+    name), so an edit to them triggers a rebuild."""
+    return _digest([*((name, (context / name).read_bytes()) for name in files), *((name, b"") for name in extra)])
+
+
+def project_files(root: Path = PROJECT_ROOT) -> list[Path]:
+    """The files endpointd's own image is built from, relative to `root`, in a stable order."""
+    found = [Path(name) for name in ENDPOINTD_FILES]
+    for package in ENDPOINTD_PACKAGES:
+        found += sorted(
+            path.relative_to(root) for path in (root / package).rglob("*")
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo")
+        )
+    return found
 
 
 class BuildError(Exception):
@@ -69,8 +112,91 @@ async def build_base(docker: DockerRuntime, progress: Progress) -> None:
         await docker.import_rootfs(tarball, BASE_IMAGE)
 
 
-async def build_all(force: bool, progress: Progress) -> None:
-    """Build the base and echo images, skipping each one that exists unless `force`."""
+def torch_wheel(wheels: Path = TORCH_WHEELS) -> Path | None:
+    """The newest CPU wheel of torch on disk, or None (the build then uses the CPU index)."""
+    found = sorted(wheels.glob(TORCH_WHEEL_GLOB)) if wheels.is_dir() else []
+    return found[-1] if found else None
+
+
+async def pip_wheel(dest: Path, progress: Progress) -> Path:
+    """A wheel of pip in `dest`: Debian's own when the host has python3-pip-whl, else downloaded."""
+    found = sorted(PIP_WHEELS.glob("pip-*.whl")) if PIP_WHEELS.is_dir() else []
+    if found:
+        return Path(shutil.copy2(found[-1], dest))
+    progress("downloading a pip wheel (the host has no /usr/share/python-wheels/pip-*.whl)")
+    await _run(sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", str(dest), "pip")
+    return next(dest.glob("pip-*.whl"))
+
+
+@dataclass(frozen=True)
+class Toolkit:
+    """The toolkit's build inputs: its files' and wheels' digest says when to rebuild."""
+
+    torch: Path | None
+
+    @property
+    def digest(self) -> str:
+        return context_digest(TOOLKIT_CONTEXT, TOOLKIT_FILES, [f"torch={self.torch.name if self.torch else 'cpu-index'}"])
+
+
+async def build_toolkit(
+    docker: DockerRuntime, toolkit: Toolkit, progress: Progress, tag: str = TOOLKIT_IMAGE, nocache: bool = False
+) -> None:
+    """The toolkit's context in a temporary directory (its files, a pip wheel, the CA bundle and
+    the torch wheel), then `docker build`; pip runs inside the build, through the CA bundle."""
+    if not CA_BUNDLE.is_file():
+        raise BuildError(f"{CA_BUNDLE} is missing: the toolkit's build needs the host's CA bundle (apt-get install -y ca-certificates)")
+    with tempfile.TemporaryDirectory(prefix="endpointd-toolkit-") as tmp:
+        context = Path(tmp)
+        for name in TOOLKIT_FILES:
+            shutil.copy2(TOOLKIT_CONTEXT / name, context / name)
+        (context / "build").mkdir()
+        (context / "torch").mkdir()
+        shutil.copy2(CA_BUNDLE, context / "build" / CA_BUNDLE.name)
+        await pip_wheel(context / "build", progress)
+        if toolkit.torch is not None:
+            progress(f"torch from {toolkit.torch}")
+            shutil.copy2(toolkit.torch, context / "torch" / toolkit.torch.name)
+        else:
+            progress(f"no torch wheel in {TORCH_WHEELS}: the build installs torch from its CPU index")
+        await docker.build_image(context, tag, progress=progress, labels={CONTEXT_LABEL: toolkit.digest}, nocache=nocache)
+
+
+def endpointd_digest(root: Path = PROJECT_ROOT) -> str:
+    return _digest((str(path), (root / path).read_bytes()) for path in project_files(root))
+
+
+async def build_endpointd(docker: DockerRuntime, progress: Progress, root: Path = PROJECT_ROOT) -> None:
+    """endpointd's own image, offline from the base: `pip wheel` on the host makes a wheelhouse
+    (endpointd and its dependencies, through the host's pip), which the top-level Dockerfile
+    installs with `--no-index` when the context has one (BASE=endpointd/base:bookworm)."""
+    with tempfile.TemporaryDirectory(prefix="endpointd-image-") as tmp:
+        context, source = Path(tmp) / "context", Path(tmp) / "source"
+        wheelhouse = context / "wheelhouse"
+        wheelhouse.mkdir(parents=True)
+        for path in project_files(root):
+            (source / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / path, source / path)
+        shutil.copy2(root / "Dockerfile", context / "Dockerfile")
+        progress(f"pip wheel of endpointd and its dependencies into {wheelhouse}")
+        await _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheelhouse), str(source))
+        await pip_wheel(wheelhouse, progress)
+        await docker.build_image(
+            context, ENDPOINTD_IMAGE, progress=progress, labels={CONTEXT_LABEL: endpointd_digest(root)},
+            buildargs={"BASE": BASE_IMAGE},
+        )
+
+
+async def _stale(docker: DockerRuntime, image: str, digest: str, rebuilt_base: bool) -> bool:
+    """Whether `image` must be (re)built: a new base, no image, or other inputs than its label's."""
+    labels = await docker.image_labels(image)
+    return rebuilt_base or labels is None or labels.get(CONTEXT_LABEL) != digest
+
+
+async def build_all(force: bool, progress: Progress, only: Iterable[str] | None = None) -> None:
+    """Build the base, echo, toolkit and endpointd images, skipping each one that is up to date
+    unless `force`. `only`: a subset of "echo", "toolkit", "endpointd" (the base always)."""
+    wanted = set(only) if only is not None else {"echo", "toolkit", "endpointd"}
     docker = DockerRuntime()
     try:
         rebuilt_base = force or not await docker.image_exists(BASE_IMAGE)
@@ -78,28 +204,46 @@ async def build_all(force: bool, progress: Progress) -> None:
             await build_base(docker, progress)
         else:
             progress(f"{BASE_IMAGE} exists")
-        digest = context_digest(ECHO_CONTEXT)
-        labels = await docker.image_labels(ECHO_IMAGE)
-        # A new base, or a changed echo engine (its files' digest is a label), needs a new image.
-        if rebuilt_base or labels is None or labels.get(CONTEXT_LABEL) != digest:
-            progress(f"building {ECHO_IMAGE} from {ECHO_CONTEXT}")
-            await docker.build_image(ECHO_CONTEXT, ECHO_IMAGE, progress=progress, labels={CONTEXT_LABEL: digest})
-        else:
-            progress(f"{ECHO_IMAGE} is up to date")
+        if "echo" in wanted:
+            digest = context_digest(ECHO_CONTEXT)
+            if await _stale(docker, ECHO_IMAGE, digest, rebuilt_base):
+                progress(f"building {ECHO_IMAGE} from {ECHO_CONTEXT}")
+                await docker.build_image(ECHO_CONTEXT, ECHO_IMAGE, progress=progress, labels={CONTEXT_LABEL: digest})
+            else:
+                progress(f"{ECHO_IMAGE} is up to date")
+        if "toolkit" in wanted:
+            toolkit = Toolkit(torch=torch_wheel())
+            if await _stale(docker, TOOLKIT_IMAGE, toolkit.digest, rebuilt_base):
+                progress(f"building {TOOLKIT_IMAGE} from {TOOLKIT_CONTEXT} (several minutes: torch, transformers)")
+                started = time.monotonic()
+                await build_toolkit(docker, toolkit, progress)
+                progress(f"built {TOOLKIT_IMAGE} in {time.monotonic() - started:.0f} s")
+            else:
+                progress(f"{TOOLKIT_IMAGE} is up to date")
+        if "endpointd" in wanted:
+            if await _stale(docker, ENDPOINTD_IMAGE, endpointd_digest(), rebuilt_base):
+                progress(f"building {ENDPOINTD_IMAGE} from {PROJECT_ROOT / 'Dockerfile'}")
+                await build_endpointd(docker, progress)
+            else:
+                progress(f"{ENDPOINTD_IMAGE} is up to date")
     finally:
         await docker.close()
 
 
-def main(force: bool = False) -> int:
-    """`endpointd images build`: 0 when both images are there, 1 with the reason when not."""
+def main(force: bool = False, only: Iterable[str] | None = None) -> int:
+    """`endpointd images build`: 0 when the images are there, 1 with the reason when not."""
 
     def progress(message: str) -> None:
         print(f"endpointd images: {message}", flush=True)
 
     try:
-        asyncio.run(build_all(force, progress))
+        asyncio.run(build_all(force, progress, only))
     except (BuildError, RuntimeError_, OSError) as error:
         print(f"endpointd images: {error}", file=sys.stderr)
         return 1
     progress("done")
     return 0
+
+
+if __name__ == "__main__":  # `python -m engines.images [echo|toolkit|endpointd ...]`
+    sys.exit(main(only=sys.argv[1:] or None))

@@ -23,6 +23,7 @@ Errors:
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,18 +37,23 @@ GIB = 1024**3
 # Operators pin versions with `default_images` (same keys). "-gpu" keys are used when the replica
 # has GPUs, for engines that ship separate CPU and CUDA builds.
 DEFAULT_IMAGES: Mapping[str, str] = {
-    "vLLM": "vllm/vllm-openai:latest",  # vLLM docs, "Using Docker"
-    "tgi": "ghcr.io/huggingface/text-generation-inference:latest",  # TGI README
-    "sGLang": "lmsysorg/sglang:latest",  # SGLang docs, "Install SGLang: Method 3: Using docker"
-    "llamacpp": "ghcr.io/ggml-org/llama.cpp:server",  # llama.cpp docs/docker.md, CPU server image
-    "llamacpp-gpu": "ghcr.io/ggml-org/llama.cpp:server-cuda",  # same page, CUDA server image
-    "tei": "ghcr.io/huggingface/text-embeddings-inference:cpu-latest",  # TEI README, CPU image
-    # The Ampere-80 build (A100/A30). Other architectures have their own tags (turing-, 86-, 89-,
-    # hopper-): pin the one matching the host's GPUs with default_images["tei-gpu"].
-    "tei-gpu": "ghcr.io/huggingface/text-embeddings-inference:latest",
-    # huggingface-inference-toolkit publishes no image; build its Dockerfile
-    # (`make inference-pytorch-cpu`) under this name, or point default_images["huggingface"] at yours.
-    "huggingface": "endpointd/inference-toolkit:latest",
+    # Pinned tags, never `:latest`: every replica of an endpoint, and every host, then runs the same
+    # engine build; operators move them with `[engines]` in the config (default_images). Releases
+    # seen published in 2026 (registries cannot be reached from this project's machines: check a
+    # tag with `docker manifest inspect` before relying on it).
+    "vLLM": "vllm/vllm-openai:v0.21.0",  # vLLM docs, "Using Docker"; tags v<release> on Docker Hub
+    "tgi": "ghcr.io/huggingface/text-generation-inference:3.3.5",  # TGI README; 3.3.x: its last line
+    "sGLang": "lmsysorg/sglang:v0.5.6",  # SGLang docs, "Method 3: Using docker"; v<release> is the CUDA build
+    "llamacpp": "ghcr.io/ggml-org/llama.cpp:server-b9246",  # llama.cpp docs/docker.md: server-b<build>
+    "llamacpp-gpu": "ghcr.io/ggml-org/llama.cpp:server-cuda-b9246",  # same page, CUDA server image
+    "tei": "ghcr.io/huggingface/text-embeddings-inference:cpu-1.8",  # TEI README, CPU image
+    # The Ampere-80 build (A100/A30). Other architectures have their own tags (turing-1.8, 86-1.8,
+    # 89-1.8, hopper-1.8): pin the one matching the host's GPUs with default_images["tei-gpu"].
+    "tei-gpu": "ghcr.io/huggingface/text-embeddings-inference:1.8",
+    # endpointd's own inference toolkit (engines/toolkit), built locally by `endpointd images
+    # build` under this tag (engines/images.py reads it from here). It serves the repository as
+    # huggingface-inference-toolkit does; that project publishes no image of its own.
+    "huggingface": "endpointd/inference-toolkit:0.1.0",
 }
 
 # Docker's default /dev/shm is 64 MiB; engines that exchange tensors between processes (NCCL,
@@ -59,6 +65,12 @@ TGI_SHM_BYTES = 1 * GIB  # TGI README: --shm-size 1g
 # The inference toolkit's entrypoint.sh always binds 5000; a `port` key only says where a
 # replacement image (`url`) listens.
 TOOLKIT_PORT = 5000
+# What the toolkit is told (engines/toolkit/server.py reads them, as the reference toolkit does).
+TOOLKIT_MODEL_DIR_ENV = "HF_MODEL_DIR"
+TOOLKIT_TASK_ENV = "HF_TASK"
+TOOLKIT_FRAMEWORK_ENV = "HF_FRAMEWORK"
+# Task and framework names as the API takes them ("sentence-embeddings", "pytorch"), any case.
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]{0,63}$")
 
 # Offload every layer when the replica has GPUs: llama.cpp clamps the number to the model's layers.
 LLAMACPP_ALL_LAYERS = 999
@@ -89,13 +101,16 @@ LLAMACPP_MODES = ("text-generation", "embedding")
 #   llama.cpp  LLAMA_API_KEY (common/arg.cpp: `--api-key` … set_env). /health, /v1/health, /models,
 #              /v1/models, / open.
 #   echo       ECHO_API_KEY (engines/echo/server.py). Everything but /health needs it.
-# The inference toolkit takes none; nor does any other custom image.
+#   toolkit    TOOLKIT_API_KEY (engines/toolkit/server.py). Everything but GET /health and GET / needs
+#              it; an image that replaces the toolkit (`url`) and ignores it only leaves itself open.
+# No other custom image takes one: endpointd cannot know whether or how it would.
 VLLM_KEY_ENV = "VLLM_API_KEY"
 SGLANG_KEY_FLAG = "--api-key"
 TGI_KEY_ENV = "API_KEY"
 TEI_KEY_ENV = "API_KEY"
 LLAMACPP_KEY_ENV = "LLAMA_API_KEY"
 ECHO_KEY_ENV = "ECHO_API_KEY"
+TOOLKIT_KEY_ENV = "TOOLKIT_API_KEY"
 # The project's own test engine, run as a custom image: it takes a key too. Any tag or digest.
 ECHO_REPOSITORY = "endpointd/echo"
 # Flags by which `model.args` would replace the replica's key (and lock the proxy out of it).
@@ -318,11 +333,27 @@ def _llamacpp(options: _Options, port: int, served_model_name: str, resources: R
                    reserved_env=LLAMACPP_RESERVED | {LLAMACPP_KEY_ENV}, key_env=LLAMACPP_KEY_ENV)
 
 
-def _huggingface(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
-    # huggingface-inference-toolkit: loads /repository (its handler.py if there is one) and serves
-    # POST / and GET /health with starlette.
-    return _Engine("huggingface", port, env={"HF_MODEL_DIR": REPOSITORY_TARGET},
-                   reserved_env=frozenset({"HF_MODEL_DIR"}))
+def _huggingface(
+    options: _Options, port: int, served_model_name: str, resources: Resources, *,
+    task: str | None = None, framework: str | None = None,
+) -> _Engine:
+    # endpointd's inference toolkit: loads /repository (its handler.py if there is one) and serves
+    # POST / and GET /health. `env` is the FAQ's `image.huggingface.env`, applied like model.env.
+    reserved = frozenset({TOOLKIT_MODEL_DIR_ENV, TOOLKIT_KEY_ENV})
+    env = {TOOLKIT_MODEL_DIR_ENV: REPOSITORY_TARGET}
+    for key, name, value in (("task", TOOLKIT_TASK_ENV, task), ("framework", TOOLKIT_FRAMEWORK_ENV, framework)):
+        if value is None:
+            continue
+        if not isinstance(value, str) or not _NAME.match(value):
+            raise PresetError(
+                f"model.{key} must be a name of letters, digits and dashes (at most 64), "
+                f"such as \"{'feature-extraction' if key == 'task' else 'pytorch'}\", got {value!r}"
+            )
+        env[name] = value.lower()  # the toolkit's (and Transformers') names are lowercase
+    image_env = options.mapping("env") or {}
+    _check_env(f"image.{options.variant}.env", image_env, reserved, options.variant)
+    env.update(image_env)
+    return _Engine("huggingface", port, env=env, reserved_env=reserved, key_env=TOOLKIT_KEY_ENV)
 
 
 def _is_echo(image: str) -> bool:
@@ -357,9 +388,10 @@ def _custom(options: _Options, port: int, served_model_name: str, resources: Res
 
 @dataclass(frozen=True)
 class _Preset:
-    build: Callable[[_Options, int, str, Resources], _Engine]
+    build: Callable[..., _Engine]  # (options, port, served_model_name, resources, **model_info)
     default_port: int
     keys: tuple[str, ...]  # the variant's own keys, besides url/port/healthRoute
+    takes_model_info: bool = False  # build() also takes the endpoint's task= and framework=
 
 
 PRESETS: Mapping[str, _Preset] = {
@@ -373,8 +405,8 @@ PRESETS: Mapping[str, _Preset] = {
     "llamacpp": _Preset(_llamacpp, 8080, (
         "modelPath", "ctxSize", "nParallel", "threadsHttp", "nGpuLayers", "mmprojModelPath", "mode", "pooling")),
     "tei": _Preset(_tei, 80, ("maxBatchTokens", "maxConcurrentRequests", "pooling")),
-    "huggingface": _Preset(_huggingface, TOOLKIT_PORT, ()),
-    "hfServe": _Preset(_huggingface, TOOLKIT_PORT, ()),
+    "huggingface": _Preset(_huggingface, TOOLKIT_PORT, ("env",), takes_model_info=True),
+    "hfServe": _Preset(_huggingface, TOOLKIT_PORT, ("env",), takes_model_info=True),
     "custom": _Preset(_custom, 80, ("credentials", "env")),  # env: as in the UI's exported payloads
 }
 
@@ -403,6 +435,18 @@ def _check_env(name: str, values: Mapping[str, str], reserved: frozenset[str], v
             )
 
 
+def declares_health_route(image: Mapping[str, Any]) -> bool:
+    """Whether the replica's readiness is its health route answering 200. A custom image that
+    names none is ready once its port accepts connections (the reference service treats it as
+    ready at start): `readiness.wait_ready(..., tcp=True)`. Every preset's engine has /health."""
+    if not isinstance(image, Mapping) or len(image) != 1:
+        return True
+    (variant, body), = image.items()
+    if str(variant).lower() != "custom" or not isinstance(body, Mapping):
+        return True
+    return bool(body.get("healthRoute") or body.get("health_route"))
+
+
 def build_container_spec(
     image: Mapping[str, Any],
     *,
@@ -415,12 +459,17 @@ def build_container_spec(
     args: Sequence[str] | None = None,
     default_images: Mapping[str, str] | None = None,
     api_key: str | None = None,
+    task: str | None = None,
+    framework: str | None = None,
 ) -> ContainerSpec:
     """The container for one replica of an endpoint whose `model.image` is `image`.
 
     `api_key`: the replica's engine API key, given to engines that take one (see the table at
     `VLLM_KEY_ENV`) and kept as `ContainerSpec.api_key`; that is None when the engine got none
-    (it takes none, or takes it only as a flag and `command` replaced the preset's arguments)."""
+    (it takes none, or takes it only as a flag and `command` replaced the preset's arguments).
+
+    `task` and `framework`: the endpoint's model.task and model.framework, which the inference
+    toolkit (`huggingface`) is given as HF_TASK and HF_FRAMEWORK; other engines ignore them."""
     name, options = _variant(image)
     preset = PRESETS[name]
 
@@ -428,11 +477,15 @@ def build_container_spec(
     port = options.integer("port", minimum=1) or preset.default_port
     if port > 65535:
         raise PresetError(f"{options.path('port')} must be a TCP port, 1 to 65535, got {port}")
-    health_route = options.text("healthRoute") or options.text("health_route") or "/health"
-    if not health_route.startswith("/"):
+    # "" for a custom image that names no health route: ready, and alive, while its port accepts
+    # connections (the container's label keeps that, so an adopted replica is checked the same way).
+    health_route = options.text("healthRoute") or options.text("health_route") or (
+        "/health" if declares_health_route(image) else "")
+    if health_route and not health_route.startswith("/"):
         raise PresetError(f"{options.path('healthRoute')} must start with '/', got {health_route!r}")
 
-    engine = preset.build(options, port, served_model_name, resources)
+    model_info = {"task": task, "framework": framework} if preset.takes_model_info else {}
+    engine = preset.build(options, port, served_model_name, resources, **model_info)
     unknown = [key for key in options.leftover() if key not in preset.keys + _COMMON_KEYS]
     if unknown:
         raise PresetError(

@@ -1,9 +1,11 @@
-"""Waiting for a new replica: its health route polled until 200, its container watched for an
-early exit, under a start-up deadline."""
+"""Waiting for a new replica: its health route polled until 200 (or, for an image with no health
+route, its port polled until it accepts connections), its container watched for an early exit,
+under a start-up deadline."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +21,11 @@ POLL_INTERVAL_S = 0.15
 PROBE_TIMEOUT_S = 2.0
 # Enough of the log to show the error an engine printed before exiting (a traceback's tail).
 LOG_LINES_ON_FAILURE = 20
+# A TCP probe's connection is held this long before it counts as accepted. Docker's userland proxy
+# (docker-proxy, which serves ports published on 127.0.0.1) accepts at once whether or not anything
+# listens in the container, then closes the connection when its own connect is refused: an end of
+# file within this time is "not listening yet". A server waits for the request and sends nothing.
+TCP_SETTLE_S = 0.25
 
 
 class ReplicaStartFailed(RuntimeError_):
@@ -36,8 +43,9 @@ class ReplicaStartFailed(RuntimeError_):
 class ReplicaStartTimeout(RuntimeError_):
     """The health route did not answer 200 before the start-up deadline."""
 
-    def __init__(self, replica_id: str, health_route: str, deadline_s: float) -> None:
-        super().__init__("start", f"replica {replica_id}", f"{health_route} did not answer 200 within {deadline_s:g} s")
+    def __init__(self, replica_id: str, health_route: str, deadline_s: float, tcp: bool = False) -> None:
+        what = "its port did not accept connections" if tcp else f"{health_route} did not answer 200"
+        super().__init__("start", f"replica {replica_id}", f"{what} within {deadline_s:g} s")
 
 
 def auth_headers(replica: ReplicaInfo) -> dict[str, str]:
@@ -45,6 +53,30 @@ def auth_headers(replica: ReplicaInfo) -> dict[str, str]:
     health route without it, but a user's health route may be any route (and older TEI guards
     /health too). None without a key."""
     return {"Authorization": f"Bearer {replica.api_key}"} if replica.api_key else {}
+
+
+async def accepts_connections(address: str, settle_s: float = TCP_SETTLE_S, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether something listens at `address` ("host:port"): a connection that is accepted and not
+    closed within `settle_s` (see TCP_SETTLE_S), or that the server starts to talk on."""
+    host, _, port = address.rpartition(":")
+    try:
+        async with asyncio.timeout(timeout_s):
+            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+    except (OSError, TimeoutError, ValueError):
+        return False
+    try:
+        try:
+            async with asyncio.timeout(settle_s):
+                data = await reader.read(1)
+        except TimeoutError:
+            return True  # open and quiet: a server waiting for its request
+        except OSError:
+            return False  # reset
+        return data != b""  # end of file: a proxy with nothing behind it; bytes: a talking server
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
 
 
 async def wait_ready(
@@ -56,17 +88,24 @@ async def wait_ready(
     poll_interval_s: float = POLL_INTERVAL_S,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    tcp: bool = False,
 ) -> ReplicaInfo:
-    """The replica, once `GET http://{address}{health_route}` (with its API key) answers 200.
+    """The replica, once `GET http://{address}{health_route}` (with its API key) answers 200; with
+    `tcp`, or when the replica has no health route (a custom image that declares none: the
+    reference treats it as ready at start), once its port accepts connections.
 
     Raises ReplicaStartFailed (exit code and last log lines) if its container exits first, and
     ReplicaStartTimeout once `deadline_s` has passed.
     """
+    tcp = tcp or not replica.health_route  # no health route: its port is the sign of life
     give_up = clock() + deadline_s
     probe_timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
     info = replica
     while True:
-        if info.address is not None:
+        if info.address is not None and tcp:
+            if await accepts_connections(info.address):
+                return info
+        elif info.address is not None:
             try:
                 url = f"http://{info.address}{info.health_route}"
                 async with session.get(url, timeout=probe_timeout, headers=auth_headers(info)) as response:
@@ -79,5 +118,5 @@ async def wait_ready(
             lines = await runtime.logs(replica.replica_id, tail=LOG_LINES_ON_FAILURE)
             raise ReplicaStartFailed(replica.replica_id, info.exit_code, lines)
         if clock() >= give_up:
-            raise ReplicaStartTimeout(replica.replica_id, info.health_route, deadline_s)
+            raise ReplicaStartTimeout(replica.replica_id, info.health_route, deadline_s, tcp=tcp)
         await sleep(poll_interval_s)

@@ -19,6 +19,15 @@ GPU1 = Resources(cpus=None, memory_bytes=None, gpu_count=1, gpu_device_ids=("GPU
 GPU2 = Resources(cpus=None, memory_bytes=None, gpu_count=2, gpu_device_ids=("GPU-a", "GPU-b"))
 GPU4 = Resources(cpus=None, memory_bytes=None, gpu_count=4, gpu_device_ids=("GPU-a", "GPU-b", "GPU-c", "GPU-d"))
 GIB = 1024**3
+# The pinned defaults (presets.DEFAULT_IMAGES), spelled out: a change of an engine's version shows here.
+VLLM_IMAGE = "vllm/vllm-openai:v0.21.0"
+SGLANG_IMAGE = "lmsysorg/sglang:v0.5.6"
+TEI_CPU_IMAGE = "ghcr.io/huggingface/text-embeddings-inference:cpu-1.8"
+TEI_GPU_IMAGE = "ghcr.io/huggingface/text-embeddings-inference:1.8"
+TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.5"
+LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-b9246"
+LLAMACPP_GPU_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-cuda-b9246"
+TOOLKIT_IMAGE = "endpointd/inference-toolkit:0.1.0"
 
 
 def spec(image, resources=GPU1, **kw):
@@ -35,28 +44,28 @@ SGLANG_BASE = ("--model-path", "/repository", "--served-model-name", "e1", "--ho
 
 
 @pytest.mark.parametrize("image, resources, want_image, port, entrypoint, args, shm", [
-    ({"vLLM": {}}, GPU1, "vllm/vllm-openai:latest", 8000, VLLM,
+    ({"vLLM": {}}, GPU1, VLLM_IMAGE, 8000, VLLM,
      VLLM_BASE + ("--tensor-parallel-size", "1"), 10 * GIB),
-    ({"vLLM": {}}, GPU4, "vllm/vllm-openai:latest", 8000, VLLM,
+    ({"vLLM": {}}, GPU4, VLLM_IMAGE, 8000, VLLM,
      VLLM_BASE + ("--tensor-parallel-size", "4"), 10 * GIB),  # 4 GPUs / dp 1 = tp 4
-    ({"vLLM": {"dataParallelSize": 2}}, GPU4, "vllm/vllm-openai:latest", 8000, VLLM,
+    ({"vLLM": {"dataParallelSize": 2}}, GPU4, VLLM_IMAGE, 8000, VLLM,
      VLLM_BASE + ("--tensor-parallel-size", "2", "--data-parallel-size", "2"), 10 * GIB),  # 4 / 2 = tp 2
     ({"vLLM": {"tensorParallelSize": 2, "maxNumSeqs": 64, "maxNumBatchedTokens": 8192,
-               "kvCacheDtype": "fp8"}}, GPU2, "vllm/vllm-openai:latest", 8000, VLLM,
+               "kvCacheDtype": "fp8"}}, GPU2, VLLM_IMAGE, 8000, VLLM,
      VLLM_BASE + ("--tensor-parallel-size", "2", "--max-num-seqs", "64", "--max-num-batched-tokens", "8192",
                   "--kv-cache-dtype", "fp8"), 10 * GIB),
     ({"vLLM": {"url": "vllm/vllm-openai:v0.9.1", "port": 9000}}, GPU1, "vllm/vllm-openai:v0.9.1", 9000, VLLM,
      VLLM_BASE[:-1] + ("9000", "--tensor-parallel-size", "1"), 10 * GIB),
-    ({"vLLM": {}}, CPU2, "vllm/vllm-openai:latest", 8000, VLLM, VLLM_BASE, 10 * GIB),  # no GPU: no tp flag
-    ({"sGLang": {}}, GPU2, "lmsysorg/sglang:latest", 30000, SGLANG, SGLANG_BASE + ("--tp", "2"), 32 * GIB),
+    ({"vLLM": {}}, CPU2, VLLM_IMAGE, 8000, VLLM, VLLM_BASE, 10 * GIB),  # no GPU: no tp flag
+    ({"sGLang": {}}, GPU2, SGLANG_IMAGE, 30000, SGLANG, SGLANG_BASE + ("--tp", "2"), 32 * GIB),
     ({"sGLang": {"tensorParallelSize": 1, "maxRunningRequests": 32, "maxPrefillTokens": 16384,
-                 "chunkedPrefillSize": -1, "kvCacheDtype": "fp8_e5m2"}}, GPU1, "lmsysorg/sglang:latest", 30000,
+                 "chunkedPrefillSize": -1, "kvCacheDtype": "fp8_e5m2"}}, GPU1, SGLANG_IMAGE, 30000,
      SGLANG, SGLANG_BASE + ("--tp", "1", "--max-running-requests", "32", "--max-prefill-tokens", "16384",
                             "--chunked-prefill-size", "-1", "--kv-cache-dtype", "fp8_e5m2"), 32 * GIB),
-    ({"tei": {}}, CPU2, "ghcr.io/huggingface/text-embeddings-inference:cpu-latest", 80, None,
+    ({"tei": {}}, CPU2, TEI_CPU_IMAGE, 80, None,
      ("--model-id", "/repository", "--port", "80"), None),
     ({"tei": {"maxBatchTokens": 16384, "maxConcurrentRequests": 512, "pooling": "mean"}}, GPU1,
-     "ghcr.io/huggingface/text-embeddings-inference:latest", 80, None,
+     TEI_GPU_IMAGE, 80, None,
      ("--model-id", "/repository", "--port", "80", "--max-batch-tokens", "16384",
       "--max-concurrent-requests", "512", "--pooling", "mean"), None),
 ])
@@ -76,29 +85,29 @@ LLAMA_BASE = {"LLAMA_ARG_MODEL": "/repository/m.gguf", "LLAMA_ARG_ALIAS": "e1", 
 
 
 @pytest.mark.parametrize("image, resources, want_image, port, env", [
-    ({"tgi": {}}, GPU1, "ghcr.io/huggingface/text-generation-inference:latest", 80,
+    ({"tgi": {}}, GPU1, TGI_IMAGE, 80,
      {"MODEL_ID": "/repository", "PORT": "80", "NUM_SHARD": "1"}),
     ({"tgi": {"maxInputLength": 1024, "maxTotalTokens": 2048, "maxBatchPrefillTokens": 4096,
               "maxBatchTotalTokens": 32768, "quantize": "bitsandbytes", "disableCustomKernels": True}},
-     GPU2, "ghcr.io/huggingface/text-generation-inference:latest", 80,
+     GPU2, TGI_IMAGE, 80,
      {"MODEL_ID": "/repository", "PORT": "80", "NUM_SHARD": "2", "MAX_INPUT_TOKENS": "1024",
       "MAX_TOTAL_TOKENS": "2048", "MAX_BATCH_PREFILL_TOKENS": "4096", "MAX_BATCH_TOTAL_TOKENS": "32768",
       "QUANTIZE": "bitsandbytes", "DISABLE_CUSTOM_KERNELS": "true"}),
-    ({"tgi": {"disableCustomKernels": False}}, CPU2, "ghcr.io/huggingface/text-generation-inference:latest", 80,
+    ({"tgi": {"disableCustomKernels": False}}, CPU2, TGI_IMAGE, 80,
      {"MODEL_ID": "/repository", "PORT": "80"}),  # no GPU: no NUM_SHARD; false: the flag stays unset
-    ({"llamacpp": {"modelPath": "m.gguf"}}, CPU2, "ghcr.io/ggml-org/llama.cpp:server", 8080, LLAMA_BASE),
-    ({"llamacpp": {"modelPath": "m.gguf"}}, GPU1, "ghcr.io/ggml-org/llama.cpp:server-cuda", 8080,
+    ({"llamacpp": {"modelPath": "m.gguf"}}, CPU2, LLAMACPP_IMAGE, 8080, LLAMA_BASE),
+    ({"llamacpp": {"modelPath": "m.gguf"}}, GPU1, LLAMACPP_GPU_IMAGE, 8080,
      LLAMA_BASE | {"LLAMA_ARG_N_GPU_LAYERS": "999"}),  # GPU: every layer offloaded by default
     ({"llamacpp": {"modelPath": "m.gguf", "ctxSize": 8192, "nParallel": 4, "threadsHttp": 8, "nGpuLayers": 20,
                    "mmprojModelPath": "vision/mmproj.gguf", "mode": "embedding", "pooling": "mean"}},
-     GPU1, "ghcr.io/ggml-org/llama.cpp:server-cuda", 8080,
+     GPU1, LLAMACPP_GPU_IMAGE, 8080,
      LLAMA_BASE | {"LLAMA_ARG_CTX_SIZE": "8192", "LLAMA_ARG_N_PARALLEL": "4", "LLAMA_ARG_THREADS_HTTP": "8",
                    "LLAMA_ARG_N_GPU_LAYERS": "20", "LLAMA_ARG_MMPROJ": "/repository/vision/mmproj.gguf",
                    "LLAMA_ARG_EMBEDDINGS": "1", "LLAMA_ARG_POOLING": "mean"}),
     ({"llamacpp": {"modelPath": "m.gguf", "mode": "text-generation", "port": 9090}}, CPU2,
-     "ghcr.io/ggml-org/llama.cpp:server", 9090, LLAMA_BASE | {"LLAMA_ARG_PORT": "9090"}),
-    ({"huggingface": {}}, CPU2, "endpointd/inference-toolkit:latest", 5000, {"HF_MODEL_DIR": "/repository"}),
-    ({"hfServe": {}}, CPU2, "endpointd/inference-toolkit:latest", 5000, {"HF_MODEL_DIR": "/repository"}),
+     LLAMACPP_IMAGE, 9090, LLAMA_BASE | {"LLAMA_ARG_PORT": "9090"}),
+    ({"huggingface": {}}, CPU2, TOOLKIT_IMAGE, 5000, {"HF_MODEL_DIR": "/repository"}),
+    ({"hfServe": {}}, CPU2, TOOLKIT_IMAGE, 5000, {"HF_MODEL_DIR": "/repository"}),
 ])
 def test_env_configured_presets(image, resources, want_image, port, env):
     got = spec(image, resources)
@@ -125,9 +134,9 @@ def test_custom_runs_any_image_with_credentials():
     assert "s3cret" not in repr(got)
 
 
-def test_custom_defaults_port_80_and_health():
+def test_custom_defaults_port_80_and_no_health_route():
     got = spec({"custom": {"url": "img:tag"}}, CPU2)
-    assert (got.port, got.health_route, got.registry_auth) == (80, "/health", None)
+    assert (got.port, got.health_route, got.registry_auth) == (80, "", None)  # "": ready once the port listens
     assert (got.entrypoint, got.args) == (None, None)
     assert got.mounts == REPO_MOUNT  # the model is still mounted when there is one
 
@@ -171,11 +180,11 @@ def test_default_images_pin_versions():
     pinned = {"tei": "ghcr.io/huggingface/text-embeddings-inference:cpu-1.8", "llamacpp-gpu": "llama:b5000-cuda"}
     assert spec({"tei": {}}, CPU2, default_images=pinned).image == pinned["tei"]
     assert spec({"llamacpp": {"modelPath": "m.gguf"}}, default_images=pinned).image == "llama:b5000-cuda"
-    assert spec({"vLLM": {}}, default_images=pinned).image == "vllm/vllm-openai:latest"
+    assert spec({"vLLM": {}}, default_images=pinned).image == VLLM_IMAGE
 
 
 def test_variant_name_is_case_insensitive():
-    assert spec({"vllm": {}}).image == "vllm/vllm-openai:latest"
+    assert spec({"vllm": {}}).image == VLLM_IMAGE
 
 
 @pytest.mark.parametrize("reserved", sorted(LLAMACPP_RESERVED))
@@ -248,7 +257,8 @@ KEY = "k3y-of-the-replica"
     ({"custom": {"url": "endpointd/echo-fork:1"}}, CPU2, None),
     ({"custom": {"url": "acme/endpointd/echo:1"}}, CPU2, None),
     ({"custom": {"url": "ghcr.io/acme/server:1"}}, CPU2, None),
-    ({"huggingface": {}}, CPU2, None),
+    ({"huggingface": {}}, CPU2, ("env", "TOOLKIT_API_KEY")),
+    ({"hfServe": {}}, CPU2, ("env", "TOOLKIT_API_KEY")),
 ])
 def test_each_engine_gets_the_replicas_key_its_own_way(image, resources, takes):
     got = spec(image, resources, api_key=KEY)
@@ -319,3 +329,77 @@ def test_cpu_and_memory_limits_follow_the_instance(image, resources, cpus, memor
     assert (got.cpus, got.memory_bytes) == (cpus, memory)
     assert got.capabilities == ("NET_BIND_SERVICE",)  # every engine: all other capabilities dropped
     assert all(m.read_only for m in got.mounts)  # nothing of the host is writable
+
+
+def test_no_default_image_is_latest():
+    from engines.presets import DEFAULT_IMAGES
+
+    assert [key for key, image in DEFAULT_IMAGES.items() if image.endswith(":latest") or ":" not in image.rsplit("/", 1)[-1]] == []
+
+
+def test_the_toolkit_image_is_the_one_images_build_makes():
+    from engines import images
+
+    assert images.TOOLKIT_IMAGE == TOOLKIT_IMAGE == spec({"huggingface": {}}, CPU2).image
+
+
+@pytest.mark.parametrize("task, framework, want", [
+    ("sentence-embeddings", "pytorch", {"HF_TASK": "sentence-embeddings", "HF_FRAMEWORK": "pytorch"}),
+    ("text-classification", None, {"HF_TASK": "text-classification"}),
+    (None, "custom", {"HF_FRAMEWORK": "custom"}),
+    (None, None, {}),  # the toolkit derives the task from the repository
+    ("Text-Classification", "PyTorch", {"HF_TASK": "text-classification", "HF_FRAMEWORK": "pytorch"}),
+])
+def test_the_toolkit_is_told_the_task_and_framework(task, framework, want):
+    got = spec({"huggingface": {}}, CPU2, task=task, framework=framework)
+    assert dict(got.env) == {"HF_MODEL_DIR": "/repository", **want}
+
+
+def test_other_engines_ignore_task_and_framework():
+    assert spec({"tei": {}}, CPU2, task="feature-extraction", framework="pytorch").env == {}
+
+
+@pytest.mark.parametrize("task, framework, message", [
+    ("Feature Extraction", None, "model.task must be a name of letters, digits and dashes"),
+    ("x" * 65, None, "model.task must be a name"),
+    (None, "py/torch", "model.framework must be a name .* such as \"pytorch\""),
+    (None, 3, "model.framework must be a name"),
+])
+def test_bad_task_or_framework_says_what_to_send(task, framework, message):
+    with pytest.raises(PresetError, match=message):
+        spec({"huggingface": {}}, CPU2, task=task, framework=framework)
+
+
+def test_the_faqs_image_huggingface_env_is_merged_like_model_env():
+    got = spec({"huggingface": {"env": {"HF_TRUST_REMOTE_CODE": "1", "HF_TASK": "fill-mask"}}}, CPU2,
+               task="text-classification", env={"A": "1"})
+    # image.huggingface.env overrides the preset's values, model.env overrides both.
+    assert dict(got.env) == {"HF_MODEL_DIR": "/repository", "HF_TASK": "fill-mask", "HF_TRUST_REMOTE_CODE": "1", "A": "1"}
+    assert spec({"huggingface": {"env": {"X": "2"}}}, CPU2, env={"X": "3"}).env["X"] == "3"
+
+
+@pytest.mark.parametrize("variant_env, message", [
+    ({"HF_MODEL_DIR": "/etc"}, "model.image.huggingface.env sets HF_MODEL_DIR, which the huggingface preset reserves"),
+    ({"TOOLKIT_API_KEY": "mine"}, "model.image.huggingface.env sets TOOLKIT_API_KEY"),
+    ({"A": 1}, r"model.image.huggingface.env\['A'\] must map a string to a string"),
+])
+def test_the_toolkit_env_refuses_reserved_keys_and_non_strings(variant_env, message):
+    with pytest.raises(PresetError, match=message):
+        spec({"huggingface": {"env": variant_env}}, CPU2, api_key=KEY)
+    with pytest.raises(PresetError, match="model.image.huggingface.env must be an object"):
+        spec({"huggingface": {"env": ["A=1"]}}, CPU2)
+
+
+@pytest.mark.parametrize("image, declared", [
+    ({"custom": {"url": "ghcr.io/acme/server:1"}}, False),  # ready once its port accepts connections
+    ({"custom": {"url": "ghcr.io/acme/server:1", "healthRoute": "/ready"}}, True),
+    ({"custom": {"url": "ghcr.io/acme/server:1", "health_route": "/ready"}}, True),
+    ({"Custom": {"url": "ghcr.io/acme/server:1", "healthRoute": ""}}, False),
+    ({"tgi": {}}, True),
+    ({"huggingface": {}}, True),
+    ({}, True),  # not a variant: build_container_spec says why
+])
+def test_which_images_declare_a_health_route(image, declared):
+    from engines.presets import declares_health_route
+
+    assert declares_health_route(image) is declared
