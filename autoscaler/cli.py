@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     images = sub.add_parser("images", help="build the project's own engine images locally")
     images_sub = images.add_subparsers(dest="images_command", required=True)
-    build = images_sub.add_parser("build", help="build endpointd/base:bookworm and endpointd/echo:latest")
+    build = images_sub.add_parser("build", help="build endpointd/base:bookworm, endpointd/echo:latest, endpointd/inference-toolkit and endpointd/endpointd")
     build.add_argument("--force", action="store_true", help="rebuild images that already exist")
     build.set_defaults(func=_images_build)
     return parser

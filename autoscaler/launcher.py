@@ -104,7 +104,7 @@ class EngineLauncher:
         report(f"fetching model artifacts of {model.repository}")
         # The commit pinned at create (a local directory: as it is), only the files its engine needs.
         model_dir = await artifacts.fetch(model.repository, model.revision, self._cache_dir,
-                                          allow_patterns=getattr(model, "download_pattern", None))
+                                          allow_patterns=model.download_pattern)
         await self._check_local_content(spec.name, model.repository, model.revision, model_dir)
         # A key of the replica's own: a replica's engine answers only who holds it (the proxy, the
         # probes), not another endpoint's engine nor a local process that found its port. Kept on
@@ -120,15 +120,15 @@ class EngineLauncher:
             args=model.args,
             default_images=self._default_images,
             api_key=secrets.token_urlsafe(API_KEY_BYTES),
-            # The toolkit's pipeline and weights. getattr: test doubles of a Model without them.
-            task=getattr(model, "task", None),
-            framework=getattr(model, "framework", None),
+            task=model.task,  # the toolkit's pipeline and weights
+            framework=model.framework,
         )
         report(f"pulling image {container.image}")
         await self._runtime.ensure_image(container.image, container.registry_auth, report)
         report(f"starting replica {replica_id}")
         info = await self._runtime.start(intent.key, replica_id, str(intent.revision), container)
-        report(f"waiting for replica {replica_id} to answer {container.health_route}")
+        report(f"waiting for replica {replica_id} to answer {container.health_route}" if container.health_route
+               else f"waiting for replica {replica_id} to accept connections on its port")
         return await readiness.wait_ready(
             self._runtime, info, session=self._session, deadline_s=self._ready_deadline_s
         )
@@ -162,6 +162,8 @@ class EngineLauncher:
         return sum(values) / len(values) if values else None
 
     async def healthy(self, replica: ReplicaInfo) -> bool:
+        if replica.address is not None and not replica.health_route:  # no health route: its port
+            return await readiness.accepts_connections(replica.address)
         try:
             async with self._session.get(
                 f"http://{replica.address}{replica.health_route}", timeout=aiohttp.ClientTimeout(total=HEALTH_CHECK_S),

@@ -487,10 +487,10 @@ class Owner:
             self._stop(slot, 0.0)
             return
         slot.phase = Phase.READY
-        self.history.moved(slot.id, ReplicaState.RUNNING, f"answers {info.health_route}")
+        self.history.moved(slot.id, ReplicaState.RUNNING, f"answers {info.health_route or 'on its port'}")
         if slot.revision == self.intent.revision:
             self.failures, self.last_error, self.progress = 0, "", ""
-        self._event("replica_ready", f"answers {info.health_route} on {info.address}", slot)
+        self._event("replica_ready", f"answers {info.health_route or 'connections'} on {info.address}", slot)
 
     def _launch_ended(self, slot: Slot, error: str | None, removed: bool) -> None:
         slot.task = None

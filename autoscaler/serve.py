@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from engines import artifacts, hardware
+from engines import artifacts, hardware, presets
 from engines.capacity import HostCapacity
 from engines.model_roots import ModelRoots
 from engines.docker import DockerRuntime
@@ -176,7 +176,11 @@ async def build_app(
     proxy_base = f"{scheme(proxy_config)}://{proxy_config.host}:{proxy_config.port}/endpoints"
 
     async def probe(intent: Intent) -> bool:
-        """`running` only once the health route answers 200 through the proxy itself."""
+        """`running` only once the health route answers 200 through the proxy itself. A custom
+        image that declares no health route is running once a replica accepts connections (the
+        launcher waited for that), as the reference treats it ready at start."""
+        if not presets.declares_health_route(intent.spec.model.image):
+            return True
         url = f"{proxy_base}/{intent.key.namespace}/{intent.key.name}{intent.health_route}"
         headers = {"Authorization": f"Bearer {internal_token}", PROBE_HEADER: probe_secret}
         try:

@@ -103,6 +103,11 @@ class EndpointSpec:
 
     @property
     def health_route(self) -> str:
-        """The image variant's `healthRoute` (or the 2023 spec's `health_route`), else /health."""
+        """The image variant's `healthRoute` (or the 2023 spec's `health_route`), else /health;
+        `/` for a custom image that names none (it is ready once its port listens, and the
+        client's `wait()` then asks for the endpoint's root, the one route any server has)."""
         options = self.model.image[self.model.variant]
-        return options.get("healthRoute") or options.get("health_route") or DEFAULT_HEALTH_ROUTE
+        declared = options.get("healthRoute") or options.get("health_route")
+        if declared:
+            return declared
+        return "/" if self.model.variant == "custom" else DEFAULT_HEALTH_ROUTE

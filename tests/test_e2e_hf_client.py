@@ -3,7 +3,9 @@ engine, with the echo engine as a custom image."""
 
 from __future__ import annotations
 
+import json
 import signal
+import urllib.request
 
 import huggingface_hub.constants as hub_constants
 import pytest
@@ -222,3 +224,29 @@ def test_sigterm_lets_a_stream_in_flight_finish(serve):
     assert b'"generated_text": "one two three four five six "' in events[-1]
     assert serve.process.wait(timeout=60) == 0
     serve.process = None
+
+
+
+# Serves GET / (a directory listing) on 8000 and no health route at all.
+NO_HEALTH_SERVER = (
+    "import http.server\n"
+    "http.server.ThreadingHTTPServer(('0.0.0.0', 8000), http.server.SimpleHTTPRequestHandler).serve_forever()\n"
+)
+
+
+def test_a_custom_image_without_a_health_route_runs_once_its_port_listens(serve):
+    """The reference treats such an image as ready at start: endpointd waits for its port to accept
+    connections, not for a /health that never answers (the default would wait 30 minutes)."""
+    api = HfApi(endpoint=serve.url, token=serve.alice)
+    endpoint = create(api, serve, "nohealth", custom_image={"url": "endpointd/echo:latest", "port": 8000})
+    # The client has no `command`; the API takes it: a server of Python's own in the echo image.
+    body = json.dumps({"model": {"command": ["python3", "-c", NO_HEALTH_SERVER]}}).encode()
+    request = urllib.request.Request(f"{serve.url}/v2/endpoint/alice/nohealth", data=body, method="PUT", headers={
+        "Authorization": f"Bearer {serve.alice}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+    endpoint.wait(timeout=120, refresh_every=1)
+    assert endpoint.status == "running"
+    request = urllib.request.Request(f"{endpoint.url}/", headers={"Authorization": f"Bearer {serve.alice}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200 and b"Directory listing" in response.read()

@@ -80,7 +80,7 @@ def intent(key: EndpointKey, image: dict, *, repository: str, accelerator="cpu",
            instance_size="x1", env=None) -> SimpleNamespace:
     """What the launcher reads of an Intent: its key, revision and spec."""
     model = SimpleNamespace(repository=repository, revision=None, image=image, env=env or {}, secrets={},
-                            command=None, args=None)
+                            command=None, args=None, task=None, framework=None, download_pattern=None)
     compute = SimpleNamespace(accelerator=accelerator, instance_type=instance_type, instance_size=instance_size)
     return SimpleNamespace(key=key, revision=1, spec=SimpleNamespace(name=key.name, compute=compute, model=model))
 
@@ -115,7 +115,7 @@ async def keyed_engine():
 
 async def test_the_launcher_gives_each_replica_a_key_of_its_own_and_its_probes_send_it(tmp_path, keyed_engine):
     rt = FakeRuntime(address=lambda replica_id: f"127.0.0.1:{keyed_engine.port}")
-    echo = intent(KEY_A, {"custom": {"url": ECHO_IMAGE}}, repository=str(tmp_path))
+    echo = intent(KEY_A, {"custom": {"url": ECHO_IMAGE, "healthRoute": "/health"}}, repository=str(tmp_path))
     async with aiohttp.ClientSession() as session:
         engines = launcher(rt, session, tmp_path)
         original_start = rt.start
@@ -142,7 +142,7 @@ async def test_the_launcher_gives_each_replica_a_key_of_its_own_and_its_probes_s
 
 async def test_a_custom_image_gets_no_key_and_its_probes_send_none(tmp_path, keyed_engine):
     rt = FakeRuntime(address=lambda replica_id: f"127.0.0.1:{keyed_engine.port}")
-    other = intent(KEY_A, {"custom": {"url": "ghcr.io/acme/server:1"}}, repository=str(tmp_path))
+    other = intent(KEY_A, {"custom": {"url": "ghcr.io/acme/server:1", "healthRoute": "/health"}}, repository=str(tmp_path))
     async with aiohttp.ClientSession() as session:
         info = await launcher(rt, session, tmp_path).launch(other, "r1", (), lambda message: None)
     spec = rt.containers["r1"].spec
