@@ -5,9 +5,10 @@
 # takes (the "direct" row of the benchmark shows its rate).
 #
 #   POST (any path)         -> 200, a small JSON body with Content-Length
-#   GET /sse?n=N&ms=M       -> N Server-Sent Events, one every M ms; each reads
-#                              `data: INDEX EMITTED_NS` with EMITTED_NS = time.monotonic_ns() at
-#                              emission (one clock for every process of the machine)
+#   GET /sse?n=N&ms=M       -> N Server-Sent Events, one every M ms (a number; 0: as fast as the
+#                              connection takes them: the stream waits while its send buffer is
+#                              full); each reads `data: INDEX EMITTED_NS` with EMITTED_NS =
+#                              time.monotonic_ns() at emission (one clock for every process)
 #
 # Usage: python fast_upstream.py PORT
 
@@ -42,9 +43,21 @@ class Http(asyncio.Protocol):
     def __init__(self, streams: set[asyncio.Task]):
         self.streams = streams  # strong references: the loop keeps only weak ones to tasks
         self.buffer = b""
+        self.writable: asyncio.Event | None = None  # set while the send buffer has room
 
     def connection_made(self, transport):
         self.transport = transport
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+    def pause_writing(self):
+        self.writable.clear()
+
+    def resume_writing(self):
+        self.writable.set()
+
+    def connection_lost(self, exc):
+        self.writable.set()  # a stream waiting for room sees the close
 
     def data_received(self, data):
         self.buffer += data
@@ -67,12 +80,14 @@ class Http(asyncio.Protocol):
 
     async def stream(self, target: str) -> None:
         query = parse_qs(urlsplit(target).query)
-        count, gap_s = int(query.get("n", ["20"])[0]), int(query.get("ms", ["10"])[0]) / 1000
+        count, gap_s = int(query.get("n", ["20"])[0]), float(query.get("ms", ["10"])[0]) / 1000
         loop = asyncio.get_running_loop()
         start = loop.time()
         self.transport.write(SSE_HEAD)
         for i in range(count):
             await asyncio.sleep(start + (i + 1) * gap_s - loop.time())  # a schedule: no drift
+            if not self.writable.is_set():
+                await self.writable.wait()
             if self.transport.is_closing():
                 return
             event = b"data: %d %d\n\n" % (i, time.monotonic_ns())

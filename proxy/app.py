@@ -24,6 +24,7 @@ from .forward import REQUEST_ID, ResponseCut, forward, request_id, upstream_head
 from .hold import HEADER as SCALE_UP_TIMEOUT
 from .metrics import CLIENT_CLOSED
 from .pipeline import PROBE_HEADER, Pipeline
+from .workers.codec import families_out, merge_families
 
 log = logging.getLogger("endpointd.proxy")
 
@@ -118,8 +119,20 @@ async def metrics_response(request: web.Request, pipeline: Pipeline) -> web.Stre
     except ProxyError as error:
         pipeline.refused(error)
         return error_response(error, rid)
-    body = generate_latest(pipeline.metrics.registry)
+    if pipeline.remote_families is None:
+        body = generate_latest(pipeline.metrics.registry)
+    else:  # this process's families and every worker's, added up
+        sets = [families_out(pipeline.metrics.registry), *await pipeline.remote_families()]
+        body = generate_latest(_Merged(merge_families(sets)))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, REQUEST_ID: rid})
+
+
+class _Merged:
+    def __init__(self, families):
+        self._families = families
+
+    def collect(self):
+        return self._families
 
 
 async def _upstream_session(app: web.Application) -> AsyncIterator[None]:

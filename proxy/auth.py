@@ -52,10 +52,20 @@ class TokenCache:
         if hit is not None and hit[0] > now:
             return hit[1]
         identity = await self._control.verify_token(token)
+        self._remember(key, now, identity)
+        return identity
+
+    def cached(self, token: str) -> tuple[bool, Identity | None]:
+        """(True, verdict) when a fresh verdict is cached, else (False, None): no lookup."""
+        hit = self._entries.get(hashlib.sha256(token.encode()).digest())
+        if hit is not None and hit[0] > self._clock():
+            return True, hit[1]
+        return False, None
+
+    def _remember(self, key: bytes, now: float, identity: Identity | None) -> None:
         if len(self._entries) >= MAX_CACHED_TOKENS:
             self._entries.clear()
         self._entries[key] = (now + self._ttl_s, identity)
-        return identity
 
 
 def plausible_token(token: str) -> bool:
@@ -90,7 +100,29 @@ async def authorize(entry: RouteEntry, authorization: str | None, tokens: TokenC
     """Raise Unauthorized/Forbidden unless the caller may use `entry`; runs before anything else."""
     if entry.auth is AuthType.PUBLIC:
         return None
-    identity = await identify(authorization, tokens, f"endpoint {entry.key}")
+    return check_access(entry, await identify(authorization, tokens, f"endpoint {entry.key}"))
+
+
+NEEDS_LOOKUP = object()  # authorize_now's answer when only the store can tell
+
+
+def authorize_now(entry: RouteEntry, authorization: str | None, tokens: TokenCache) -> Identity | None | object:
+    """`authorize` without waiting: the same verdicts, or NEEDS_LOOKUP when the token's verdict
+    is not cached (the caller then takes the async path)."""
+    if entry.auth is AuthType.PUBLIC:
+        return None
+    token = bearer_token(authorization)
+    if token is None or not plausible_token(token):
+        return NEEDS_LOOKUP  # the async path raises the same 401 at no store cost
+    hit, identity = tokens.cached(token)
+    if not hit:
+        return NEEDS_LOOKUP
+    if identity is None:
+        raise Unauthorized(INVALID_TOKEN)
+    return check_access(entry, identity)
+
+
+def check_access(entry: RouteEntry, identity: Identity) -> Identity:
     if entry.auth is AuthType.PRIVATE and not identity.may_access(entry.namespace):
         raise Forbidden(
             f"endpoint {entry.key} is private: user {identity.user} is neither {entry.namespace} "

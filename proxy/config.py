@@ -12,6 +12,18 @@ Client connections (see proxy/connections.py), each default with its reason besi
                                    reserve of 64 (see `connection_cap`); beyond it new connections
                                    get a 503 and are closed at once, with a rate-limited log line
 
+The server (see proxy/server.py):
+
+    http                    raw    the data plane's HTTP server: "raw" (uvloop protocols and
+                                   httptools, proxy/raw/) or "aiohttp" (proxy/forward.py); the
+                                   management API and the dashboard are on aiohttp either way
+    workers                 0      data-plane processes on the port (SO_REUSEPORT), the control
+                                   plane in the first; 0 = one per core this process may run on, at
+                                   most AUTO_WORKERS_MAX; always 1 with http = aiohttp (the aiohttp
+                                   path carries the control plane) and with TLS (for now: a TLS
+                                   connection cannot be passed to the main process once a worker
+                                   has terminated it)
+
 Listeners (see proxy/server.py):
 
     metrics_port            0      a second listener serving only /metrics (same token rule);
@@ -22,6 +34,7 @@ Listeners (see proxy/server.py):
 
 from __future__ import annotations
 
+import os
 import resource
 from dataclasses import dataclass, field
 
@@ -29,6 +42,11 @@ from dataclasses import dataclass, field
 # socket, log files, the upstream pool's idle sockets, the interpreter's own.
 RESERVED_FDS = 64
 MAX_CONNECTIONS = 1_000_000
+# The automatic worker count's cap: each worker holds a copy of the route table and a channel the
+# main process writes every route change to and reads counts from every 20 ms; past 8 the main
+# process's share of that work grows while a proxy that needs more than 8 cores is rare.
+AUTO_WORKERS_MAX = 8
+MAX_WORKERS = 64
 
 
 def setting(default, *, min=None, max=None, help: str):  # noqa: A002 - names read well at call sites
@@ -115,6 +133,38 @@ class ProxyConfig:
         "", help="PEM certificate chain file: with tls_key, every listener serves HTTPS",
     )
     tls_key: str = setting("", help="PEM private key file of tls_cert")
+    workers: int = setting(
+        0, min=0, max=MAX_WORKERS,
+        help="data-plane processes sharing the port (SO_REUSEPORT), the control plane in the first; "
+        f"0: one per core, at most {AUTO_WORKERS_MAX}; 1 with --http aiohttp or TLS",
+    )
+    http: str = setting(
+        # raw: about five times the requests per core of any aiohttp proxy (loadtests/bench_proxy.py);
+        # aiohttp stays selectable while the raw server is new.
+        "raw", help="the data plane's HTTP server: raw (uvloop protocols + httptools) or aiohttp",
+    )
+
+
+HTTP_SERVERS = ("raw", "aiohttp")
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the sentence names the key, the value and what is valid."""
+
+
+def check(config: ProxyConfig) -> None:
+    """What field ranges cannot say; raises ConfigError."""
+    if config.http not in HTTP_SERVERS:
+        raise ConfigError(f"proxy.http = {config.http!r} is invalid: it must be one of {', '.join(HTTP_SERVERS)}")
+
+
+def worker_count(config: ProxyConfig) -> int:
+    """How many processes serve the data plane, this one included."""
+    if config.http != "raw" or (config.tls_cert and config.tls_key):
+        return 1
+    if config.workers:
+        return config.workers
+    return max(1, min(AUTO_WORKERS_MAX, len(os.sched_getaffinity(0))))
 
 
 def connection_cap(config: ProxyConfig) -> int:

@@ -14,8 +14,6 @@ caller's own Authorization is never forwarded.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import secrets
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -25,7 +23,6 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .errors import (
-    BadRequest,
     MalformedBody,
     PayloadTooLarge,
     RequestTimeout,
@@ -33,24 +30,11 @@ from .errors import (
     UpstreamTimeout,
     shown,
 )
+from .core import REQUEST_ID, may_retry, request_id, returned_pairs  # noqa: F401 - REQUEST_ID, request_id re-exported
+from .core import forwarded_pairs
 from .metrics import CLIENT_CLOSED
-from .pipeline import PROBE_HEADER, Admission, Pipeline
+from .pipeline import Admission, Pipeline
 
-# RFC 9110 §7.6.1 hop-by-hop fields, plus what the proxy consumes or rewrites itself.
-HOP_BY_HOP = frozenset(
-    h.lower()
-    for h in (
-        "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
-        "Transfer-Encoding", "Upgrade", "Proxy-Connection",
-    )
-)
-NOT_FORWARDED = HOP_BY_HOP | frozenset(
-    # X-Request-Id is set again (the caller's when it is printable, else a generated one)
-    {"host", "authorization", "expect", "x-scale-up-timeout", "x-request-id", PROBE_HEADER.lower()}
-)
-NOT_RETURNED = HOP_BY_HOP | frozenset({"content-length"})
-REQUEST_ID = "X-Request-Id"
-MAX_REQUEST_ID_LEN = 200
 CHUNK_BYTES = 64 * 1024
 SMALL_BODY_BYTES = 64 * 1024
 
@@ -69,57 +53,14 @@ class ResponseCut(Exception):
         self.reason = reason
 
 
-# Generated ids: a random per-process prefix and a counter — unique, and cheaper than uuid4 on
-# every request (which showed up at 3 % of the proxy's CPU in a profile).
-_ID_PREFIX = secrets.token_hex(8)
-_id_counter = itertools.count(1)
-
-
-def request_id(incoming: str | None) -> str:
-    """Keep the caller's id when it is printable and short; else make one."""
-    if incoming and len(incoming) <= MAX_REQUEST_ID_LEN and incoming.isprintable() and incoming.isascii():
-        return incoming
-    return f"{_ID_PREFIX}{next(_id_counter):016x}"
-
-
-def _drop_set(headers, always: frozenset[str]) -> frozenset[str]:
-    """`always` plus the fields the Connection header names (RFC 9110 §7.6.1)."""
-    value = headers.get("Connection")
-    if not value:
-        return always
-    return always | {h.strip().lower() for h in value.split(",")}
-
-
-def _require_utf8(name: str, value: str) -> None:
-    """aiohttp decodes header bytes as UTF-8 with surrogateescape: a surrogate is a byte that
-    was not UTF-8. Such a value cannot be sent on as it came."""
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise BadRequest(
-            f"the value of the header {shown(name)} is not valid UTF-8; send header values as ASCII"
-        ) from None
-
-
 def upstream_headers(request: web.Request, rid: str) -> CIMultiDict[str]:
     """The headers the replica gets (without any replica's API key). Raises BadRequest for a
     value that cannot be forwarded; called before admission, so such a request is never held."""
-    drop = _drop_set(request.headers, NOT_FORWARDED)
-    headers = CIMultiDict([(k, v) for k, v in request.headers.items() if k.lower() not in drop])
-    for name, value in headers.items():
-        if not value.isascii():
-            _require_utf8(name, value)
-    remote = request.remote or ""
-    prior = request.headers.get("X-Forwarded-For")
-    headers["X-Forwarded-For"] = f"{prior}, {remote}" if prior else remote
-    headers["X-Forwarded-Proto"] = request.scheme
-    host = request.host
-    if host:
-        if not host.isascii():
-            _require_utf8("Host", host)
-        headers["X-Forwarded-Host"] = host
-    headers[REQUEST_ID] = rid
-    return headers
+    headers = request.headers
+    return CIMultiDict(forwarded_pairs(
+        headers.items(), headers.get("Connection"), remote=request.remote or "", scheme=request.scheme,
+        host=request.host, prior_forwarded_for=headers.get("X-Forwarded-For"), rid=rid,
+    ))
 
 
 class _Body:
@@ -216,7 +157,7 @@ async def forward(
                 cause="upstream_connect",
             )
             # Nothing was sent: safe to retry once, on another replica.
-            if len(tried) >= 2 or (isinstance(body, _Body) and body.started):
+            if not may_retry(len(tried), isinstance(body, _Body) and body.started):
                 raise refused from None
             admission.refresh()
             continue
@@ -241,8 +182,7 @@ async def forward(
         break
 
     async with upstream:
-        drop = _drop_set(upstream.headers, NOT_RETURNED)
-        headers = CIMultiDict([(k, v) for k, v in upstream.headers.items() if k.lower() not in drop])
+        headers = CIMultiDict(returned_pairs(upstream.headers.items(), upstream.headers.get("Connection")))
         headers[REQUEST_ID] = rid
         length = upstream.content_length
         if length is not None and length <= SMALL_BODY_BYTES and "Transfer-Encoding" not in upstream.headers:

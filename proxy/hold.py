@@ -113,6 +113,11 @@ class ReadinessGate:
         if key in self._queues:
             self._release(key, 1)
 
+    def wake(self, entry: RouteEntry) -> None:
+        """Ask for a replica on another process's behalf (a worker's held request), under the
+        same once-per-`wake_retry_s` rule as this process's own."""
+        self._wake(entry)
+
     def _wake(self, entry: RouteEntry) -> None:
         """One wake per endpoint however many requests arrive; asked again only if the first
         produced no replica within `wake_retry_s` (a lost or failed wake must not strand it)."""

@@ -47,7 +47,8 @@ class _Gauges(Collector):
         self._held = held
 
     def collect(self):
-        snap = self._counter.snapshot()
+        # This process's own counts: /metrics adds the workers' own gauges to them (proxy/workers/).
+        snap = self._counter.local_snapshot()
         pending = GaugeMetricFamily(
             "endpointd_proxy_pending_requests", "Requests admitted and not yet complete (held + in flight)",
             labels=["endpoint"],
@@ -118,6 +119,7 @@ class ProxyMetrics:
         self._request_children: dict[tuple[str, str, str], Any] = {}
         self._latency_children: dict[str, Any] = {}
         self._tap: dict[str, Answers] | None = None  # endpoint key -> answers since the last take
+        self.on_answer: Callable[[], None] | None = None  # called after each tapped answer (a worker pushes them)
 
     def tap(self) -> None:
         """Keep every demand answer per endpoint from now on, for `take_answers()`."""
@@ -130,6 +132,27 @@ class ProxyMetrics:
         if self._tap is not None:
             self._tap = {}
         return taken
+
+    def add_answers(self, taken: dict[str, Answers]) -> None:
+        """Another process's tapped answers (a worker's), kept as if answered here."""
+        tap = self._tap
+        if tap is None:
+            return
+        for endpoint, theirs in taken.items():
+            answers = tap.get(endpoint)
+            if answers is None:
+                answers = tap[endpoint] = Answers()
+            room = TAP_LIMIT - len(answers.kept)
+            answers.kept.extend(theirs.kept[:max(room, 0)])
+            beyond = answers.beyond
+            for replica, code, _ in theirs.kept[max(room, 0):]:
+                beyond[(replica, code)] = beyond.get((replica, code), 0) + 1
+            for k, n in theirs.beyond.items():
+                beyond[k] = beyond.get(k, 0) + n
+
+    @property
+    def tapped(self) -> bool:
+        return self._tap is not None
 
     def watch_connections(self, source: ConnectionStats) -> None:
         """Where the connection gauges are read from (the server's listeners, once they listen)."""
@@ -157,6 +180,8 @@ class ProxyMetrics:
             else:
                 beyond = answers.beyond
                 beyond[(replica, code)] = beyond.get((replica, code), 0) + 1
+            if self.on_answer is not None:
+                self.on_answer()
         if duration_s is None:  # refused before admission: not a served request's latency
             return
         latency = self._latency_children.get(endpoint)

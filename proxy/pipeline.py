@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 
-from .auth import TokenCache, authorize
+from .auth import NEEDS_LOOKUP, TokenCache, authorize, authorize_now
 from .balancer import pick
 from .config import ProxyConfig
 from .control import ControlPlane, Replica, RouteEntry
@@ -46,7 +46,7 @@ class Admission:
 
     def choose(self, exclude: Collection[str] = ()) -> Replica | None:
         key = self.entry.key
-        replica = pick(self.entry.replicas, self._pipeline.counter.replica_loads(key), exclude)
+        replica = pick(self.entry.replicas, self._pipeline.counter.local_loads(key), exclude)
         if replica is not None:
             self.ticket.bind(replica.id)
         return replica
@@ -99,6 +99,9 @@ class Pipeline:
             clock=clock,
         )
         self.metrics = ProxyMetrics(self.counter, lambda: self.gate.held)
+        # The workers' metric families, when this process has workers (proxy/workers/hub.py):
+        # /metrics merges them with this process's.
+        self.remote_families: Callable[[], Awaitable[list]] | None = None
 
     async def admit(
         self,
@@ -135,6 +138,48 @@ class Pipeline:
             self.refused(error, key)
             raise
         return Admission(self, entry, upstream_path, ticket, started)
+
+    def admit_now(
+        self,
+        *,
+        host: str | None,
+        raw_path: str,
+        authorization: str | None,
+        scale_up_timeout: str | None,
+        content_length: int | None,
+        probe: str | None = None,
+    ) -> Admission | None:
+        """`admit` without waiting, for the hot path (no coroutine per request): the same verdict
+        and the same counts when it can be reached at once, a ready replica and a public endpoint
+        or a cached token; None when only `admit` can tell (a token lookup, a cold start), which
+        the caller then awaits. Raises ProxyError to refuse, as `admit` does."""
+        started = self.clock()
+        key = NO_ENDPOINT
+        try:
+            entry, upstream_path = resolve(self.control, host, raw_path)
+            if not entry.replicas:
+                return None
+            key = entry.key
+            if authorize_now(entry, authorization, self.tokens) is NEEDS_LOOKUP:
+                return None
+            parse_scale_up_timeout(scale_up_timeout, self.config.max_scale_up_timeout_s)
+            if content_length is not None and content_length > self.config.max_body_bytes:
+                raise self.too_large()
+            demand = probe is None or not self._is_probe(probe)
+            ticket = self.counter.track(key, demand).__enter__()
+            try:
+                refuse_unless_serving(entry)
+            except BaseException:
+                ticket.close()
+                raise
+        except ProxyError as error:
+            self.refused(error, key)
+            raise
+        return Admission(self, entry, upstream_path, ticket, started)
+
+    @property
+    def probe_secret(self) -> str | None:
+        return self._probe_secret.decode() if self._probe_secret is not None else None
 
     def _is_probe(self, value: str) -> bool:
         secret = self._probe_secret

@@ -17,6 +17,11 @@ CLEANUP_GRACE_S. The process exits within drain_timeout_s + CLEANUP_GRACE_S of t
 
 Connections (proxy/connections.py): header-read timeout, keep-alive timeout and a cap per
 listener. Under TLS the handshake must finish within `header_read_timeout_s` too.
+
+With `http` raw (the default) the main listener's protocol is the raw server (proxy/raw/): the data
+plane is served there and every other request's connection is handed to the app's aiohttp
+protocol, under the same cap and timeouts. With `workers` > 1, `run` starts the worker processes
+(proxy/workers/) on the same port once this process listens, and stops them with its own drain.
 """
 
 from __future__ import annotations
@@ -35,9 +40,11 @@ import uvloop
 from aiohttp import web
 
 from .app import PIPELINE, make_metrics_app
-from .config import ProxyConfig, connection_cap
+from .config import ConfigError, ProxyConfig, check, connection_cap, worker_count
 from .connections import ConnectionCap, GuardedAppRunner
+from .raw.server import RawServer
 from .tls import TlsConfigError, server_context
+from .workers.spawn import start_workers
 
 log = logging.getLogger("endpointd")
 BACKLOG = 4096  # bursts of thousands of clients (a cold start) must not be refused at accept
@@ -62,6 +69,7 @@ class Listener:
     server: asyncio.AbstractServer
     cap: ConnectionCap
     port: int  # the bound one (the configured one may be 0)
+    raw: RawServer | None = None  # the data plane's own server, when `http` is raw
 
 
 class Listening:
@@ -79,7 +87,9 @@ class Listening:
     def metrics_port(self) -> int | None:
         return self.listeners[1].port if len(self.listeners) > 1 else None
 
-    async def shutdown(self, drain_timeout_s: float) -> None:
+    async def shutdown(self, drain_timeout_s: float, before_cleanup: Awaitable | None = None) -> None:
+        """`before_cleanup`: awaited once the drain is over, before the app's cleanup (the
+        workers' own drain: the control plane must outlive it)."""
         if self._stopped:
             return
         self._stopped = True
@@ -107,6 +117,11 @@ class Listening:
                     )
                 for connection in left:
                     connection.force_close()  # handler_cancellation: their handlers are cancelled
+        if before_cleanup is not None:
+            await before_cleanup
+        for listener in self.listeners:
+            if listener.raw is not None:
+                listener.raw.close()
         try:
             async with asyncio.timeout(CLEANUP_GRACE_S):
                 for listener in self.listeners:
@@ -116,7 +131,8 @@ class Listening:
 
 
 async def _listener(app: web.Application, config: ProxyConfig, host: str, port: int, cap_limit: int,
-                    context: ssl.SSLContext | None) -> Listener:
+                    context: ssl.SSLContext | None, raw: bool = False, reuse_port: bool = False) -> Listener:
+    """`raw`: the data plane on proxy/raw/, everything else handed to the app's aiohttp protocol."""
     name = f"{'https' if context else 'http'}://{host}:{port}"
     cap = ConnectionCap(cap_limit, name)
     runner = GuardedAppRunner(
@@ -124,12 +140,17 @@ async def _listener(app: web.Application, config: ProxyConfig, host: str, port: 
         shutdown_timeout=CANCEL_GRACE_S,
     )
     await runner.setup()  # the app's startup
+    raw_server = None
+    if raw:
+        raw_server = RawServer(app[PIPELINE], config, cap, "https" if context else "http", runner.server)
     try:
         server = await asyncio.get_running_loop().create_server(
-            runner.server, host, port, backlog=BACKLOG, ssl=context,
+            raw_server or runner.server, host, port, backlog=BACKLOG, ssl=context, reuse_port=reuse_port or None,
             ssl_handshake_timeout=config.header_read_timeout_s if context else None,
         )
     except BaseException as error:
+        if raw_server is not None:
+            raw_server.close()
         await runner.cleanup()
         if isinstance(error, OSError):
             raise ListenError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
@@ -137,15 +158,19 @@ async def _listener(app: web.Application, config: ProxyConfig, host: str, port: 
     bound = server.sockets[0].getsockname()[1]
     if port == 0:
         name = cap.listener = f"{name.rpartition(':')[0]}:{bound}"
-    return Listener(name, runner, server, cap, bound)
+    return Listener(name, runner, server, cap, bound, raw_server)
 
 
-async def listen(app: web.Application, config: ProxyConfig) -> Listening:
+async def listen(app: web.Application, config: ProxyConfig, reuse_port: bool = False) -> Listening:
     """Start `app` on `config.host:config.port` and, when `metrics_port` is set, /metrics alone
     on `config.host:metrics_port`; HTTPS on both when the TLS keys are set. Raises
-    TlsConfigError or ListenError with a sentence for the operator."""
+    TlsConfigError, ConfigError or ListenError with a sentence for the operator. With `http` raw
+    (the default) the data plane runs on proxy/raw/ when the app has a proxy (add_proxy)."""
+    check(config)
     context = server_context(config)
-    main = await _listener(app, config, config.host, config.port, connection_cap(config), context)
+    raw = config.http == "raw" and PIPELINE in app
+    main = await _listener(app, config, config.host, config.port, connection_cap(config), context, raw=raw,
+                           reuse_port=reuse_port)
     listeners = [main]
     if config.metrics_port:
         try:
@@ -170,18 +195,28 @@ async def listen(app: web.Application, config: ProxyConfig) -> Listening:
 async def _serve(app: web.Application | Awaitable[web.Application], config: ProxyConfig) -> None:
     if not isinstance(app, web.Application):
         app = await app
-    listening = await listen(app, config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)  # before any worker starts: a signal meanwhile drains it too
+    count = worker_count(config) if PIPELINE in app else 1
+    listening = await listen(app, config, reuse_port=count > 1)
+    workers = None
+    if count > 1:
+        main = listening.listeners[0]
+        workers = await start_workers(app[PIPELINE], config, main.raw, main.port, count - 1)
+        log.info("the data plane runs in %d processes (workers = %d): this one and %s", count, config.workers,
+                 ", ".join(str(p) for p in workers.pids()))
     # Everything alive now (modules, functions, the app) lives as long as the process: moved
     # out of the collector's reach, a full collection no longer walks ~40k objects and stalls
     # the loop ~14 ms (measured by loadtests/bench_proxy.py under load) but well under 1 ms.
     gc.collect()
     gc.freeze()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await listening.shutdown(config.drain_timeout_s)
+    if workers is None:
+        await listening.shutdown(config.drain_timeout_s)
+    else:  # the workers drain beside this process; the control plane and the hub stay until they are gone
+        await listening.shutdown(config.drain_timeout_s, before_cleanup=workers.stop(config.drain_timeout_s))
     log.info("stopped")
 
 
@@ -199,8 +234,9 @@ def run(
     if isinstance(config, str):
         config = replace(ProxyConfig(), host=config, port=port, drain_timeout_s=drain_timeout_s)
     try:
+        check(config)
         server_context(config)  # checked before the app is built: a bad TLS setting stops at once
-    except TlsConfigError as error:
+    except (TlsConfigError, ConfigError) as error:
         if inspect.iscoroutine(app):
             app.close()
         print(f"endpointd: {error}", file=sys.stderr)

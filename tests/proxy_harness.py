@@ -1,7 +1,11 @@
 """Test harness for the proxy: in-process fake replicas and a proxy in front of them, over real HTTP.
 
 The proxy runs on the same listener code as `endpointd serve` (proxy/server.py `listen`), so the
-connection guards and error handling under every test are the production ones."""
+connection guards and error handling under every test are the production ones.
+
+`both_servers` (import it into a test module: it is the fixture `harness` there, overriding
+conftest's) runs each test once per data-plane server, `http` in HTTP_SERVERS: one behaviour
+suite for both."""
 
 from __future__ import annotations
 
@@ -11,14 +15,16 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from proxy.app import PIPELINE, make_app
-from proxy.config import ProxyConfig
+from proxy.config import HTTP_SERVERS, ProxyConfig
 from proxy.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry
 from proxy.pipeline import Pipeline
 from proxy.server import Listening, listen
+from proxy.workers.spawn import Workers, start_workers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -77,17 +83,19 @@ class ProxyServer:
     app: web.Application
     listening: Listening
     config: ProxyConfig
+    workers: Workers | None = None  # worker processes beside this one (start(workers=N))
 
     @property
     def port(self) -> int:
         return self.listening.port
 
     async def close(self) -> None:
-        await self.listening.shutdown(0)
+        await self.listening.shutdown(0, before_cleanup=self.workers.stop(0) if self.workers else None)
 
 
 class Harness:
-    def __init__(self) -> None:
+    def __init__(self, http: str = "raw") -> None:
+        self.http = http  # the data-plane server every start() uses, unless told otherwise
         self.control = InMemoryControlPlane()
         for token, identity in TOKENS.values():
             self.control.add_token(token, identity)
@@ -105,12 +113,20 @@ class Harness:
         self.servers.append(up.server)
         return up
 
-    async def start(self, probe_secret: str | None = None, ssl=None, **config) -> None:
+    async def start(self, probe_secret: str | None = None, ssl=None, processes: int = 1, tap: bool = False,
+                    **config) -> None:
         """`config`: ProxyConfig fields (port 0, any free one, unless given); `ssl`: the client's
-        SSL context for an HTTPS proxy."""
-        proxy_config = ProxyConfig(**{"host": "127.0.0.1", "port": 0, **config})
+        SSL context for an HTTPS proxy; `processes` > 1: real worker processes beside this one
+        (the raw server only), as `endpointd serve --workers N` runs them; `tap`: the analytics tap on."""
+        proxy_config = ProxyConfig(**{"host": "127.0.0.1", "port": 0, "http": self.http, **config})
         app = make_app(proxy_config, self.control, probe_secret=probe_secret)
-        self.proxy = ProxyServer(app, await listen(app, proxy_config), proxy_config)
+        if tap:
+            app[PIPELINE].metrics.tap()
+        listening = await listen(app, proxy_config, reuse_port=processes > 1)
+        self.proxy = ProxyServer(app, listening, proxy_config)
+        if processes > 1:
+            main = listening.listeners[0]
+            self.proxy.workers = await start_workers(app[PIPELINE], proxy_config, main.raw, main.port, processes - 1)
         self.servers.append(self.proxy)
         if proxy_config.tls_cert:
             self.scheme = "https"
@@ -155,6 +171,14 @@ class Harness:
             await self.session.close()
         for server in reversed(self.servers):
             await server.close()
+
+
+@pytest.fixture(name="harness", params=HTTP_SERVERS)
+async def both_servers(request):
+    """A Harness per data-plane server: the test runs against raw and against aiohttp."""
+    h = Harness(request.param)
+    yield h
+    await h.close()
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:

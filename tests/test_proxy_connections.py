@@ -15,6 +15,7 @@ from proxy.config import ProxyConfig, connection_cap
 from proxy.connections import ClientConnection, ConnectionCap, GuardedServer
 
 from .proxy_harness import closed_by_server, exchange, parse_response, until
+from .proxy_harness import both_servers  # noqa: F401 - the fixture `harness` here: every test on both servers
 
 EP = "/endpoints/acme/e1"
 REQUEST = b"GET " + EP.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"

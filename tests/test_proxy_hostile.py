@@ -12,6 +12,7 @@ from proxy.control import AuthType
 from proxy.errors import MAX_HEADER_MESSAGE, header_safe, quoted
 
 from .proxy_harness import TOKENS, exchange
+from .proxy_harness import both_servers  # noqa: F401 - the fixture `harness` here: every test on both servers
 
 EP = "/endpoints/acme/e1"
 
@@ -125,9 +126,11 @@ PATHS = [
     ("?q=1", "/?q=1"),
     ("/x?a=1&a=2&&", "/x?a=1&a=2&&"),
     ("/x%23y", "/x%23y"),
-    # the documented exceptions (proxy/forward.py): yarl drops an empty query and a fragment
-    ("/x?", "/x"),
+    # a fragment (which no client should send) is dropped by both servers
     ("/x#fragment", "/x"),
+    # the documented exception of the aiohttp path (proxy/forward.py): yarl drops an empty query;
+    # the raw server sends it as it came
+    ("/x?", {"aiohttp": "/x", "raw": "/x?"}),
 ]
 
 
@@ -135,7 +138,7 @@ PATHS = [
 async def test_the_path_reaches_the_replica_byte_for_byte(proxy, tail, seen):
     r = await exchange(proxy.proxy.port, head(EP + tail))
     assert r.status == 200, r.body
-    assert r.json()["path"] == seen
+    assert r.json()["path"] == (seen[proxy.http] if isinstance(seen, dict) else seen)
 
 
 @pytest.mark.parametrize("path", ["//evil.example/x", "/a/%2e%2e/b", "/%2F%2f"])

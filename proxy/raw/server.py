@@ -1,0 +1,48 @@
+"""The raw server's shared part: what every client connection of one listener uses (the
+pipeline, the upstream pool, the cap, the timeouts, the aiohttp protocol factory for hand-offs),
+and the protocol factory the listening socket calls."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from ..config import ProxyConfig
+from ..connections import ConnectionCap
+from ..pipeline import Pipeline
+from .client import ClientProtocol
+from .upstream import Pool
+
+
+class RawServer:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        config: ProxyConfig,
+        cap: ConnectionCap,
+        scheme: str,
+        aiohttp_protocol: Callable[[], asyncio.Protocol],
+    ):
+        self.pipeline = pipeline
+        self.cap = cap
+        self.scheme = scheme
+        self.aiohttp_protocol = aiohttp_protocol  # for what is not the data plane
+        self.head_timeout_s = config.header_read_timeout_s
+        self.keepalive_timeout_s = config.keepalive_timeout_s
+        self.pool = Pool(config.upstream_connect_timeout_s)
+        self.loop = asyncio.get_running_loop()
+
+    def __call__(self) -> ClientProtocol:
+        return ClientProtocol(self)
+
+    def hand_off(self, transport: asyncio.Transport, data: bytes) -> None:
+        """Give a connection whose request is not for the data plane, with the bytes read of it,
+        to the app's aiohttp protocol in this process (a worker replaces this: proxy/workers/)."""
+        handler = self.aiohttp_protocol()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        handler.data_received(data)
+
+    def close(self) -> None:
+        """Close the idle upstream connections (at shutdown, once the clients are gone)."""
+        self.pool.close()
