@@ -30,6 +30,7 @@ import asyncio
 import gc
 import inspect
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -87,11 +88,12 @@ class Listening:
     def metrics_port(self) -> int | None:
         return self.listeners[1].port if len(self.listeners) > 1 else None
 
-    async def shutdown(self, drain_timeout_s: float, before_cleanup: Awaitable | None = None) -> None:
+    async def shutdown(self, drain_timeout_s: float, before_cleanup: Awaitable | None = None) -> bool:
         """`before_cleanup`: awaited once the drain is over, before the app's cleanup (the
-        workers' own drain: the control plane must outlive it)."""
+        workers' own drain: the control plane must outlive it). False when the app's cleanup
+        was cut short."""
         if self._stopped:
-            return
+            return True
         self._stopped = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + drain_timeout_s
@@ -128,6 +130,8 @@ class Listening:
                     await listener.runner.cleanup()  # the app's on_shutdown and cleanup_ctx
         except TimeoutError:
             log.warning("the app's cleanup did not finish within %g s; exiting without it", CLEANUP_GRACE_S)
+            return False
+        return True
 
 
 async def _listener(app: web.Application, config: ProxyConfig, host: str, port: int, cap_limit: int,
@@ -192,7 +196,7 @@ async def listen(app: web.Application, config: ProxyConfig, reuse_port: bool = F
     return Listening(listeners)
 
 
-async def _serve(app: web.Application | Awaitable[web.Application], config: ProxyConfig) -> None:
+async def _serve(app: web.Application | Awaitable[web.Application], config: ProxyConfig) -> bool:
     if not isinstance(app, web.Application):
         app = await app
     stop = asyncio.Event()
@@ -214,10 +218,11 @@ async def _serve(app: web.Application | Awaitable[web.Application], config: Prox
     gc.freeze()
     await stop.wait()
     if workers is None:
-        await listening.shutdown(config.drain_timeout_s)
+        clean = await listening.shutdown(config.drain_timeout_s)
     else:  # the workers drain beside this process; the control plane and the hub stay until they are gone
-        await listening.shutdown(config.drain_timeout_s, before_cleanup=workers.stop(config.drain_timeout_s))
+        clean = await listening.shutdown(config.drain_timeout_s, before_cleanup=workers.stop(config.drain_timeout_s))
     log.info("stopped")
+    return clean
 
 
 def run(
@@ -242,7 +247,13 @@ def run(
         print(f"endpointd: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        uvloop.run(_serve(app, config))
+        clean = uvloop.run(_serve(app, config))
     except (TlsConfigError, ListenError) as error:
         print(f"endpointd: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    if not clean:
+        # What the cut cleanup did not close (a database connection's thread, an executor's)
+        # would keep the process alive for ever: end it here, as the warning said. SQLite's
+        # journal keeps what was committed; uncommitted log lines are read again at the next start.
+        logging.shutdown()
+        os._exit(0)

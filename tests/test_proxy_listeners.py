@@ -269,3 +269,41 @@ def test_300_idle_sockets_at_ulimit_256_lock_nobody_out(tmp_path):
         process.terminate()
         process.wait(timeout=60)
         replica.shutdown()
+
+
+HUNG_CLEANUP = SCRIPT.replace("run(make_app(", "app = make_app(").replace(
+    "static_routes.load(sys.argv[2])), config)", """static_routes.load(sys.argv[2]))
+import asyncio, threading
+async def hangs(app):
+    # A database connection's thread, which only its close() would end, and a close that never comes.
+    threading.Thread(target=threading.Event().wait, daemon=False).start()
+    yield
+    await asyncio.Event().wait()
+app.cleanup_ctx.append(hangs)
+run(app, config)""")
+
+
+def test_a_cleanup_that_hangs_does_not_keep_the_process_alive(tmp_path):
+    """The app's cleanup gets CLEANUP_GRACE_S; what it leaves (a non-daemon thread here, an
+    unclosed aiosqlite connection in endpointd) must not keep the process from exiting."""
+    port = free_port()
+    routes = tmp_path / "routes.toml"
+    routes.write_text('[[endpoints]]\nnamespace = "acme"\nname = "e1"\ntype = "public"\nreplicas = ["127.0.0.1:9"]\n')
+    log = tmp_path / "proxy.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-c", HUNG_CLEANUP, json.dumps({"port": port, "drain_timeout_s": 1}),
+                                    str(routes)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OPEN_FILES": ""},
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: accepts(port), 30, "the proxy to listen")
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=60)  # generous: the bound is 1 s of drain plus the grace
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running 60 s after SIGTERM:\n{log.read_text()}") from None
+        assert code == 0, log.read_text()
+        assert "the app's cleanup did not finish" in log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
