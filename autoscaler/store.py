@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -276,8 +277,7 @@ class Store:
             # text (or deleted with its endpoint) does not linger in free pages.
             await db.execute("PRAGMA secure_delete = ON")
             await db.execute("PRAGMA foreign_keys = ON")
-            async with db.execute("PRAGMA journal_mode = WAL") as cursor:
-                (mode,) = await cursor.fetchone()
+            mode = await _journal_mode_wal(db)
             if mode != "wal":
                 raise StoreError(
                     f"{path}: SQLite cannot use WAL there (journal mode {mode}); put the data directory on a local filesystem"
@@ -626,3 +626,21 @@ class Store:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         rows = await self._all(f"SELECT * FROM audit{clause} ORDER BY id DESC LIMIT ?", *args, limit)
         return [_audit(row) for row in rows]
+
+
+async def _journal_mode_wal(db: aiosqlite.Connection) -> str:
+    """`PRAGMA journal_mode = WAL`, the mode it left. Switching a new file to WAL takes an exclusive
+    lock without SQLite's busy handler: when other processes open the same new file at the same
+    moment, it answers "database is locked" at once; try again for up to the busy timeout."""
+    give_up = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            async with db.execute("PRAGMA journal_mode = WAL") as cursor:
+                (mode,) = await cursor.fetchone()
+            return mode
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= give_up:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.2)
