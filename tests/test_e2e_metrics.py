@@ -90,8 +90,13 @@ def test_open_metrics_and_series_count_the_requests_sent(serve):
         status, _, _ = http(serve, "POST", "/endpoints/alice/echo/generate", serve.alice, {"inputs": f"hello {i}"})
         assert status == 200
 
-    # OpenMetrics: the counter holds every request sent, and only those (never the control plane's probes).
-    families = open_metrics(serve)
+    # OpenMetrics: the counter holds every request sent, and only those (never the control plane's
+    # probes). A worker process's answers reach the control plane within milliseconds: wait for them.
+    def all_counted():
+        families = open_metrics(serve)
+        return families if sum(s.value for s in families["http_requests"].samples) >= SENT else None
+
+    families = wait_for(all_counted, 10, f"{SENT} requests in the OpenMetrics export", interval_s=0.05)
     requests = families["http_requests"]
     assert requests.type == "counter"
     by_label = {(s.labels["replica_id"], s.labels["status_code"]): s.value for s in requests.samples}

@@ -5,6 +5,7 @@ tables for the container configuration and paths, and the real Docker engine wit
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -112,9 +113,18 @@ async def test_in_container_mode_replicas_are_unpublished_and_endpointds_contain
         network = network_name(None, docker_key)
         joined = json.loads(await docker_cli("inspect", stand_in))[0]["NetworkSettings"]["Networks"]
         assert network in joined
-        # endpointd reaches it by name on that network: from the stand-in, as endpointd would.
-        await docker_cli("exec", stand_in, "python3", "-c",
-                         f"import urllib.request; urllib.request.urlopen('http://{info.address}/health', timeout=10)")
+        # endpointd reaches it by name on that network: from the stand-in, as endpointd would, once
+        # the echo engine in it listens (running is not yet listening).
+        reach = f"import urllib.request; urllib.request.urlopen('http://{info.address}/health', timeout=10)"
+        async with asyncio.timeout(60):
+            while True:
+                try:
+                    await docker_cli("exec", stand_in, "python3", "-c", reach)
+                    break
+                except AssertionError as error:
+                    if "Connection refused" not in str(error):
+                        raise
+                    await asyncio.sleep(0.2)
         # A runtime made anew (a restart) finds the replica by its name too, and stays on the network.
         fresh = DockerRuntime(self_container=stand_in)
         try:
