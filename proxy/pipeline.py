@@ -120,16 +120,12 @@ class Pipeline:
             entry, upstream_path = resolve(self.control, host, raw_path)
             key = entry.key
             await authorize(entry, authorization, self.tokens)
-            hold_s = parse_scale_up_timeout(scale_up_timeout, self.config.max_scale_up_timeout_s)
-            if content_length is not None and content_length > self.config.max_body_bytes:
-                raise self.too_large()
-            demand = probe is None or not self._is_probe(probe)
-            ticket = self.counter.track(key, demand).__enter__()
+            hold_s, ticket = self._checked_ticket(key, scale_up_timeout, content_length, probe)
             try:
                 if entry.replicas:
                     refuse_unless_serving(entry)
                 else:
-                    entry = await self.gate.ready_entry(entry, hold_s, demand=demand)
+                    entry = await self.gate.ready_entry(entry, hold_s, demand=ticket.demand)
                     self.metrics.cold_start_wait.labels(key).observe(self.clock() - started)
             except BaseException:
                 ticket.close()
@@ -162,11 +158,7 @@ class Pipeline:
             key = entry.key
             if authorize_now(entry, authorization, self.tokens) is NEEDS_LOOKUP:
                 return None
-            parse_scale_up_timeout(scale_up_timeout, self.config.max_scale_up_timeout_s)
-            if content_length is not None and content_length > self.config.max_body_bytes:
-                raise self.too_large()
-            demand = probe is None or not self._is_probe(probe)
-            ticket = self.counter.track(key, demand).__enter__()
+            _, ticket = self._checked_ticket(key, scale_up_timeout, content_length, probe)
             try:
                 refuse_unless_serving(entry)
             except BaseException:
@@ -176,6 +168,16 @@ class Pipeline:
             self.refused(error, key)
             raise
         return Admission(self, entry, upstream_path, ticket, started)
+
+    def _checked_ticket(self, key: str, scale_up_timeout: str | None, content_length: int | None,
+                        probe: str | None):
+        """The checks `admit` and `admit_now` share once the caller may call: the hold time asked
+        for, the body's declared size; then the request is counted. (hold seconds, its ticket)."""
+        hold_s = parse_scale_up_timeout(scale_up_timeout, self.config.max_scale_up_timeout_s)
+        if content_length is not None and content_length > self.config.max_body_bytes:
+            raise self.too_large()
+        demand = probe is None or not self._is_probe(probe)
+        return hold_s, self.counter.track(key, demand).__enter__()
 
     @property
     def probe_secret(self) -> str | None:
