@@ -146,6 +146,11 @@ class WorkerHub:
                 self._families.pop(request, None)
         return sets
 
+    def draining(self) -> None:
+        """The server drains: a connection passed from now on serves its request, then closes."""
+        if self._receiver is not None:
+            self._receiver.draining()
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
