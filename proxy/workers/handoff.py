@@ -88,6 +88,9 @@ class Sender:
     def _send(self) -> None:
         while self._queue:
             passing = self._queue[0]
+            if not passing.sent_socket and passing.transport.is_closing():  # closed while it waited
+                self._queue.popleft()
+                continue
             while passing.messages:
                 try:
                     if passing.sent_socket:
@@ -101,7 +104,8 @@ class Sender:
                         self._loop.add_writer(self._sock.fileno(), self._send)
                     return
                 except OSError as error:
-                    self._break(f"the channel to the main process broke: {error}")
+                    log.warning("the hand-off channel to the main process broke: %s", error)
+                    self._break(f"the hand-off channel to the main process broke: {error}")
                     return
                 passing.sent_socket = True
                 passing.messages.popleft()
@@ -114,7 +118,6 @@ class Sender:
 
     def _break(self, reason: str) -> None:
         self._broken = reason
-        log.warning("could not pass connections to the main process: %s", reason)
         if self._waiting_writable:
             self._waiting_writable = False
             self._loop.remove_writer(self._sock.fileno())
