@@ -10,8 +10,8 @@ sent reaches the main process once and in order, however TCP cut the request:
   of the bytes read, those bytes follow in messages of at most PIECE_BYTES. A full channel is
   back-pressure, not a refusal: the worker queues what it passes and sends when the channel
   is writable again; the connections wait, paused, in order. Only a queue of MAX_WAITING
-  connections (the main process has stopped taking them) or a channel that broke (the main
-  process is gone) answers 503.
+  connections or MAX_WAITING_BYTES (the main process has stopped taking them) or a channel that
+  broke (the main process is gone) answers 503.
 - The main process adopts the socket on its own listener's raw server and gives the new
   protocol the bytes the worker read before anything read from the socket since: bytes that
   arrive while the transport is being set up are held behind them.
@@ -36,6 +36,7 @@ PIECE_BYTES = 32 * 1024  # the bytes of one message: well within a unix socket's
 # server's limit) and the rest of the last read (256 KiB at most); what claims more is a broken peer.
 MAX_PASSED_BYTES = 4 << 20
 MAX_WAITING = 4096  # connections a worker holds for a channel that does not drain; beyond it, 503
+MAX_WAITING_BYTES = 64 << 20  # and the bytes read of them
 READS_PER_WAKE = 64  # messages the main process reads before it lets the loop run something else
 _LENGTH = struct.Struct(">I")
 _MESSAGE_BYTES = _LENGTH.size + PIECE_BYTES
@@ -50,10 +51,11 @@ def _messages(data: bytes) -> deque[bytes]:
 
 
 class _Passing:
-    __slots__ = ("transport", "messages", "sent_socket")
+    __slots__ = ("transport", "messages", "sent_socket", "size")
 
     def __init__(self, transport: asyncio.Transport, data: bytes):
         self.transport = transport
+        self.size = len(data)
         self.messages = _messages(data)
         self.sent_socket = False
 
@@ -69,6 +71,7 @@ class Sender:
         self._queue: deque[_Passing] = deque()
         self._waiting_writable = False
         self._broken: str | None = None
+        self._waiting_bytes = 0
         self._empty = asyncio.Event()
         self._empty.set()
 
@@ -76,11 +79,16 @@ class Sender:
         if self._broken is not None:
             self._refuse(transport, self._broken)
             return
-        if len(self._queue) >= MAX_WAITING:
-            self._refuse(transport, f"{MAX_WAITING} connections are waiting for the main process to take them")
+        if len(data) > MAX_PASSED_BYTES:  # not possible under the raw server's head limit; never sent
+            self._refuse(transport, f"{len(data)} bytes read of one request, over {MAX_PASSED_BYTES}")
+            return
+        if len(self._queue) >= MAX_WAITING or self._waiting_bytes + len(data) > MAX_WAITING_BYTES:
+            self._refuse(transport, f"{len(self._queue)} connections ({self._waiting_bytes} bytes) are waiting "
+                                    "for the main process to take them")
             return
         transport.pause_reading()  # the rest stays in the kernel: the main process reads it
         self._queue.append(_Passing(transport, data))
+        self._waiting_bytes += len(data)
         self._empty.clear()
         if not self._waiting_writable:
             self._send()
@@ -89,7 +97,7 @@ class Sender:
         while self._queue:
             passing = self._queue[0]
             if not passing.sent_socket and passing.transport.is_closing():  # closed while it waited
-                self._queue.popleft()
+                self._left(passing)
                 continue
             while passing.messages:
                 try:
@@ -109,12 +117,16 @@ class Sender:
                     return
                 passing.sent_socket = True
                 passing.messages.popleft()
-            self._queue.popleft()
+            self._left(passing)
             passing.transport.abort()  # the main process holds the socket now: closing ours ends nothing
         if self._waiting_writable:
             self._waiting_writable = False
             self._loop.remove_writer(self._sock.fileno())
         self._empty.set()
+
+    def _left(self, passing: _Passing) -> None:
+        self._queue.popleft()
+        self._waiting_bytes -= passing.size
 
     def _break(self, reason: str) -> None:
         self._broken = reason
@@ -122,7 +134,8 @@ class Sender:
             self._waiting_writable = False
             self._loop.remove_writer(self._sock.fileno())
         while self._queue:
-            passing = self._queue.popleft()
+            passing = self._queue[0]
+            self._left(passing)
             if passing.sent_socket:
                 passing.transport.abort()  # half passed: the main process drops what it cannot complete
             else:
