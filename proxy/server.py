@@ -219,8 +219,10 @@ async def _serve(app: web.Application | Awaitable[web.Application], config: Prox
     await stop.wait()
     if workers is None:
         clean = await listening.shutdown(config.drain_timeout_s)
-    else:  # the workers drain beside this process; the control plane and the hub stay until they are gone
-        clean = await listening.shutdown(config.drain_timeout_s, before_cleanup=workers.stop(config.drain_timeout_s))
+    else:  # the workers drain beside this process, from now: no process accepts a connection once the
+        # drain has begun; the control plane and the hub stay until the workers are gone
+        stopping = asyncio.ensure_future(workers.stop(config.drain_timeout_s))
+        clean = await listening.shutdown(config.drain_timeout_s, before_cleanup=stopping)
     log.info("stopped")
     return clean
 

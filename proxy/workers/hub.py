@@ -6,7 +6,7 @@ once however many workers hold requests for it), each worker's pending counts (a
 process's counter: the scaling signal and the drain's wait are sums over every process), its
 tapped answers (into the analytics tap), and on request its metric families (for /metrics,
 which merges them with this process's). Connections the workers pass for the management API
-arrive on a datagram socket beside it (handoff.py)."""
+arrive on a unix SEQPACKET socket beside it (handoff.py), one connection per worker."""
 
 from __future__ import annotations
 
@@ -145,6 +145,11 @@ class WorkerHub:
             finally:
                 self._families.pop(request, None)
         return sets
+
+    def draining(self) -> None:
+        """The server drains: a connection passed from now on serves its request, then closes."""
+        if self._receiver is not None:
+            self._receiver.draining()
 
     async def close(self) -> None:
         if self._server is not None:

@@ -2,7 +2,7 @@
 
 A worker that exits while the server runs is logged and started again after RESTART_DELAY_S
 (its counts were dropped by the hub when its channel closed). At shutdown each worker gets
-SIGTERM and drains as the main process does; one still alive `drain_timeout_s` +
+SIGTERM when the main process's drain begins, and drains as it does; one still alive `drain_timeout_s` +
 CLEANUP_GRACE_S later is killed."""
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ class Workers:
 
     async def stop(self, drain_timeout_s: float) -> None:
         self._stopping = True
+        self.hub.draining()
         for process in self._processes.values():
             if process.returncode is None:
                 process.send_signal(signal.SIGTERM)

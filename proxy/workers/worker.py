@@ -23,6 +23,7 @@ from .handoff import Sender
 from .remote import RemoteControlPlane, Reporter
 
 log = logging.getLogger("endpointd.proxy")
+HANDOFF_FLUSH_S = 5.0  # the main process takes passed connections in milliseconds; it outlives its workers
 
 
 async def serve(directory: str, worker: str) -> None:
@@ -68,6 +69,7 @@ async def serve(directory: str, worker: str) -> None:
     hub = loop.create_task(listen_to_hub())
     await stop.wait()
     await listening.shutdown(config.drain_timeout_s)
+    await sender.flushed(HANDOFF_FLUSH_S)  # what this worker passed before its listener closed
     reporter.stop()
     hub.cancel()
     sender.close()
