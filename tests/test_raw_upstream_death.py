@@ -153,6 +153,9 @@ def test_a_crash_behind_kept_alive_connections_answers_every_request(processes, 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["main-only", "workers-2"])
 def test_a_replica_that_dies_before_anything_is_sent_is_retried_on_another(processes, capfd):
+    """A refused connection, and one lost before the request was written on it, are tried on the
+    other replica. One that dies as it opens may also die just after the request was written on
+    it: the replica may have read it, so that one is a 502, never a retry."""
     got: dict[str, list[str]] = {}
 
     async def scenario():
@@ -166,13 +169,16 @@ def test_a_replica_that_dies_before_anything_is_sent_is_retried_on_another(proce
             await h.start(processes=processes, **TIMEOUTS)
             port = h.proxy.port
             names = ("reset", "close", "refused")
-            got.update(zip(names, await asyncio.gather(*(ask_all(port, post(n)) for n in names))))
+            got.update(zip(names, await asyncio.gather(*(ask_all(port, post(n), 2 * N) for n in names))))
         finally:
             await h.close()
             for replica in dying:
                 await replica.close()
 
     errors = run_on_uvloop(scenario)
-    assert got == {"reset": ["200"] * N, "close": ["200"] * N, "refused": ["200"] * N}
+    assert got["refused"] == ["200"] * 2 * N
+    for name in ("reset", "close"):
+        assert set(got[name]) <= {"200", "502"}, name
+        assert "200" in got[name], name  # half at least went to the healthy one first
     assert errors == []
     assert "handler is closed" not in capfd.readouterr().err
