@@ -186,15 +186,8 @@ class Pool:
         """Open a new connection in a task (the only task on the hot path, and only when no idle
         one is left); `done(connection, None)` or `done(None, error)` when it is settled. The
         caller cancels the returned task when it no longer wants the connection."""
-        host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
-
-        async def open_() -> UpstreamConnection:
-            async with asyncio.timeout(self._connect_timeout_s):
-                _, protocol = await loop.create_connection(lambda: UpstreamConnection(self, address), host, int(port))
-            return protocol
-
-        task = loop.create_task(open_())
+        task = loop.create_task(self._open(address))
         self._connecting.add(task)
 
         def settled(t: asyncio.Task) -> None:
@@ -218,6 +211,13 @@ class Pool:
 
         task.add_done_callback(settled)
         return task
+
+    async def _open(self, address: str) -> UpstreamConnection:
+        host, _, port = address.rpartition(":")
+        async with asyncio.timeout(self._connect_timeout_s):
+            _, protocol = await asyncio.get_running_loop().create_connection(
+                lambda: UpstreamConnection(self, address), host, int(port))
+        return protocol
 
     def put_back(self, connection: UpstreamConnection) -> None:
         if self._closed:
