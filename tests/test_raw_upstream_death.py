@@ -64,7 +64,7 @@ async def ask_all(port: int, raw: bytes, n: int = N) -> list[str]:
 
 
 def run_on_uvloop(scenario) -> list:
-    """Run `scenario(loop_errors)` on uvloop; what reached the loop's exception handler is returned."""
+    """Run `scenario()` on uvloop; what reached the loop's exception handler is returned."""
     errors: list = []
 
     async def main():
