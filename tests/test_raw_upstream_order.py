@@ -48,6 +48,7 @@ class Transport(asyncio.Transport):
         self.aborted = False
         self.left = False  # the client went away (before the server closed the connection)
         self.uploaded = False  # a client's: the rest of its upload was sent
+        self.undelivered: tuple[BaseException | None] | None = None
 
     def write(self, data) -> None:
         if self.lost:
@@ -55,9 +56,19 @@ class Transport(asyncio.Transport):
         if not self.closing:
             self.written += bytes(data)
 
-    def die(self, exc: BaseException | None) -> None:
+    def die(self, exc: BaseException | None, delivered: bool = True) -> None:
+        """Closed; `connection_lost` on the next turn of the loop, or, when not `delivered`, once
+        `deliver` is called (a loss the loop has not read yet: writes meanwhile are dropped)."""
         if not self.closing:
             self.closing = True
+            if delivered:
+                self.loop.call_soon(self._lost, exc)
+            else:
+                self.undelivered = (exc,)
+
+    def deliver(self) -> None:
+        if self.undelivered is not None:
+            (exc,), self.undelivered = self.undelivered, None
             self.loop.call_soon(self._lost, exc)
 
     def _lost(self, exc: BaseException | None) -> None:
@@ -139,7 +150,7 @@ class ExchangeOrder(RuleBasedStateMachine):
         logging.getLogger("endpointd.proxy").addHandler(self.errors)
         control = InMemoryControlPlane()
         control.put(RouteEntry("acme", "e1", AuthType.PUBLIC,
-                               replicas=(Replica("r0", "10.0.0.1:80"), Replica("r1", "10.0.0.2:80"))))
+                               replicas=(Replica("r0", "127.0.0.2:1"), Replica("r1", "127.0.0.3:1"))))
         config = ProxyConfig(upstream_response_start_timeout_s=120.0, upstream_idle_timeout_s=300.0)
 
         async def make() -> RawServer:
@@ -218,11 +229,19 @@ class ExchangeOrder(RuleBasedStateMachine):
             self.run(opening.future.set_result, None)
 
     @precondition(lambda self: self.pool.openings)
-    @rule(data=st.data(), reset=st.booleans())
-    def replica_dies(self, data, reset: bool) -> None:
-        """At any phase: while opening, with the request sent, mid-response, or idle in the pool."""
+    @rule(data=st.data(), reset=st.booleans(), delivered=st.booleans())
+    def replica_dies(self, data, reset: bool, delivered: bool) -> None:
+        """At any phase: while opening, with the request sent, mid-response, or idle in the pool;
+        its loss told to the proxy at once, or only at a later `losses_delivered`."""
         opening = data.draw(st.sampled_from(self.pool.openings))
-        self.run(opening.connection.transport.die, ConnectionResetError(104, "Connection reset by peer") if reset else None)
+        exc = ConnectionResetError(104, "Connection reset by peer") if reset else None
+        self.run(opening.connection.transport.die, exc, delivered)
+
+    @precondition(lambda self: any(o.connection.transport.undelivered for o in self.pool.openings))
+    @rule()
+    def losses_delivered(self) -> None:
+        for opening in self.pool.openings:
+            self.run(opening.connection.transport.deliver)
 
     @precondition(lambda self: any(o.connection.exchange is not None and o.response < len(RESPONSE)
                                    for o in self.pool.openings))
