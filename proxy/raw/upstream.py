@@ -5,11 +5,18 @@ A connection belongs to at most one exchange at a time (`exchange`); between req
 in its address's pool, newest first, and is closed after UPSTREAM_KEEPALIVE_S unused or when the
 replica closes it. Its callbacks hand the response to the exchange, which batches what it writes
 to the client so each read from the replica gives at most one write to the client.
+
+A connection is handed to an exchange only while it is open: one the replica reset or closed as
+it was opened (a crashing engine, a port that still accepts for a dead one) can be lost before
+its `connect` task's callback runs; its loss told nobody, and writing on it would raise in a loop
+callback (uvloop: "the handler is closed"). `connect` reports it as a failed connection instead:
+nothing was sent on it, so the exchange may try another replica.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import time
@@ -35,7 +42,7 @@ WRITE_HIGH_WATER = 64 * 1024  # a request body pauses the client beyond this muc
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
-        "pool", "address", "transport", "parser", "exchange", "closed", "idle_since", "reused", "got_bytes",
+        "pool", "address", "transport", "parser", "exchange", "closed", "lost", "idle_since", "reused", "got_bytes",
         "_status_reason", "_headers", "_informational",
     )
 
@@ -46,6 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.exchange: Exchange | None = None
         self.closed = False
+        self.lost: BaseException | None = None  # why the connection was lost, when it was
         self.idle_since = 0.0
         self.reused = False  # served a request before this one: the replica may have closed it meanwhile
         self.got_bytes = False  # any byte of the current response
@@ -88,6 +96,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.lost = exc
         self.pool.forget(self)
         exchange = self.exchange
         if exchange is not None:
@@ -177,15 +186,8 @@ class Pool:
         """Open a new connection in a task (the only task on the hot path, and only when no idle
         one is left); `done(connection, None)` or `done(None, error)` when it is settled. The
         caller cancels the returned task when it no longer wants the connection."""
-        host, _, port = address.rpartition(":")
         loop = asyncio.get_running_loop()
-
-        async def open_() -> UpstreamConnection:
-            async with asyncio.timeout(self._connect_timeout_s):
-                _, protocol = await loop.create_connection(lambda: UpstreamConnection(self, address), host, int(port))
-            return protocol
-
-        task = loop.create_task(open_())
+        task = loop.create_task(self._open(address))
         self._connecting.add(task)
 
         def settled(t: asyncio.Task) -> None:
@@ -201,10 +203,21 @@ class Pool:
                 connection.close()
                 done(None, ConnectionError("the proxy is shutting down"))
                 return
+            if connection.closed:  # lost before it was handed over: nothing was sent on it
+                done(None, connection.lost or ConnectionResetError(
+                    errno.ECONNRESET, "the replica closed the connection as soon as it was opened"))
+                return
             done(connection, None)
 
         task.add_done_callback(settled)
         return task
+
+    async def _open(self, address: str) -> UpstreamConnection:
+        host, _, port = address.rpartition(":")
+        async with asyncio.timeout(self._connect_timeout_s):
+            _, protocol = await asyncio.get_running_loop().create_connection(
+                lambda: UpstreamConnection(self, address), host, int(port))
+        return protocol
 
     def put_back(self, connection: UpstreamConnection) -> None:
         if self._closed:
