@@ -1,8 +1,9 @@
 """The management API in the Inference Endpoints v2 wire format, plus whoami.
 
-Handlers parse and check the request, change the intent in the store (under its generation
-check, re-applying the change to a fresh read when another write got there first), post it to the
-controller, record an audit entry, and render the endpoint as the client expects it.
+Handlers parse and check the request, change the intent in the store, post it to the controller,
+record an audit entry, and render the endpoint as the client expects it. Writes to one endpoint
+take turns in this process (one lock per endpoint), each applied to a fresh read; the store's
+generation check still guards against a write from another process (re-read and re-applied).
 
 On create (and on an update that changes the repository, its revision, the image or the
 framework), the model is pinned (`pin`): an unpinned revision becomes the commit it names now
@@ -45,6 +46,7 @@ from . import store as store_mod
 from . import wire
 from .controller import Controller
 from .intent import Intent, Signals
+from .keyed_locks import KeyedLocks
 from .sealing import Sealer, SealingError
 from .state import State
 from .store import Store
@@ -126,7 +128,8 @@ async def errors_middleware(request: web.Request, handler):
 
 API = web.AppKey("management_api", "ManagementApi")
 IDENTITY = web.RequestKey("identity", object)  # who the middleware found the caller to be
-# Concurrent writes to one endpoint retry on a fresh read this many times before a 409.
+# A write that another process's write (e.g. the CLI's) got ahead of is re-applied to a fresh read
+# this many times before a 409; writes from this process take turns and never race each other.
 MUTATE_ATTEMPTS = 10
 # Deeper JSON than any real body: nesting beyond it is refused (it once raised RecursionError).
 MAX_JSON_DEPTH = 32
@@ -192,6 +195,7 @@ class ManagementApi:
         self.allocator = allocator
         self.cpu_count = cpu_count
         self.memory_bytes = memory_bytes
+        self._writing = KeyedLocks()  # one writer per endpoint at a time: each reads what the last wrote
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -304,14 +308,16 @@ class ManagementApi:
         return Signals(woken_at=rec.woken_at, idle_at=rec.idle_at)
 
     async def mutate(self, ns: str, name: str, change: Callable[[Any], dict[str, Any]]):
-        """Apply `change(record) -> store.update_intent keywords` under the generation check,
-        re-reading and re-applying when a concurrent write moved the generation on."""
-        for _ in range(MUTATE_ATTEMPTS):
-            rec = await self.record(ns, name)
-            try:
-                return await self.store.update_intent(ns, name, rec.generation, **change(rec))
-            except store_mod.Stale:
-                continue
+        """Apply `change(record) -> store.update_intent keywords` to a fresh read, after this
+        process's earlier writes to the endpoint, under the generation check (re-reading and
+        re-applying when another process's write moved the generation on)."""
+        async with self._writing.hold((ns, name)):
+            for _ in range(MUTATE_ATTEMPTS):
+                rec = await self.record(ns, name)
+                try:
+                    return await self.store.update_intent(ns, name, rec.generation, **change(rec))
+                except store_mod.Stale:
+                    continue
         raise Conflict(f"endpoint {ns}/{name} is being changed by others at the same time; retry")
 
     def render(self, rec) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def add_routes(router: web.UrlDispatcher, api: ManagementApi) -> None:
         rec = await api.record(ns, name)
         since = query.integer(request, "since", lo=0, hi=2**62, default=0)
         limit = query.integer(request, "limit", lo=1, hi=MAX_EVENTS, default=100)
-        found = api.controller.events.list(rec.uid, since=since, limit=limit)
+        found = await api.controller.events.read(rec.uid, since=since, limit=limit)
         items = [
             {"seq": e.seq, "at": _at(e.at), "kind": e.kind, "reason": e.reason, "replica": e.replica, "inputs": e.inputs}
             for e in found

@@ -37,7 +37,7 @@ from .events import EventLog
 from .intent import Intent, Signals
 from .owner import Adopted, Delete, Died, Launcher, Liveness, NewIntent, Owner, Recommend, Wake
 from .planner import Phase
-from .replicas import ReplicaRecord
+from .replicas import ReplicaHistory, ReplicaRecord
 from .state import Status
 
 log = logging.getLogger("endpointd.controller")
@@ -81,15 +81,19 @@ class Controller:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         new_id: Callable[[], str] | None = None,
         on_forget: Callable[[str], Awaitable[None]] | None = None,
+        histories: Callable[[str], ReplicaHistory] | None = None,
     ) -> None:
         """`on_forget(uid)`: an endpoint incarnation is gone for good (deleted, and nothing of it
-        left running): what others keep of it (logs, analytics) goes too."""
+        left running): what others keep of it (logs, analytics) goes too. `histories(uid)`: the
+        replica history of an incarnation (the journal's keeps it across restarts; default:
+        in memory)."""
         self.runtime = runtime
         self._on_forget = on_forget
         self.launcher = launcher
         self.routes = routes
         self.capacity = capacity
         self.events = events or EventLog(wall=wall)
+        self._histories = histories or (lambda uid: ReplicaHistory(wall))
         self.drain_grace_s = drain_grace_s
         self.stop_grace_s = stop_grace_s
         self.liveness_failures = liveness_failures
@@ -154,6 +158,9 @@ class Controller:
 
     async def save_signals(self, uid: str, signals: Signals) -> None:
         await self._save_signals(uid, signals)
+
+    def new_history(self, uid: str) -> ReplicaHistory:
+        return self._histories(uid)
 
     # --- posting ---------------------------------------------------------------------------
 
@@ -367,6 +374,8 @@ class Controller:
             owner.post(Adopted(info))
             adopted.append(info.replica_id)
         await self.tick()
+        for owner in self._owners.values():  # what the journal kept and was not adopted is stopped
+            owner.history.settle(owner.slots)
         return adopted
 
     async def close(self) -> None:

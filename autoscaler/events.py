@@ -1,8 +1,10 @@
 """The control plane's event log: every lifecycle step and scaling decision, in one place.
 
-Bounded in memory: the latest `per_endpoint` events of each endpoint, forgotten with the
-endpoint. A scaling decision that repeats the previous one of its endpoint (same kind and
-replicas, e.g. "steady" every second) is not recorded again; its first occurrence is.
+Bounded: the latest `PER_ENDPOINT` events of each endpoint, none older than `KEEP_S`, forgotten
+with the endpoint. A scaling decision that repeats the previous one of its endpoint (same kind and
+replicas, e.g. "steady" every second) is not recorded again; its first occurrence is. `EventLog`
+keeps them in memory (tests, tools); `journal.StoredEventLog`, what `endpointd serve` uses, keeps
+them in the store, where they and their cursor survive a restart. Read with `await read(...)`.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-# Enough to explain the last hours of a busy endpoint; small enough for thousands of endpoints.
-PER_ENDPOINT = 1000
+# Enough to explain weeks of a busy endpoint (a scaling decision is recorded only when it changes);
+# a few MB per endpoint at most.
+PER_ENDPOINT = 10_000
+KEEP_S = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
 class Event:
-    seq: int  # increasing across the log: a cursor for "since"
+    seq: int  # increasing across the log (and, when stored, across restarts): a cursor for "since"
     at: float  # wall-clock seconds
     endpoint: str
     kind: str  # e.g. replica_started, replica_ready, replica_stopped, scale_up, idle, ...
@@ -53,6 +57,10 @@ class EventLog:
         """The endpoint's events after `since` (a seq), oldest first, at most the latest `limit`."""
         events = [e for e in self._events.get(endpoint, ()) if e.seq > since]
         return events[-limit:] if limit > 0 else []
+
+    async def read(self, endpoint: str, since: int = 0, limit: int = 100) -> list[Event]:
+        """As `list`: what the events route calls (a stored log reads the store)."""
+        return self.list(endpoint, since, limit)
 
     def forget(self, endpoint: str) -> None:
         self._events.pop(endpoint, None)

@@ -92,6 +92,7 @@ class Host(Protocol):
     async def probe(self, intent: Intent) -> bool: ...
     async def save_status(self, uid: str, status: Status) -> None: ...
     async def save_signals(self, uid: str, signals: Signals) -> None: ...
+    def new_history(self, uid: str) -> ReplicaHistory: ...
 
 
 # --- messages ------------------------------------------------------------------------------
@@ -254,7 +255,7 @@ class Owner:
         self.verified = False  # the health route answered 200 through the proxy
         self._verifying = False
         self._verify_after = 0.0
-        self.history = ReplicaHistory(host.wall)  # each replica's timeline, for GET …/replica
+        self.history = host.new_history(intent.uid)  # each replica's timeline, for GET …/replica
         self._inbox: list[Message] = []
         self._published: RouteEntry | None = None
         self._status: Status | None = None

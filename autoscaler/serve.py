@@ -35,6 +35,7 @@ from .catalog import load_catalog
 from .config import EnginesConfig, ScalingConfig, ServeConfig
 from .controller import Controller
 from .intent import Intent, Signals
+from .journal import Journal
 from .launcher import EngineLauncher
 from .logs import Collecting, LogsConfig, LogService
 from .policy import Scaling
@@ -209,8 +210,10 @@ async def build_app(
         await logs.forget(uid)
         await analytics.forget(uid)
 
+    journal = Journal(store)  # events and replica timelines, kept across restarts
     controller = Controller(
         Collecting(runtime, logs), launcher, plane, on_forget=forget, capacity=capacity,
+        events=journal.events, histories=journal.history,
         in_flight=pipeline.counter.replica_loads, probe=probe, save_status=save_status, save_signals=save_signals,
         drain_grace_s=serve_config.drain_grace_s, stop_grace_s=serve_config.stop_grace_s,
         interval_s=serve_config.reconcile_interval_s, liveness_interval_s=serve_config.liveness_interval_s,
@@ -249,6 +252,7 @@ async def build_app(
     )
 
     async def reconciling(app: web.Application) -> AsyncIterator[None]:
+        await journal.load()
         for record in await store.list_endpoints():
             controller.apply(api.intent(record), api.signals(record))
         await logs.start()
@@ -261,6 +265,7 @@ async def build_app(
             asyncio.create_task(controller.run_liveness(), name="liveness"),
             asyncio.create_task(controller.run_sweeps(), name="orphan sweep"),
             asyncio.create_task(scaler.run(), name="scale"),
+            asyncio.create_task(journal.run(), name="journal"),
         ]
         try:
             yield
@@ -270,6 +275,7 @@ async def build_app(
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await controller.close()
+            await journal.flush()
             await analytics.close()
             await logs.close()
             await session.close()

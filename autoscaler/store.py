@@ -1,4 +1,5 @@
-"""The durable desired state: users, orgs, tokens, endpoints and the audit log, in SQLite.
+"""The durable desired state: users, orgs, tokens, endpoints and the audit log, in SQLite; beside
+it, what the control plane remembers of each endpoint: its events and its replicas' timelines.
 
 The CLI (`endpointd tokens create`) writes to the same file while `endpointd serve` runs: WAL lets
 readers go on while one process writes, a busy timeout makes a writer wait for the other's
@@ -33,7 +34,10 @@ import aiosqlite
 
 from proxy.control import Identity
 
+from . import events as events_mod
+from . import replicas as replicas_mod
 from . import tokens
+from .events import Event
 
 ADMIN = "admin"
 ADMIN_ENV = "ENDPOINTD_ADMIN_TOKEN"
@@ -122,6 +126,30 @@ MIGRATIONS = [
         WHERE domain IS NULL AND json_extract(spec, '$.route.domain') IS NOT NULL;
     CREATE UNIQUE INDEX endpoints_by_domain ON endpoints (domain);
     ALTER TABLE tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT '';
+    """,
+    # 4: the control plane's events and each replica's timeline, kept across restarts (they were
+    # in memory only). An event's id is the cursor of `…/events?since=`: AUTOINCREMENT never
+    # hands out an id again, even after the newest rows were pruned or the endpoint deleted.
+    """
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        uid TEXT NOT NULL,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        replica TEXT,
+        inputs TEXT NOT NULL
+    );
+    CREATE INDEX events_by_uid ON events (uid, id);
+    CREATE INDEX events_by_at ON events (at);
+    CREATE TABLE replicas (
+        uid TEXT NOT NULL,
+        id TEXT NOT NULL,
+        stopped_at REAL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (uid, id)
+    );
+    CREATE INDEX replicas_by_stop ON replicas (stopped_at);
     """,
 ]
 
@@ -626,6 +654,80 @@ class Store:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         rows = await self._all(f"SELECT * FROM audit{clause} ORDER BY id DESC LIMIT ?", *args, limit)
         return [_audit(row) for row in rows]
+
+    # --- events and replica timelines ----------------------------------------------------------
+
+    async def write_journal(
+        self, events: Iterable[Event], replicas: Iterable[tuple[str, dict[str, Any]]], forget: Iterable[str]
+    ) -> None:
+        """In one transaction: append events (each gets the next id, its cursor), save replica
+        records (`(uid, replicas.to_json(record))`), drop what is kept of the `forget` uids, and
+        hold each endpoint touched to the bounds (events.PER_ENDPOINT and KEEP_S;
+        replicas.MAX_STOPPED and KEEP_STOPPED_S)."""
+        touched: set[str] = set()
+        async with self._transaction():
+            for e in events:
+                await self._db.execute(
+                    "INSERT INTO events (uid, at, kind, reason, replica, inputs) VALUES (?, ?, ?, ?, ?, ?)",
+                    (e.endpoint, e.at, e.kind, e.reason, e.replica, json.dumps(e.inputs, sort_keys=True, default=str)),
+                )
+                touched.add(e.endpoint)
+            for uid, record in replicas:
+                await self._db.execute(
+                    "INSERT INTO replicas (uid, id, stopped_at, record) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (uid, id) DO UPDATE SET stopped_at = excluded.stopped_at, record = excluded.record",
+                    (uid, record["id"], record["stopped_at"], json.dumps(record)),
+                )
+                touched.add(uid)
+            for uid in forget:
+                await self._db.execute("DELETE FROM events WHERE uid = ?", (uid,))
+                await self._db.execute("DELETE FROM replicas WHERE uid = ?", (uid,))
+                touched.discard(uid)
+            for uid in touched:
+                await self._prune_journal(uid)
+            await self._age_journal()
+
+    async def _prune_journal(self, uid: str) -> None:
+        await self._db.execute(
+            "DELETE FROM events WHERE uid = ? AND id <= "
+            "(SELECT id FROM events WHERE uid = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (uid, uid, events_mod.PER_ENDPOINT),
+        )
+        await self._db.execute(
+            "DELETE FROM replicas WHERE uid = ? AND stopped_at IS NOT NULL AND id IN "
+            "(SELECT id FROM replicas WHERE uid = ? AND stopped_at IS NOT NULL ORDER BY stopped_at DESC LIMIT -1 OFFSET ?)",
+            (uid, uid, replicas_mod.MAX_STOPPED),
+        )
+
+    async def _age_journal(self) -> None:
+        """What outlived its time goes, of every endpoint (an index finds it: cheap when none)."""
+        now = self._now().timestamp()
+        await self._db.execute("DELETE FROM events WHERE at < ?", (now - events_mod.KEEP_S,))
+        await self._db.execute("DELETE FROM replicas WHERE stopped_at < ?", (now - replicas_mod.KEEP_STOPPED_S,))
+
+    async def list_events(self, uid: str, since: int = 0, limit: int = 100) -> list[Event]:
+        """The endpoint's events after the id `since`, oldest first, at most the latest `limit`."""
+        rows = await self._all(
+            "SELECT * FROM (SELECT * FROM events WHERE uid = ? AND id > ? ORDER BY id DESC LIMIT ?) ORDER BY id",
+            uid, since, max(limit, 0),
+        )
+        return [Event(r["id"], r["at"], r["uid"], r["kind"], r["reason"], r["replica"], json.loads(r["inputs"]))
+                for r in rows]
+
+    async def load_replicas(self) -> dict[str, list[dict[str, Any]]]:
+        """What was kept of each endpoint's replicas (as `replicas.to_json` wrote them), after
+        dropping what belongs to no endpoint any more and what outlived the bounds."""
+        uids = [row["uid"] for row in await self._all("SELECT uid FROM endpoints")]
+        async with self._transaction():
+            await self._db.execute("DELETE FROM events WHERE uid NOT IN (SELECT uid FROM endpoints)")
+            await self._db.execute("DELETE FROM replicas WHERE uid NOT IN (SELECT uid FROM endpoints)")
+            for uid in uids:
+                await self._prune_journal(uid)
+            await self._age_journal()
+        found: dict[str, list[dict[str, Any]]] = {}
+        for row in await self._all("SELECT uid, record FROM replicas ORDER BY rowid"):
+            found.setdefault(row["uid"], []).append(json.loads(row["record"]))
+        return found
 
 
 async def _journal_mode_wal(db: aiosqlite.Connection) -> str:

@@ -4,6 +4,7 @@ through `endpointd serve` (runtime logs and metrics have files of their own)."""
 from __future__ import annotations
 
 import json
+import signal
 import urllib.request
 
 import huggingface_hub.constants as hub_constants
@@ -85,3 +86,43 @@ def test_timeline_events_and_audit_as_a_user_sees_them(serve):
     assert "scale-to-zero" in lines[0] and "req-zero" in lines[0] and SECRET not in "".join(lines)
     listed = serve.cli("hf", "endpoints", "ls", "--namespace", "alice")
     assert "watched" in listed
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_events_and_timelines_survive_a_restart_and_the_cursor_goes_on(serve, how):
+    api = HfApi(endpoint=serve.url, token=serve.alice)
+    endpoint = api.create_inference_endpoint(
+        "kept", repository=serve.model, framework="custom", accelerator="cpu", instance_size="x1",
+        instance_type="intel-icl", region="local", vendor="local", min_replica=0, max_replica=1,
+        scale_to_zero_timeout=15, custom_image=ECHO,
+    )
+    endpoint.wait(timeout=120, refresh_every=0.5)
+    path = "/v2/endpoint/alice/kept"
+    (first,) = call(serve, "GET", f"{path}/replica", serve.alice)[1]["items"]
+    call(serve, "POST", f"{path}/scale-to-zero", serve.alice)
+    replicas = lambda: call(serve, "GET", f"{path}/replica", serve.alice)[1]["items"]  # noqa: E731
+    wait_for(lambda: [r["state"] for r in replicas()] == ["stopped"], 60, "the first replica to stop")
+    call(serve, "POST", f"{path}/resume", serve.alice)
+    wait_for(lambda: [r["state"] for r in replicas()] == ["stopped", "running"], 120, "a second replica")
+    before = replicas()
+    old = call(serve, "GET", f"{path}/events?limit=1000", serve.alice)[1]
+    assert old["items"] and old["last"] == old["items"][-1]["seq"]
+
+    serve.stop(how)
+    serve.start()
+
+    def adopted():
+        page = call(serve, "GET", f"{path}/events?since={old['last']}", serve.alice)[1]
+        return page if "replica_adopted" in [e["kind"] for e in page["items"]] else None
+
+    # On unchanged code the cursor restarted at 1: `since` the last id seen found nothing new.
+    new = wait_for(adopted, 60, "the adoption to be listed after the last event seen before the restart")
+    assert all(e["seq"] > old["last"] for e in new["items"]) and new["last"] > old["last"]
+    everything = call(serve, "GET", f"{path}/events?limit=1000", serve.alice)[1]["items"]
+    assert everything[: len(old["items"])] == old["items"]  # what was seen is still there, as it was
+    after = replicas()
+    assert [r["id"] for r in after] == [r["id"] for r in before] and first["id"] == after[0]["id"]
+    assert after[0] == before[0]  # the stopped replica's timeline, as it was
+    assert after[1]["state"] == "running"
+    assert after[1]["timeline"][: len(before[1]["timeline"])] == before[1]["timeline"]  # it goes on
+    endpoint.delete()

@@ -70,7 +70,7 @@ def user_version(path) -> int:
 
 async def test_open_creates_the_directory_and_the_file_at_the_latest_schema(store, db_path):
     assert db_path.is_file()
-    assert user_version(db_path) == len(MIGRATIONS) == 3
+    assert user_version(db_path) == len(MIGRATIONS) == 4
     with opened(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # persistent: every later connection
 
@@ -154,7 +154,7 @@ async def test_a_database_from_a_newer_endpointd_is_refused(db_path):
     db_path.parent.mkdir()
     with opened(db_path) as db:
         db.execute("PRAGMA user_version = 99")
-    with pytest.raises(StoreError, match="schema version 99, newer than this endpointd knows \\(3\\); upgrade endpointd"):
+    with pytest.raises(StoreError, match=f"schema version 99, newer than this endpointd knows \\({len(MIGRATIONS)}\\); upgrade endpointd"):
         await Store.open(db_path)
 
 
