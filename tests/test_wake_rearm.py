@@ -10,24 +10,10 @@ import asyncio
 
 import pytest
 
-from autoscaler.plane import StoreControlPlane
-from proxy.control import RouteTable
 from proxy.errors import EndpointPaused, Unavailable
-from proxy.hold import ReadinessGate
-from proxy.workers import codec
 
 from .control_world import KEY, World, intent
-
-NEVER = 1e9  # no time-based retry of a wake within a test
-
-
-def gate_on(world: World, control) -> ReadinessGate:
-    return ReadinessGate(control, max_held_per_endpoint=1000, retry_after_s=5, wake_retry_s=NEVER,
-                         release_per_replica=32, clock=lambda: world.now, wall=lambda: world.wall_now)
-
-
-async def no_verify(token):
-    return None
+from .wake_processes import Processes
 
 
 class Setup:
@@ -35,12 +21,11 @@ class Setup:
     one worker process's gate over its copy of the routes, which the test delivers by hand."""
 
     def __init__(self) -> None:
-        self.routes = StoreControlPlane(no_verify)
+        self.procs = Processes(1, clock=lambda: self.world.now, wall=lambda: self.world.wall_now)
+        self.routes, self.gate = self.procs.process(0)
+        self.worker_routes, self.worker_gate = self.procs.process(1)
         self.world = World(routes=self.routes)
-        self.routes.bind_waker(self.world.controller.wake)
-        self.gate = gate_on(self.world, self.routes)
-        self.worker_routes = WorkerRoutes()
-        self.worker_gate = gate_on(self.world, self.worker_routes)
+        self.procs.bind(self.world.controller.wake)
         self.held: list[asyncio.Task] = []
 
     async def start(self, **kw) -> None:
@@ -49,14 +34,10 @@ class Setup:
         self.deliver_routes()
 
     def deliver_routes(self) -> None:
-        """The hub sends the worker the main process's current entry (through the real codec)."""
-        self.worker_routes.put(codec.entry_in(codec.entry_out(self.routes.lookup(KEY.namespace, KEY.name))))
+        self.procs.deliver_routes(1)
 
     def deliver_wakes(self) -> None:
-        """The hub hands each wake a worker sent to the main process's gate, as hub.py does."""
-        for namespace, name in self.worker_routes.sent:
-            self.gate.wake(self.routes.lookup(namespace, name))
-        self.worker_routes.sent.clear()
+        self.procs.deliver_wakes(1)
 
     async def request(self, *, held: bool, worker: bool = False) -> None:
         """A client request that finds no ready replica, a moment after the last event."""
@@ -102,18 +83,6 @@ class Setup:
         await self.world.close()
 
 
-class WorkerRoutes(RouteTable):
-    """A worker's copy of the routes, whose wakes go to the main process (remote.py) — here, to
-    a list the test delivers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[tuple[str, str]] = []
-
-    def wake(self, namespace: str, name: str) -> None:
-        self.sent.append((namespace, name))
-
-
 @pytest.fixture
 async def s():
     setup = Setup()
@@ -153,6 +122,18 @@ async def test_user_scale_to_zero_in_the_same_step_as_the_wake_is_followed_by_a_
     await s.request(held=True)
     await s.world.settle()
     assert s.wanted() == 1
+    await s.served()
+
+
+async def test_a_request_before_the_owner_has_processed_the_scale_to_zero_wakes_it_after(s):
+    await s.request(held=False)
+    await s.world.settle()
+    assert s.wanted() == 1
+    await s.request(held=False)  # while it starts: this process has asked for this state already
+    s.scale_to_zero()  # the API call has returned; the owner processes it at its next step
+    await s.request(held=True)  # deduplicated: this process sees the endpoint still waking
+    await s.world.settle()
+    assert s.wanted() == 1  # woken again once the zero is published, since this came after it
     await s.served()
 
 
