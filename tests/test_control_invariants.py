@@ -314,7 +314,6 @@ class ControlPlane(RuleBasedStateMachine):
         idle_before = owner.signals.idle_at if owner else None
         self.world.wall_now += 0.001
         self.controller.recommend(key, replicas, "test")
-        owner = self.controller._owners.get(key)
         self.run(self.world.settle())
         if owner is not None and owner.signals.idle_at != idle_before:
             self.demand.pop(key, None)  # an idle scale-down: a return to zero
