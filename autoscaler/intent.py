@@ -43,11 +43,20 @@ class Signals:
     idle_at: float | None = None  # effective: went to zero after scaleToZeroTimeout idle
 
 
+def asleep_since(intent: Intent, signals: Signals) -> float | None:
+    """When the endpoint went to zero (a user's scale-to-zero, or an idle scale-down with min 0)
+    if no wake has followed; None while it is awake. Each return to zero gives a new value, so
+    the proxy re-arms its wake on it: a request after this time must wake the endpoint."""
+    since = [t for t in (intent.zeroed_at, signals.idle_at if intent.min_replicas == 0 else None) if t is not None]
+    if not since or (signals.woken_at is not None and signals.woken_at > max(since)):
+        return None
+    return max(since)
+
+
 def asleep(intent: Intent, signals: Signals) -> bool:
     """At zero until woken: after a user's scale-to-zero, or an idle scale-down (min 0 only),
     that no wake has followed."""
-    since = [t for t in (intent.zeroed_at, signals.idle_at if intent.min_replicas == 0 else None) if t is not None]
-    return bool(since) and (signals.woken_at is None or signals.woken_at <= max(since))
+    return asleep_since(intent, signals) is not None
 
 
 def wanted(intent: Intent, signals: Signals) -> int:

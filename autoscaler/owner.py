@@ -31,7 +31,7 @@ from engines.runtime import ReplicaInfo, ReplicaNotFound, Runtime, RuntimeError_
 from proxy.control import Replica, RouteEntry, RouteState, RouteTable
 
 from .events import EventLog
-from .intent import Intent, Signals, asleep, wanted
+from .intent import Intent, Signals, asleep, asleep_since, wanted
 from .planner import Cancel, Drain, Phase, Reclaim, SlotView, Start, View, plan
 from .replicas import ReplicaHistory, ReplicaState
 from .state import State, Status
@@ -598,6 +598,7 @@ class Owner:
         entry = RouteEntry(
             namespace=intent.key.namespace, name=intent.key.name, auth=intent.auth, state=state, replicas=ready,
             domain=intent.domain, message=self.last_error, coming=coming,
+            asleep_since=asleep_since(intent, self.signals),
         )
         if entry != self._published:
             self._published = entry

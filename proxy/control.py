@@ -49,6 +49,10 @@ class RouteEntry:
     coming: int = 0
     domain: str | None = None  # Host-based routing when set
     message: str = ""  # shown to callers when the endpoint refuses (failed)
+    # Wall-clock time since which the endpoint is at zero (a user's scale-to-zero, an idle
+    # scale-down) with no wake after it; None while awake. A new value each time it returns to
+    # zero: the proxy wakes it again for any request that arrives after that time.
+    asleep_since: float | None = None
 
     @property
     def key(self) -> str:

@@ -9,6 +9,14 @@ first one. Once none is coming, everything still held is released to the ready o
 
 No request is turned away while a replica is ready: one whose hold runs out while waiting for its
 share is forwarded anyway. The control plane's probes (`demand=False`) never wake nor hold.
+
+Wakes are deduplicated per process, per return to zero: the route entry says since when the
+endpoint is at zero (`asleep_since`, a new value each time a user's scale-to-zero or an idle
+scale-down puts it there), and one wake is asked per value. So a wake is re-armed whenever the
+endpoint returns to zero, by whatever path (a start cancelled by a scale-to-zero, an idle
+scale-down, a pause), and a request that arrived after that zero but was deduplicated against an
+older wake — this process had not heard of the zero yet — wakes it as soon as the zero is heard.
+Requests that arrived before a scale-to-zero do not undo it; they wait for a later wake.
 """
 
 from __future__ import annotations
@@ -63,19 +71,26 @@ class ReadinessGate:
         wake_retry_s: float,
         release_per_replica: int,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
+        """`wall`: the clock `RouteEntry.asleep_since` is read on (the host's wall clock, shared
+        by every process); `clock` times the retry of a wake."""
         self._control = control
         self._max_held = max_held_per_endpoint
         self._retry_after_s = retry_after_s
         self._wake_retry_s = wake_retry_s
         self._clock = clock
+        self._wall = wall
         self._per_replica = release_per_replica
         self._queues: dict[str, deque[asyncio.Future[None]]] = {}
         # Replica ids that already had their share of an endpoint's queue: a republished entry
         # (same replicas) must release nothing more. Kept only while the endpoint has a queue
         # and a replica; a queue can only form while it has no replica.
         self._shared: dict[str, set[str]] = {}
-        self._woken_at: dict[str, float] = {}
+        # The zero (`asleep_since`) each endpoint was last woken from here, and when (clock).
+        self._woken: dict[str, tuple[float | None, float]] = {}
+        # When (wall) a demand request last found no ready replica, until the endpoint has one.
+        self._demand_at: dict[str, float] = {}
         self.held: dict[str, int] = {}
         control.subscribe(self._on_change)
 
@@ -98,8 +113,9 @@ class ReadinessGate:
             self._shared.pop(key, None)  # replicas that come up after this get a share again
         if entry.state is not RouteState.SERVING:
             self._release(key, None)  # each one sees the refusal
+            self._forget(key)  # paused, failed or deleted: a request after a resume wakes anew
         elif entry.replicas:
-            self._woken_at.pop(key, None)
+            self._forget(key)  # awake: whatever asked for it is served
             if not entry.coming:
                 self._release(key, None)  # nothing more to spread over: all to the ready ones
             elif key in self._queues:
@@ -107,6 +123,14 @@ class ReadinessGate:
                 new = [r.id for r in entry.replicas if r.id not in shared]
                 shared.update(new)
                 self._release(key, len(new) * self._per_replica)
+        elif entry.asleep_since is not None and self._demand_at.get(key, -math.inf) >= entry.asleep_since:
+            # A request after this zero found no replica while this process still saw the
+            # endpoint as it was before (its wake deduplicated against an older one): ask now.
+            self._wake(entry)
+
+    def _forget(self, key: str) -> None:
+        self._woken.pop(key, None)
+        self._demand_at.pop(key, None)
 
     def finished(self, key: str) -> None:
         """A request of this endpoint completed: one held request takes its place."""
@@ -119,12 +143,13 @@ class ReadinessGate:
         self._wake(entry)
 
     def _wake(self, entry: RouteEntry) -> None:
-        """One wake per endpoint however many requests arrive; asked again only if the first
-        produced no replica within `wake_retry_s` (a lost or failed wake must not strand it)."""
+        """One wake per endpoint and return to zero however many requests arrive; asked again
+        when the endpoint returns to zero (a new `asleep_since`), or if the wake produced no
+        replica within `wake_retry_s` (a lost or failed wake must not strand it)."""
         now = self._clock()
-        last = self._woken_at.get(entry.key)
-        if last is None or now - last >= self._wake_retry_s:
-            self._woken_at[entry.key] = now
+        woken = self._woken.get(entry.key)
+        if woken is None or woken[0] != entry.asleep_since or now - woken[1] >= self._wake_retry_s:
+            self._woken[entry.key] = (entry.asleep_since, now)
             self._control.wake(entry.namespace, entry.name)
 
     async def ready_entry(self, entry: RouteEntry, hold_s: float | None, *, demand: bool = True) -> RouteEntry:
@@ -135,6 +160,7 @@ class ReadinessGate:
             return entry
         if not demand:
             raise Unavailable(f"endpoint {entry.key} has no ready replica", cause="not_ready")
+        self._demand_at[entry.key] = self._wall()
         self._wake(entry)
         if hold_s is None:
             raise Unavailable(

@@ -9,7 +9,15 @@ restarts against the real controller on the fake runtime, and checks after every
 - no GPU is held by two replicas, and a container's GPUs are the ones assigned to it;
 - a paused or deleted endpoint has no container once its drains have finished (before that, only
   draining and stopping ones);
-- a user's scale-to-zero is never undone without a new request (a wake) or a resume.
+- a user's scale-to-zero is never undone without a new request (a wake) or a resume;
+- a wake is never lost: an endpoint that is not paused and got a request after its last return
+  to zero (a user's scale-to-zero, an idle scale-down) which found no ready replica, wants at
+  least one replica — once the process that got the request has nothing on its way to or from
+  the main process (at once, in the main process).
+
+Requests arrive at the main process or at one of two worker processes, each with its own
+readiness gate and its own copy of the routes; route changes out to the workers and wakes back
+from them travel in queues that the machine delivers in any interleaving (tests/wake_processes.py).
 """
 
 from __future__ import annotations
@@ -27,11 +35,18 @@ from autoscaler.planner import Phase
 from engines.fake import FakeRuntime
 from engines.runtime import EndpointKey, ReplicaStatus, RuntimeError_
 
+from proxy.control import RouteState
+from proxy.errors import ProxyError
+
 from .control_world import World, intent
+from .wake_processes import Processes
 
 KEYS = [EndpointKey("acme", "a"), EndpointKey("team", "b")]
 GPUS = 3
+WORKERS = 2
 key_index = st.integers(0, len(KEYS) - 1)
+process_index = st.integers(0, WORKERS)  # 0: the main process
+worker_index = st.integers(1, WORKERS)
 
 
 class BrokenRuntime:
@@ -62,10 +77,13 @@ class ControlPlane(RuleBasedStateMachine):
         self.loop = asyncio.new_event_loop()
         # Stop graces pass on the test's clock: a container that ignores SIGTERM stays "stopping"
         # until time_passes says so.
-        self.world = World(gpus=GPUS, runtime=SlowDocker(sleep=self.fake_sleep))
-        self.world.launcher.gpus_per_replica = 1
+        self.world = self.new_world(SlowDocker(sleep=self.fake_sleep))
         self.declared: dict[EndpointKey, object] = {}  # what the store holds
         self.zeroed: set[EndpointKey] = set()  # a user's scale-to-zero not yet followed by a wake
+        # The processes where a request found no ready replica after the endpoint's last return
+        # to zero (0: the main process; 1…: the workers).
+        self.demand: dict[EndpointKey, set[int]] = {}
+        self.held: list[asyncio.Task] = []  # requests held at a gate
         self.allowance: dict[EndpointKey, int] = {}
         self.uids = itertools.count(1)
         self.closing = False
@@ -73,6 +91,32 @@ class ControlPlane(RuleBasedStateMachine):
 
     def run(self, coro):
         return self.loop.run_until_complete(coro)
+
+    def new_world(self, runtime, old: World | None = None) -> World:
+        """A controller with the proxy's processes in front of it (all new after a restart)."""
+        self.procs = Processes(WORKERS, clock=lambda: self.world.now, wall=lambda: self.world.wall_now)
+        world = World(gpus=GPUS, runtime=runtime, routes=self.procs.main)
+        world.launcher.gpus_per_replica = 1
+        if old is not None:
+            world.now, world.wall_now = old.now, old.wall_now
+
+        def wake(key):
+            self.zeroed.discard(key)  # a wake reached the controller: it may undo a scale-to-zero
+            world.controller.wake(key)
+
+        self.procs.bind(wake)
+        return world
+
+    def drop_held(self):
+        """Held requests end with their processes (a restart, the end of the test)."""
+        held, self.held = self.held, []
+        for task in held:
+            task.cancel()
+
+        async def ended():
+            await asyncio.gather(*held, return_exceptions=True)
+
+        self.run(ended())
 
     async def fake_sleep(self, seconds):
         deadline = self.world.now + seconds
@@ -88,6 +132,7 @@ class ControlPlane(RuleBasedStateMachine):
             self.closing = False
 
     def teardown(self):
+        self.drop_held()
         self.close(self.world)
         self.loop.close()
 
@@ -174,6 +219,7 @@ class ControlPlane(RuleBasedStateMachine):
             self.world.wall_now += 1
             self.write(KEYS[k], zeroed_at=self.world.wall_now)
             self.zeroed.add(KEYS[k])
+            self.demand.pop(KEYS[k], None)
             self.settle()
 
     @precondition(lambda self: self.declared)
@@ -184,6 +230,7 @@ class ControlPlane(RuleBasedStateMachine):
             return
         del self.declared[key]
         self.zeroed.discard(key)
+        self.demand.pop(key, None)
         self.controller.delete(key)
         if recreate:  # at once, with the same name, as the client's delete-then-create does
             new = intent(key=key, uid=f"u{next(self.uids)}", min_replicas=0, max_replicas=1)
@@ -197,10 +244,80 @@ class ControlPlane(RuleBasedStateMachine):
         self.zeroed.discard(KEYS[k])
         self.settle()
 
+    @rule(k=key_index, p=process_index, held=st.booleans())
+    def request(self, k, p, held):
+        """A client request arrives at a process, a moment after the last event; without a ready
+        replica there, it wakes the endpoint and is held (X-Scale-Up-Timeout) or refused (503)."""
+        key = KEYS[k]
+        control, gate = self.procs.process(p)
+        entry = control.lookup(key.namespace, key.name)
+        if entry is None or entry.replicas or entry.state is not RouteState.SERVING:
+            return  # 404, forwarded to a replica, or refused: no wake
+        self.world.wall_now += 0.01
+        self.demand.setdefault(key, set()).add(p)
+        if held:
+            task = self.loop.create_task(gate.ready_entry(entry, 1e6))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a refusal is an answer
+            self.held.append(task)
+        else:
+            try:
+                self.run(gate.ready_entry(entry, None))
+            except ProxyError as error:
+                assert error.status == 503, error
+        self.settle()
+
+    @precondition(lambda self: self.declared)
+    @rule(k=key_index, p=process_index, q=process_index, held=st.booleans(), early=st.booleans())
+    def zero_during_a_wake(self, k, p, q, held, early):
+        """Issue 17's sequence: requests wake the endpoint, a user's scale-to-zero cancels the
+        start they asked for, and a later request arrives (at the same process or another;
+        `early`: after the API call, before the owner has processed it)."""
+        key = KEYS[k]
+        if key not in self.declared:
+            return
+        self.request(k, p, held=False)
+        if early:
+            self.world.wall_now += 1
+            self.write(key, zeroed_at=self.world.wall_now)
+            self.zeroed.add(key)
+            self.demand.pop(key, None)
+        else:
+            self.scale_to_zero(k)
+        self.request(k, q, held)
+
+    @rule(w=worker_index, n=st.integers(1, 3))
+    def routes_reach_worker(self, w, n):
+        self.procs.deliver_routes(w, n)
+        self.settle()
+
+    @rule(w=worker_index, n=st.integers(1, 3))
+    def wakes_reach_main(self, w, n):
+        self.procs.deliver_wakes(w, n)
+        self.settle()
+
+    @rule()
+    def channels_drain(self):
+        """Everything on its way between the processes arrives (and what that causes, too)."""
+        for _ in range(10):
+            if self.procs.quiet():
+                break
+            for w in range(1, WORKERS + 1):
+                self.procs.deliver_routes(w)
+                self.procs.deliver_wakes(w)
+            self.settle()
+        assert self.procs.quiet(), "the processes keep sending each other messages"
+
     @rule(k=key_index, replicas=st.integers(0, 4))
     def recommend(self, k, replicas):
-        self.controller.recommend(KEYS[k], replicas, "test")
-        self.settle()
+        key = KEYS[k]
+        owner = self.controller._owners.get(key)
+        idle_before = owner.signals.idle_at if owner else None
+        self.world.wall_now += 0.001
+        self.controller.recommend(key, replicas, "test")
+        self.run(self.world.settle())
+        if owner is not None and owner.signals.idle_at != idle_before:
+            self.demand.pop(key, None)  # an idle scale-down: a return to zero
+        self.check()
 
     @precondition(lambda self: self.world.launcher.gates)
     @rule(data=st.data(), ok=st.booleans())
@@ -267,10 +384,10 @@ class ControlPlane(RuleBasedStateMachine):
         old = self.world
         if crash:
             old.controller.runtime = BrokenRuntime()
+        self.drop_held()
+        self.demand.clear()  # requests (and wakes on their way) end with the processes
         self.close(old)
-        new = World(gpus=GPUS, runtime=old.runtime)
-        new.launcher.gpus_per_replica = 1
-        new.now, new.wall_now = old.now, old.wall_now
+        new = self.new_world(old.runtime, old)
         for key, declared in self.declared.items():
             new.controller.apply(declared, old.saved.get(declared.uid))
         self.world = new
@@ -347,6 +464,10 @@ class ControlPlane(RuleBasedStateMachine):
                 )
             if declared is not None and key in self.zeroed:
                 assert self.controller.wanted(key) == 0, f"{key}: a user's scale-to-zero was undone"
+            heard = any(self.procs.heard(p) for p in self.demand.get(key, ()))
+            if declared is not None and not declared.paused and heard:
+                assert self.controller.wanted(key) >= 1, (
+                    f"{key}: a request arrived after its last return to zero, yet it wants no replica")
 
 
 ControlPlane.TestCase.settings = settings(
