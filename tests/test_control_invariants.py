@@ -9,7 +9,8 @@ restarts against the real controller on the fake runtime, and checks after every
 - no GPU is held by two replicas, and a container's GPUs are the ones assigned to it;
 - a paused or deleted endpoint has no container once its drains have finished (before that, only
   draining and stopping ones);
-- a user's scale-to-zero is never undone without a new request (a wake) or a resume.
+- a user's scale-to-zero is never undone without a new request (a wake) or a resume;
+- a restart takes no serving replica out of service, and keeps a failed revision failed.
 """
 
 from __future__ import annotations
@@ -265,6 +266,10 @@ class ControlPlane(RuleBasedStateMachine):
         """endpointd stops (SIGTERM, or killed: then its tasks clean nothing up) and starts again
         from what the store holds, adopting what it finds."""
         old = self.world
+        running = {c.replica_id for c in self.containers() if c.status is ReplicaStatus.RUNNING}
+        serving = {key: {s.id for s in old.controller._owners[key].slots_in(Phase.READY)} & running
+                   for key in self.declared}
+        failed = {key: old.controller._owners[key].failed_revision for key in self.declared}
         if crash:
             old.controller.runtime = BrokenRuntime()
         self.close(old)
@@ -272,11 +277,19 @@ class ControlPlane(RuleBasedStateMachine):
         new.launcher.gpus_per_replica = 1
         new.now, new.wall_now = old.now, old.wall_now
         for key, declared in self.declared.items():
-            new.controller.apply(declared, old.saved.get(declared.uid))
+            new.controller.apply(declared, old.saved.get(declared.uid), failure=old.failures.get(declared.uid))
         self.world = new
         new.runtime.slow = False  # adopt() awaits its stops, and no time passes during a rule
         self.run(new.controller.adopt(self.containers()))
         self.settle()
+        # A restart takes nothing out of service: as many replicas serve as did (those that did,
+        # or new-revision ones that became ready meanwhile), a roll under way and a failed
+        # update's old revision alike; a failed revision stays failed (it is not retried).
+        for key in self.declared:
+            owner = self.controller._owners[key]
+            still = {s.id for s in owner.slots_in(Phase.READY)}
+            assert len(still) >= len(serving[key]), f"{key}: {sorted(serving[key])} served, {sorted(still)} do now"
+            assert owner.failed_revision == failed[key], f"{key}: failure {failed[key]} became {owner.failed_revision}"
 
     @rule()
     def converge(self):
