@@ -47,8 +47,9 @@ from .state import Status
 
 log = logging.getLogger("endpointd.controller")
 
-# Liveness after readiness: 3 checks 5 s apart — a hung engine is out of rotation within ~15 s,
-# while one slow answer (a long prefill hogging the engine) is not enough to replace it.
+# Liveness after readiness: 3 checks 5 s apart, each failed if not answered within those 5 s — a
+# hung engine is out of rotation within 15-20 s, while one slow answer (a long prefill hogging
+# the engine) is not enough to replace it.
 LIVENESS_INTERVAL_S = 5.0
 LIVENESS_FAILURES = 3
 # The orphan sweep lists every container of ours this often: a leak is short-lived, and a
@@ -332,10 +333,11 @@ class Controller:
         """A round every `liveness_interval_s`, from the start of one to the start of the next
         (a round takes at most one interval): `liveness_failures` failed checks in a row take
         that many intervals, as the setting says."""
-        due = self._clock()
+        loop = asyncio.get_running_loop()  # the time asyncio.sleep counts in
+        due = loop.time()
         while True:
-            due = max(due + self._liveness_interval_s, self._clock())  # a late round does not bunch the next ones
-            await asyncio.sleep(max(0.0, due - self._clock()))
+            due = max(due + self._liveness_interval_s, loop.time())  # a late round does not bunch the next ones
+            await asyncio.sleep(due - loop.time())
             try:
                 await self.check_liveness()
             except Exception:  # noqa: BLE001 - the next round tries again
