@@ -46,7 +46,7 @@ class ServeConfig:
     liveness_interval_s: float = setting(
         # Three checks 5 s apart: a hung engine is out of rotation within ~15 s, while one slow
         # answer from a busy engine is not enough to replace it.
-        5.0, min=0.1, max=3600.0, help="how often a ready replica's health route is checked",
+        5.0, min=0.1, max=3600.0, help="how often a ready replica's health route is checked; a check not answered within it fails",
     )
     liveness_failures: int = setting(
         3, min=1, max=100, help="failed health checks in a row before a ready replica is replaced",

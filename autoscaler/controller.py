@@ -7,15 +7,20 @@ owner once and returns what was started and drained; `run()` repeats it whenever
 posted, and at least every `interval_s`. Beside it:
 
 - `check_liveness()`: a ready replica whose health route fails `liveness_failures` checks in a
-  row is taken out of rotation and replaced;
+  row is taken out of rotation and replaced; the checks run every `liveness_interval_s`, and a
+  check not answered within that interval has failed, so a hung engine is out within about
+  `liveness_failures` intervals (plus the one before the first check);
 - `sweep()`: any container with this instance's labels and no slot is stopped — the footprint of
   a bug or of a crash, garbage-collected by label ownership like a ReplicaSet's pods — and the
   network of any endpoint that no longer exists is removed;
-- `adopt()`: after a restart, running healthy containers of the current revision become slots
-  again, with the GPUs they hold; the rest are stopped.
+- `adopt()`: after a restart, running healthy containers of the current revision, and of the
+  revisions before it (a roll under way, a failed update whose old revision serves), become slots
+  again, with the GPUs they hold; the rest are stopped. With the failure the store kept, the
+  owners then do what they did before the restart: finish the roll, or keep the old revision.
 
 A deleted endpoint's owner is retired: it drains what is left and is forgotten once nothing of it
-runs, while a re-create with the same name gets a fresh owner at once.
+runs, while a re-create with the same name gets a fresh owner at once. `close()` (endpointd
+stopping) removes what is left of deleted endpoints at once, rather than at the next start.
 """
 
 from __future__ import annotations
@@ -30,25 +35,35 @@ from typing import Any
 
 from engines.capacity import HostCapacity
 from engines.gpus import AdoptConflict
-from engines.runtime import EndpointKey, ReplicaInfo, ReplicaStatus, Runtime, RuntimeError_
+from engines.runtime import EndpointKey, ReplicaInfo, ReplicaNotFound, ReplicaStatus, Runtime, RuntimeError_
 from proxy.control import RouteTable
 
 from .events import EventLog
 from .intent import Intent, Signals
-from .owner import Adopted, Delete, Died, Launcher, Liveness, NewIntent, Owner, Recommend, Wake
+from .owner import Adopted, Delete, Died, Failure, Launcher, Liveness, NewIntent, Owner, Recommend, Wake
 from .planner import Phase
 from .replicas import ReplicaHistory, ReplicaRecord
 from .state import Status
 
 log = logging.getLogger("endpointd.controller")
 
-# Liveness after readiness: 3 checks 5 s apart — a hung engine is out of rotation within ~15 s,
-# while one slow answer (a long prefill hogging the engine) is not enough to replace it.
+# Liveness after readiness: 3 checks 5 s apart, each failed if not answered within those 5 s — a
+# hung engine is out of rotation within 15-20 s, while one slow answer (a long prefill hogging
+# the engine) is not enough to replace it.
 LIVENESS_INTERVAL_S = 5.0
 LIVENESS_FAILURES = 3
 # The orphan sweep lists every container of ours this often: a leak is short-lived, and a
 # listing of a few containers every 10 s costs the Docker engine nothing.
 SWEEP_INTERVAL_S = 10.0
+# At exit, the time given to removing what deleted endpoints left (their requests were drained with
+# the listener's): well within the app's clean-up grace (proxy/server.py CLEANUP_GRACE_S, 5 s).
+EXIT_REMOVAL_S = 3.0
+
+
+def _revision(info: ReplicaInfo) -> int:
+    """The revision on a container's label; 0 (never adopted) when it is not a revision number."""
+    text = info.revision
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 19 else 0
 
 
 @dataclass(frozen=True)
@@ -69,6 +84,7 @@ class Controller:
         probe: Callable[[Intent], Awaitable[bool]],
         save_status: Callable[[str, Status], Awaitable[None]],
         save_signals: Callable[[str, Signals], Awaitable[None]],
+        save_failure: Callable[[str, Failure | None], Awaitable[None]] | None = None,
         events: EventLog | None = None,
         drain_grace_s: float = 30.0,
         stop_grace_s: float = 10.0,
@@ -101,6 +117,7 @@ class Controller:
         self._probe = probe
         self._save_status = save_status
         self._save_signals = save_signals
+        self._save_failure = save_failure
         self._interval_s = interval_s
         self._liveness_interval_s = liveness_interval_s
         self._sweep_interval_s = sweep_interval_s
@@ -162,16 +179,22 @@ class Controller:
     def new_history(self, uid: str) -> ReplicaHistory:
         return self._histories(uid)
 
+    async def save_failure(self, uid: str, failure: Failure | None) -> None:
+        if self._save_failure is not None:
+            await self._save_failure(uid, failure)
+
     # --- posting ---------------------------------------------------------------------------
 
-    def apply(self, intent: Intent, signals: Signals | None = None, *, resumed: bool = False) -> None:
-        """A new or changed endpoint, from the API (or the store, at start)."""
+    def apply(
+        self, intent: Intent, signals: Signals | None = None, *, resumed: bool = False, failure: Failure | None = None,
+    ) -> None:
+        """A new or changed endpoint, from the API (or the store, at start, with the failure it kept)."""
         owner = self._owners.get(intent.key)
         if owner is not None and owner.intent.uid != intent.uid:
             self._retire(intent.key)  # the same name, another incarnation
             owner = None
         if owner is None:
-            self._owners[intent.key] = Owner(self, intent, signals or Signals())
+            self._owners[intent.key] = Owner(self, intent, signals or Signals(), failure)
             self.kick()
         else:
             owner.post(NewIntent(intent, resumed))
@@ -297,20 +320,31 @@ class Controller:
                 pass
 
     async def check_liveness(self) -> None:
-        """Probe every ready (and draining) replica once; each result goes to its owner."""
+        """Probe every ready (and draining) replica once; each result goes to its owner. A probe
+        not answered within `liveness_interval_s` has failed: a hung engine (one that accepts
+        connections and never answers) costs one interval per check, not a long timeout on top."""
         checks = [
             (owner, slot)
             for owner in self._all()
             for slot in owner.slots_in(Phase.READY, Phase.DRAINING)
             if slot.info is not None
         ]
-        results = await asyncio.gather(*(self.launcher.healthy(slot.info) for _, slot in checks), return_exceptions=True)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(self.launcher.healthy(slot.info), self._liveness_interval_s) for _, slot in checks),
+            return_exceptions=True,
+        )
         for (owner, slot), ok in zip(checks, results):
             owner.post(Liveness(slot.id, ok is True))
 
     async def run_liveness(self) -> None:
+        """A round every `liveness_interval_s`, from the start of one to the start of the next
+        (a round takes at most one interval): `liveness_failures` failed checks in a row take
+        that many intervals, as the setting says."""
+        loop = asyncio.get_running_loop()  # the time asyncio.sleep counts in
+        due = loop.time()
         while True:
-            await asyncio.sleep(self._liveness_interval_s)
+            due = max(due + self._liveness_interval_s, loop.time())  # a late round does not bunch the next ones
+            await asyncio.sleep(due - loop.time())
             try:
                 await self.check_liveness()
             except Exception:  # noqa: BLE001 - the next round tries again
@@ -348,14 +382,19 @@ class Controller:
 
     async def adopt(self, found: list[ReplicaInfo]) -> list[str]:
         """After a restart: keep the running, healthy containers of known endpoints' current
-        revision, with their GPUs; stop the rest (the owners start what is missing)."""
+        revision and of the revisions before it, with their GPUs; stop the rest. The owners then
+        go on from there: an old revision serves until the new one is ready (a roll), or for good
+        (the new one failed: the store kept that); what is missing is started, what is surplus drained.
+
+        An old revision's replica is counted with the current revision's CPU and memory (the
+        container's GPUs are its own): they differ only when the update changed the hardware."""
         adopted = []
         for info in found:
             owner = self._owners.get(info.endpoint)
             keep = (
                 owner is not None
                 and info.status is ReplicaStatus.RUNNING
-                and str(owner.intent.revision) == info.revision
+                and 0 < _revision(info) <= owner.intent.revision
                 and info.address is not None
                 and await self.launcher.healthy(info)
             )
@@ -379,7 +418,28 @@ class Controller:
         return adopted
 
     async def close(self) -> None:
-        """Stop the controller's own tasks; running containers are left for the next start to adopt."""
+        """Stop the controller's own tasks; running containers are left for the next start to
+        adopt, except those of deleted endpoints: nothing would adopt them, so they go now."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            async with asyncio.timeout(EXIT_REMOVAL_S):
+                await self._remove_deleted()
+        except TimeoutError:
+            log.warning("what deleted endpoints left was not all removed within %g s; the next start removes it",
+                        EXIT_REMOVAL_S)
+        except RuntimeError_ as error:
+            log.warning("could not remove what deleted endpoints left (the next start does): %s", error)
+
+    async def _remove_deleted(self) -> None:
+        """The containers of retired owners (their requests are over: the listener drained them
+        first), then every network of ours whose endpoint no longer exists."""
+        doomed = [slot_id for owner in self._retired for slot_id in owner.slots]
+        results = await asyncio.gather(*(self.runtime.stop(rid, 0.0) for rid in doomed), return_exceptions=True)
+        for rid, result in zip(doomed, results):
+            if isinstance(result, RuntimeError_) and not isinstance(result, ReplicaNotFound):
+                log.warning("could not remove replica %s of a deleted endpoint: %s", rid, result)
+        for key in await self.runtime.networks():
+            if key not in self._owners:
+                await self._remove_network(key)

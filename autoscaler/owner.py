@@ -94,6 +94,17 @@ class Host(Protocol):
     async def save_signals(self, uid: str, signals: Signals) -> None: ...
     def new_history(self, uid: str) -> ReplicaHistory: ...
 
+    async def save_failure(self, uid: str, failure: Failure | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A revision that failed to start MAX_START_FAILURES times, and why: persisted, so that a
+    restart neither retries it nor forgets that the revision before it is the one serving."""
+
+    revision: int
+    error: str
+
 
 # --- messages ------------------------------------------------------------------------------
 
@@ -177,7 +188,8 @@ class Delete:
 
 @dataclass(frozen=True)
 class Adopted:
-    """After a restart: a running, healthy container of the current revision, GPUs already held."""
+    """After a restart: a running, healthy container of the current revision or of one before it
+    (a roll under way, a failed update), GPUs already held."""
 
     info: ReplicaInfo
 
@@ -239,7 +251,7 @@ class _LatestWriter:
 
 
 class Owner:
-    def __init__(self, host: Host, intent: Intent, signals: Signals = Signals()) -> None:
+    def __init__(self, host: Host, intent: Intent, signals: Signals = Signals(), failure: Failure | None = None) -> None:
         self.host = host
         self.intent = intent
         self.signals = signals
@@ -249,6 +261,8 @@ class Owner:
         self.failures = 0  # consecutive start failures of the current revision
         self.failed_revision: int | None = None
         self.last_error = ""
+        if failure is not None and failure.revision == intent.revision:  # kept: a restart does not retry it
+            self.failures, self.failed_revision, self.last_error = MAX_START_FAILURES, failure.revision, failure.error
         self.retry_at = 0.0
         self.progress = ""  # what the newest start is doing, for the status message
         self.note = ""  # from the scaler: wants more than capacity allows
@@ -261,6 +275,7 @@ class Owner:
         self._status: Status | None = None
         self._status_writer = _LatestWriter(host, lambda s: host.save_status(self.intent.uid, s))
         self._signals_writer = _LatestWriter(host, lambda s: host.save_signals(self.intent.uid, s))
+        self._failure_writer = _LatestWriter(host, lambda f: host.save_failure(self.intent.uid, f))
 
     # --- what others do: post ------------------------------------------------------------
 
@@ -383,6 +398,7 @@ class Owner:
         self.intent = intent
         if intent.revision != old.revision:
             self.failures, self.last_error, self.retry_at, self.progress = 0, "", 0.0, ""
+            self._clear_failure()  # a new revision gets its own tries
             self._event("revision", f"revision {intent.revision}: rolling the replicas")
         if intent.zeroed_at is not None and intent.zeroed_at != old.zeroed_at:
             self.signals = replace(self.signals, recommendation=None)
@@ -390,8 +406,14 @@ class Owner:
         if intent.paused and not old.paused:
             self._event("paused", "a user paused the endpoint")
         if resumed:
-            self.failures, self.failed_revision, self.last_error, self.retry_at = 0, None, "", 0.0
+            self._clear_failure()
+            self.failures, self.last_error, self.retry_at = 0, "", 0.0
             self._wake("a user resumed the endpoint")
+
+    def _clear_failure(self) -> None:
+        if self.failed_revision is not None:
+            self.failed_revision = None
+            self._failure_writer.put(None)
 
     def _wake(self, reason: str) -> None:
         intent, signals = self.intent, self.signals
@@ -474,12 +496,19 @@ class Owner:
         slot.task = self.host.spawn(self._remove(slot.id, grace_s))
 
     def _adopted(self, info: ReplicaInfo) -> None:
-        self.slots[info.replica_id] = Slot(info.replica_id, self.intent.revision, Phase.READY, gpus=info.gpus, info=info)
-        self.history.started(info.replica_id, self.intent.revision, info.gpus, running=True)
-        # No scale-down before the scaler has a full window of data: keep what was running.
+        revision = int(info.revision)  # the controller adopts only revisions up to the current one
+        self.slots[info.replica_id] = Slot(info.replica_id, revision, Phase.READY, gpus=info.gpus, info=info)
+        self.history.started(info.replica_id, revision, info.gpus, running=True)
+        # It answered its health route just now, and the route table sends it requests as soon
+        # as it is published: the status says so at once, as the data plane does. (A probe
+        # through the proxy cannot answer yet: the listener opens after the adoption.)
+        self.verified = True
+        # No scale-down before the scaler has a full window of data: keep what was running (during
+        # a roll too: the old replicas kept are those the new revision still lacks).
         adopted = len(self.slots_in(Phase.READY))
         self.signals = replace(self.signals, recommendation=max(self.signals.recommendation or 0, adopted))
-        self._event("replica_adopted", f"found running after a restart, answering on {info.address}", self.slots[info.replica_id])
+        self._event("replica_adopted", f"found running after a restart (revision {revision}), answering on {info.address}",
+                    self.slots[info.replica_id])
 
     def _launched(self, slot: Slot, info: ReplicaInfo) -> None:
         slot.task = None
@@ -505,6 +534,7 @@ class Owner:
                 self.retry_at = self.host.clock() + min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (self.failures - 1))
                 if self.failures >= MAX_START_FAILURES:
                     self.failed_revision = slot.revision
+                    self._failure_writer.put(Failure(slot.revision, error))
         slot.phase = Phase.STOPPING
         if removed:
             self._gone(slot)

@@ -38,6 +38,7 @@ from .intent import Intent, Signals
 from .journal import Journal
 from .launcher import EngineLauncher
 from .logs import Collecting, LogsConfig, LogService
+from .owner import Failure
 from .policy import Scaling
 from .sealing import Sealer, needs_sealing
 from .scaler import Scaler
@@ -174,6 +175,9 @@ async def build_app(
     async def save_signals(uid: str, signals: Signals) -> None:
         await store.save_signals(uid, signals.woken_at, signals.idle_at)
 
+    async def save_failure(uid: str, failure: Failure | None) -> None:
+        await store.save_failure(uid, *((failure.revision, failure.error) if failure else (None,)))
+
     proxy_base = f"{scheme(proxy_config)}://{proxy_config.host}:{proxy_config.port}/endpoints"
 
     async def probe(intent: Intent) -> bool:
@@ -215,6 +219,7 @@ async def build_app(
         Collecting(runtime, logs), launcher, plane, on_forget=forget, capacity=capacity,
         events=journal.events, histories=journal.history,
         in_flight=pipeline.counter.replica_loads, probe=probe, save_status=save_status, save_signals=save_signals,
+        save_failure=save_failure,
         drain_grace_s=serve_config.drain_grace_s, stop_grace_s=serve_config.stop_grace_s,
         interval_s=serve_config.reconcile_interval_s, liveness_interval_s=serve_config.liveness_interval_s,
         liveness_failures=serve_config.liveness_failures, sweep_interval_s=serve_config.sweep_interval_s,
@@ -253,8 +258,10 @@ async def build_app(
 
     async def reconciling(app: web.Application) -> AsyncIterator[None]:
         await journal.load()
+        failures = await store.failures()
         for record in await store.list_endpoints():
-            controller.apply(api.intent(record), api.signals(record))
+            failure = Failure(*failures[record.uid]) if record.uid in failures else None
+            controller.apply(api.intent(record), api.signals(record), failure=failure)
         await logs.start()
         await analytics.start()
         adopted = await controller.adopt(await runtime.list())

@@ -47,6 +47,8 @@ SCOPES = frozenset({"metrics"})
 # How long a writer waits for another process's transaction before failing: far longer than any
 # transaction here takes (milliseconds), short enough that a stuck writer surfaces as an error.
 BUSY_TIMEOUT_MS = 5000
+# A failed start's error (an engine's last log lines, bounded by the launcher) as kept for a restart.
+FAILURE_MAX_CHARS = 8000
 
 # Append only: a database at version N runs MIGRATIONS[N:] on open. Never edit a released entry.
 MIGRATIONS = [
@@ -150,6 +152,15 @@ MIGRATIONS = [
         PRIMARY KEY (uid, id)
     );
     CREATE INDEX replicas_by_stop ON replicas (stopped_at);
+    """,
+    # 5: an endpoint's failed revision and why, kept by its owner: a restart neither retries a
+    # revision that failed to start nor stops the older one that serves in its place.
+    """
+    CREATE TABLE endpoint_failures (
+        uid TEXT PRIMARY KEY REFERENCES endpoints(uid) ON DELETE CASCADE,
+        revision INTEGER NOT NULL,
+        error TEXT NOT NULL
+    );
     """,
 ]
 
@@ -614,6 +625,24 @@ class Store:
             await self._db.execute(
                 "UPDATE endpoints SET woken_at = ?, idle_at = ? WHERE uid = ?", (woken_at, idle_at, uid)
             )
+
+    async def save_failure(self, uid: str, revision: int | None, error: str = "") -> None:
+        """The revision of this incarnation that failed to start, and why (None: no failure
+        stands); a no-op for a deleted incarnation."""
+        async with self._transaction():
+            if revision is None:
+                await self._db.execute("DELETE FROM endpoint_failures WHERE uid = ?", (uid,))
+                return
+            await self._db.execute(
+                "INSERT INTO endpoint_failures (uid, revision, error) SELECT uid, ?, ? FROM endpoints WHERE uid = ? "
+                "ON CONFLICT (uid) DO UPDATE SET revision = excluded.revision, error = excluded.error",
+                (revision, error[:FAILURE_MAX_CHARS], uid),
+            )
+
+    async def failures(self) -> dict[str, tuple[int, str]]:
+        """Every standing failure: uid -> (revision, error)."""
+        rows = await self._all("SELECT uid, revision, error FROM endpoint_failures")
+        return {row["uid"]: (row["revision"], row["error"]) for row in rows}
 
     async def delete_endpoint(self, namespace: str, name: str) -> None:
         async with self._transaction():

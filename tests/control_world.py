@@ -9,6 +9,7 @@ from dataclasses import replace
 
 from autoscaler.controller import Controller
 from autoscaler.intent import Intent, Signals
+from autoscaler.owner import Failure
 from autoscaler.planner import Phase
 from autoscaler.state import Status
 from engines.capacity import HostCapacity, Need
@@ -29,6 +30,7 @@ class HandLauncher:
         self.runtime = runtime
         self.gates: dict[str, asyncio.Future] = {}
         self.unhealthy: set[str] = set()
+        self.hung: set[str] = set()
         self.auto = False
         self.gpus_per_replica = 0
         self.launched: list[str] = []
@@ -50,6 +52,8 @@ class HandLauncher:
         return info
 
     async def healthy(self, replica: ReplicaInfo) -> bool:
+        if replica.replica_id in self.hung:  # a paused engine: the connection opens, no answer comes
+            await asyncio.Event().wait()
         return replica.replica_id not in self.unhealthy
 
     def ready(self, replica_id: str) -> None:
@@ -69,7 +73,8 @@ def intent(key: EndpointKey = KEY, **kw) -> Intent:
 
 
 class World:
-    def __init__(self, gpus: int = 0, runtime: FakeRuntime | None = None, routes: RouteTable | None = None) -> None:
+    def __init__(self, gpus: int = 0, runtime: FakeRuntime | None = None, routes: RouteTable | None = None,
+                 liveness_interval_s: float = 5.0, id_prefix: str = "r") -> None:
         self.now = 0.0
         self.wall_now = 1_000_000.0
         self.routes = routes if routes is not None else RouteTable()
@@ -78,11 +83,12 @@ class World:
         self.in_flight: dict[str, dict[str, int]] = {}
         self.statuses: dict[str, Status] = {}
         self.saved: dict[str, Signals] = {}
+        self.failures: dict[str, Failure] = {}  # what the store keeps of failed revisions
         self.probe_ok = True
         inventory = [Gpu(i, f"GPU-{i}", "NVIDIA L4", "nvidia-l4", 24 << 30) for i in range(gpus)]
         self.allocator = GpuAllocator(inventory)
         self.capacity = HostCapacity(self.allocator, cpu_count=64, memory_bytes=256 << 30)
-        ids = (f"r{i}" for i in itertools.count(1))
+        ids = (f"{id_prefix}{i}" for i in itertools.count(1))  # another prefix for a restarted world
 
         async def probe(_intent):
             return self.probe_ok
@@ -93,10 +99,17 @@ class World:
         async def save_signals(uid, signals):
             self.saved[uid] = signals
 
+        async def save_failure(uid, failure):
+            if failure is None:
+                self.failures.pop(uid, None)
+            else:
+                self.failures[uid] = failure
+
         self.controller = Controller(
             self.runtime, self.launcher, self.routes, capacity=self.capacity,
             in_flight=lambda key: self.in_flight.get(key, {}), probe=probe,
-            save_status=save_status, save_signals=save_signals,
+            save_status=save_status, save_signals=save_signals, save_failure=save_failure,
+            liveness_interval_s=liveness_interval_s,
             drain_grace_s=5.0, stop_grace_s=1.0, clock=lambda: self.now, wall=lambda: self.wall_now,
             sleep=lambda seconds: asyncio.sleep(0),  # a drain's poll: time is the test's
             new_id=lambda: next(ids),

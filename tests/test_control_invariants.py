@@ -13,7 +13,8 @@ restarts against the real controller on the fake runtime, and checks after every
 - a wake is never lost: an endpoint that is not paused and got a request after its last return
   to zero (a user's scale-to-zero, an idle scale-down) which found no ready replica, wants at
   least one replica — once the process that got the request has nothing on its way to or from
-  the main process (at once, in the main process).
+  the main process (at once, in the main process);
+- a restart takes no serving replica out of service, and keeps a failed revision failed.
 
 Requests arrive at the main process or at one of two worker processes, each with its own
 readiness gate and its own copy of the routes; route changes out to the workers and wakes back
@@ -99,6 +100,8 @@ class ControlPlane(RuleBasedStateMachine):
         world.launcher.gpus_per_replica = 1
         if old is not None:
             world.now, world.wall_now = old.now, old.wall_now
+            # What the store keeps outlives any number of restarts, as it does in `serve`.
+            world.saved, world.failures = dict(old.saved), dict(old.failures)
 
         def wake(key):
             self.zeroed.discard(key)  # a wake reached the controller: it may undo a scale-to-zero
@@ -382,6 +385,17 @@ class ControlPlane(RuleBasedStateMachine):
         """endpointd stops (SIGTERM, or killed: then its tasks clean nothing up) and starts again
         from what the store holds, adopting what it finds."""
         old = self.world
+        running = {c.replica_id for c in self.containers() if c.status is ReplicaStatus.RUNNING}
+        # A user's scale-to-zero that is stored but not yet carried out is carried out by the
+        # restart: those endpoints are not counted as serving.
+        serving = {key: {s.id for s in old.controller._owners[key].slots_in(Phase.READY)} & running
+                   if key not in self.zeroed else set() for key in self.declared}
+        # A roll under way whose new replica was still starting loses that replica (only healthy
+        # containers are adopted); when another endpoint takes the GPU it held, the roll goes on
+        # by recreate, which takes the old replica out first. Known and documented (README).
+        rolling = {key for key in self.declared
+                   if any(s.revision < self.declared[key].revision for s in old.controller._owners[key].slots.values())}
+        failed = {key: old.controller._owners[key].failed_revision for key in self.declared}
         if crash:
             old.controller.runtime = BrokenRuntime()
         self.drop_held()
@@ -389,11 +403,20 @@ class ControlPlane(RuleBasedStateMachine):
         self.close(old)
         new = self.new_world(old.runtime, old)
         for key, declared in self.declared.items():
-            new.controller.apply(declared, old.saved.get(declared.uid))
+            new.controller.apply(declared, old.saved.get(declared.uid), failure=old.failures.get(declared.uid))
         self.world = new
         new.runtime.slow = False  # adopt() awaits its stops, and no time passes during a rule
         self.run(new.controller.adopt(self.containers()))
         self.settle()
+        # A restart takes nothing out of service: as many replicas serve as did (those that did,
+        # or new-revision ones that became ready meanwhile), a roll under way and a failed
+        # update's old revision alike; a failed revision stays failed (it is not retried).
+        for key in self.declared:
+            owner = self.controller._owners[key]
+            still = {s.id for s in owner.slots_in(Phase.READY)}
+            recreate = key in rolling and new.allocator.free("nvidia-l4") == 0
+            assert recreate or len(still) >= len(serving[key]), f"{key}: {sorted(serving[key])} served, {sorted(still)} do now"
+            assert owner.failed_revision == failed[key], f"{key}: failure {failed[key]} became {owner.failed_revision}"
 
     @rule()
     def converge(self):

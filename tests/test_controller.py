@@ -391,21 +391,22 @@ async def test_11_gpus_are_adopted_after_a_restart():
     await w.close()
 
 
-async def test_adopt_keeps_current_containers_and_stops_the_rest(world):
+async def test_adopt_keeps_healthy_containers_up_to_the_current_revision_and_stops_the_rest(world):
     w = world
-    w.controller.apply(intent(revision=2, min_replicas=1))
+    w.controller.apply(intent(revision=2, min_replicas=1, max_replicas=1))
 
     def info(rid, revision, endpoint=KEY, status=ReplicaStatus.RUNNING):
         return ReplicaInfo(rid, endpoint, str(revision), "c", "n", status, "127.0.0.1:9999", "/health")
 
     found = [info("keep", 2), info("sick", 2), info("old", 1), info("dead", 2, status=ReplicaStatus.EXITED),
-             info("orphan", 2, endpoint=EndpointKey("acme", "gone"))]
+             info("orphan", 2, endpoint=EndpointKey("acme", "gone")), info("future", 3), info("odd", "²")]
     w.launcher.unhealthy.add("sick")
     stopped = []
     w.runtime.stop = lambda rid, grace: stopped.append(rid) or _done()
-    assert await w.controller.adopt(found) == ["keep"]
-    assert sorted(stopped) == ["dead", "old", "orphan", "sick"]
-    assert w.ready_ids() == ["keep"]
+    assert await w.controller.adopt(found) == ["keep", "old"]
+    assert sorted(stopped) == ["dead", "future", "odd", "orphan", "sick"]
+    # The current revision fills maxReplica: the roll had ended, the old replica drains.
+    assert w.ready_ids() == ["keep"] and w.phases()["old"] is Phase.DRAINING
     assert (await w.settle()).started == []  # nothing healthy is restarted; the target is met
 
 
@@ -449,3 +450,97 @@ async def test_2_a_replica_still_stopping_counts_toward_max(world):
     w.change(paused=False, resumed=True)
     assert (await w.settle()).started == []  # r1 is still there: starting r2 would make two
     assert w.containers() == ["r1"]
+
+
+# --- restarts (issue 17, section 4) ------------------------------------------------------------
+
+
+def restart(w: World) -> World:
+    """A new controller from what the store holds (intent, signals, failures), on the same runtime."""
+    restarted = World(runtime=w.runtime, id_prefix="s")
+    restarted.controller.apply(w.controller.intent(KEY), w.saved.get("u1"), failure=w.failures.get("u1"))
+    return restarted
+
+
+async def failed_update(w: World) -> None:
+    await running(w)
+    w.change(revision=2)
+    for attempt in range(2, 2 + MAX_START_FAILURES):
+        await w.settle()
+        w.launcher.fail(f"r{attempt}", RuntimeError("image not found"))
+        await w.settle()
+        w.now += 60
+    await w.settle()
+    assert w.status().state == State.UPDATE_FAILED
+
+
+async def test_an_adopted_ready_replica_is_running_at_once(world):
+    w = world
+    await running(w)
+    restarted = restart(w)
+    restarted.probe_ok = False  # the proxy does not listen yet when endpointd adopts
+    assert await restarted.controller.adopt(await w.runtime.list()) == ["r1"]
+    assert restarted.status().state == State.RUNNING
+    await restarted.settle()
+    assert restarted.statuses["u1"].state == State.RUNNING  # and so it is saved
+    await restarted.close()
+
+
+async def test_a_restart_after_a_failed_update_keeps_the_old_revision_and_the_failure(world):
+    w = world
+    await failed_update(w)
+    assert w.failures["u1"].revision == 2 and "image not found" in w.failures["u1"].error
+    restarted = restart(w)
+    assert await restarted.controller.adopt(await w.runtime.list()) == ["r1"]
+    await restarted.settle()
+    restarted.now += 600
+    await restarted.settle()
+    assert restarted.launcher.launched == []  # the failed revision is not retried
+    status = restarted.status()
+    assert status.state == State.UPDATE_FAILED and "image not found" in status.message
+    assert restarted.ready_ids() == ["r1"] and restarted.containers() == ["r1"]
+    # Resume tries the new revision again, and the failure is cleared from the store.
+    restarted.change(resumed=True)
+    await restarted.settle()
+    assert restarted.launcher.launched == ["s1"] and "u1" not in restarted.failures
+    assert restarted.ready_ids() == ["r1"]
+    await restarted.close()
+
+
+async def test_a_restart_during_a_roll_finishes_it_with_the_old_revision_serving(world):
+    w = world
+    await running(w)
+    w.change(revision=2)
+    await w.settle()
+    assert w.containers() == ["r1", "r2"]
+    restarted = restart(w)
+    restarted.launcher.unhealthy.add("r2")  # the new replica was still loading
+    assert await restarted.controller.adopt(await w.runtime.list()) == ["r1"]
+    await restarted.settle()
+    assert restarted.status().state == State.UPDATING and restarted.ready_ids() == ["r1"]
+    (new,) = restarted.launcher.gates
+    restarted.launcher.ready(new)
+    await restarted.settle()
+    assert restarted.ready_ids() == [new] and restarted.containers() == [new]
+    assert restarted.status().state == State.RUNNING
+    await restarted.close()
+
+
+async def test_close_removes_what_a_deleted_endpoint_left(world):
+    w = world
+    await running(w)
+    w.controller.delete(KEY)
+    assert w.containers() == ["r1"] and KEY in await w.runtime.networks()
+    await w.controller.close()
+    assert w.containers() == [] and KEY not in await w.runtime.networks()
+
+
+async def test_a_liveness_check_that_hangs_fails_after_one_interval():
+    w = World(liveness_interval_s=0.05)
+    await running(w)
+    w.launcher.hung.add("r1")
+    for _ in range(w.controller.liveness_failures):
+        await asyncio.wait_for(w.controller.check_liveness(), 5)  # bounded by the interval, not by the probe
+        await w.settle()
+    assert w.ready_ids() == [] and "r1" not in w.containers()
+    await w.close()

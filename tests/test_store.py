@@ -70,7 +70,7 @@ def user_version(path) -> int:
 
 async def test_open_creates_the_directory_and_the_file_at_the_latest_schema(store, db_path):
     assert db_path.is_file()
-    assert user_version(db_path) == len(MIGRATIONS) == 4
+    assert user_version(db_path) == len(MIGRATIONS) == 5
     with opened(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # persistent: every later connection
 
@@ -339,6 +339,24 @@ async def test_an_unknown_endpoint_is_not_found(store, call):
     await store.create_endpoint("other", "nope", SPEC)
     with pytest.raises(NotFound, match="^endpoint acme/nope does not exist$"):
         await call(store)
+
+
+async def test_a_failed_revision_is_kept_until_cleared_and_goes_with_its_endpoint(store, db_path):
+    rec = await store.create_endpoint("acme", "e1", SPEC)
+    await store.save_failure(rec.uid, 2, "exited with code 1")
+    await store.save_failure(rec.uid, 3, "x" * 100_000)  # the latest one stands, bounded
+    await store.save_failure("no-such-uid", 1, "deleted meanwhile")  # a no-op, as for statuses
+    assert await store.failures() == {rec.uid: (3, "x" * store_mod.FAILURE_MAX_CHARS)}
+    restarted = await Store.open(db_path)  # another process reads it back
+    try:
+        assert (await restarted.failures())[rec.uid][0] == 3
+    finally:
+        await restarted.close()
+    await store.save_failure(rec.uid, None)  # resumed
+    assert await store.failures() == {}
+    await store.save_failure(rec.uid, 2, "again")
+    await store.delete_endpoint("acme", "e1")
+    assert await store.failures() == {}
 
 
 # --- audit -------------------------------------------------------------------------------------
