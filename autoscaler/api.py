@@ -44,6 +44,7 @@ from . import openapi
 from . import store as store_mod
 from . import wire
 from .controller import Controller
+from .host_names import normal
 from .intent import Intent, Signals
 from .sealing import Sealer, SealingError
 from .state import State
@@ -137,7 +138,7 @@ class Limits:
     """What the operator allows and what this host is, as far as a request body may ask."""
 
     roots: ModelRoots
-    own_names: frozenset[str]  # host names of this server: never an endpoint's route.domain
+    own_names: frozenset[str]  # host names of this server (lower-case, no trailing dot): never a route.domain
     max_replicas: int
     never_fits: Callable[[wire.EndpointSpec], str | None]  # why the spec could never run here
 
@@ -242,10 +243,12 @@ class ManagementApi:
         if why is not None:
             raise Invalid(f"compute.scaling.minReplica {scaling.min_replica} could never run here: {why}")
         domain = spec.route.domain
-        if domain is not None and domain in self.limits.own_names:
+        if domain is not None and normal(domain) in self.limits.own_names:
+            # The names are not listed: a host's reverse names are not every tenant's business.
             raise Invalid(
-                f"route.domain {domain} is one of this server's own names ({', '.join(sorted(self.limits.own_names))}); "
-                "choose a host name of your own"
+                f"route.domain {domain} is one of this server's own names (its listen or external_url host, "
+                "or a name this host answers to: its host name, FQDN or a local address's reverse name), which "
+                "must keep reaching endpointd itself; choose a host name of your own"
             )
         if artifacts.is_local(spec.model.repository):
             await asyncio.to_thread(self.limits.roots.check, spec.model.repository)

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import os
 import secrets
-import socket
 import urllib.parse
 from collections.abc import AsyncIterator
 from functools import partial
@@ -31,6 +30,7 @@ from . import datadir
 from .analytics import Analytics, AnalyticsConfig
 from .api import Limits, ManagementApi, add_api
 from .dashboard import add_dashboard
+from .host_names import names_of_this_host, normal
 from .catalog import load_catalog
 from .config import EnginesConfig, ScalingConfig, ServeConfig
 from .controller import Controller
@@ -75,12 +75,13 @@ def base_url(proxy: ProxyConfig, serve: ServeConfig) -> str:
 
 def own_names(proxy: ProxyConfig, serve: ServeConfig) -> frozenset[str]:
     """Host names by which callers reach this server itself (its API, /metrics): no endpoint may
-    take one as its route.domain. IP literals are refused by the wire format already."""
-    names = {proxy.host.lower(), "localhost", socket.gethostname().lower()}
+    take one as its route.domain. IP literals are refused by the wire format already. Blocks for
+    up to host_names.RESOLVE_DEADLINE_S (the resolver): call it off the event loop."""
+    names = {proxy.host, "localhost", *names_of_this_host()}
     external = urllib.parse.urlsplit(base_url(proxy, serve)).hostname
     if external:
-        names.add(external.lower())
-    return frozenset(names)
+        names.add(external)
+    return frozenset(normal(name) for name in names)
 
 
 async def seal_plain_secrets(store: Store, sealer: Sealer) -> None:
@@ -238,7 +239,7 @@ async def build_app(
         endpoint_url=lambda ns, name: f"{url_base}/endpoints/{ns}/{name}",
         check=launcher.check, sealer=sealer,
         limits=Limits(
-            roots=roots, own_names=own_names(proxy_config, serve_config),
+            roots=roots, own_names=await asyncio.to_thread(own_names, proxy_config, serve_config),
             max_replicas=serve_config.max_replicas_per_endpoint,
             never_fits=lambda spec: capacity.never_fits(launcher.needs_of(spec), spec.compute.scaling.min_replica),
         ),
