@@ -9,7 +9,6 @@ import os
 import secrets
 import urllib.parse
 from collections.abc import AsyncIterator
-from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -139,6 +138,9 @@ async def build_app(
     datadir.make_private(data_dir)
     lock = datadir.lock(data_dir)  # before anything is touched: a second serve stops here
     roots = ModelRoots.configure(serve_config.model_roots, data_dir)
+    downloads = artifacts.downloads_dir(data_dir)  # one Hub cache per namespace, under no model root
+    downloads.mkdir(mode=0o700, exist_ok=True)
+    artifacts.move_old_downloads(data_dir / artifacts.OLD_DOWNLOADS, downloads)
     sealer = Sealer.open(data_dir)
     store = await Store.open(data_dir / STORE_FILE)
     await bootstrap_admin(store, data_dir)
@@ -163,7 +165,7 @@ async def build_app(
     capacity = HostCapacity(allocator, cpu_count, memory_bytes, serve_config.cpu_overcommit)
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S))
     launcher = EngineLauncher(
-        runtime, session, inventory=inventory, allocator=allocator, cache_dir=data_dir / "models",
+        runtime, session, inventory=inventory, allocator=allocator, downloads=downloads,
         ready_deadline_s=serve_config.ready_deadline_s, cpu_count=cpu_count, memory_bytes=memory_bytes,
         gpu_sampler=gpu_sampler, default_images=engines_config.images or None,
     )
@@ -245,7 +247,8 @@ async def build_app(
         ),
         inventory=inventory, allocator=allocator, cpu_count=cpu_count, memory_bytes=memory_bytes,
         # The launcher's cache: a revision pinned at create from a cached snapshot is the one it fetches.
-        describe=partial(artifacts.describe, cache_dir=data_dir / "models"),
+        describe=lambda repository, revision, ns: artifacts.describe(
+            repository, revision, artifacts.hub_cache(downloads, ns)),
         present=runtime.image_exists, default_images=engines_config.images or None, catalog=catalog,
     )
 
