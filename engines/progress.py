@@ -57,6 +57,7 @@ def download_key(done: int, total: int | None) -> tuple[int, int]:
 # "Status: Downloaded newer image …"), which are not layers.
 DOWNLOADED = frozenset({"Verifying Checksum", "Download complete"})
 LAYER_DONE = frozenset({"Pull complete", "Already exists"})
+MOVING = frozenset({"Downloading", "Extracting", "Pull complete", *DOWNLOADED})  # a layer being pulled
 
 
 @dataclass
@@ -75,6 +76,9 @@ class PullProgress:
 
     image: str
     layers: dict[str, _Layer] = field(default_factory=dict)
+    # Docker names every layer ("Already exists", "Pulling fs layer", "Waiting") before any
+    # download starts: until one does, the layers known may not be all, so no percent yet.
+    pulling: bool = False
 
     def feed(self, line: Mapping[str, Any]) -> None:
         status, layer_id = line.get("status"), line.get("id")
@@ -87,6 +91,7 @@ class PullProgress:
         current, total = detail.get("current"), detail.get("total")
         numbers = isinstance(current, int) and isinstance(total, int) and total > 0
         layer = self.layers.setdefault(layer_id, _Layer())
+        self.pulling = self.pulling or status in MOVING
         if status == "Downloading":
             layer.phase = "downloading"
             if numbers:
@@ -114,7 +119,7 @@ class PullProgress:
         return 0.0
 
     def percent(self) -> int:
-        if not self.layers:
+        if not self.layers or not self.pulling:
             return 0
         return percent(sum(self._share(layer) for layer in self.layers.values()), len(self.layers))
 
@@ -127,6 +132,8 @@ class PullProgress:
         count, done, share = self.key()
         if not count:
             return f"pulling image {self.image}"
+        if not self.pulling:
+            return f"pulling image {self.image}: {count} layers, {done} already on this host"
         downloaded = sum(layer.downloaded for layer in self.layers.values())
         known = sum(layer.size for layer in self.layers.values())
         bytes_part = f", {size(downloaded)} of {size(known)} downloaded" if known else ""
