@@ -9,6 +9,8 @@ import json
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from engines.progress import PullProgress, download_key, download_message, percent, size
 
@@ -119,3 +121,37 @@ async def test_the_runtime_reports_a_pull_once_per_change_from_dockers_stream(do
     assert len(reported) == len(set(reported)) < len(RECORDED)  # no report repeats, none per unchanged chunk
     assert [int(PULL.fullmatch(m)[4]) for m in reported[1:] if PULL.fullmatch(m)] == sorted(
         int(PULL.fullmatch(m)[4]) for m in reported[1:] if PULL.fullmatch(m))
+
+
+@st.composite
+def pull_streams(draw):
+    """Docker's stream for 1-5 layers: every layer named first, then each missing layer's own lines
+    in their order (download chunks, checksum, extraction chunks, done), interleaved at random."""
+    count = draw(st.integers(1, 5))
+    present = draw(st.lists(st.booleans(), min_size=count, max_size=count))
+    named = [line("Already exists" if here else "Pulling fs layer", f"l{i}") for i, here in enumerate(present)]
+    queues = []
+    for i, here in enumerate(present):
+        if here:
+            continue
+        total = draw(st.integers(1, 1 << 30))
+        chunks = sorted(draw(st.lists(st.integers(0, total), max_size=5)))
+        queues.append([*[line("Downloading", f"l{i}", c, total) for c in chunks], line("Download complete", f"l{i}"),
+                       *[line("Extracting", f"l{i}", c, total) for c in chunks], line("Pull complete", f"l{i}")])
+    stream = list(named)
+    while queues:
+        queue = queues[draw(st.integers(0, len(queues) - 1))]
+        stream.append(queue.pop(0))
+        queues = [q for q in queues if q]
+    return stream
+
+
+@given(pull_streams())
+def test_a_pulls_percent_never_goes_back_whatever_the_interleaving(stream):
+    pulled, percents = PullProgress("img"), []
+    for item in stream:
+        pulled.feed(item)
+        percents.append(pulled.percent())
+    assert percents == sorted(percents)
+    assert pulled.key()[0] == pulled.key()[1]  # every layer done
+    assert percents[-1] == (100 if pulled.pulling else 0)
