@@ -13,6 +13,7 @@ from pathlib import Path
 import aiohttp
 
 from engines import artifacts, hardware, presets, readiness
+from engines.downloads import hub_cache
 from engines.progress import download_message
 from engines.capacity import Need
 from engines.gpus import Gpu, GpuAllocator, GpuSampler
@@ -49,7 +50,7 @@ class EngineLauncher:
         self._session = session
         self._inventory = inventory
         self._allocator = allocator
-        self._downloads = downloads  # DATA_DIR/hub: one Hub cache per namespace (artifacts.hub_cache)
+        self._downloads = downloads  # DATA_DIR/hub: one Hub cache per namespace (downloads.hub_cache)
         self._ready_deadline_s = ready_deadline_s
         self._cpu_count = cpu_count
         self._memory_bytes = memory_bytes
@@ -106,7 +107,7 @@ class EngineLauncher:
         # The commit pinned at create (a local directory: as it is), only the files its engine needs,
         # into the namespace's own cache: no other namespace's endpoint is given them.
         model_dir = await artifacts.fetch(
-            model.repository, model.revision, artifacts.hub_cache(self._downloads, intent.key.namespace),
+            model.repository, model.revision, hub_cache(self._downloads, intent.key.namespace),
             allow_patterns=model.download_pattern,
             progress=lambda done, total: report(download_message(model.repository, done, total)),
         )

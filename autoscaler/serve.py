@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from engines import artifacts, hardware, presets
+from engines import downloads as hub_downloads
 from engines.capacity import HostCapacity
 from engines.model_roots import ModelRoots
 from engines.docker import DockerRuntime
@@ -138,9 +139,9 @@ async def build_app(
     datadir.make_private(data_dir)
     lock = datadir.lock(data_dir)  # before anything is touched: a second serve stops here
     roots = ModelRoots.configure(serve_config.model_roots, data_dir)
-    downloads = artifacts.downloads_dir(data_dir)  # one Hub cache per namespace, under no model root
+    downloads = hub_downloads.downloads_dir(data_dir)  # one Hub cache per namespace, under no model root
     downloads.mkdir(mode=0o700, exist_ok=True)
-    artifacts.move_old_downloads(data_dir / artifacts.OLD_DOWNLOADS, downloads)
+    hub_downloads.move_old_downloads(data_dir / hub_downloads.OLD_DOWNLOADS, downloads)
     sealer = Sealer.open(data_dir)
     store = await Store.open(data_dir / STORE_FILE)
     await bootstrap_admin(store, data_dir)
@@ -248,7 +249,7 @@ async def build_app(
         inventory=inventory, allocator=allocator, cpu_count=cpu_count, memory_bytes=memory_bytes,
         # The launcher's cache: a revision pinned at create from a cached snapshot is the one it fetches.
         describe=lambda repository, revision, ns: artifacts.describe(
-            repository, revision, artifacts.hub_cache(downloads, ns)),
+            repository, revision, hub_downloads.hub_cache(downloads, ns)),
         present=runtime.image_exists, default_images=engines_config.images or None, catalog=catalog,
     )
 

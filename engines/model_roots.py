@@ -6,7 +6,7 @@ A user who could name any host path could mount endpointd's own data directory (
 local repository is accepted only when, after resolving symlinks, it is a directory under a root,
 and its whole tree is plain directories and regular files whose symlinks stay under that root.
 A root may not be, or contain, the data directory, nor lie in its Hub downloads (`DATA_DIR/hub`,
-every namespace's private downloads: artifacts.hub_cache).
+every namespace's private downloads: downloads.hub_cache).
 
 Errors:
     RootsError      a path or a root is refused; the message names the allowed roots
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .artifacts import downloads_dir
+from .downloads import downloads_dir
 
 # A model repository has thousands of files at most; a tree far larger is refused rather than
 # walked (the walk runs on every create and start).

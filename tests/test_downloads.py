@@ -11,7 +11,8 @@ import time
 import huggingface_hub.constants
 import pytest
 
-from engines.artifacts import downloads_dir, fetch, hub_cache, move_old_downloads, repository_mounts
+from engines.artifacts import fetch, repository_mounts
+from engines.downloads import downloads_dir, hub_cache, move_old_downloads
 from engines.model_roots import ModelRoots, RootsError
 from engines.progress import download_message
 
