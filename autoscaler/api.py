@@ -23,7 +23,6 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from . import openapi
 from . import store as store_mod
 from . import wire
 from .controller import Controller
+from .host_names import normal
 from .intent import Intent, Signals
 from .keyed_locks import KeyedLocks
 from .sealing import Sealer, SealingError
@@ -140,19 +140,21 @@ class Limits:
     """What the operator allows and what this host is, as far as a request body may ask."""
 
     roots: ModelRoots
-    own_names: frozenset[str]  # host names of this server: never an endpoint's route.domain
+    own_names: frozenset[str]  # host names of this server (lower-case, no trailing dot): never a route.domain
     max_replicas: int
     never_fits: Callable[[wire.EndpointSpec], str | None]  # why the spec could never run here
 
 
-Describe = Callable[[str, "str | None"], Awaitable[artifacts.RepoFacts]]
+# (repository, revision, namespace): the namespace's own Hub cache answers when the Hub does not.
+Describe = Callable[[str, "str | None", str], Awaitable[artifacts.RepoFacts]]
 
 
 def default_describe() -> Describe:
     """Local directories as they are; Hub ids from the Hub, else huggingface_hub's default cache."""
     import huggingface_hub.constants
 
-    return partial(artifacts.describe, cache_dir=Path(huggingface_hub.constants.HF_HUB_CACHE))
+    cache = Path(huggingface_hub.constants.HF_HUB_CACHE)
+    return lambda repository, revision, namespace: artifacts.describe(repository, revision, cache)
 
 
 class ManagementApi:
@@ -174,7 +176,7 @@ class ManagementApi:
         default_images: Mapping[str, str] | None = None,
         catalog: Any = None,
     ) -> None:
-        """`describe(repository, revision)`: what a repository is at a revision (artifacts.describe);
+        """`describe(repository, revision, namespace)`: what a repository is at a revision (artifacts.describe);
         `present(image)`: whether an image is on this host (None: unknown); `default_images`: the
         operator's pinned engine images; `catalog`: the recipes (default: the shipped ones)."""
         self.describe = describe or default_describe()
@@ -246,10 +248,12 @@ class ManagementApi:
         if why is not None:
             raise Invalid(f"compute.scaling.minReplica {scaling.min_replica} could never run here: {why}")
         domain = spec.route.domain
-        if domain is not None and domain in self.limits.own_names:
+        if domain is not None and normal(domain) in self.limits.own_names:
+            # The names are not listed: a host's reverse names are not every tenant's business.
             raise Invalid(
-                f"route.domain {domain} is one of this server's own names ({', '.join(sorted(self.limits.own_names))}); "
-                "choose a host name of your own"
+                f"route.domain {domain} is one of this server's own names (its listen or external_url host, "
+                "or a name this host answers to: its host name, FQDN or a local address's reverse name), which "
+                "must keep reaching endpointd itself; choose a host name of your own"
             )
         if artifacts.is_local(spec.model.repository):
             await asyncio.to_thread(self.limits.roots.check, spec.model.repository)
@@ -261,7 +265,7 @@ class ManagementApi:
             return Conflict(f"route.domain {error.domain} is already taken by endpoint {error.namespace}/{error.name}; choose another")
         return Conflict(f"route.domain {error.domain} is already taken by an endpoint of another namespace; choose another")
 
-    async def pin(self, spec: wire.EndpointSpec, old: wire.EndpointSpec | None = None,
+    async def pin(self, spec: wire.EndpointSpec, ns: str, old: wire.EndpointSpec | None = None,
                   model_body: Any = None) -> wire.EndpointSpec:
         """`spec` with its revision resolved and its download pattern computed, as far as the change
         from `old` (None: a create) asks: the revision when the repository or `model.revision` is
@@ -280,7 +284,7 @@ class ManagementApi:
             return spec
         # An update to another repository without a revision means its latest, not the old commit.
         asked = model.revision if (old is None or "revision" in sent) else (None if moved else old.model.revision)
-        facts = await self.describe(model.repository, asked)
+        facts = await self.describe(model.repository, asked, ns)
         revision = facts.revision if repin else model.revision
         pattern = artifacts.download_pattern(model.image, model.framework, facts) if repattern else model.download_pattern
         return replace(spec, model=replace(model, revision=revision, download_pattern=pattern))
@@ -377,7 +381,7 @@ class ManagementApi:
         """Vet, pin, store, post to the controller and audit a new endpoint (the API's create and
         the catalog's deploy); returns its record."""
         await self.vet(spec, identity, ns)
-        spec = await self.pin(spec)
+        spec = await self.pin(spec, ns)
         try:
             rec = await self.store.create_endpoint(
                 ns, spec.name, self.stored(spec), state=State.PENDING, domain=spec.route.domain
@@ -403,7 +407,7 @@ class ManagementApi:
         first, _ = wire.apply_update(old, body)
         await self.vet(first, identity, ns)  # the slow checks (a local tree's walk) once, outside the retries
         model_body = body.get("model") if isinstance(body, dict) else None
-        pinned = await self.pin(first, old, model_body)  # the Hub once, outside the retries too
+        pinned = await self.pin(first, ns, old, model_body)  # the Hub once, outside the retries too
 
         def change(rec):
             fresh = self.spec(rec)

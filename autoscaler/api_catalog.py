@@ -72,7 +72,7 @@ def image_for(image: Mapping[str, Any], accelerator: str, default_images: Mappin
 
 def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
     async def suggestion(request: web.Request) -> web.Response:
-        await api.identity(request)
+        identity = await api.identity(request)
         query = request.query
         _known(query, SUGGEST_PARAMS)
         repository = _param(query, "repository", required=True, limit=wire.MAX_REPOSITORY_CHARS)
@@ -81,7 +81,7 @@ def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
         revision = _param(query, "revision")
         if artifacts.is_local(repository):
             await asyncio.to_thread(api.limits.roots.check, repository)  # only under the model roots, as a create
-        facts = await api.describe(repository, revision)
+        facts = await api.describe(repository, revision, identity.user)  # the caller's own Hub cache
         chosen = suggest(facts, accelerator, gguf)
         container = image_for(chosen.image, accelerator, api.default_images)
         try:
@@ -108,7 +108,7 @@ def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
     from .api import NotFound, _json
 
     async def listing(request: web.Request) -> web.Response:
-        await api.identity(request)
+        identity = await api.identity(request)
         query = request.query
         _known(query, LIST_PARAMS)
         limit = _param(query, "limit")

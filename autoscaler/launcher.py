@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 
 from engines import artifacts, hardware, presets, readiness
+from engines.downloads import hub_cache
+from engines.progress import download_message
 from engines.capacity import Need
 from engines.gpus import Gpu, GpuAllocator, GpuSampler
 from engines.runtime import ReplicaInfo, Runtime
@@ -37,7 +39,7 @@ class EngineLauncher:
         *,
         inventory: Sequence[Gpu],
         allocator: GpuAllocator,
-        cache_dir: Path,
+        downloads: Path,
         ready_deadline_s: float,
         cpu_count: int,
         memory_bytes: int,
@@ -48,7 +50,7 @@ class EngineLauncher:
         self._session = session
         self._inventory = inventory
         self._allocator = allocator
-        self._cache_dir = cache_dir
+        self._downloads = downloads  # DATA_DIR/hub: one Hub cache per namespace (downloads.hub_cache)
         self._ready_deadline_s = ready_deadline_s
         self._cpu_count = cpu_count
         self._memory_bytes = memory_bytes
@@ -102,9 +104,13 @@ class EngineLauncher:
         resources = replace(resources, gpu_device_ids=gpus)
 
         report(f"fetching model artifacts of {model.repository}")
-        # The commit pinned at create (a local directory: as it is), only the files its engine needs.
-        model_dir = await artifacts.fetch(model.repository, model.revision, self._cache_dir,
-                                          allow_patterns=model.download_pattern)
+        # The commit pinned at create (a local directory: as it is), only the files its engine needs,
+        # into the namespace's own cache: no other namespace's endpoint is given them.
+        model_dir = await artifacts.fetch(
+            model.repository, model.revision, hub_cache(self._downloads, intent.key.namespace),
+            allow_patterns=model.download_pattern,
+            progress=lambda done, total: report(download_message(model.repository, done, total)),
+        )
         await self._check_local_content(spec.name, model.repository, model.revision, model_dir)
         # A key of the replica's own: a replica's engine answers only who holds it (the proxy, the
         # probes), not another endpoint's engine nor a local process that found its port. Kept on

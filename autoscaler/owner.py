@@ -650,7 +650,8 @@ class Owner:
         if broken:
             return Status(State.FAILED, f"{self.last_error}; resume the endpoint to try again", ready, target)
         if old:
-            return Status(State.UPDATING, f"rolling to revision {intent.revision}: {current_ready}/{target} new replicas ready", ready, target)
+            progress = f"; {self.progress}" if self.progress else ""  # the new replica's download or pull
+            return Status(State.UPDATING, f"rolling to revision {intent.revision}: {current_ready}/{target} new replicas ready{progress}", ready, target)
         if target == 0:
             return Status(State.SCALED_TO_ZERO, "scaled to zero; the next request wakes it", ready, 0)
         if ready and self.verified:

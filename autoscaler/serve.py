@@ -7,16 +7,15 @@ import asyncio
 import logging
 import os
 import secrets
-import socket
 import urllib.parse
 from collections.abc import AsyncIterator
-from functools import partial
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from engines import artifacts, hardware, presets
+from engines import downloads as hub_downloads
 from engines.capacity import HostCapacity
 from engines.model_roots import ModelRoots
 from engines.docker import DockerRuntime
@@ -31,6 +30,7 @@ from . import datadir
 from .analytics import Analytics, AnalyticsConfig
 from .api import Limits, ManagementApi, add_api
 from .dashboard import add_dashboard
+from .host_names import names_of_this_host, normal
 from .catalog import load_catalog
 from .config import EnginesConfig, ScalingConfig, ServeConfig
 from .controller import Controller
@@ -77,12 +77,13 @@ def base_url(proxy: ProxyConfig, serve: ServeConfig) -> str:
 
 def own_names(proxy: ProxyConfig, serve: ServeConfig) -> frozenset[str]:
     """Host names by which callers reach this server itself (its API, /metrics): no endpoint may
-    take one as its route.domain. IP literals are refused by the wire format already."""
-    names = {proxy.host.lower(), "localhost", socket.gethostname().lower()}
+    take one as its route.domain. IP literals are refused by the wire format already. Blocks for
+    up to host_names.RESOLVE_DEADLINE_S (the resolver): call it off the event loop."""
+    names = {proxy.host, "localhost", *names_of_this_host()}
     external = urllib.parse.urlsplit(base_url(proxy, serve)).hostname
     if external:
-        names.add(external.lower())
-    return frozenset(names)
+        names.add(external)
+    return frozenset(normal(name) for name in names)
 
 
 async def seal_plain_secrets(store: Store, sealer: Sealer) -> None:
@@ -140,6 +141,9 @@ async def build_app(
     datadir.make_private(data_dir)
     lock = datadir.lock(data_dir)  # before anything is touched: a second serve stops here
     roots = ModelRoots.configure(serve_config.model_roots, data_dir)
+    downloads = hub_downloads.downloads_dir(data_dir)  # one Hub cache per namespace, under no model root
+    downloads.mkdir(mode=0o700, exist_ok=True)
+    hub_downloads.move_old_downloads(data_dir / hub_downloads.OLD_DOWNLOADS, downloads)
     sealer = Sealer.open(data_dir)
     store = await Store.open(data_dir / STORE_FILE)
     await bootstrap_admin(store, data_dir)
@@ -164,7 +168,7 @@ async def build_app(
     capacity = HostCapacity(allocator, cpu_count, memory_bytes, serve_config.cpu_overcommit)
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S))
     launcher = EngineLauncher(
-        runtime, session, inventory=inventory, allocator=allocator, cache_dir=data_dir / "models",
+        runtime, session, inventory=inventory, allocator=allocator, downloads=downloads,
         ready_deadline_s=serve_config.ready_deadline_s, cpu_count=cpu_count, memory_bytes=memory_bytes,
         gpu_sampler=gpu_sampler, default_images=engines_config.images or None,
     )
@@ -246,13 +250,14 @@ async def build_app(
         endpoint_url=lambda ns, name: f"{url_base}/endpoints/{ns}/{name}",
         check=launcher.check, sealer=sealer,
         limits=Limits(
-            roots=roots, own_names=own_names(proxy_config, serve_config),
+            roots=roots, own_names=await asyncio.to_thread(own_names, proxy_config, serve_config),
             max_replicas=serve_config.max_replicas_per_endpoint,
             never_fits=lambda spec: capacity.never_fits(launcher.needs_of(spec), spec.compute.scaling.min_replica),
         ),
         inventory=inventory, allocator=allocator, cpu_count=cpu_count, memory_bytes=memory_bytes,
         # The launcher's cache: a revision pinned at create from a cached snapshot is the one it fetches.
-        describe=partial(artifacts.describe, cache_dir=data_dir / "models"),
+        describe=lambda repository, revision, ns: artifacts.describe(
+            repository, revision, hub_downloads.hub_cache(downloads, ns)),
         present=runtime.image_exists, default_images=engines_config.images or None, catalog=catalog,
     )
 

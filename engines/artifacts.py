@@ -1,5 +1,7 @@
 """Model artifacts: a local directory as is, or a Hub snapshot fetched once into the huggingface_hub cache.
 
+Hub downloads land in the namespace's own cache (engines/downloads.py), never under a model root.
+
 A replica sees its model at `/repository`, read-only (`repository_mounts`). A Hub snapshot
 directory holds relative symlinks into the repository's `blobs/` folder, so that folder is mounted
 too, at `/blobs`, where those links resolve inside the container (see `repository_mounts`).
@@ -21,12 +23,14 @@ import json
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from huggingface_hub import snapshot_download
+from huggingface_hub.utils import tqdm  # its subclass: snapshot_download names its bars only for those
 from huggingface_hub.errors import (
     GatedRepoError,
     HFValidationError,
@@ -51,12 +55,25 @@ BLOBS_TARGET = "/blobs"
 _LOCAL_PREFIXES = ("/", "./", "../", "~")
 
 Downloader = Callable[..., str]
+Progress = Callable[[int, "int | None"], None]  # (bytes done, bytes to fetch as far as known)
+
+class _Download:
+    """One download in flight, shared by every caller of its key; progress goes to each of them."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[Path] | None = None
+        self.listeners: list[Progress] = []
+
+    def tell(self, done: int, total: int | None) -> None:
+        for listener in list(self.listeners):
+            listener(done, total)
+
 
 # (repository, revision, cache_dir, allow_patterns) -> the download running for it. Concurrent
 # fetches of the same key await the same task, so a snapshot is downloaded once. A task removes
 # itself when done; the entry is the reference that keeps it alive if every caller is cancelled
 # (the download thread cannot be interrupted anyway, and the next caller finds it done in the cache).
-_inflight: dict[tuple[str, str | None, str, tuple[str, ...] | None], asyncio.Task[Path]] = {}
+_inflight: dict[tuple[str, str | None, str, tuple[str, ...] | None], _Download] = {}
 
 
 class ArtifactError(Exception):
@@ -75,8 +92,10 @@ async def fetch(
     token: str | None = None,
     *,
     downloader: Downloader = snapshot_download,
+    progress: Progress | None = None,
 ) -> Path:
-    """The host directory holding the model's files: a local directory, or the cached Hub snapshot."""
+    """The host directory holding the model's files: a local directory, or the cached Hub snapshot.
+    `progress(done, total)` hears how many bytes of the download are done, on the event loop."""
     if is_local(repository):
         path = Path(repository).expanduser().resolve()
         if not path.is_dir():
@@ -85,23 +104,74 @@ async def fetch(
 
     patterns = tuple(allow_patterns) if allow_patterns is not None else None
     key = (repository, revision, str(cache_dir), patterns)
-    task = _inflight.get(key)
-    if task is None:
-        task = asyncio.create_task(
-            _download(downloader, repository, revision, cache_dir, patterns, token),
+    download = _inflight.get(key)
+    if download is None:
+        download = _Download()
+        download.task = asyncio.create_task(
+            _download(downloader, repository, revision, cache_dir, patterns, token, download.tell),
             name=f"fetch {repository}@{revision or 'main'}",
         )
-        _inflight[key] = task
-        task.add_done_callback(lambda done: _forget(key, done))
-    # shield: one caller giving up must not cancel the download the others wait for.
-    return await asyncio.shield(task)
+        _inflight[key] = download
+        download.task.add_done_callback(lambda done: _forget(key, done))
+    if progress is not None:
+        download.listeners.append(progress)
+    try:
+        # shield: one caller giving up must not cancel the download the others wait for.
+        return await asyncio.shield(download.task)
+    finally:
+        if progress is not None:
+            download.listeners.remove(progress)
 
 
 def _forget(key: tuple, task: asyncio.Task[Path]) -> None:
-    if _inflight.get(key) is task:
+    if (download := _inflight.get(key)) is not None and download.task is task:
         del _inflight[key]
     if not task.cancelled():
         task.exception()  # retrieved here, so an error nobody awaited is not logged as "never retrieved"
+
+
+def progress_bar(tell: Progress, loop: asyncio.AbstractEventLoop) -> type[tqdm]:
+    """A tqdm class for snapshot_download (its documented `tqdm_class`) that shows nothing and
+    tells `tell` the bytes done and the total on `loop`. snapshot_download sums every file's bytes
+    into its bar named "huggingface_hub.snapshot_download"; each file adds its size to that bar's
+    total as it starts. Its other bars (files fetched, bytes transferred) are not followed. Told
+    again only when the whole percent (or the total) changes: a status is not rewritten per chunk."""
+    from .progress import download_key
+
+    lock = threading.Lock()  # the download threads of several files update one bar
+    told: list[tuple[int, int]] = []
+
+    class Bar(tqdm):
+        def __init__(self, *args: Any, name: str | None = None, **kwargs: Any) -> None:
+            kwargs["disable"] = True  # nothing on the terminal
+            super().__init__(*args, **kwargs)
+            self._counts = name == "huggingface_hub.snapshot_download"
+            self._done = int(kwargs.get("initial") or 0)
+
+        def update(self, n: float | None = 1) -> bool | None:
+            if self._counts and n:
+                with lock:
+                    self._done += int(n)
+                self._tell()
+            return None
+
+        def refresh(self, *args: Any, **kwargs: Any) -> None:
+            if self._counts:
+                self._tell()
+
+        def _tell(self) -> None:
+            done, total = self._done, int(self.total or 0) or None
+            key = download_key(done, total)
+            with lock:
+                if (told and told[-1] == key) or (not done and not total):
+                    return
+                told[:] = [key]
+            try:
+                loop.call_soon_threadsafe(tell, done, total)
+            except RuntimeError:  # the loop is closed (endpointd is stopping): nobody to tell
+                pass
+
+    return Bar
 
 
 async def _download(
@@ -111,6 +181,7 @@ async def _download(
     cache_dir: Path,
     allow_patterns: tuple[str, ...] | None,
     token: str | None,
+    tell: Progress,
 ) -> Path:
     at = f"model repository {repository!r} (revision {revision or 'main'})"
     try:
@@ -121,6 +192,7 @@ async def _download(
             cache_dir=str(cache_dir),
             allow_patterns=list(allow_patterns) if allow_patterns is not None else None,
             token=token,
+            tqdm_class=progress_bar(tell, asyncio.get_running_loop()),
         )
     except GatedRepoError as error:
         raise ArtifactError(f"{at} is gated: the token must be granted access to it on the Hub") from error

@@ -29,6 +29,7 @@ import aiodocker
 import aiohttp
 from aiodocker.networks import DockerNetwork
 
+from .progress import PullProgress
 from .runtime import (
     LABEL_API_KEY,
     LABEL_HEALTH_ROUTE,
@@ -479,16 +480,17 @@ class DockerRuntime:
         report = progress or (lambda line: None)
         report(f"pulling image {image}")
         headers = {"X-Registry-Auth": registry_auth_header(image, auth)} if auth else None
-        seen: set[tuple[str, str]] = set()
+        pulled = PullProgress(image)
+        told = pulled.key()
         lines = self._json_lines("images/create", "POST", params={"fromImage": _with_tag(image)}, headers=headers)
         async with _wrapped("pull image", image, ImagePullFailed), aclosing(lines):
             async for line in lines:
                 if "error" in line:
                     raise ImagePullFailed("pull image", image, line["error"])
-                step = (line.get("id", ""), line.get("status", ""))
-                if step[1] and step not in seen:  # one line per layer and phase, not one per chunk
-                    seen.add(step)
-                    report(f"{image}: {' '.join(filter(None, step))}")
+                pulled.feed(line)
+                if pulled.key() != told:  # layers and whole percents, not one report per chunk
+                    told = pulled.key()
+                    report(pulled.message())
 
     async def start(self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec) -> ReplicaInfo:
         name = container_name(endpoint, replica_id)

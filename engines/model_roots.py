@@ -5,7 +5,8 @@ A user who could name any host path could mount endpointd's own data directory (
 `/var/run` (the Docker socket: `:ro` does not stop `connect()` on a Unix socket) or a device. So a
 local repository is accepted only when, after resolving symlinks, it is a directory under a root,
 and its whole tree is plain directories and regular files whose symlinks stay under that root.
-A root may not be, or contain, the data directory.
+A root may not be, or contain, the data directory, nor lie in its Hub downloads (`DATA_DIR/hub`,
+every namespace's private downloads: downloads.hub_cache).
 
 Errors:
     RootsError      a path or a root is refused; the message names the allowed roots
@@ -18,6 +19,8 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from .downloads import downloads_dir
 
 # A model repository has thousands of files at most; a tree far larger is refused rather than
 # walked (the walk runs on every create and start).
@@ -52,6 +55,12 @@ class ModelRoots:
                 raise RootsError(
                     f"serve.model_roots: {entry!r} is or contains the data directory {data_dir}, whose files "
                     "(secrets, tokens) no container may see; choose a directory outside it"
+                )
+            downloads = downloads_dir(data_dir)
+            if root == downloads or root.is_relative_to(downloads):
+                raise RootsError(
+                    f"serve.model_roots: {entry!r} is in the Hub downloads directory {downloads}, which holds every "
+                    "namespace's private downloads; choose a directory outside it"
                 )
             roots.append(root)
         return cls(tuple(roots))

@@ -22,7 +22,7 @@ OWN_NAMES = frozenset({"127.0.0.1", "localhost", "endpointd.example.org"})
 
 
 class ApiWorld:
-    async def start(self, tmp_path, *, max_replicas: int = 32) -> ApiWorld:
+    async def start(self, tmp_path, *, max_replicas: int = 32, own_names: frozenset[str] = OWN_NAMES) -> ApiWorld:
         self.data = tmp_path / "data"
         self.models = tmp_path / "models"
         self.models.mkdir(parents=True)
@@ -44,7 +44,7 @@ class ApiWorld:
             endpoint_url=lambda ns, name: f"http://endpointd.example.org/endpoints/{ns}/{name}",
             check=lambda spec: None,
             limits=Limits(
-                roots=ModelRoots.configure([str(self.models)], self.data), own_names=OWN_NAMES,
+                roots=ModelRoots.configure([str(self.models)], self.data), own_names=own_names,
                 max_replicas=max_replicas, never_fits=lambda spec: None,
             ),
             sealer=Sealer.open(self.data),

@@ -116,7 +116,7 @@ async def test_a_symlink_out_of_a_root_is_refused(api):
 async def test_a_repository_under_a_root_and_a_hub_id_are_accepted(api):
     assert (await create(api))[0] == 200
 
-    async def hub(repository, revision):  # the Hub, as far as pinning asks it (no network here)
+    async def hub(repository, revision, namespace):  # the Hub, as far as pinning asks it (no network here)
         return RepoFacts(repository, "c" * 40, {"config.json": 2})
 
     api.api.describe = hub

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+from tqdm.auto import tqdm
 
 from engines.artifacts import ArtifactError, fetch, repository_mounts
 from engines.runtime import Mount
@@ -109,8 +110,10 @@ async def test_concurrent_fetches_share_one_download(tmp_path):
     await asyncio.sleep(0.05)
     downloader.release.set()
     assert await asyncio.gather(*fetches) == [Path("/cache/models--org--name/snapshots/abc")] * 3
-    assert downloader.calls == [("org/name", {"revision": "abc", "cache_dir": str(tmp_path),
-                                              "allow_patterns": ["*.gguf"], "token": "hf_tok"})]
+    [(repo_id, kwargs)] = downloader.calls
+    assert issubclass(kwargs.pop("tqdm_class"), tqdm)  # the download's progress, in bytes
+    assert (repo_id, kwargs) == ("org/name", {"revision": "abc", "cache_dir": str(tmp_path),
+                                              "allow_patterns": ["*.gguf"], "token": "hf_tok"})
 
 
 async def test_a_cancelled_caller_does_not_cancel_the_others(tmp_path):

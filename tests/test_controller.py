@@ -175,6 +175,18 @@ async def test_rolling_update_keeps_old_replicas_until_new_ones_are_ready(world)
     assert w.status().state == State.RUNNING
 
 
+async def test_a_roll_says_what_its_new_replica_is_doing(world):
+    """A roll's download or pull is as long a wait as a first start's: its status says it too."""
+    w = world
+    await running(w)
+    w.change(revision=2)
+    await w.settle()
+    assert w.status().message == "rolling to revision 2: 0/1 new replicas ready; starting r2"
+    w.launcher.ready("r2")
+    await w.settle()
+    assert w.status().state == State.RUNNING and "starting" not in w.status().message
+
+
 async def test_failed_update_keeps_the_old_version_serving(world):
     w = world
     await running(w)

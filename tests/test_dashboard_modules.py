@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from autoscaler.dashboard import CSP, STATIC
+from engines.progress import PullProgress, download_message
 
 from .test_e2e_dashboard import CHROMIUM, CHROMIUM_ARGS
 
@@ -198,7 +199,9 @@ def test_playground_python_compiles(page, kind):
 PROGRESS_CASES = [
     ("initializing", "fetching model artifacts of org/model", "Downloading the model"),
     ("initializing", "pulling image vllm/vllm-openai:v0.9.1", "Pulling the image"),
-    ("initializing", "vllm/vllm-openai:v0.9.1: 4f4fb700ef54 Downloading", "Pulling the image"),
+    ("initializing", "pulling image vllm/vllm-openai:v0.9.1: 2 of 9 layers done, 1.2 GiB of 3.1 GiB downloaded (41 %)",
+     "Pulling the image"),
+    ("initializing", "fetching model artifacts of org/model: 10.0 MiB of 24.0 MiB (41 %)", "Downloading the model"),
     ("initializing", "starting replica ab12cd", "Initializing"),
     ("initializing", "waiting for replica ab12cd to answer /health", "Waiting for the engine to answer its health route"),
     ("pending", "waiting for 1 GPU: 0 of 0 free", "Waiting for a place to run"),
@@ -215,6 +218,22 @@ def test_long_waits_say_what_they_wait_for(page, state, message, what):
         const p = progressOf({ state, message });
         return p && p.what; }""", [state, message])
     assert got == what
+
+
+def test_the_progress_bar_fills_as_a_download_and_a_pull_go(page):
+    """The sentences the status says (engines/progress.py), in order: the bar's value follows them."""
+    pulled = PullProgress("vllm/vllm-openai:v0.9.1")
+    for item in ({"status": "Pulling fs layer", "id": "a"}, {"status": "Pulling fs layer", "id": "b"},
+                 {"status": "Downloading", "id": "a", "progressDetail": {"current": 5, "total": 10}}):
+        pulled.feed(item)
+    messages = [download_message("org/m", 0, None), download_message("org/m", 10 << 20, 24 << 20),
+                download_message("org/m", 24 << 20, 24 << 20), pulled.message()]
+    bars = page.evaluate("""async (messages) => {
+        const { progressBlock } = await import('/format.js');
+        return messages.map((message) => {
+          const bar = progressBlock({ state: "initializing", message }).querySelector("progress");
+          return bar.hasAttribute("value") ? bar.value : null; }); }""", messages)
+    assert bars == [None, 41, 100, 12]  # no number yet: an indeterminate bar, never a made-up one
 
 
 def test_the_csp_refuses_inline_code_and_the_tests_see_it(page):

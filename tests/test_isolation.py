@@ -87,7 +87,7 @@ def intent(key: EndpointKey, image: dict, *, repository: str, accelerator="cpu",
 
 def launcher(runtime, session, tmp_path: Path, **kw) -> EngineLauncher:
     return EngineLauncher(
-        runtime, session, inventory=[], allocator=GpuAllocator([]), cache_dir=tmp_path / "cache",
+        runtime, session, inventory=[], allocator=GpuAllocator([]), downloads=tmp_path / "hub",
         ready_deadline_s=READY_DEADLINE_S, cpu_count=4, memory_bytes=16 * GIB, **kw,
     )
 

@@ -9,7 +9,6 @@ import json
 import os
 from pathlib import Path
 
-from functools import partial
 
 import huggingface_hub.constants
 import pytest
@@ -220,7 +219,8 @@ def test_a_framework_without_its_weights_is_refused():
 async def api(tmp_path, offline):
     w = await ApiWorld().start(tmp_path)
     w.cache = tmp_path / "hub"
-    w.api.describe = partial(describe, cache_dir=w.cache)  # the real Hub client, offline: the cache answers
+    # the real Hub client, offline: the cache answers
+    w.api.describe = lambda repository, revision, ns: describe(repository, revision, w.cache)
     yield w
     await w.close()
 
@@ -333,7 +333,7 @@ async def test_the_guides_first_example_is_taken_as_sent(api, monkeypatch):
     from engines.fake import FakeRuntime
     from engines.gpus import GpuAllocator
 
-    launcher = EngineLauncher(FakeRuntime(), None, inventory=[], allocator=GpuAllocator([]), cache_dir=api.cache,
+    launcher = EngineLauncher(FakeRuntime(), None, inventory=[], allocator=GpuAllocator([]), downloads=api.cache,
                               ready_deadline_s=1, cpu_count=4, memory_bytes=16 << 30)
     api.api.check = launcher.check  # the real preset check, as serve wires it
     url = str(api.client.make_url("")).rstrip("/")

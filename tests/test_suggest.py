@@ -5,7 +5,6 @@ and a hand-made huggingface_hub cache read by the real client offline."""
 from __future__ import annotations
 
 import json
-from functools import partial
 
 import huggingface_hub.constants
 import pytest
@@ -105,7 +104,7 @@ async def api(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     w = await ApiWorld().start(tmp_path)
     w.cache = tmp_path / "hub"
-    w.api.describe = partial(describe, cache_dir=w.cache)
+    w.api.describe = lambda repository, revision, ns: describe(repository, revision, w.cache)
     w.pulled = {DEFAULT_IMAGES["huggingface"]}
 
     async def present(image):

@@ -59,11 +59,12 @@ export function bytes(n) {
 export function progressOf(status) {
   if (!status || !["pending", "initializing", "updating"].includes(status.state)) return null;
   const message = status.message || "";
-  // The launcher's steps (autoscaler/launcher.py): "fetching model artifacts of …", "pulling image …"
-  // then Docker's per-layer lines ("IMAGE: LAYER Downloading"), "starting replica …", "waiting for …".
+  // The launcher's steps (autoscaler/launcher.py): "fetching model artifacts of …: A MiB of B MiB (N %)",
+  // "pulling image …: K of L layers done, A MiB of B MiB downloaded (N %)" (engines/progress.py),
+  // "starting replica …", "waiting for …". The bar is the message's "(N %)".
   let what = "Starting";
   if (/^fetching model artifacts|model download/i.test(message)) what = "Downloading the model";
-  else if (/pulling image|: \S+ (Pulling|Waiting|Downloading|Verifying|Download complete|Extracting|Pull complete)/i.test(message)) what = "Pulling the image";
+  else if (/^pulling image/i.test(message)) what = "Pulling the image";
   else if (/^waiting for replica/i.test(message)) what = "Waiting for the engine to answer its health route";
   else if (status.state === "initializing") what = "Initializing";
   else if (status.state === "updating") what = "Updating";
