@@ -112,3 +112,22 @@ def test_the_suggestion_says_whether_the_engine_image_is_here(serve):
     image = DEFAULT_IMAGES["tei"]
     here = subprocess.run(["/usr/bin/docker", "image", "inspect", image], capture_output=True).returncode == 0
     assert (body["engine"], body["containerImage"], body["present"], body["mustPull"]) == ("tei", image, here, not here)
+
+
+def hf_cli(serve: Serve, *args: str, hf_token: str) -> subprocess.CompletedProcess:
+    """`endpointd hf ARGS…` with HF_TOKEN set in its environment, as a user of the `hf` CLI has it."""
+    from .serve_process import ENDPOINTD
+
+    return subprocess.run([*ENDPOINTD, "hf", *args], env={**serve.env, "HF_TOKEN": hf_token},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_endpointd_hf_token_wins_over_hf_token_in_the_environment(serve):
+    """`--token` is what the user asked for on this command line: HF_TOKEN (another account's, or a
+    Hub token) must not replace it. Without `--token`, HF_TOKEN is the `hf` CLI's own setting."""
+    bob = serve.add_user("bob")
+    listed = hf_cli(serve, "--url", serve.url, "--token", serve.alice, "endpoints", "ls", "--namespace", "alice",
+                    hf_token=bob)
+    assert listed.returncode == 0, listed.stderr
+    refused = hf_cli(serve, "--url", serve.url, "endpoints", "ls", "--namespace", "alice", hf_token=bob)
+    assert refused.returncode != 0 and "403" in refused.stdout + refused.stderr
