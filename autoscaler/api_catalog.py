@@ -16,8 +16,8 @@ from typing import Any
 from aiohttp import web
 
 from engines import artifacts, hardware, presets
-from engines.runtime import RuntimeError_
-from engines.suggest import suggest
+from engines.availability import Verdict
+from engines.suggest import REPLACEABLE, suggest
 
 from . import wire
 from .catalog import CatalogError, endpoint_name
@@ -82,13 +82,17 @@ def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
         if artifacts.is_local(repository):
             await asyncio.to_thread(api.limits.roots.check, repository)  # only under the model roots, as a create
         facts = await api.describe(repository, revision)
-        chosen = suggest(facts, accelerator, gguf)
-        container = image_for(chosen.image, accelerator, api.default_images)
-        try:
-            present = await api.present(container) if api.present is not None else None
-        except RuntimeError_ as error:  # Docker did not answer: unknown, not a failed suggestion
-            log.warning("could not tell whether image %s is present: %s", container, error)
-            present = None
+        # What this host can run first: an engine whose image is neither here nor pullable is passed
+        # over where the toolkit serves the model too (each engine asked once: the loop is bounded).
+        cannot_run: dict[str, str] = {}
+        while True:
+            chosen = suggest(facts, accelerator, gguf, cannot_run)
+            container = image_for(chosen.image, accelerator, api.default_images)
+            verdict = await api.images.check(container) if api.images is not None else Verdict(container, None)
+            if verdict.runnable or chosen.variant not in REPLACEABLE or chosen.variant in cannot_run:
+                break
+            cannot_run[chosen.variant] = verdict.missing
+        present = verdict.present
         try:
             pattern = artifacts.download_pattern(chosen.image, chosen.framework, facts)
         except artifacts.ArtifactError:
@@ -98,6 +102,7 @@ def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
             "engine": chosen.variant, "image": chosen.image, "task": chosen.task, "framework": chosen.framework,
             "reason": chosen.reason, "ggufFiles": list(chosen.ggufs),
             "containerImage": container, "present": present, "mustPull": None if present is None else not present,
+            "runnable": verdict.runnable, "unavailable": verdict.missing, "passedOver": cannot_run,
             "downloadPattern": None if pattern is None else list(pattern), "source": facts.source,
         })
 

@@ -245,7 +245,8 @@ async def build_app(
         inventory=inventory, allocator=allocator, cpu_count=cpu_count, memory_bytes=memory_bytes,
         # The launcher's cache: a revision pinned at create from a cached snapshot is the one it fetches.
         describe=partial(artifacts.describe, cache_dir=data_dir / "models"),
-        present=runtime.image_exists, default_images=engines_config.images or None, catalog=catalog,
+        present=runtime.image_exists, in_registry=runtime.image_in_registry,
+        default_images=engines_config.images or None, catalog=catalog,
     )
 
     async def reconciling(app: web.Application) -> AsyncIterator[None]:
