@@ -28,7 +28,7 @@ from typing import Any
 
 from aiohttp import web
 
-from engines import artifacts, hardware
+from engines import artifacts, hardware, presets
 from engines.availability import ImageInventory
 from engines.suggest import SuggestError
 from engines.model_roots import ModelRoots, RootsError
@@ -277,6 +277,8 @@ class ManagementApi:
                 repin or model.image != old.model.image or model.framework != old.model.framework)
         if not (repin or repattern):
             return spec
+        if not artifacts.is_local(model.repository) and not presets.reads_model(model.image):
+            return replace(spec, model=replace(model, download_pattern=None))  # a name only: nothing to pin
         # An update to another repository without a revision means its latest, not the old commit.
         asked = model.revision if (old is None or "revision" in sent) else (None if moved else old.model.revision)
         facts = await self.describe(model.repository, asked)

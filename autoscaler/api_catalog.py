@@ -15,12 +15,13 @@ from typing import Any
 
 from aiohttp import web
 
-from engines import artifacts, hardware, presets
+from engines import artifacts, hardware
 from engines.availability import Verdict
 from engines.suggest import REPLACEABLE, suggest
 
 from . import wire
-from .catalog import CatalogError, endpoint_name
+from .catalog import CannotDeploy, CatalogError, endpoint_name
+from .catalog_host import RecipeChecks, image_for
 
 log = logging.getLogger("endpointd.api")
 
@@ -58,16 +59,6 @@ def _known(query: Mapping[str, str], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(query) - set(allowed))
     if unknown:
         raise _invalid(f"unknown query parameter {unknown[0][:40]!r}; this route takes {', '.join(allowed)}")
-
-
-def image_for(image: Mapping[str, Any], accelerator: str, default_images: Mapping[str, str] | None) -> str:
-    """The container image the preset runs for `image` on an `accelerator` instance, with the
-    operator's pinned images."""
-    gpus = 1 if accelerator == hardware.GPU else 0
-    resources = hardware.Resources(cpus=None, memory_bytes=None, gpu_count=gpus,
-                                   gpu_device_ids=tuple(f"gpu-{i}" for i in range(gpus)))
-    return presets.build_container_spec(image, model_dir=artifacts.REPOSITORY_TARGET, served_model_name="suggest",
-                                        resources=resources, default_images=default_images).image
 
 
 def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
@@ -112,6 +103,8 @@ def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
 def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
     from .api import NotFound, _json
 
+    checks = RecipeChecks(api)  # what deploys on this host, and why the others cannot
+
     async def listing(request: web.Request) -> web.Response:
         await api.identity(request)
         query = request.query
@@ -119,12 +112,13 @@ def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
         limit = _param(query, "limit")
         if limit is not None and (not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT):
             raise _invalid(f"query parameter limit must be an integer between 1 and {MAX_LIMIT}; got {limit[:40]!r}")
-        items = api.catalog.listing(
+        matching = api.catalog.matching(
             accelerator=_param(query, "accelerator"), engine=_param(query, "engine"),
             license=_param(query, "license"), task=_param(query, "task"), search=_param(query, "search"),
             limit=int(limit) if limit is not None else None,
         )
-        return web.json_response({"items": items})
+        why_not = await checks.all(r for _, recipes in matching for r in recipes)
+        return web.json_response({"items": [model.render(recipes, why_not) for model, recipes in matching]})
 
     async def deploy(request: web.Request, recipe_of) -> web.Response:
         body = await _json(request)
@@ -134,9 +128,14 @@ def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
         identity = await api.member(request, ns)
         await api.namespace_exists(ns)
         try:
-            recipe = recipe_of(body)
+            recipe = await recipe_of(body)
+        except CannotDeploy as error:
+            raise _invalid(str(error)) from None
         except CatalogError as error:
             raise NotFound(str(error)) from None
+        why = await checks.why_not(recipe)
+        if why is not None:
+            raise _invalid(f"recipe {recipe.id} cannot deploy on this host: {why}")
         config = body.get("config")
         if config is not None and not isinstance(config, dict):
             raise _invalid("config must be an object such as {\"name\": \"my-endpoint\"}")
@@ -152,18 +151,20 @@ def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
     async def deploy_model(request: web.Request) -> web.Response:
         repo = request.match_info["repo"]
 
-        def recipe_of(body):
+        async def recipe_of(body):
             accelerator = _field(body, "accelerator")
             if accelerator is not None and accelerator not in hardware.ACCELERATORS:
                 raise _invalid(f"accelerator must be one of {', '.join(hardware.ACCELERATORS)}; got {accelerator[:40]!r}")
-            return api.catalog.choose(repo, accelerator, _field(body, "ggufFile"))
+            gguf = _field(body, "ggufFile")
+            fitting = api.catalog.fitting(repo, accelerator, gguf)
+            return api.catalog.choose(repo, accelerator, gguf, await checks.all(fitting))
 
         return await deploy(request, recipe_of)
 
     async def deploy_recipe(request: web.Request) -> web.Response:
         recipe_id = request.match_info["id"]
 
-        def recipe_of(body):
+        async def recipe_of(body):
             for key in ("accelerator", "ggufFile"):
                 if body.get(key) is not None:
                     raise _invalid(f"{key} cannot be used with a recipe id, which already is one recipe")

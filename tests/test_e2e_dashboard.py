@@ -269,12 +269,15 @@ def test_the_dashboard_drives_an_endpoint_through_its_life(serve, page):
 
 def test_a_catalog_recipe_deploys_from_the_dashboard(serve, page):
     """The catalog panel lists the shipped recipes (GET /api/v1/catalog/list) and deploys one."""
-    (Path(serve.model).parent / "echo").mkdir(exist_ok=True)  # the echo recipe's repository, under the model root
     name = f"dash-cat-{uuid.uuid4().hex[:6]}"
     sign_in(page, serve)
     page.get_by_role("link", name="New endpoint").first.click()
     recipe = page.locator(".recipe", has_text="endpointd/echo")
     expect(recipe).to_be_visible()
+    # A recipe this host cannot deploy (TEI's image is neither here nor pullable) says why, and offers no Deploy.
+    tei = page.locator('.recipe-row[data-recipe="minilm-l6-tei-cpu"]')
+    expect(tei.locator(".reason")).to_contain_text("Cannot deploy on this host: the image")
+    expect(tei.get_by_role("button", name="Deploy")).to_be_disabled()
     shot(page, "16-catalog")
     recipe.get_by_role("textbox").fill(name)
     recipe.get_by_role("button", name="Deploy").click()
