@@ -9,7 +9,6 @@ creates in, and is audited as a create (with the recipe)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,8 +21,6 @@ from engines.suggest import REPLACEABLE, suggest
 from . import wire
 from .catalog import CannotDeploy, CatalogError, endpoint_name
 from .catalog_host import RecipeChecks, image_for
-
-log = logging.getLogger("endpointd.api")
 
 # Query and body strings are short words, ids and paths; longer is refused.
 MAX_PARAM_CHARS = 256

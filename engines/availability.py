@@ -9,12 +9,15 @@ Docker's own failures mean "unknown", which never blocks anything.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from engines.runtime import RuntimeError_
+
+log = logging.getLogger("endpointd.images")
 
 # A registry's "has it" or "cannot be reached" holds for this long.
 REGISTRY_TTL_S = 300.0
@@ -49,7 +52,8 @@ class ImageInventory:
     async def check(self, image: str) -> Verdict:
         try:
             present = await self._present(image)
-        except RuntimeError_:
+        except RuntimeError_ as error:
+            log.warning("could not tell whether image %s is on this host: %s", image, error)
             return Verdict(image, None)
         if present:
             return Verdict(image, True)
