@@ -360,3 +360,32 @@ async def test_a_model_deploys_once_this_host_has_what_it_needs(shipped):
     assert recipes["minilm-l6-toolkit-cpu"]["deployable"] is True  # cached: the toolkit serves it offline
     endpoint = await asyncio.to_thread(hf(shipped).create_inference_endpoint_from_catalog, MINILM, name="minilm")
     assert endpoint.raw["model"]["image"] == {"huggingface": {}} and endpoint.raw["model"]["revision"] == COMMIT
+
+
+async def test_what_deploys_here_is_kept_for_its_ttl_then_asked_again(shipped):
+    """A listing asks for every recipe it shows: each answer is kept `ttl_s` (injected time), so a
+    slow Hub or registry is asked once per recipe and period, and a change on the host shows after it."""
+    from autoscaler.catalog_host import RecipeChecks
+
+    now = [0.0]
+    asked: list[str] = []
+    describe = shipped.api.describe
+
+    async def counting(repository, revision):
+        asked.append(repository)
+        return await describe(repository, revision)
+
+    shipped.api.describe = counting
+    checks = RecipeChecks(shipped.api, ttl_s=60.0, clock=lambda: now[0])
+    recipe = shipped.api.catalog.recipe("minilm-l6-toolkit-cpu")
+    assert "is not cached on this host" in await checks.why_not(recipe)
+    assert "is not cached on this host" in await checks.why_not(recipe)
+    assert asked == [MINILM]
+
+    from .test_revision import COMMIT, cache_repo
+
+    cache_repo(shipped.cache, MINILM, COMMIT, {"config.json": b"{}", "modules.json": b"[]", "model.safetensors": b"w"})
+    now[0] = 59.0
+    assert await checks.why_not(recipe) is not None  # still the kept answer
+    now[0] = 60.0
+    assert await checks.why_not(recipe) is None and asked == [MINILM, MINILM]
