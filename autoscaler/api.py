@@ -28,7 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
-from engines import artifacts, hardware
+from engines import artifacts, hardware, presets
+from engines.availability import ImageInventory
 from engines.suggest import SuggestError
 from engines.model_roots import ModelRoots, RootsError
 from engines.presets import PresetError
@@ -173,14 +174,16 @@ class ManagementApi:
         memory_bytes: int,
         describe: Describe | None = None,
         present: Callable[[str], Awaitable[bool]] | None = None,
+        in_registry: Callable[[str], Awaitable[str | None]] | None = None,
         default_images: Mapping[str, str] | None = None,
         catalog: Any = None,
     ) -> None:
         """`describe(repository, revision, namespace)`: what a repository is at a revision (artifacts.describe);
-        `present(image)`: whether an image is on this host (None: unknown); `default_images`: the
+        `present(image)`: whether an image is on this host; `in_registry(image)`: None when its
+        registry has it, else why not (together: what this host can run); `default_images`: the
         operator's pinned engine images; `catalog`: the recipes (default: the shipped ones)."""
         self.describe = describe or default_describe()
-        self.present = present
+        self.images = ImageInventory(present, in_registry) if present is not None else None
         self.default_images = default_images
         if catalog is None:
             from .catalog import load_catalog
@@ -282,6 +285,8 @@ class ManagementApi:
                 repin or model.image != old.model.image or model.framework != old.model.framework)
         if not (repin or repattern):
             return spec
+        if not artifacts.is_local(model.repository) and not presets.reads_model(model.image):
+            return replace(spec, model=replace(model, download_pattern=None))  # a name only: nothing to pin
         # An update to another repository without a revision means its latest, not the old commit.
         asked = model.revision if (old is None or "revision" in sent) else (None if moved else old.model.revision)
         facts = await self.describe(model.repository, asked, ns)

@@ -9,20 +9,18 @@ creates in, and is audited as a create (with the recipe)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from engines import artifacts, hardware, presets
-from engines.runtime import RuntimeError_
-from engines.suggest import suggest
+from engines import artifacts, hardware
+from engines.availability import Verdict
+from engines.suggest import REPLACEABLE, suggest
 
 from . import wire
-from .catalog import CatalogError, endpoint_name
-
-log = logging.getLogger("endpointd.api")
+from .catalog import CannotDeploy, CatalogError, endpoint_name
+from .catalog_host import RecipeChecks, image_for
 
 # Query and body strings are short words, ids and paths; longer is refused.
 MAX_PARAM_CHARS = 256
@@ -60,16 +58,6 @@ def _known(query: Mapping[str, str], allowed: tuple[str, ...]) -> None:
         raise _invalid(f"unknown query parameter {unknown[0][:40]!r}; this route takes {', '.join(allowed)}")
 
 
-def image_for(image: Mapping[str, Any], accelerator: str, default_images: Mapping[str, str] | None) -> str:
-    """The container image the preset runs for `image` on an `accelerator` instance, with the
-    operator's pinned images."""
-    gpus = 1 if accelerator == hardware.GPU else 0
-    resources = hardware.Resources(cpus=None, memory_bytes=None, gpu_count=gpus,
-                                   gpu_device_ids=tuple(f"gpu-{i}" for i in range(gpus)))
-    return presets.build_container_spec(image, model_dir=artifacts.REPOSITORY_TARGET, served_model_name="suggest",
-                                        resources=resources, default_images=default_images).image
-
-
 def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
     async def suggestion(request: web.Request) -> web.Response:
         identity = await api.identity(request)
@@ -82,13 +70,17 @@ def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
         if artifacts.is_local(repository):
             await asyncio.to_thread(api.limits.roots.check, repository)  # only under the model roots, as a create
         facts = await api.describe(repository, revision, identity.user)  # the caller's own Hub cache
-        chosen = suggest(facts, accelerator, gguf)
-        container = image_for(chosen.image, accelerator, api.default_images)
-        try:
-            present = await api.present(container) if api.present is not None else None
-        except RuntimeError_ as error:  # Docker did not answer: unknown, not a failed suggestion
-            log.warning("could not tell whether image %s is present: %s", container, error)
-            present = None
+        # What this host can run first: an engine whose image is neither here nor pullable is passed
+        # over where the toolkit serves the model too (each engine asked once: the loop is bounded).
+        cannot_run: dict[str, str] = {}
+        while True:
+            chosen = suggest(facts, accelerator, gguf, cannot_run)
+            container = image_for(chosen.image, accelerator, api.default_images)
+            verdict = await api.images.check(container) if api.images is not None else Verdict(container, None)
+            if verdict.runnable or chosen.variant not in REPLACEABLE or chosen.variant in cannot_run:
+                break
+            cannot_run[chosen.variant] = verdict.missing
+        present = verdict.present
         try:
             pattern = artifacts.download_pattern(chosen.image, chosen.framework, facts)
         except artifacts.ArtifactError:
@@ -98,6 +90,7 @@ def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
             "engine": chosen.variant, "image": chosen.image, "task": chosen.task, "framework": chosen.framework,
             "reason": chosen.reason, "ggufFiles": list(chosen.ggufs),
             "containerImage": container, "present": present, "mustPull": None if present is None else not present,
+            "runnable": verdict.runnable, "unavailable": verdict.missing, "passedOver": cannot_run,
             "downloadPattern": None if pattern is None else list(pattern), "source": facts.source,
         })
 
@@ -107,6 +100,8 @@ def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
 def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
     from .api import NotFound, _json
 
+    checks = RecipeChecks(api)  # what deploys on this host, and why the others cannot
+
     async def listing(request: web.Request) -> web.Response:
         identity = await api.identity(request)
         query = request.query
@@ -114,12 +109,13 @@ def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
         limit = _param(query, "limit")
         if limit is not None and (not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT):
             raise _invalid(f"query parameter limit must be an integer between 1 and {MAX_LIMIT}; got {limit[:40]!r}")
-        items = api.catalog.listing(
+        matching = api.catalog.matching(
             accelerator=_param(query, "accelerator"), engine=_param(query, "engine"),
             license=_param(query, "license"), task=_param(query, "task"), search=_param(query, "search"),
             limit=int(limit) if limit is not None else None,
         )
-        return web.json_response({"items": items})
+        why_not = await checks.all((r for _, recipes in matching for r in recipes), identity.user)
+        return web.json_response({"items": [model.render(recipes, why_not) for model, recipes in matching]})
 
     async def deploy(request: web.Request, recipe_of) -> web.Response:
         body = await _json(request)
@@ -129,9 +125,14 @@ def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
         identity = await api.member(request, ns)
         await api.namespace_exists(ns)
         try:
-            recipe = recipe_of(body)
+            recipe = await recipe_of(body)
+        except CannotDeploy as error:
+            raise _invalid(str(error)) from None
         except CatalogError as error:
             raise NotFound(str(error)) from None
+        why = await checks.why_not(recipe, ns)
+        if why is not None:
+            raise _invalid(f"recipe {recipe.id} cannot deploy on this host: {why}")
         config = body.get("config")
         if config is not None and not isinstance(config, dict):
             raise _invalid("config must be an object such as {\"name\": \"my-endpoint\"}")
@@ -147,18 +148,20 @@ def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
     async def deploy_model(request: web.Request) -> web.Response:
         repo = request.match_info["repo"]
 
-        def recipe_of(body):
+        async def recipe_of(body):
             accelerator = _field(body, "accelerator")
             if accelerator is not None and accelerator not in hardware.ACCELERATORS:
                 raise _invalid(f"accelerator must be one of {', '.join(hardware.ACCELERATORS)}; got {accelerator[:40]!r}")
-            return api.catalog.choose(repo, accelerator, _field(body, "ggufFile"))
+            gguf = _field(body, "ggufFile")
+            fitting = api.catalog.fitting(repo, accelerator, gguf)
+            return api.catalog.choose(repo, accelerator, gguf, await checks.all(fitting, _field(body, "namespace") or ""))
 
         return await deploy(request, recipe_of)
 
     async def deploy_recipe(request: web.Request) -> web.Response:
         recipe_id = request.match_info["id"]
 
-        def recipe_of(body):
+        async def recipe_of(body):
             for key in ("accelerator", "ggufFile"):
                 if body.get(key) is not None:
                     raise _invalid(f"{key} cannot be used with a recipe id, which already is one recipe")

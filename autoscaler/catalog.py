@@ -7,7 +7,8 @@ Every recipe is checked when endpointd starts, as a create body would be (wire f
 preset), so a bad one stops it with the file, the recipe and what to fix.
 
 Errors:
-    CatalogError   a catalog file or recipe is refused (at start); or no recipe fits a deploy (400)
+    CatalogError   a catalog file or recipe is refused (at start); or no recipe fits a deploy (404)
+      CannotDeploy the recipes that fit need what this host lacks (400)
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ NAME_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 class CatalogError(SettingsError):
     """A catalog file or recipe that cannot be used; the message names the file, the recipe and the fix."""
+
+
+class CannotDeploy(CatalogError):
+    """The recipe is in the catalog but this host lacks what it needs (400); the message says what."""
 
 
 @dataclass(frozen=True)
@@ -108,15 +113,17 @@ class CatalogModel:
     added: datetime
     recipes: tuple[Recipe, ...]
 
-    def render(self, recipes: Iterable[Recipe]) -> dict[str, Any]:
-        """One item of `GET …/catalog/list` (`InferenceCatalogModel.from_raw`)."""
+    def render(self, recipes: Iterable[Recipe], why_not: Mapping[str, str | None]) -> dict[str, Any]:
+        """One item of `GET …/catalog/list` (`InferenceCatalogModel.from_raw`); each recipe also says
+        whether it deploys on this host and, if not, why (`why_not`: recipe id -> reason)."""
         author, _, name = self.repo_id.rpartition("/")
         return {
             "repoId": self.repo_id, "modelName": name, "authorName": author, "license": self.license,
             "task": self.task, "createdAt": wire.wire_time(self.added),
             "recipes": [
                 {"publicId": r.id, "accelerator": r.accelerator, "engineType": r.engine, "ggufFile": r.gguf_file,
-                 "revision": r.revision, "instanceType": r.instance_type, "instanceSize": r.instance_size}
+                 "revision": r.revision, "instanceType": r.instance_type, "instanceSize": r.instance_size,
+                 "deployable": why_not.get(r.id) is None, "reason": why_not.get(r.id)}
                 for r in recipes
             ],
         }
@@ -133,8 +140,16 @@ class Catalog:
         return next((m for m in self.models if m.repo_id == repo_id), None)
 
     def listing(self, *, accelerator: str | None = None, engine: str | None = None, license: str | None = None,
-                task: str | None = None, search: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+                task: str | None = None, search: str | None = None, limit: int | None = None,
+                why_not: Mapping[str, str | None] | None = None) -> list[dict[str, Any]]:
         """The models that have a recipe matching every filter given, each with those recipes only."""
+        return [model.render(recipes, why_not or {})
+                for model, recipes in self.matching(accelerator=accelerator, engine=engine, license=license,
+                                                    task=task, search=search, limit=limit)]
+
+    def matching(self, *, accelerator: str | None = None, engine: str | None = None, license: str | None = None,
+                 task: str | None = None, search: str | None = None,
+                 limit: int | None = None) -> list[tuple[CatalogModel, list[Recipe]]]:
         items = []
         for model in self.models:
             if license is not None and model.license.lower() != license.lower():
@@ -146,12 +161,11 @@ class Catalog:
             recipes = [r for r in model.recipes if (accelerator is None or r.accelerator == accelerator)
                        and (engine is None or r.engine == engine.lower())]
             if recipes:
-                items.append(model.render(recipes))
+                items.append((model, recipes))
         return items[:limit] if limit is not None else items
 
-    def choose(self, repo_id: str, accelerator: str | None = None, gguf_file: str | None = None) -> Recipe:
-        """The recipe `model/{repo_id}/deploy` deploys: among those matching `accelerator` and
-        `gguf_file`, the one marked default, else the first listed."""
+    def fitting(self, repo_id: str, accelerator: str | None = None, gguf_file: str | None = None) -> list[Recipe]:
+        """The recipes `model/{repo_id}/deploy` chooses among: those matching `accelerator` and `gguf_file`."""
         model = self.model(repo_id)
         if model is None:
             raise CatalogError(f"model {repo_id} is not in the catalog; list it with `hf endpoints catalog ls`")
@@ -162,7 +176,20 @@ class Catalog:
                                 for r in model.recipes)
             raise CatalogError(f"no recipe of {repo_id} runs on accelerator {accelerator or 'any'} with ggufFile "
                                f"{gguf_file or 'any'}; its recipes: {offered}")
-        return next((r for r in fitting if r.default), fitting[0])
+        return fitting
+
+    def choose(self, repo_id: str, accelerator: str | None = None, gguf_file: str | None = None,
+               why_not: Mapping[str, str | None] | None = None) -> Recipe:
+        """The recipe `model/{repo_id}/deploy` deploys: among the fitting ones that deploy on this host
+        (`why_not`: recipe id -> why it cannot), the one marked default, else the first listed.
+        None deploys here: CannotDeploy, with each one's reason."""
+        fitting = self.fitting(repo_id, accelerator, gguf_file)
+        why_not = why_not or {}
+        here = [r for r in fitting if why_not.get(r.id) is None]
+        if not here:
+            raise CannotDeploy(f"model {repo_id} cannot deploy on this host: "
+                               + "; ".join(f"recipe {r.id}: {why_not[r.id]}" for r in fitting))
+        return next((r for r in here if r.default), here[0])
 
 
 def endpoint_name(recipe: Recipe) -> str:

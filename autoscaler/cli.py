@@ -211,7 +211,8 @@ def _hf(args: argparse.Namespace) -> int:
     that, so the two settings the client reads are set here before it runs."""
     client = _client(args)
     os.environ["HF_ENDPOINT"] = client.url
-    if client.token and not os.environ.get("HF_TOKEN"):
+    # `--token` on this command line wins; else HF_TOKEN, the `hf` CLI's own setting, is kept.
+    if client.token and (args.token or not os.environ.get("HF_TOKEN")):
         os.environ["HF_TOKEN"] = client.token
     import huggingface_hub.constants as constants
 

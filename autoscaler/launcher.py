@@ -103,21 +103,23 @@ class EngineLauncher:
         resources = self.resources(compute.accelerator, compute.instance_type, compute.instance_size)
         resources = replace(resources, gpu_device_ids=gpus)
 
-        report(f"fetching model artifacts of {model.repository}")
-        # The commit pinned at create (a local directory: as it is), only the files its engine needs,
-        # into the namespace's own cache: no other namespace's endpoint is given them.
-        model_dir = await artifacts.fetch(
-            model.repository, model.revision, hub_cache(self._downloads, intent.key.namespace),
-            allow_patterns=model.download_pattern,
-            progress=lambda done, total: report(download_message(model.repository, done, total)),
-        )
-        await self._check_local_content(spec.name, model.repository, model.revision, model_dir)
+        model_dir = None  # an engine that reads no model (echo) named by a Hub id: nothing fetched or mounted
+        if artifacts.is_local(model.repository) or presets.reads_model(model.image):
+            report(f"fetching model artifacts of {model.repository}")
+            # The commit pinned at create (a local directory: as it is), only the files its engine
+            # needs, into the namespace's own cache: no other namespace's endpoint is given them.
+            model_dir = await artifacts.fetch(
+                model.repository, model.revision, hub_cache(self._downloads, intent.key.namespace),
+                allow_patterns=model.download_pattern,
+                progress=lambda done, total: report(download_message(model.repository, done, total)),
+            )
+            await self._check_local_content(spec.name, model.repository, model.revision, model_dir)
         # A key of the replica's own: a replica's engine answers only who holds it (the proxy, the
         # probes), not another endpoint's engine nor a local process that found its port. Kept on
         # its container, so a restarted endpointd still has it (ReplicaInfo.api_key).
         container = presets.build_container_spec(
             model.image,
-            model_dir=str(model_dir),
+            model_dir=None if model_dir is None else str(model_dir),
             served_model_name=spec.name,
             resources=resources,
             env=model.env,

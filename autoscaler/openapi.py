@@ -132,6 +132,10 @@ SUGGESTION = {"type": "object", "required": ["engine", "image", "present", "reas
     "ggufFiles": {"type": "array", "items": {"type": "string"}}, "containerImage": {"type": "string"},
     "present": {"type": ["boolean", "null"], "description": "whether the engine's image is on this host (null: unknown)"},
     "mustPull": {"type": ["boolean", "null"]},
+    "runnable": {"type": "boolean", "description": "the image is here or pullable (unknown counts as runnable)"},
+    "unavailable": {"type": ["string", "null"], "description": "why the image cannot run on this host"},
+    "passedOver": {"type": "object", "additionalProperties": {"type": "string"},
+                   "description": "engines not suggested because their image cannot run here, and why"},
     "downloadPattern": {"type": ["array", "null"], "items": {"type": "string"}},
     "source": {"enum": ["hub", "cache", "local"]},
 }}
@@ -150,7 +154,10 @@ CATALOG_LIST = {"type": "object", "required": ["items"], "properties": {"items":
         "recipes": {"type": "array", "items": {"type": "object", "required": ["publicId", "accelerator", "engineType"],
                     "properties": {"publicId": {"type": "string"}, "accelerator": {"type": "string"},
                                    "engineType": {"type": "string"}, "ggufFile": {"type": ["string", "null"]},
-                                   "revision": {"type": ["string", "null"]}}}},
+                                   "revision": {"type": ["string", "null"]},
+                                   "deployable": {"type": "boolean", "description": "it deploys on this host"},
+                                   "reason": {"type": ["string", "null"],
+                                              "description": "why not; a deploy is refused with it"}}}},
     }}}}}
 CATALOG_LIST_PARAMS = (
     _query("accelerator", {"type": "string", "maxLength": 256}, "only recipes on this accelerator"),

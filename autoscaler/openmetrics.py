@@ -5,7 +5,10 @@
                                      default), exact (the observed latencies sorted, nearest
                                      rank); _count and _sum since the endpoint was created or
                                      endpointd started, whichever is later
-    http_requests{replica_id,status_code}   counter (`http_requests_total`), same origin
+    http_requests{replica_id,status_code}   requests answered, same origin; named as the
+                                     reference's export names it (`http_requests`, no `_total`),
+                                     which OpenMetrics allows only untyped (`unknown`): a
+                                     counter's samples must end in `_total`
     cpu_usage_percent, memory_usage_bytes{replica_id}            gauges, last sample
     gpu_usage_percent, gpu_memory_usage_bytes{replica_id}        only where GPUs are assigned
     pending_requests, running_replicas                           gauges, now
@@ -22,7 +25,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector, CollectorRegistry
 
@@ -86,12 +89,12 @@ def families(figures: EndpointFigures) -> list[Metric]:
         summary.add_sample("latency_distribution", {"quantile": f"{q:g}"}, float("nan") if value is None else value)
     summary.add_sample("latency_distribution_count", {}, figures.latency_count)
     summary.add_sample("latency_distribution_sum", {}, figures.latency_sum_s)
-    requests = CounterMetricFamily(
-        "http_requests", "Requests answered, by replica (empty: answered before one was chosen) and status code",
-        labels=["replica_id", "status_code"],
+    requests = Metric(
+        "http_requests", "Requests answered (a count that only grows), by replica (empty: answered before one was "
+        "chosen) and status code", "unknown",
     )
     for (replica, code), n in sorted(figures.requests.items()):
-        requests.add_metric([replica, code], n)
+        requests.add_sample("http_requests", {"replica_id": replica, "status_code": code}, n)
     out: list[Metric] = [summary, requests]
 
     def per_replica(name: str, about: str, attribute: str, always: bool = True) -> None:

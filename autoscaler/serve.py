@@ -258,7 +258,8 @@ async def build_app(
         # The launcher's cache: a revision pinned at create from a cached snapshot is the one it fetches.
         describe=lambda repository, revision, ns: artifacts.describe(
             repository, revision, hub_downloads.hub_cache(downloads, ns)),
-        present=runtime.image_exists, default_images=engines_config.images or None, catalog=catalog,
+        present=runtime.image_exists, in_registry=runtime.image_in_registry,
+        default_images=engines_config.images or None, catalog=catalog,
     )
 
     async def reconciling(app: web.Application) -> AsyncIterator[None]:

@@ -71,6 +71,10 @@ NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
 EVENTS_RECONNECT_S = 1.0
 # Lines of build output kept to explain a failing build step.
 BUILD_OUTPUT_TAIL = 10
+# Asking a registry whether it has an image (without pulling) is bounded: an unreachable one
+# (a firewall that drops packets) must not hold a suggestion or a catalog listing.
+REGISTRY_CHECK_TIMEOUT_S = 10.0
+MAX_REGISTRY_MESSAGE = 300
 # Hosts that mean "every interface" in a port binding; replicas are then reached on loopback.
 ANY_HOST = ("", "0.0.0.0", "::")
 # The label filter that matches every container endpointd owns, and nothing else.
@@ -460,6 +464,21 @@ class DockerRuntime:
 
     async def image_exists(self, image: str) -> bool:
         return await self.image_labels(image) is not None
+
+    async def image_in_registry(self, image: str, timeout_s: float = REGISTRY_CHECK_TIMEOUT_S) -> str | None:
+        """None when the image's registry has it (the engine could pull it): Docker's
+        `GET /distribution/{name}/json` reads its manifest, pulling nothing. Else why not, in the
+        engine's words (no such host, unauthorized, no such tag, or no answer in `timeout_s`)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._docker._query_json(f"distribution/{_with_tag(image)}/json")
+        except aiodocker.DockerError as error:
+            return str(error.message)[:MAX_REGISTRY_MESSAGE]
+        except TimeoutError:
+            return f"its registry did not answer within {timeout_s:g} s"
+        except (aiohttp.ClientError, OSError) as error:
+            return f"cannot reach the Docker engine: {type(error).__name__}"
+        return None
 
     async def image_labels(self, image: str) -> dict[str, str] | None:
         """The image's labels, or None when there is no such image locally."""

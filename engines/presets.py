@@ -364,6 +364,14 @@ def _is_echo(image: str) -> bool:
     return repository == ECHO_REPOSITORY
 
 
+def reads_model(image: Mapping[str, Any]) -> bool:
+    """False for an engine that serves no model files: the echo engine answers from the request
+    alone. For it, a Hub repository is only a name: nothing is looked up, downloaded or mounted."""
+    (variant, options), = image.items()
+    url = options.get("url") if isinstance(options, Mapping) else None
+    return not (variant == "custom" and isinstance(url, str) and _is_echo(url))
+
+
 def _custom(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
     url = options.text("url")
     if url is None:

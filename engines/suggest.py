@@ -7,7 +7,11 @@ rule that matches wins:
   4. a text-generation model of an architecture vLLM supports, on a GPU instance → `vLLM`;
   5. anything else                                   → the inference toolkit (`huggingface`).
 
-A pure function of `RepoFacts` (engines/artifacts.py): no network, no Docker.
+What this host can run comes first: an engine in `cannot_run` (its image is not here and cannot
+be pulled: engines/availability.py) is passed over where the toolkit also serves the model (TEI's
+embeddings as the toolkit's `feature-extraction`, vLLM's text generation), with the reason said.
+
+A pure function of `RepoFacts` (engines/artifacts.py) and what the caller found: no network, no Docker.
 
 Errors:
     SuggestError   a parameter cannot be honoured (a `gguf` the repository does not have)
@@ -140,8 +144,18 @@ def framework_of(facts: RepoFacts) -> str:
     return "custom"
 
 
-def suggest(facts: RepoFacts, accelerator: str, gguf: str | None = None) -> Suggestion:
-    """The engine for `facts` on an `accelerator` ("cpu" or "gpu") instance, by the rules above."""
+# Engines the toolkit can stand in for when their image cannot run here.
+REPLACEABLE = ("tei", "vLLM")
+# The toolkit's task for an embedding model: one pooled vector per input, what TEI answers, and what
+# huggingface_hub's `InferenceClient.feature_extraction` reads.
+TOOLKIT_EMBEDDING_TASK = "feature-extraction"
+
+
+def suggest(facts: RepoFacts, accelerator: str, gguf: str | None = None,
+            cannot_run: Mapping[str, str] | None = None) -> Suggestion:
+    """The engine for `facts` on an `accelerator` ("cpu" or "gpu") instance, by the rules above;
+    `cannot_run`: variant -> why its image cannot run on this host."""
+    cannot_run = cannot_run or {}
     framework = framework_of(facts)
     task = facts.pipeline_tag
     if "handler.py" in facts.files:
@@ -162,10 +176,19 @@ def suggest(facts: RepoFacts, accelerator: str, gguf: str | None = None) -> Sugg
                           f"the repository has GGUF files: llama.cpp serves {chosen} ({how}; pass gguf= to choose "
                           f"another)", tuple(ggufs))
     if _is_embedding(facts):
+        if "tei" in cannot_run:
+            return Suggestion({"huggingface": {}}, TOOLKIT_EMBEDDING_TASK, framework,
+                              f"a sentence-transformers / embedding model; Text Embeddings Inference cannot run on "
+                              f"this host ({cannot_run['tei']}): the inference toolkit serves it as "
+                              f"{TOOLKIT_EMBEDDING_TASK}, one vector per input")
         return Suggestion({"tei": {}}, task or "sentence-embeddings", framework,
                           "a sentence-transformers / embedding model: Text Embeddings Inference serves it")
     if _is_text_generation(facts):
         supported = [a for a in architectures(facts) if a in VLLM_ARCHITECTURES]
+        if supported and accelerator == "gpu" and "vLLM" in cannot_run:
+            return Suggestion({"huggingface": {}}, task or "text-generation", framework,
+                              f"a text-generation model of an architecture vLLM supports ({supported[0]}), but vLLM "
+                              f"cannot run on this host ({cannot_run['vLLM']}): the inference toolkit serves it")
         if supported and accelerator == "gpu":
             return Suggestion({"vLLM": {}}, task or "text-generation", framework,
                               f"a text-generation model of an architecture vLLM supports ({supported[0]}) on a GPU")

@@ -101,15 +101,16 @@ def test_an_operators_file_adds_recipes(tmp_path):
 
 def test_listing_filters(tmp_path):
     catalog = load_catalog([write(tmp_path, ECHO_RECIPE), write(tmp_path, GGUF_RECIPES, "more.toml")], shipped=False)
-    item = catalog.listing(search="ECHO")[0]
+    item = catalog.listing(search="ECHO", why_not={"acme-echo-gpu": "this host has no GPU"})[0]
     assert item == {
         "repoId": "acme/echo", "modelName": "echo", "authorName": "acme", "license": "MIT", "task": "text-generation",
         "createdAt": "2026-11-30T00:00:00.000Z",
         "recipes": [
             {"publicId": "acme-echo-cpu", "accelerator": "cpu", "engineType": "custom", "ggufFile": None,
-             "revision": None, "instanceType": "intel-icl", "instanceSize": "x1"},
+             "revision": None, "instanceType": "intel-icl", "instanceSize": "x1", "deployable": True, "reason": None},
             {"publicId": "acme-echo-gpu", "accelerator": "gpu", "engineType": "custom", "ggufFile": None,
-             "revision": None, "instanceType": "nvidia-l4", "instanceSize": "x1"},
+             "revision": None, "instanceType": "nvidia-l4", "instanceSize": "x1", "deployable": False,
+             "reason": "this host has no GPU"},
         ],
     }
     ids = lambda **kw: [r["publicId"] for m in catalog.listing(**kw) for r in m["recipes"]]  # noqa: E731
@@ -274,3 +275,117 @@ async def test_the_catalog_needs_a_token(api):
         r = await api.client.request(method, path, json={"namespace": "alice"})
         assert r.status == 401
     assert await api.store.list_endpoints() == []
+
+
+# --- what deploys on this host ------------------------------------------------------------------------
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+@pytest.fixture
+def shipped(api, tmp_path, monkeypatch):
+    """The shipped catalog on a host like this one: the echo and toolkit images built here, no
+    registry reachable, the Hub unreachable and nothing in the model cache."""
+    from functools import partial
+
+    from engines.artifacts import describe
+    from engines.availability import ImageInventory
+    from engines.presets import DEFAULT_IMAGES
+
+    from engines.artifacts import hub_facts
+
+    def unreachable(repository, revision, token):
+        raise OSError("Name or service not known")
+
+    no_hub = partial(hub_facts, model_info=unreachable)  # the real lookup, on a host without the Hub
+
+    api.api.catalog = load_catalog(())
+    api.cache = tmp_path / "hub"
+    api.api.describe = lambda repository, revision, namespace: describe(repository, revision, api.cache, hub=no_hub)
+    here = {"endpointd/echo:latest", DEFAULT_IMAGES["huggingface"]}
+
+    async def present(image):
+        return image in here
+
+    async def in_registry(image):
+        return "lookup ghcr.io: no such host"
+
+    api.api.images = ImageInventory(present, in_registry)
+    return api
+
+
+async def listed(api) -> dict[str, dict]:
+    r = await api.client.get("/api/v1/catalog/list", headers=api.auth("alice"))
+    assert r.status == 200
+    return {recipe["publicId"]: recipe for model in (await r.json())["items"] for recipe in model["recipes"]}
+
+
+async def test_the_shipped_echo_recipe_deploys_with_no_model_directory(shipped):
+    """The echo engine reads no model: its recipe names no directory anyone must create first,
+    and nothing is looked up on the Hub for it."""
+    assert (await listed(shipped))["endpointd-echo-cpu"]["deployable"] is True
+    endpoint = await asyncio.to_thread(hf(shipped).create_inference_endpoint_from_catalog, "endpointd/echo",
+                                       name="shipped-echo")
+    assert (endpoint.repository, endpoint.raw["model"]["revision"]) == ("endpointd/echo", None)
+    assert endpoint.raw["model"]["image"] == {"custom": {"url": "endpointd/echo:latest", "healthRoute": "/health"}}
+
+
+async def test_recipes_that_cannot_deploy_here_are_listed_with_why_and_refused_with_it(shipped):
+    from engines.presets import DEFAULT_IMAGES
+
+    recipes = await listed(shipped)
+    tei, toolkit = recipes["minilm-l6-tei-cpu"], recipes["minilm-l6-toolkit-cpu"]
+    assert tei["deployable"] is False
+    assert f"the image {DEFAULT_IMAGES['tei']} is not on this host and cannot be pulled" in tei["reason"]
+    assert toolkit["deployable"] is False and f"{MINILM} is not cached on this host" in toolkit["reason"]
+    assert recipes["endpointd-echo-cpu"] == {**recipes["endpointd-echo-cpu"], "deployable": True, "reason": None}
+
+    for call, reasons in (
+        (lambda h: h.create_inference_endpoint_from_catalog(recipe_id="minilm-l6-tei-cpu"), [tei["reason"]]),
+        (lambda h: h.create_inference_endpoint_from_catalog(MINILM), [tei["reason"], toolkit["reason"]]),
+    ):
+        with pytest.raises(HfHubHTTPError) as caught:
+            await asyncio.to_thread(call, hf(shipped))
+        assert caught.value.response.status_code == 400
+        said = caught.value.response.json()["error"]
+        assert "cannot deploy on this host" in said and all(reason in said for reason in reasons), said
+    assert await shipped.store.list_endpoints() == []
+
+
+async def test_a_model_deploys_once_this_host_has_what_it_needs(shipped):
+    from .test_revision import COMMIT, cache_repo
+
+    cache_repo(shipped.cache, MINILM, COMMIT, {"config.json": b"{}", "modules.json": b"[]", "model.safetensors": b"w"})
+    recipes = await listed(shipped)
+    assert recipes["minilm-l6-toolkit-cpu"]["deployable"] is True  # cached: the toolkit serves it offline
+    endpoint = await asyncio.to_thread(hf(shipped).create_inference_endpoint_from_catalog, MINILM, name="minilm")
+    assert endpoint.raw["model"]["image"] == {"huggingface": {}} and endpoint.raw["model"]["revision"] == COMMIT
+
+
+async def test_what_deploys_here_is_kept_for_its_ttl_then_asked_again(shipped):
+    """A listing asks for every recipe it shows: each answer is kept `ttl_s` (injected time), so a
+    slow Hub or registry is asked once per recipe and period, and a change on the host shows after it."""
+    from autoscaler.catalog_host import RecipeChecks
+
+    now = [0.0]
+    asked: list[str] = []
+    describe = shipped.api.describe
+
+    async def counting(repository, revision, namespace):
+        asked.append(repository)
+        return await describe(repository, revision, namespace)
+
+    shipped.api.describe = counting
+    checks = RecipeChecks(shipped.api, ttl_s=60.0, clock=lambda: now[0])
+    recipe = shipped.api.catalog.recipe("minilm-l6-toolkit-cpu")
+    assert "is not cached on this host" in await checks.why_not(recipe, "alice")
+    assert "is not cached on this host" in await checks.why_not(recipe, "alice")
+    assert asked == [MINILM]
+
+    from .test_revision import COMMIT, cache_repo
+
+    cache_repo(shipped.cache, MINILM, COMMIT, {"config.json": b"{}", "modules.json": b"[]", "model.safetensors": b"w"})
+    now[0] = 59.0
+    assert await checks.why_not(recipe, "alice") is not None  # still the kept answer
+    now[0] = 60.0
+    assert await checks.why_not(recipe, "alice") is None and asked == [MINILM, MINILM]

@@ -183,17 +183,71 @@ def test_copy_as_python_compiles_and_calls_the_client(page):
     assert "hf_secret_value_42" not in text
 
 
-@pytest.mark.parametrize("kind", ["chat", "generate", "embeddings"])
-def test_playground_python_compiles(page, kind):
+@pytest.mark.parametrize("kind, route", [("chat", "/v1/chat/completions"), ("generate", "/generate_stream"),
+                                         ("embeddings", "/v1/embeddings"), ("toolkitEmbeddings", "/"),
+                                         ("toolkitGenerate", "/"), ("toolkit", "/")])
+def test_playground_python_compiles(page, kind, route):
     payloads = {"chat": {"model": "b", "messages": [{"role": "user", "content": "it's \"quoted\""}], "max_tokens": 8, "stream": True},
                 "generate": {"inputs": "it's", "parameters": {"max_new_tokens": 8}},
-                "embeddings": {"input": "it's", "model": "b"}}
-    text = page.evaluate("""async ([kind, payload]) => {
+                "embeddings": {"input": "it's", "model": "b"},
+                "toolkitEmbeddings": {"inputs": "it's"}, "toolkitGenerate": {"inputs": "it's", "parameters": {"max_new_tokens": 8}},
+                "toolkit": {"inputs": "it's"}}
+    text = page.evaluate("""async ([kind, payload, route]) => {
         const { pythonInference } = await import('/snippets.js');
-        return pythonInference(kind, 'http://127.0.0.1:8080/endpoints/a/b', payload); }""", [kind, payloads[kind]])
-    called = {n.func.attr for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
-    assert {"chat": "chat_completion", "generate": "text_generation", "embeddings": "post"}[kind] in called
+        return pythonInference(kind, 'http://127.0.0.1:8080/endpoints/a/b', payload, route); }""", [kind, payloads[kind], route])
+    tree = ast.parse(text)
+    called = {n.func.attr for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    assert {"chat": "chat_completion", "generate": "text_generation"}.get(kind, "post") in called
     assert "X-Scale-Up-Timeout" in text
+    if "post" in called:  # the same route the Playground calls
+        urls = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and str(n.value).startswith("http")]
+        assert urls == ["http://127.0.0.1:8080/endpoints/a/b" + ("" if route == "/" else route)]
+
+
+# The routes each engine really serves (engines/echo/server.py, engines/toolkit/server.py, the
+# engines' own docs): the toolkit serves `POST /` only, never /generate_stream nor /v1/embeddings.
+MODE_CASES = [
+    ({"vLLM": {}}, None, ["chat"], ["/v1/chat/completions"]),
+    ({"sGLang": {}}, None, ["chat"], ["/v1/chat/completions"]),
+    ({"llamacpp": {"modelPath": "m.gguf"}}, None, ["chat"], ["/v1/chat/completions"]),
+    ({"llamacpp": {"modelPath": "m.gguf", "mode": "embedding"}}, None, ["embeddings"], ["/v1/embeddings"]),
+    ({"tgi": {}}, "text-generation", ["chat", "generate"], ["/v1/chat/completions", "/generate_stream"]),
+    ({"tei": {}}, "sentence-embeddings", ["embeddings"], ["/v1/embeddings"]),
+    ({"huggingface": {}}, "text-generation", ["toolkitGenerate"], ["/"]),
+    ({"huggingface": {}}, "feature-extraction", ["toolkitEmbeddings"], ["/"]),
+    ({"hfServe": {}}, "sentence-embeddings", ["toolkitEmbeddings"], ["/"]),
+    ({"huggingface": {}}, "text-classification", ["toolkit"], ["/"]),
+    ({"custom": {"url": "endpointd/echo:latest"}}, "text-generation", ["chat", "generate", "embeddings"],
+     ["/v1/chat/completions", "/generate_stream", "/v1/embeddings"]),
+]
+
+
+@pytest.mark.parametrize("image, task, modes, routes", MODE_CASES)
+def test_the_playground_calls_the_routes_each_engine_serves(page, image, task, modes, routes):
+    got = page.evaluate("""async (endpoint) => {
+        const { MODES, modesFor } = await import('/calls.js');
+        const modes = modesFor(endpoint);
+        return { modes, routes: modes.map((m) => MODES[m].route), bodies: modes.map((m) => MODES[m].body('hi', 'e1')) };
+    }""", {"model": {"image": image, "task": task}})
+    assert (got["modes"], got["routes"]) == (modes, routes)
+    for mode, body in zip(modes, got["bodies"]):
+        if mode.startswith("toolkit"):
+            assert body["inputs"] == "hi" and set(body) <= {"inputs", "parameters"}  # what the toolkit takes
+
+
+@pytest.mark.parametrize("mode, answer, shown", [
+    ("toolkitEmbeddings", {"embeddings": [0.5, 0.25]}, "2 dimensions: [0.5000, 0.2500]"),  # sentence-embeddings
+    ("toolkitEmbeddings", [0.5, 0.25, 1], "3 dimensions: [0.5000, 0.2500, 1.0000]"),  # feature-extraction
+    ("toolkitEmbeddings", [[0.5, 0.25]], "2 dimensions: [0.5000, 0.2500]"),
+    ("toolkitGenerate", [{"generated_text": "Hello world"}], "Hello world"),
+    ("embeddings", {"data": [{"embedding": [1, 2]}]}, "2 dimensions: [1.0000, 2.0000]"),
+    ("toolkit", [{"label": "POSITIVE", "score": 0.9}], '[\n  {\n    "label": "POSITIVE",\n    "score": 0.9\n  }\n]'),
+])
+def test_the_playground_shows_each_answer(page, mode, answer, shown):
+    got = page.evaluate("""async ([mode, answer]) => {
+        const { answerText } = await import('/calls.js');
+        return answerText(mode, answer); }""", [mode, answer])
+    assert got == shown
 
 
 PROGRESS_CASES = [

@@ -269,12 +269,15 @@ def test_the_dashboard_drives_an_endpoint_through_its_life(serve, page):
 
 def test_a_catalog_recipe_deploys_from_the_dashboard(serve, page):
     """The catalog panel lists the shipped recipes (GET /api/v1/catalog/list) and deploys one."""
-    (Path(serve.model).parent / "echo").mkdir(exist_ok=True)  # the echo recipe's repository, under the model root
     name = f"dash-cat-{uuid.uuid4().hex[:6]}"
     sign_in(page, serve)
     page.get_by_role("link", name="New endpoint").first.click()
     recipe = page.locator(".recipe", has_text="endpointd/echo")
     expect(recipe).to_be_visible()
+    # A recipe this host cannot deploy (TEI's image is neither here nor pullable) says why, and offers no Deploy.
+    tei = page.locator('.recipe-row[data-recipe="minilm-l6-tei-cpu"]')
+    expect(tei.locator(".reason")).to_contain_text("Cannot deploy on this host: the image")
+    expect(tei.get_by_role("button", name="Deploy")).to_be_disabled()
     shot(page, "16-catalog")
     recipe.get_by_role("textbox").fill(name)
     recipe.get_by_role("button", name="Deploy").click()
@@ -305,3 +308,49 @@ def test_a_user_sees_their_namespaces_and_the_apis_refusals(serve, page):
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_label("Token")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('endpointd.token')") is None
+
+
+def test_the_playground_and_its_snippets_reach_the_inference_toolkit(serve, page, monkeypatch):
+    """The default engine (the toolkit, `{"huggingface": {}}`) serves `POST /` only: the Playground
+    and both copied snippets must call that, and show a real MiniLM's vector."""
+    import shutil
+    import subprocess
+    import sys
+
+    import huggingface_hub.constants as hub_constants
+    from huggingface_hub import HfApi
+
+    from .test_e2e_toolkit import MINILM_DIM, READY_TIMEOUT_S, minilm_files, require_toolkit_image
+
+    require_toolkit_image()
+    model = Path(serve.model).parent / "pg-minilm"
+    shutil.copytree(minilm_files(), model)
+    name = f"pg-tk-{uuid.uuid4().hex[:6]}"
+    monkeypatch.setattr(hub_constants, "INFERENCE_ENDPOINTS_ENDPOINT", f"{serve.url}/v2")
+    HfApi(endpoint=serve.url, token=serve.admin_token).create_inference_endpoint(
+        name, repository=str(model), framework="pytorch", task="feature-extraction", accelerator="cpu",
+        instance_size="x2", instance_type="intel-icl", region="local", vendor="local", type="authenticated")
+
+    sign_in(page, serve)
+    page.goto(f"{serve.url}/#/endpoint/admin/{name}/playground")
+    expect(page.locator(".title-row .badge")).to_have_attribute("data-state", "running", timeout=READY_TIMEOUT_S * 1000)
+    tabs = page.get_by_role("group", name="Playground mode").get_by_role("button")
+    expect(tabs).to_have_text(["Embeddings"])  # what the toolkit serves for this task, nothing it does not
+    page.get_by_label("Message").fill("endpointd serves a real model")
+    page.get_by_role("button", name="Send").click()
+    reply = page.locator(".bubble.assistant").last
+    expect(reply).to_have_attribute("data-done", "true", timeout=WAIT_MS)
+    expect(reply.locator(".text")).to_contain_text(f"{MINILM_DIM} dimensions: [")
+    shot(page, "17-playground-toolkit")
+
+    env = {**os.environ, "HF_TOKEN": serve.admin_token}
+    curl = page.locator('pre[aria-label="curl"]').text_content()
+    assert "/generate_stream" not in curl and "/v1/" not in curl
+    done = subprocess.run(["bash", "-c", curl + " --fail-with-body -sS"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(json.loads(done.stdout)) == MINILM_DIM
+    python = page.locator('pre[aria-label="Python"]').text_content()
+    done = subprocess.run([sys.executable, "-c", python], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("[") and len(done.stdout.split(",")) == MINILM_DIM

@@ -4,6 +4,8 @@ presets and the tests run."""
 
 from __future__ import annotations
 
+import re
+
 import shutil
 
 import pytest
@@ -98,8 +100,18 @@ def _settings_names() -> set[str]:
     from autoscaler.settings import env_name
     from proxy.config import ProxyConfig
 
+    from autoscaler.config import ENGINE_ENV_PREFIX
+    from engines.presets import DEFAULT_IMAGES
+
     names = {env_name(f.name) for config in (ServeConfig, ProxyConfig) for f in dataclasses.fields(config)}
-    return names | {"ENDPOINTD_DATA_DIR", "ENDPOINTD_ADMIN_TOKEN", "ENDPOINTD_ENGINE_VLLM", "ENDPOINTD_SELF_CONTAINER"}
+    engines = {ENGINE_ENV_PREFIX + key.upper().replace("-", "_") for key in DEFAULT_IMAGES}
+    return names | engines | {"ENDPOINTD_DATA_DIR", "ENDPOINTD_ADMIN_TOKEN", "ENDPOINTD_SELF_CONTAINER"}
+
+
+def _commented_settings(text: str) -> dict[str, str]:
+    """The `# ENDPOINTD_X: "value"` lines a user uncomments: they must name real settings too."""
+    found = re.findall(r'^\s*#\s*(ENDPOINTD_[A-Z0-9_]+):\s*"([^"]*)"', text, re.MULTILINE)
+    return dict(found)
 
 
 def test_the_documented_compose_file_runs_the_image_as_designed():
@@ -112,6 +124,16 @@ def test_the_documented_compose_file_runs_the_image_as_designed():
     assert any(volume.endswith(":/data") for volume in service["volumes"])  # the image's ENDPOINTD_DATA_DIR
     assert set(service["environment"]) <= _settings_names()
     assert all(port.startswith("127.0.0.1:") for port in service["ports"])  # not every interface by default
+
+
+def test_the_compose_files_commented_settings_are_real_and_take_effect():
+    from autoscaler.config import EnginesConfig
+
+    commented = _commented_settings((images.PROJECT_ROOT / "docs" / "compose.yaml").read_text())
+    assert commented and set(commented) <= _settings_names()
+    engine_pins = {name: value for name, value in commented.items() if name.startswith("ENDPOINTD_ENGINE_IMAGE_")}
+    assert engine_pins  # the file shows how to pin an engine's image
+    assert set(EnginesConfig.load(env=engine_pins).images.values()) == set(engine_pins.values())
 
 
 def test_the_documented_systemd_unit_sets_only_real_settings():

@@ -275,3 +275,26 @@ async def test_replicas_run_without_privileges_and_within_their_instance(docker_
     pids_max = await docker_cli("exec", info.container_id, "sh", "-c",
                                 "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids.max")
     assert pids_max.strip() == str(PIDS_LIMIT)
+
+
+async def test_an_engine_that_reads_no_model_gets_nothing_fetched_or_mounted(tmp_path, keyed_engine):
+    """The echo engine named with a Hub id (the shipped catalog recipe): no download is tried (this
+    host has no Hub) and nothing of the host is mounted; an engine that reads its model still gets it."""
+    rt = FakeRuntime(address=lambda replica_id: f"127.0.0.1:{keyed_engine.port}")
+    specs = []
+    original_start = rt.start
+
+    async def start(endpoint, replica_id, revision, spec):
+        specs.append(spec)
+        return await original_start(endpoint, replica_id, revision, spec)
+
+    rt.start = start
+    said: list[str] = []
+    async with aiohttp.ClientSession() as session:
+        engines = launcher(rt, session, tmp_path)
+        echo = intent(KEY_A, {"custom": {"url": ECHO_IMAGE, "healthRoute": "/health"}}, repository="endpointd/echo")
+        await engines.launch(echo, "r1", (), said.append)
+        assert specs[-1].mounts == () and not any("fetching model artifacts" in line for line in said)
+        other = intent(KEY_A, {"custom": {"url": "acme/server:1", "healthRoute": "/health"}}, repository=str(tmp_path))
+        await engines.launch(other, "r2", (), said.append)
+        assert [m.source for m in specs[-1].mounts] == [str(tmp_path)]

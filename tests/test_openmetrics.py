@@ -45,7 +45,9 @@ def test_every_reference_metric_is_rendered_and_parses():
     families = parsed(FIGURES)
     assert {name: f.type for name, f in families.items()} == {
         "latency_distribution": "summary",
-        "http_requests": "counter",
+        # The reference's export names its samples `http_requests` (no `_total`): OpenMetrics allows
+        # that name only on an untyped family (a counter's samples must end in `_total`).
+        "http_requests": "unknown",
         "cpu_usage_percent": "gauge",
         "memory_usage_bytes": "gauge",
         "gpu_usage_percent": "gauge",
@@ -65,10 +67,10 @@ def test_every_reference_metric_is_rendered_and_parses():
         ("latency_distribution_sum", ()): 9.5,
     }
     assert samples(families["http_requests"]) == {
-        ("http_requests_total", (("replica_id", "r1"), ("status_code", "200"))): 30,
-        ("http_requests_total", (("replica_id", "r2"), ("status_code", "200"))): 8,
-        ("http_requests_total", (("replica_id", "r2"), ("status_code", "503"))): 2,
-        ("http_requests_total", (("replica_id", ""), ("status_code", "401"))): 1,
+        ("http_requests", (("replica_id", "r1"), ("status_code", "200"))): 30,
+        ("http_requests", (("replica_id", "r2"), ("status_code", "200"))): 8,
+        ("http_requests", (("replica_id", "r2"), ("status_code", "503"))): 2,
+        ("http_requests", (("replica_id", ""), ("status_code", "401"))): 1,
     }
     assert samples(families["cpu_usage_percent"]) == {
         ("cpu_usage_percent", (("replica_id", "r1"),)): 55.5, ("cpu_usage_percent", (("replica_id", "r2"),)): 12.0}
@@ -87,6 +89,15 @@ def test_an_endpoint_without_gpus_engine_metrics_or_requests_still_parses():
                              "pending_requests", "running_replicas"}  # no GPU, no engine family
     quantiles = [s.value for s in families["latency_distribution"].samples if "quantile" in s.labels]
     assert len(quantiles) == 4 and all(math.isnan(v) for v in quantiles)  # no request in the window
+
+
+def test_the_request_counter_lines_read_as_the_references_export():
+    """The reference's documented export (../shared/reference, "Query metrics manually"):
+    `# HELP http_requests …` and samples `http_requests{replica_id="…",status_code="200"} N`."""
+    lines = render(FIGURES).decode().splitlines()
+    assert 'http_requests{replica_id="r1",status_code="200"} 30.0' in lines
+    assert [line.split(" ")[2] for line in lines if line.startswith("# HELP http_requests")] == ["http_requests"]
+    assert not any(line.startswith("http_requests_total") for line in lines)
 
 
 def test_the_help_says_over_what_window_the_quantiles_are():

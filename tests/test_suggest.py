@@ -10,6 +10,7 @@ import huggingface_hub.constants
 import pytest
 
 from engines.artifacts import RepoFacts, describe
+from engines.availability import ImageInventory
 from engines.presets import DEFAULT_IMAGES
 from engines.suggest import SuggestError, gguf_files, pick_gguf, suggest
 
@@ -54,6 +55,27 @@ def test_the_rules(repo, accelerator, variant, settings, rule):
     chosen = suggest(repo, accelerator)
     assert chosen.image == {variant: settings}
     assert rule in chosen.reason
+
+
+@pytest.mark.parametrize("repo, accelerator, variant, task, rule", [
+    # TEI cannot run here: the toolkit embeds, one vector per input as TEI would (feature-extraction)
+    (facts(["config.json", "modules.json", "model.safetensors"]), "cpu", "huggingface", "feature-extraction",
+     "Text Embeddings Inference cannot run on this host (no TEI here)"),
+    (facts(["config.json"], pipeline_tag="sentence-similarity", library="sentence-transformers"), "gpu",
+     "huggingface", "feature-extraction", "no TEI here"),
+    # vLLM cannot run here: the toolkit generates
+    (facts(["config.json", "model.safetensors"], LLAMA), "gpu", "huggingface", "text-generation",
+     "vLLM cannot run on this host (no vLLM here)"),
+])
+def test_an_engine_this_host_cannot_run_is_passed_over(repo, accelerator, variant, task, rule):
+    chosen = suggest(repo, accelerator, cannot_run={"tei": "no TEI here", "vLLM": "no vLLM here"})
+    assert (chosen.variant, chosen.task) == (variant, task)
+    assert rule in chosen.reason
+
+
+def test_what_cannot_run_changes_nothing_where_no_other_engine_serves():
+    gguf = facts(["m-Q4_K_M.gguf"])
+    assert suggest(gguf, "cpu", cannot_run={"llamacpp": "no"}).variant == "llamacpp"  # the toolkit reads no GGUF
 
 
 @pytest.mark.parametrize("files, expected", [
@@ -106,11 +128,17 @@ async def api(tmp_path, monkeypatch):
     w.cache = tmp_path / "hub"
     w.api.describe = lambda repository, revision, ns: describe(repository, revision, w.cache)
     w.pulled = {DEFAULT_IMAGES["huggingface"]}
+    w.registry = set(DEFAULT_IMAGES.values()) - {DEFAULT_IMAGES["huggingface"]}  # a fake image inventory
+    w.asked_registry = []
 
     async def present(image):
         return image in w.pulled
 
-    w.api.present = present
+    async def in_registry(image):
+        w.asked_registry.append(image)
+        return None if image in w.registry else "lookup ghcr.io: no such host"
+
+    w.api.images = ImageInventory(present, in_registry)
     yield w
     await w.close()
 
@@ -134,7 +162,7 @@ async def test_a_local_text_generation_model(api):
     assert body["downloadPattern"] is None  # a local directory is mounted, not downloaded
 
     status, body = await get(api, repository=str(model), accelerator="gpu")
-    assert (status, body["engine"], body["present"], body["mustPull"]) == (200, "vLLM", False, True)
+    assert (status, body["engine"], body["present"], body["mustPull"]) == (200, "vLLM", False, True)  # pullable
     assert body["containerImage"] == DEFAULT_IMAGES["vLLM"]
 
 
@@ -156,6 +184,31 @@ async def test_a_cached_sentence_transformers_model(api):
     status, body = await get(api, repository="org/st")
     assert (status, body["engine"], body["task"]) == (200, "tei", "sentence-embeddings")
     assert body["containerImage"] == DEFAULT_IMAGES["tei"]
+
+
+async def test_a_sentence_transformers_model_gets_the_toolkit_where_tei_cannot_run(api):
+    api.registry.discard(DEFAULT_IMAGES["tei"])  # not here, and its registry cannot be reached
+    cache_repo(api.cache, "org/st", COMMIT, {"config.json": b"{}", "modules.json": b"[]", "model.safetensors": b"w"})
+    status, body = await get(api, repository="org/st")
+    assert (status, body["engine"], body["task"]) == (200, "huggingface", "feature-extraction")
+    assert (body["containerImage"], body["present"], body["runnable"]) == (DEFAULT_IMAGES["huggingface"], True, True)
+    assert f"the image {DEFAULT_IMAGES['tei']} is not on this host and cannot be pulled" in body["reason"]
+    assert body["passedOver"] == {"tei": body["passedOver"]["tei"]} and "no such host" in body["passedOver"]["tei"]
+
+    await get(api, repository="org/st")  # the registry's answer is kept: asked once
+    assert api.asked_registry.count(DEFAULT_IMAGES["tei"]) == 1
+
+    api.pulled.add(DEFAULT_IMAGES["tei"])  # once the image is here, TEI is suggested again
+    status, body = await get(api, repository="org/st")
+    assert (body["engine"], body["present"], body["runnable"], body["passedOver"]) == ("tei", True, True, {})
+
+
+async def test_an_image_that_cannot_run_and_has_no_substitute_says_so(api):
+    api.registry.discard(DEFAULT_IMAGES["llamacpp"])
+    cache_repo(api.cache, "org/gguf", COMMIT, {"m-Q4_K_M.gguf": b"4"})
+    status, body = await get(api, repository="org/gguf")
+    assert (status, body["engine"], body["present"], body["runnable"]) == (200, "llamacpp", False, False)
+    assert "cannot be pulled" in body["unavailable"]
 
 
 async def test_the_operators_pinned_images_are_the_ones_checked(api):

@@ -75,8 +75,9 @@ export function pythonCreate(ns, body) {
   ].join("\n");
 }
 
-/** A playground call as Python: huggingface_hub's InferenceClient against the endpoint's URL. */
-export function pythonInference(kind, url, payload) {
+/** A playground call as Python: huggingface_hub's InferenceClient where it speaks the engine's
+ * route (chat, TGI's streamed generation), else a plain POST of the same body to the same route. */
+export function pythonInference(kind, url, payload, route) {
   const head = ["import os", "from huggingface_hub import InferenceClient", "",
     `client = InferenceClient(${JSON.stringify(url)}, token=os.environ.get("HF_TOKEN"),`,
     `                         headers={"X-Scale-Up-Timeout": "120"})  # wake it if scaled to zero`, ""];
@@ -89,8 +90,10 @@ export function pythonInference(kind, url, payload) {
     return [...head, `for token in client.text_generation(${JSON.stringify(payload.inputs)}, max_new_tokens=${payload.parameters.max_new_tokens}, stream=True):`,
       "    print(token, end=\"\", flush=True)"].join("\n");
   }
+  const target = route === "/" ? url : `${url}${route}`;
   return ["import os", "import requests", "",
-    `answer = requests.post(${JSON.stringify(`${url}/v1/embeddings`)}, json=${py(payload, 0)},`,
+    `answer = requests.post(${JSON.stringify(target)}, json=${py(payload, 0)},`,
     `                       headers={"Authorization": f"Bearer {os.environ['HF_TOKEN']}", "X-Scale-Up-Timeout": "120"})`,
-    "print(answer.json()[\"data\"][0][\"embedding\"])"].join("\n");
+    "answer.raise_for_status()",
+    kind === "embeddings" ? "print(answer.json()[\"data\"][0][\"embedding\"])" : "print(answer.json())"].join("\n");
 }

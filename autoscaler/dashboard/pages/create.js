@@ -39,9 +39,12 @@ function catalogPanel(ctx, nsInput) {
             status.textContent = error.message;
           }
         });
-        return h("div", { class: "recipe-row" },
+        // A recipe this host cannot deploy says why (its image, its model or its hardware), and is not offered.
+        const cannot = recipe.deployable === false;
+        if (cannot) { deploy.disabled = true; name.disabled = true; }
+        return h("div", { class: ["recipe-row", cannot ? "unavailable" : ""], dataset: { recipe: recipe.publicId } },
           h("span", {}, `${recipe.engineType} on ${recipe.accelerator}`, recipe.ggufFile ? ` (${recipe.ggufFile})` : ""),
-          name, deploy);
+          name, deploy, cannot ? h("p", { class: "muted reason" }, `Cannot deploy on this host: ${recipe.reason}`) : null);
       }))), status);
   }).catch((error) => {
     fill(box, h("p", { class: "muted" }, error instanceof ApiError && error.status === 404

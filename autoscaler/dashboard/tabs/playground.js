@@ -1,20 +1,15 @@
-// Playground: chat (streamed token by token), text generation (streamed) and embeddings, by the
-// endpoint's engine, through the data plane like any client. Every call sends X-Scale-Up-Timeout,
-// so a scaled-to-zero endpoint wakes and the request is held meanwhile ("waking up…").
+// Playground: the calls the endpoint's engine really serves (calls.js: chat and text generation
+// streamed token by token, embeddings, the inference toolkit's `POST /` by task), through the data
+// plane like any client. Every call sends X-Scale-Up-Timeout, so a scaled-to-zero endpoint wakes
+// and the request is held meanwhile ("waking up…").
 
 import { errorOf, headers, paths } from "../api.js";
+import { MODES, answerText, modesFor, streamedPiece } from "../calls.js";
 import { copyButton, fill, h, uid } from "../dom.js";
-import { variant } from "../format.js";
 import { curl, pythonInference } from "../snippets.js";
 import { readEvents } from "../sse.js";
 
 const SCALE_UP_TIMEOUT_S = 120; // how long a call may be held while a replica starts (the server caps it)
-const MAX_TOKENS = 64;
-const MODES_BY_ENGINE = { vLLM: ["chat"], sGLang: ["chat"], llamacpp: ["chat"], tgi: ["chat", "generate"],
-  tei: ["embeddings"], huggingface: ["generate", "embeddings"], hfServe: ["generate", "embeddings"] };
-const ALL_MODES = ["chat", "generate", "embeddings"];
-const LABELS = { chat: "Chat", generate: "Text generation", embeddings: "Embeddings" };
-const ROUTES = { chat: "/v1/chat/completions", generate: "/generate_stream", embeddings: "/v1/embeddings" };
 
 export function mount(el, env) {
   let modes = null;
@@ -38,24 +33,20 @@ export function mount(el, env) {
   const base = () => paths.dataPlane(env.ns, env.name);
   const publicUrl = () => env.endpoint?.status?.url || `${window.location.origin}${base()}`;
 
-  function payload(text) {
-    // The engines serve the model under the endpoint's name (vLLM, SGLang, llama.cpp check it).
-    if (mode === "chat") return { model: env.name, messages: [...messages, { role: "user", content: text }], max_tokens: MAX_TOKENS, stream: true };
-    if (mode === "generate") return { inputs: text, parameters: { max_new_tokens: MAX_TOKENS } };
-    return { input: text, model: env.name };
-  }
+  // The engines serve the model under the endpoint's name (vLLM, SGLang, llama.cpp check it).
+  const payload = (text) => MODES[mode].body(text, env.name, messages);
   function showCode(text) {
     const body = payload(text || "Hello");
     const url = publicUrl();
-    const c = curl("POST", `${base()}${ROUTES[mode]}`, body, { "X-Scale-Up-Timeout": String(SCALE_UP_TIMEOUT_S) })
+    const c = curl("POST", `${base()}${MODES[mode].route}`, body, { "X-Scale-Up-Timeout": String(SCALE_UP_TIMEOUT_S) })
       .replace(`${window.location.origin}${base()}`, url);
-    const py = pythonInference(mode, url, body);
+    const py = pythonInference(mode, url, body, MODES[mode].route);
     fill(codeBox, h("h3", {}, "The same call"), h("div", { class: "actions" }, copyButton(c, "Copy as curl"), copyButton(py, "Copy as Python")),
       h("pre", { class: "snippet", tabIndex: 0, "aria-label": "curl" }, c), h("pre", { class: "snippet", tabIndex: 0, "aria-label": "Python" }, py));
   }
   function renderTabs() {
     fill(tabs, modes.map((m) => h("button", { type: "button", "aria-pressed": m === mode ? "true" : "false",
-      onclick: () => { mode = m; messages = []; fill(transcript); renderTabs(); showCode(prompt.value); } }, LABELS[m])));
+      onclick: () => { mode = m; messages = []; fill(transcript); renderTabs(); showCode(prompt.value); } }, MODES[m].label)));
   }
   function bubble(role, text = "") {
     const b = h("div", { class: ["bubble", role], dataset: { role } }, h("span", { class: "who" }, role), h("span", { class: "text" }, text));
@@ -78,16 +69,15 @@ export function mount(el, env) {
     send.disabled = true;
     stopButton.hidden = false;
     try {
-      const response = await fetch(`${base()}${ROUTES[mode]}`, {
+      const response = await fetch(`${base()}${MODES[mode].route}`, {
         method: "POST", signal, cache: "no-store", body: JSON.stringify(body),
         headers: headers({ "Content-Type": "application/json", "X-Scale-Up-Timeout": String(SCALE_UP_TIMEOUT_S) }),
       });
       waking.hidden = true;
       if (!response.ok) throw await errorOf(response);
-      if (mode === "embeddings") {
-        const answer = await response.json();
-        const vector = answer.data?.[0]?.embedding || [];
-        out.textContent = `${vector.length} dimensions: [${vector.slice(0, 8).map((v) => v.toFixed(4)).join(", ")}${vector.length > 8 ? ", …" : ""}]`;
+      if (!MODES[mode].stream) {
+        out.textContent = answerText(mode, await response.json());
+        out.parentElement.dataset.done = "true";
         return;
       }
       let reply = "";
@@ -95,7 +85,7 @@ export function mount(el, env) {
         if (data === "[DONE]") return;
         let event;
         try { event = JSON.parse(data); } catch { return; }
-        const piece = mode === "chat" ? event.choices?.[0]?.delta?.content : event.token?.special ? "" : event.token?.text;
+        const piece = streamedPiece(mode, event);
         if (piece) { reply += piece; out.textContent = reply; }
       }, signal);
       if (mode === "chat") messages = [...body.messages, { role: "assistant", content: reply }];
@@ -127,7 +117,7 @@ export function mount(el, env) {
   return {
     update(endpoint) {
       if (!endpoint || modes) return;
-      modes = MODES_BY_ENGINE[variant(endpoint)] || ALL_MODES;
+      modes = modesFor(endpoint);
       mode = modes[0];
       renderTabs();
       showCode("");
