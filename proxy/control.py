@@ -49,6 +49,9 @@ class RouteEntry:
     coming: int = 0
     domain: str | None = None  # Host-based routing when set
     message: str = ""  # shown to callers when the endpoint refuses (failed)
+    # Why no replica can be placed now (the host's CPUs, memory or GPUs are held by others), when
+    # the endpoint has none at all: a wake would only wait, so callers are answered at once.
+    no_capacity: str = ""
 
     @property
     def key(self) -> str:

@@ -8,7 +8,9 @@ request — so the backlog spreads over replicas as they come up instead of all 
 first one. Once none is coming, everything still held is released to the ready ones.
 
 No request is turned away while a replica is ready: one whose hold runs out while waiting for its
-share is forwarded anyway. The control plane's probes (`demand=False`) never wake nor hold.
+share is forwarded anyway. The control plane's probes (`demand=False`) never wake nor hold. An
+endpoint with no replica at all that the host has no room for (`RouteEntry.no_capacity`) is woken
+but answered at once, with what is missing: holding would only wait for someone else to scale down.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ class ReadinessGate:
         key = entry.key
         if not entry.replicas:
             self._shared.pop(key, None)  # replicas that come up after this get a share again
-        if entry.state is not RouteState.SERVING:
+        if entry.state is not RouteState.SERVING or self._unplaceable(entry):
             self._release(key, None)  # each one sees the refusal
         elif entry.replicas:
             self._woken_at.pop(key, None)
@@ -112,6 +114,19 @@ class ReadinessGate:
         """A request of this endpoint completed: one held request takes its place."""
         if key in self._queues:
             self._release(key, 1)
+
+    @staticmethod
+    def _unplaceable(entry: RouteEntry) -> bool:
+        return bool(entry.no_capacity) and not entry.replicas and not entry.coming
+
+    def _refuse_unless_placeable(self, entry: RouteEntry) -> None:
+        if self._unplaceable(entry):
+            raise Unavailable(
+                f"endpoint {entry.key} has no replica running and none can start now: {entry.no_capacity}; it starts "
+                "once capacity is freed (another endpoint scaled down or to zero): retry then",
+                cause="no_capacity",
+                retry_after_s=self._retry_after_s,
+            )
 
     def wake(self, entry: RouteEntry) -> None:
         """Ask for a replica on another process's behalf (a worker's held request), under the
@@ -136,6 +151,7 @@ class ReadinessGate:
         if not demand:
             raise Unavailable(f"endpoint {entry.key} has no ready replica", cause="not_ready")
         self._wake(entry)
+        self._refuse_unless_placeable(entry)
         if hold_s is None:
             raise Unavailable(
                 f"endpoint {entry.key} is starting up; retry later, or send '{HEADER}: <seconds>' to wait for it",
@@ -162,6 +178,7 @@ class ReadinessGate:
                     refuse_unless_serving(current)
                     if current.replicas:
                         return current
+                    self._refuse_unless_placeable(current)
         except TimeoutError:
             current = self._control.lookup(entry.namespace, entry.name)
             if current is not None and current.state is RouteState.SERVING and current.replicas:

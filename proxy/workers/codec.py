@@ -14,7 +14,7 @@ def entry_out(entry: RouteEntry) -> dict:
     return {
         "namespace": entry.namespace, "name": entry.name, "auth": entry.auth.value, "state": entry.state.value,
         "replicas": [[r.id, r.address, r.api_key] for r in entry.replicas], "coming": entry.coming,
-        "domain": entry.domain, "message": entry.message,
+        "domain": entry.domain, "message": entry.message, "no_capacity": entry.no_capacity,
     }
 
 
@@ -22,7 +22,7 @@ def entry_in(data: dict) -> RouteEntry:
     return RouteEntry(
         namespace=data["namespace"], name=data["name"], auth=AuthType(data["auth"]), state=RouteState(data["state"]),
         replicas=tuple(Replica(i, a, k) for i, a, k in data["replicas"]), coming=data["coming"],
-        domain=data["domain"], message=data["message"],
+        domain=data["domain"], message=data["message"], no_capacity=data["no_capacity"],
     )
 
 
