@@ -131,3 +131,96 @@ def test_workers_get_the_reason_too():
 
     entry = replace(ENTRY, no_capacity=NO_CPU)
     assert entry_in(entry_out(entry)) == entry
+
+
+# --- whatever the order of events -----------------------------------------------------------------
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: E402
+
+from autoscaler.planner import Phase  # noqa: E402
+
+KEYS = [A, B, C]
+CPUS = 2
+which = st.integers(0, len(KEYS) - 1)
+
+
+class FullHost(RuleBasedStateMachine):
+    """Three x1 endpoints on a two-CPU host, created, scaled, put to zero and woken in any order.
+    After each step has settled: the CPUs held never exceed the host's; no endpoint waits while a
+    CPU is free; and one that waits, or has no replica and no room, says so the same way in its
+    status and on its route, with one event per wait."""
+
+    def __init__(self):
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.world = World()
+        self.world.controller.capacity = self.world.capacity = HostCapacity(self.world.allocator, CPUS, 64 * GIB)
+        self.world.launcher.cpus_per_replica = 1
+        self.world.launcher.auto = True
+        self.generation = 1
+        self.waits_seen: dict[str, int] = {}
+
+    def teardown(self):
+        self.loop.run_until_complete(self.world.close())
+        self.loop.close()
+
+    def settle(self):
+        for _ in range(3):
+            self.loop.run_until_complete(self.world.settle())
+            self.world.now += 2
+
+    def uid(self, k):
+        return f"u{k}"
+
+    @rule(k=which, low=st.integers(0, 1))
+    def create_or_update(self, k, low):
+        key = KEYS[k]
+        self.generation += 1
+        current = self.world.controller.intent(key)
+        if current is None:
+            self.world.controller.apply(intent(key, uid=self.uid(k), min_replicas=low, max_replicas=1))
+        else:
+            self.world.controller.apply(replace(current, generation=self.generation, min_replicas=low))
+        self.settle()
+
+    @rule(k=which)
+    def scale_to_zero(self, k):
+        if self.world.controller.intent(KEYS[k]) is not None:
+            self.world.scale_to_zero(KEYS[k])
+            self.settle()
+
+    @rule(k=which)
+    def wake(self, k):
+        self.world.controller.wake(KEYS[k])
+        self.settle()
+
+    @invariant()
+    def cpus_never_exceed_the_host(self):
+        assert self.world.capacity.cpus_used() <= CPUS
+
+    @invariant()
+    def waiting_is_said_the_same_everywhere_and_never_with_a_free_cpu(self):
+        controller, routes = self.world.controller, self.world.routes
+        free, _ = self.world.capacity.free(self.world.launcher.needs(None))
+        for k, key in enumerate(KEYS):
+            owner = controller._owners.get(key)
+            if owner is None:
+                continue
+            live = owner.slots_in(Phase.STARTING, Phase.READY)
+            status, entry = owner.status(), routes.lookup(key.namespace, key.name)
+            if owner.wanted() > len(live):
+                assert free == 0, f"{key} waits while a CPU is free"
+            if not owner.slots:
+                assert bool(entry.no_capacity) == (free == 0), (key, entry.no_capacity, free)
+            if owner.wanted() > 0 and not live:
+                assert status.state == State.PENDING and "waiting for capacity" in status.message, (key, status)
+            waits = len([e for e in controller.events.list(self.uid(k), limit=1000) if e.kind == "waiting_for_capacity"])
+            assert waits <= self.waits_seen.get(key.name, 0) + 1  # at most one new wait per step
+            self.waits_seen[key.name] = waits
+
+
+FullHost.TestCase.settings = settings(max_examples=40, stateful_step_count=12, deadline=None,
+                                      suppress_health_check=[HealthCheck.too_slow])
+test_a_full_host_whatever_the_order = FullHost.TestCase
