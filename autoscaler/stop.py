@@ -31,8 +31,8 @@ def stop(data_dir: Path, *, remove: bool, timeout_s: float, say: Callable[[str],
     data_dir = data_dir.absolute()
     pid = datadir.serving_pid(data_dir)
     if pid is None:
-        where = "" if data_dir.is_dir() else " (there is no such directory)"
-        say(f"no endpointd serve runs on {data_dir}{where}; to stop another one, pass its --data-dir")
+        where = "" if data_dir.is_dir() else " (there is no such directory; to stop another one, pass its --data-dir)"
+        say(f"no endpointd serve runs on {data_dir}{where}")
     elif not _end(pid, data_dir, timeout_s, say):
         return 1
     instance_file = data_dir / INSTANCE_FILE
