@@ -412,7 +412,7 @@ class Owner:
         self._event("woken", f"woken from zero: {reason}")
 
     def _recommend(self, replicas: int, reason: str, beyond: int | None) -> None:
-        self.note = f"wants {beyond} replicas, waiting for capacity: no free GPUs for more" if beyond else ""
+        self.note = f"wants {beyond} replicas, waiting for capacity: {self.host.capacity_of(self.intent)[1]}" if beyond else ""
         if self.deleting or asleep(self.intent, self.signals):
             return  # at zero only a wake brings it back
         if replicas == 0:
