@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from aiohttp import web
 
 from engines import artifacts, hardware, presets
 from engines.availability import ImageInventory
+from engines.capacity import Need
 from engines.suggest import SuggestError
 from engines.model_roots import ModelRoots, RootsError
 from engines.presets import PresetError
@@ -479,8 +481,15 @@ class ManagementApi:
     async def provider(self, request: web.Request) -> web.Response:
         ns = request.match_info["ns"]
         await self.member(request, ns)
+        capacity = self.controller.capacity
+
+        def cpu_fits(n: int) -> bool:
+            free, _ = capacity.free(Need(cpus=n, memory_bytes=n * hardware.MEMORY_PER_CPU_BYTES))
+            return free is None or free > 0
+
         offers = hardware.describe_offer(
-            self.cpu_count, self.memory_bytes, self.inventory, self.allocator.holders
+            self.cpu_count, self.memory_bytes, self.inventory, self.allocator.holders,
+            cpus_max=int(capacity.cpus + 1e-9), cpus_used=math.ceil(capacity.cpus_used() - 1e-9), cpu_fits=cpu_fits,
         )
         return web.json_response(wire.render_provider(offers))
 

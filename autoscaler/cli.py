@@ -18,6 +18,10 @@ from .config import ScalingConfig, ServeConfig
 from .store import SCOPES
 from .wire import wire_time
 
+# `endpointd stop` waits this long by default: serve's drain_timeout_s (30) and its 5 s of clean-up.
+STOP_TIMEOUT_S = 60.0
+IMAGE_NAMES = ("echo", "toolkit", "endpointd")  # what `images build` may be limited to (engines.images)
+
 
 def _sections():
     from .analytics import AnalyticsConfig
@@ -73,7 +77,17 @@ def _proxy(args: argparse.Namespace) -> int:
 def _images_build(args: argparse.Namespace) -> int:
     from engines import images
 
-    return images.main(force=args.force)
+    return images.main(force=args.force, only=args.only or None)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from .stop import stop
+
+    file = settings.read_file(args.config)
+    serve = settings.load(ServeConfig, "serve", file_values=file.get("serve"), env=os.environ,
+                          flags={"data_dir": args.data_dir})
+    return stop(Path(serve.data_dir), remove=args.remove, timeout_s=args.timeout,
+                say=lambda line: print(line, flush=True))
 
 
 async def _with_store(args: argparse.Namespace, action):
@@ -137,6 +151,12 @@ def _client(args: argparse.Namespace):
                           flags={"data_dir": getattr(args, "data_dir", None)})
     return Client.from_settings(args.url, args.token, host=proxy.host, port=proxy.port, tls=bool(proxy.tls_cert),
                                 data_dir=serve.data_dir)
+
+
+def _image_name(value: str) -> str:
+    if value not in IMAGE_NAMES:
+        raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(IMAGE_NAMES)}")
+    return value
 
 
 def _endpoint_arg(value: str) -> tuple[str, str]:
@@ -311,10 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
     hf.add_argument("hf_args", nargs=argparse.REMAINDER, metavar="ARGS")
     hf.set_defaults(func=_hf)
 
+    stop = with_data_dir(sub.add_parser(
+        "stop", help="stop the endpointd serve of a data dir (by its pid) and say what it leaves running",
+        description="Sends SIGTERM to the endpointd serve that holds the data dir, waits for it to exit, and lists "
+                    "the replica containers and networks it leaves running for the next serve to adopt. "
+                    "--remove removes those too."))
+    stop.add_argument("--remove", action="store_true", help="also remove its replica containers and networks")
+    stop.add_argument("--timeout", type=float, default=STOP_TIMEOUT_S,
+                      help=f"seconds to wait for it to exit (default {STOP_TIMEOUT_S:g}: its drain_timeout_s and clean-up)")
+    stop.add_argument("--config", help="TOML file with the [serve] table serve reads (for its data_dir)")
+    stop.set_defaults(func=_stop)
+
     images = sub.add_parser("images", help="build the project's own engine images locally")
     images_sub = images.add_subparsers(dest="images_command", required=True)
     build = images_sub.add_parser("build", help="build endpointd/base:bookworm, endpointd/echo:latest, endpointd/inference-toolkit and endpointd/endpointd")
     build.add_argument("--force", action="store_true", help="rebuild images that already exist")
+    build.add_argument("only", nargs="*", type=_image_name, metavar="IMAGE",
+                       help="only these, besides the base: echo, toolkit, endpointd (default: all)")
     build.set_defaults(func=_images_build)
     return parser
 
@@ -331,7 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, so that a closed pipe is met below and not at exit
+        return code
+    except BrokenPipeError:
+        # `endpointd ... | head`: the reader has what it wanted. Nothing more may reach the pipe,
+        # not even the flush at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (settings.SettingsError, RoutesError, StoreError, DataDirLocked, RootsError, SealingError, ClientError) as error:
         print(f"endpointd: {error}", file=sys.stderr)
         return 2

@@ -25,9 +25,11 @@ class ClientError(Exception):
 
 
 class Client:
-    def __init__(self, url: str, token: str | None) -> None:
+    def __init__(self, url: str, token: str | None, no_token: str = "") -> None:
+        """`no_token`: why no token was found, said instead of sending a call that needs one."""
         self.url = url.rstrip("/")
         self.token = token
+        self._no_token = no_token or "no token: pass --token (or set ENDPOINTD_TOKEN)"
         # The server's own certificate may be self-signed: this is a tool for its operator.
         self._context = ssl._create_unverified_context() if self.url.startswith("https:") else None
 
@@ -35,15 +37,20 @@ class Client:
     def from_settings(cls, url: str | None, token: str | None, *, host: str, port: int, tls: bool, data_dir: str) -> Client:
         url = url or os.environ.get("ENDPOINTD_URL") or f"{'https' if tls else 'http'}://{host}:{port}"
         token = token or os.environ.get("ENDPOINTD_TOKEN") or os.environ.get("ENDPOINTD_ADMIN_TOKEN")
+        no_token = ""
         if not token:
-            path = Path(data_dir) / "admin-token"
+            path = Path(data_dir).absolute() / "admin-token"
             try:
                 token = path.read_text().strip()
             except OSError:
-                token = None
-        return cls(url, token)
+                where = "there is no data dir" if not path.parent.is_dir() else "the data dir has no admin token"
+                no_token = (f"found no token: no --token, ENDPOINTD_TOKEN or ENDPOINTD_ADMIN_TOKEN, and {where} at "
+                            f"{path.parent}; pass --data-dir (the directory `endpointd serve` uses) or --token")
+        return cls(url, token, no_token)
 
     def _open(self, method: str, path: str, params: dict[str, Any] | None, body: Any = None, timeout: float | None = TIMEOUT_S):
+        if not self.token:  # every management route needs one: say why there is none, not the server's 401
+            raise ClientError(self._no_token)
         query = urllib.parse.urlencode({k: v for k, v in (params or {}).items() if v is not None})
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         data = None

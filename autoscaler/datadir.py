@@ -6,6 +6,8 @@ and shared-memory files take the database file's mode, which is set before SQLit
 second `serve` on the same directory would adopt and stop the first one's containers: an
 exclusive lock, taken before anything else is touched, makes it exit with a clear message.
 
+`serving_pid` tells who holds it (for `endpointd stop`).
+
 Errors:
     DataDirLocked     another process holds the directory
 """
@@ -56,6 +58,25 @@ def lock(data_dir: Path) -> int:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def serving_pid(data_dir: Path) -> int | None:
+    """The pid of the `endpointd serve` that holds the directory now (0: it holds it but has not
+    written its pid yet), or None when none does."""
+    try:
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:  # no lock file: no serve ever ran here
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
 
 
 def _holder(path: Path) -> str:

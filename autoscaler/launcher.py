@@ -92,7 +92,7 @@ class EngineLauncher:
         resources = self.resources(compute.accelerator, compute.instance_type, compute.instance_size)
         return Need(
             gpus=resources.gpu_count, gpu_type=compute.instance_type if resources.gpu_count else "",
-            cpus=resources.cpus or 0.0, memory_bytes=resources.memory_bytes or 0,
+            cpus=resources.cpus or 0.0, memory_bytes=resources.memory_bytes or 0, label=compute.instance_size,
         )
 
     async def launch(

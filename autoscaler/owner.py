@@ -266,6 +266,7 @@ class Owner:
         self.retry_at = 0.0
         self.progress = ""  # what the newest start is doing, for the status message
         self.note = ""  # from the scaler: wants more than capacity allows
+        self.waiting = ""  # why a wanted replica cannot be placed now (no free CPUs, memory, GPUs)
         self.verified = False  # the health route answered 200 through the proxy
         self._verifying = False
         self._verify_after = 0.0
@@ -341,8 +342,18 @@ class Owner:
             elif isinstance(action, Reclaim):
                 self._reclaim(self.slots[action.id])
         live = len(self.slots_in(Phase.STARTING, Phase.READY))
-        if free == 0 and view.wanted > live and view.may_start:
-            self.progress = f"waiting for capacity: {why}"
+        waiting = ""
+        if view.wanted > live and view.may_start:
+            free, why = self.host.capacity_of(intent)  # after what this step started
+            waiting = why if free == 0 else ""
+        if waiting:
+            self.progress = f"waiting for capacity: {waiting}"
+            if not self.waiting:
+                self._event("waiting_for_capacity", f"no replica can be placed now: {waiting}; it starts once "
+                            "capacity is freed")
+        elif self.waiting and self.progress.startswith("waiting for capacity"):
+            self.progress = ""
+        self.waiting = waiting
 
     def _handle(self, message: Message) -> None:
         slot = self.slots.get(getattr(message, "id", ""))
@@ -424,7 +435,7 @@ class Owner:
         self._event("woken", f"woken from zero: {reason}")
 
     def _recommend(self, replicas: int, reason: str, beyond: int | None) -> None:
-        self.note = f"wants {beyond} replicas, waiting for capacity: no free GPUs for more" if beyond else ""
+        self.note = f"wants {beyond} replicas, waiting for capacity: {self.host.capacity_of(self.intent)[1]}" if beyond else ""
         if self.deleting or asleep(self.intent, self.signals):
             return  # at zero only a wake brings it back
         if replicas == 0:
@@ -625,9 +636,13 @@ class Owner:
         else:
             state = RouteState.SERVING
         coming = 0 if broken else sum(1 for s in self.slots_in(Phase.STARTING) if s.revision == intent.revision)
+        no_capacity = ""
+        if not self.slots and state is RouteState.SERVING:  # asleep or waiting: could a wake be placed?
+            free, why = self.host.capacity_of(intent)
+            no_capacity = why if free == 0 else ""
         entry = RouteEntry(
             namespace=intent.key.namespace, name=intent.key.name, auth=intent.auth, state=state, replicas=ready,
-            domain=intent.domain, message=self.last_error, coming=coming,
+            domain=intent.domain, message=self.last_error, coming=coming, no_capacity=no_capacity,
             asleep_since=asleep_since(intent, self.signals),
         )
         if entry != self._published:
@@ -657,6 +672,8 @@ class Owner:
         if ready and self.verified:
             message = f"{ready}/{target} replicas ready" + (f"; {self.note}" if self.note else "")
             return Status(State.RUNNING, message, ready, target)
+        if self.waiting and not self.slots_in(Phase.STARTING, Phase.READY):
+            return Status(State.PENDING, f"waiting for capacity: {self.waiting}", ready, target)
         if not self.slots and not self.failures and not self.progress:
             return Status(State.PENDING, "waiting to start", ready, target)
         message = self.progress or "starting"

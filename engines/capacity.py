@@ -12,7 +12,7 @@ atomic with respect to the others.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .gpus import GpuAllocator, NoCapacity
 
@@ -27,6 +27,7 @@ class Need:
     gpu_type: str = ""
     cpus: float = 0.0
     memory_bytes: int = 0
+    label: str = field(default="", compare=False)  # the instance size, e.g. "x1", for messages
 
     @property
     def empty(self) -> bool:
@@ -44,21 +45,31 @@ class HostCapacity:
     def _used(self) -> tuple[float, int]:
         return sum(n.cpus for n in self._held.values()), sum(n.memory_bytes for n in self._held.values())
 
+    def cpus_used(self) -> float:
+        """CPUs the replicas' limits hold now (of `cpus`)."""
+        return self._used()[0]
+
     def free(self, need: Need) -> tuple[int | None, str]:
-        """How many more replicas of `need` fit now (None: nothing bounds it), and why not when none does."""
+        """How many more replicas of `need` fit now (None: nothing bounds it), and why not when none
+        does: what is missing, what the replica needs, and how much of it is in use by how many."""
         if need.empty:
             return None, ""
+        what = f"this endpoint's {need.label} instance" if need.label else "a replica"
         counts: list[tuple[int, str]] = []
         if need.gpus:
-            counts.append((self.gpus.free(need.gpu_type) // need.gpus, self.gpus.shortage(need.gpus, need.gpu_type)))
+            counts.append((self.gpus.free(need.gpu_type) // need.gpus,
+                           f"no free GPUs for {what} ({self.gpus.shortage(need.gpus, need.gpu_type)})"))
         cpus, memory = self._used()
         if need.cpus:
-            free = self.cpus - cpus
-            counts.append((int(free // need.cpus + 1e-9), f"needs {need.cpus:g} CPUs, {max(free, 0):g} of {self.cpus:g} free"))
+            holders = sum(1 for n in self._held.values() if n.cpus)
+            counts.append((int((self.cpus - cpus) // need.cpus + 1e-9),
+                           f"no free CPUs for {what} (it needs {_cpus(need.cpus)}; {cpus:g} of {self.cpus:g} in use "
+                           f"by {_replicas(holders)})"))
         if need.memory_bytes:
-            free = self.memory_bytes - memory
-            counts.append((int(free // need.memory_bytes), f"needs {need.memory_bytes / GIB:.1f} GiB of memory, "
-                                                            f"{max(free, 0) / GIB:.1f} of {self.memory_bytes / GIB:.1f} GiB free"))
+            holders = sum(1 for n in self._held.values() if n.memory_bytes)
+            counts.append((int((self.memory_bytes - memory) // need.memory_bytes),
+                           f"not enough free memory for {what} (it needs {need.memory_bytes / GIB:.1f} GiB; "
+                           f"{memory / GIB:.1f} of {self.memory_bytes / GIB:.1f} GiB in use by {_replicas(holders)})"))
         count, why = min(counts, key=lambda c: c[0])
         return max(count, 0), why
 
@@ -91,3 +102,11 @@ class HostCapacity:
             return (f"{replicas} replicas need {need.memory_bytes * replicas / GIB:.1f} GiB of memory; this host "
                     f"offers {self.memory_bytes / GIB:.1f} GiB (cpu_overcommit {self._overcommit:g})")
         return None
+
+
+def _cpus(n: float) -> str:
+    return f"{n:g} CPU" + ("" if n == 1 else "s")
+
+
+def _replicas(n: int) -> str:
+    return f"{n} replica" + ("" if n == 1 else "s")

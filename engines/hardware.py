@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from engines.gpus import Gpu
@@ -67,8 +67,8 @@ class ComputeOffer:
     num_cpus: int
     memory_gb: int
     gpu_memory_gb: int | None
-    max_accelerators: int  # the host's total of this accelerator
-    used_accelerators: int  # GPUs held by replicas; CPUs are shared, never held
+    max_accelerators: int  # the host's total of this accelerator (CPUs: times cpu_overcommit)
+    used_accelerators: int  # GPUs held by replicas; CPUs held by the replicas' CPU limits
     status: str  # "available" when a replica of this size can be placed now, else "not_available"
 
 
@@ -164,18 +164,25 @@ def describe_offer(
     inventory: Sequence[Gpu],
     allocated: Collection[str],
     cpu_instance_type: str = DEFAULT_CPU_INSTANCE_TYPE,
+    *,
+    cpus_max: int | None = None,
+    cpus_used: int = 0,
+    cpu_fits: Callable[[int], bool] | None = None,
 ) -> list[ComputeOffer]:
     """Every instance this host can run: CPU sizes that fit its cores and memory, GPU sizes per type.
 
     `allocated` holds the device ids (GPU uuids) replicas hold now; a size is `available` when that
-    many GPUs of its type are free.
+    many GPUs of its type are free. CPU sizes: `cpus_max` CPUs may be held (default the host's),
+    `cpus_used` are, and `cpu_fits(n)` says whether one more replica of n CPUs fits now (its CPUs
+    and memory; default: always).
     """
     offers = [
         ComputeOffer(
             accelerator=CPU, instance_type=cpu_instance_type, instance_size=f"x{n}",
             architecture="Intel/AMD CPU", num_accelerators=n, num_cpus=n,
             memory_gb=n * MEMORY_PER_CPU_BYTES // 1024**3, gpu_memory_gb=None,
-            max_accelerators=cpu_count, used_accelerators=0, status="available",
+            max_accelerators=cpu_count if cpus_max is None else cpus_max, used_accelerators=cpus_used,
+            status="available" if cpu_fits is None or cpu_fits(n) else "not_available",
         )
         for n in _cpu_sizes(cpu_count, memory_bytes)
     ]

@@ -39,8 +39,8 @@ UPSTREAM_KEEPALIVE_S = 30.0
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
-def error_response(error: ProxyError, rid: str) -> web.Response:
-    status, headers, body = to_http(error)
+def error_response(error: ProxyError, rid: str, path: str | None = None) -> web.Response:
+    status, headers, body = to_http(error, path)
     headers[REQUEST_ID] = rid
     response = web.Response(status=status, headers=headers, body=body)
     if error.closes_connection:
@@ -62,7 +62,7 @@ async def serve(request: web.Request, app: Mapping) -> web.StreamResponse:
         forwarded = upstream_headers(request, rid)  # refuses what cannot be forwarded, before any hold
     except ProxyError as error:
         pipeline.refused(error)
-        return error_response(error, rid)
+        return error_response(error, rid, request.raw_path)
     try:
         admission = await pipeline.admit(
             host=request.host,
@@ -73,7 +73,7 @@ async def serve(request: web.Request, app: Mapping) -> web.StreamResponse:
             probe=headers.get(PROBE_HEADER),
         )
     except ProxyError as error:
-        return error_response(error, rid)
+        return error_response(error, rid, request.raw_path)
     code: int | str = CLIENT_CLOSED  # what is recorded if the client's disconnect cancels us
     try:
         response = await forward(request, admission, pipeline, app[SESSION], rid, forwarded)
@@ -86,7 +86,7 @@ async def serve(request: web.Request, app: Mapping) -> web.StreamResponse:
             end = getattr(request.protocol, "end_after_response", None)  # proxy.connections' guard
             if end is not None:
                 end()
-        return error_response(error, rid)
+        return error_response(error, rid, request.raw_path)
     except ResponseCut as cut:
         code = cut.code
         if cut.reason is not None:

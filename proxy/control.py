@@ -53,6 +53,9 @@ class RouteEntry:
     # scale-down) with no wake after it; None while awake. A new value each time it returns to
     # zero: the proxy wakes it again for any request that arrives after that time.
     asleep_since: float | None = None
+    # Why no replica can be placed now (the host's CPUs, memory or GPUs are held by others), when
+    # the endpoint has none at all: a wake would only wait, so callers are answered at once.
+    no_capacity: str = ""
 
     @property
     def key(self) -> str:

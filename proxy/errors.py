@@ -16,7 +16,9 @@
                                 timeout, or stopped sending for longer than the idle timeout
 
 Every refusal carries its sentence twice: as the JSON body `{"error": ...}` and in the header
-`X-Error-Message` (which the huggingface_hub client prints). The header is made safe first —
+`X-Error-Message` (which the huggingface_hub client prints). On an endpoint's OpenAI routes
+(`{url}/v1/...`) the body is OpenAI's error shape instead, `{"error": {"message", "type", "code"}}`
+as vLLM answers, because the `openai` SDK shows only `error.message` of a refusal. The header is made safe first —
 printable ASCII only, at most MAX_HEADER_MESSAGE characters — because a sentence may quote what the
 caller sent (a path, a header value), and raw input in a header could break the response.
 """
@@ -30,6 +32,9 @@ ERROR_MESSAGE = "X-Error-Message"
 MAX_HEADER_MESSAGE = 500
 MAX_QUOTED_INPUT = 100
 _UNSAFE = re.compile(r"[^\x20-\x7e]")
+# `/v1` or `/v1/...` of an endpoint: under its `/endpoints/{ns}/{name}` prefix, or at the root of
+# its route domain.
+_OPENAI_ROUTE = re.compile(r"(?:/endpoints/[^/?#]+/[^/?#]+)?/v1(?:[/?#]|$)")
 
 
 class ProxyError(Exception):
@@ -115,11 +120,21 @@ def quoted(value: str, limit: int = MAX_QUOTED_INPUT) -> str:
     return f"'{shown(value, limit)}'"
 
 
-def to_http(error: ProxyError) -> tuple[int, dict[str, str], bytes]:
-    """Status, headers and JSON body for a refusal; the one place errors become HTTP."""
+def openai_route(path: str | None) -> bool:
+    """Whether the request target is an endpoint's OpenAI route."""
+    return path is not None and _OPENAI_ROUTE.match(path) is not None
+
+
+def to_http(error: ProxyError, path: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers and JSON body for a refusal of a request for `path` (its raw target, when
+    known); the one place errors become HTTP."""
     headers = {"Content-Type": "application/json", ERROR_MESSAGE: header_safe(error.message)}
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="endpointd"'
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
-    return error.status, headers, json.dumps({"error": error.message}).encode()
+    if openai_route(path):
+        body = {"error": {"message": error.message, "type": error.cause, "code": error.status}}
+    else:
+        body = {"error": error.message}
+    return error.status, headers, json.dumps(body).encode()

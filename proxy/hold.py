@@ -17,6 +17,9 @@ endpoint returns to zero, by whatever path (a start cancelled by a scale-to-zero
 scale-down, a pause), and a request that arrived after that zero but was deduplicated against an
 older wake — this process had not heard of the zero yet — wakes it as soon as the zero is heard.
 Requests that arrived before a scale-to-zero do not undo it; they wait for a later wake.
+An endpoint with no replica at all that the host has no room for (`RouteEntry.no_capacity`) is
+woken but answered at once, with what is missing: holding would only wait for someone else to
+scale down.
 """
 
 from __future__ import annotations
@@ -111,7 +114,7 @@ class ReadinessGate:
         key = entry.key
         if not entry.replicas:
             self._shared.pop(key, None)  # replicas that come up after this get a share again
-        if entry.state is not RouteState.SERVING:
+        if entry.state is not RouteState.SERVING or self._unplaceable(entry):
             self._release(key, None)  # each one sees the refusal
             self._forget(key)  # paused, failed or deleted: a request after a resume wakes anew
         elif entry.replicas:
@@ -136,6 +139,19 @@ class ReadinessGate:
         """A request of this endpoint completed: one held request takes its place."""
         if key in self._queues:
             self._release(key, 1)
+
+    @staticmethod
+    def _unplaceable(entry: RouteEntry) -> bool:
+        return bool(entry.no_capacity) and not entry.replicas and not entry.coming
+
+    def _refuse_unless_placeable(self, entry: RouteEntry) -> None:
+        if self._unplaceable(entry):
+            raise Unavailable(
+                f"endpoint {entry.key} has no replica running and none can start now: {entry.no_capacity}; it starts "
+                "once capacity is freed (another endpoint scaled down or to zero): retry then",
+                cause="no_capacity",
+                retry_after_s=self._retry_after_s,
+            )
 
     def wake(self, entry: RouteEntry) -> None:
         """Ask for a replica on another process's behalf (a worker's held request), under the
@@ -162,6 +178,7 @@ class ReadinessGate:
             raise Unavailable(f"endpoint {entry.key} has no ready replica", cause="not_ready")
         self._demand_at[entry.key] = self._wall()
         self._wake(entry)
+        self._refuse_unless_placeable(entry)
         if hold_s is None:
             raise Unavailable(
                 f"endpoint {entry.key} is starting up; retry later, or send '{HEADER}: <seconds>' to wait for it",
@@ -188,6 +205,7 @@ class ReadinessGate:
                     refuse_unless_serving(current)
                     if current.replicas:
                         return current
+                    self._refuse_unless_placeable(current)
         except TimeoutError:
             current = self._control.lookup(entry.namespace, entry.name)
             if current is not None and current.state is RouteState.SERVING and current.replicas:

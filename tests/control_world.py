@@ -33,9 +33,12 @@ class HandLauncher:
         self.hung: set[str] = set()
         self.auto = False
         self.gpus_per_replica = 0
+        self.cpus_per_replica = 0  # > 0: a CPU instance of that many CPUs (x1, x2, ...)
         self.launched: list[str] = []
 
     def needs(self, intent: Intent) -> Need:
+        if self.cpus_per_replica:
+            return Need(cpus=self.cpus_per_replica, label=f"x{self.cpus_per_replica}")
         return Need(gpus=self.gpus_per_replica, gpu_type="nvidia-l4") if self.gpus_per_replica else Need()
 
     async def launch(self, intent, replica_id, gpus, report):

@@ -22,8 +22,8 @@ def test_cpu_replicas_fit_up_to_the_host_then_wait_with_a_reason():
     h.assign("a", X1)
     h.assign("b", X1)
     free, why = h.free(X1)
-    assert free == 0 and why == "needs 1 CPUs, 0 of 2 free"
-    with pytest.raises(NoCapacity, match="0 of 2 free"):
+    assert free == 0 and why == "no free CPUs for a replica (it needs 1 CPU; 2 of 2 in use by 2 replicas)"
+    with pytest.raises(NoCapacity, match="2 of 2 in use"):
         h.assign("c", X1)
     h.release("a")
     assert h.free(X1)[0] == 1
@@ -37,10 +37,22 @@ def test_overcommit_multiplies_what_may_be_held(overcommit, fits):
 
 def test_memory_and_gpus_bound_too():
     h = host(cpus=8, memory=10 * GIB)
-    assert h.free(X1) == (2, "needs 4.0 GiB of memory, 10.0 of 10.0 GiB free")
+    assert h.free(X1) == (2, "not enough free memory for a replica (it needs 4.0 GiB; 0.0 of 10.0 GiB in use by 0 replicas)")
     assert h.assign("g", GPU) == ("GPU-0",)
     assert h.free(GPU)[0] == 0  # the only GPU is held
     assert h.free(X1)[0] == 0  # and the GPU replica's memory limit counts
+
+
+def test_the_reason_names_the_instance_what_it_needs_and_who_holds_the_rest():
+    h = host(cpus=4)
+    h.assign("a", Need(cpus=2))
+    h.assign("b", Need(cpus=1))
+    assert h.cpus_used() == 3
+    assert h.free(Need(cpus=2, label="x2")) == (
+        0, "no free CPUs for this endpoint's x2 instance (it needs 2 CPUs; 3 of 4 in use by 2 replicas)")
+    h.assign("g", GPU)
+    assert h.free(Need(gpus=1, gpu_type="nvidia-l4", label="x1")) == (
+        0, "no free GPUs for this endpoint's x1 instance (needs 1 nvidia-l4, 0 free of 1: held by g)")
 
 
 def test_an_unbounded_need_is_none():

@@ -252,6 +252,20 @@ async def test_each_request_is_logged_with_its_status(start, capsys):
     ]
 
 
+async def test_health_and_metrics_probes_are_not_logged(start, capsys):
+    """Probes come every few seconds from endpointd: logged, they would fill the log tail and hide
+    the requests."""
+    client = await start(startup_delay_s=0.05)
+    async with client.get("/health") as response:
+        assert response.status == 503  # still starting: probed, not logged either
+    await until(lambda: healthy(client))
+    await metrics(client)
+    await post(client, "/generate", {"inputs": "a"})
+    async with client.get("/health") as response:
+        assert response.status == 200
+    assert capsys.readouterr().out.splitlines() == ["echo engine ready", "POST /generate 200"]
+
+
 async def test_metrics_count_requests_and_tokens(start):
     client = await start()
     await post(client, "/generate", {"inputs": "a b c"})

@@ -104,3 +104,10 @@ def test_offer_cpu_sizes_also_bounded_by_memory():
 def test_host_readers_see_this_machine():
     assert host_cpu_count() >= 1
     assert host_memory_bytes() > 0
+
+
+def test_offer_shows_the_cpus_in_use_and_which_cpu_sizes_fit_now():
+    offers = describe_offer(4, 64 * GIB, [], allocated=(), cpus_max=4, cpus_used=3, cpu_fits=lambda n: n <= 1)
+    assert [(o.instance_size, o.max_accelerators, o.used_accelerators, o.status) for o in offers] == [
+        ("x1", 4, 3, "available"), ("x2", 4, 3, "not_available"), ("x4", 4, 3, "not_available"),
+    ]

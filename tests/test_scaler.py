@@ -94,7 +94,7 @@ async def test_capacity_bounds_scale_up(world):
     w = world(Scaling(min_replicas=1, max_replicas=4, threshold=1.0), gpus=2)
     w.launcher.gpus_per_replica = 1
     assert await w.step(5, pending=10) == 2  # wanted 4, but the host has GPUs for two
-    assert "wants 4 replicas, waiting for capacity" in w.status().message
+    assert "wants 4 replicas, waiting for capacity: no free GPUs" in w.status().message  # what is missing
 
 
 async def test_paused_endpoints_are_left_alone(world):

@@ -7,7 +7,8 @@ and, with ECHO_TASK=feature-extraction, TEI's `POST /`. The "generated" tokens a
 echoed back. `GET /health` answers 503 until the engine is ready, `GET /metrics` in Prometheus text,
 with vLLM's scheduler gauges (`vllm:num_requests_running`, `vllm:num_requests_waiting`,
 `vllm:kv_cache_usage_perc`) computed from its real requests: at most ECHO_MAX_RUNNING run at once,
-the rest wait, and the "KV cache" is the share of those slots in use.
+the rest wait, and the "KV cache" is the share of those slots in use. Each request is logged as
+`METHOD PATH STATUS`, except the `GET /health` and `GET /metrics` probes.
 
 Self-contained (stdlib + aiohttp, 3.8 API: no web.AppKey) because its image has Debian bookworm's
 python3-aiohttp 3.8. Behaviour knobs, environment variables validated at start:
@@ -55,6 +56,9 @@ SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
 BOOLEANS = {"1": True, "true": True, "0": False, "false": False}
 # Routes that answer without the API key: readiness is probed directly, without one.
 OPEN_ROUTES = frozenset({"/health"})
+# Probed every few seconds by endpointd (health, engine metrics): not logged, or they would fill
+# the log tail and hide the requests.
+PROBE_ROUTES = frozenset({("GET", "/health"), ("GET", "/metrics")})
 UNAUTHORIZED = {"error": "a valid `Authorization: Bearer <key>` header is required", "error_type": "authentication"}
 
 
@@ -179,7 +183,9 @@ async def _start_sse(request):
 
 @web.middleware
 async def log_requests(request, handler):
-    """One line per request: method, path, status."""
+    """One line per request: method, path, status; probes (PROBE_ROUTES) are not logged."""
+    if (request.method, request.path) in PROBE_ROUTES:
+        return await handler(request)
     status = 500
     try:
         response = await handler(request)

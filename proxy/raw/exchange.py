@@ -419,7 +419,7 @@ class Exchange:
     def _answer(self, error: ProxyError) -> None:
         close = (self.close_after or error.closes_connection or isinstance(error, PayloadTooLarge)
                  or (not self.body_done and not self.small_rest()) or self.client.closing)
-        self.client.write(wire.error_bytes(error, self.rid, close))
+        self.client.write(wire.error_bytes(error, self.rid, close, self.target))
         self._end(error.status, close=close)
 
     def _cut(self, code: int, reason: str | None) -> None:

@@ -18,9 +18,9 @@ def reason(status: int) -> str:
     return _REASONS.get(status, "Unknown")
 
 
-def error_bytes(error: ProxyError, rid: str | None, close: bool) -> bytes:
-    """A refusal as one whole response: JSON body, X-Error-Message, X-Request-Id."""
-    status, headers, body = to_http(error)
+def error_bytes(error: ProxyError, rid: str | None, close: bool, path: str | None = None) -> bytes:
+    """A refusal of a request for `path` as one whole response: JSON body, X-Error-Message, X-Request-Id."""
+    status, headers, body = to_http(error, path)
     lines = [f"HTTP/1.1 {status} {reason(status)}\r\n"]
     lines += [f"{k}: {v}\r\n" for k, v in headers.items()]
     if rid is not None:

@@ -15,6 +15,7 @@ def entry_out(entry: RouteEntry) -> dict:
         "namespace": entry.namespace, "name": entry.name, "auth": entry.auth.value, "state": entry.state.value,
         "replicas": [[r.id, r.address, r.api_key] for r in entry.replicas], "coming": entry.coming,
         "domain": entry.domain, "message": entry.message, "asleep_since": entry.asleep_since,
+        "no_capacity": entry.no_capacity,
     }
 
 
@@ -23,6 +24,7 @@ def entry_in(data: dict) -> RouteEntry:
         namespace=data["namespace"], name=data["name"], auth=AuthType(data["auth"]), state=RouteState(data["state"]),
         replicas=tuple(Replica(i, a, k) for i, a, k in data["replicas"]), coming=data["coming"],
         domain=data["domain"], message=data["message"], asleep_since=data["asleep_since"],
+        no_capacity=data["no_capacity"],
     )
 
 
