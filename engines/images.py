@@ -1,6 +1,6 @@
 """Building endpointd's own images without a registry: a Debian root filesystem made with
 debootstrap and imported as `endpointd/base:bookworm`, then on top of it the echo engine, the
-inference toolkit and endpointd itself.
+inference toolkit, llama.cpp's server and endpointd itself.
 
 Every image built here carries a digest of what it is built from (CONTEXT_LABEL) and is rebuilt
 only when that digest changes, or when the base is rebuilt: CI runs `endpointd images build` on
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .docker import DockerRuntime
-from .presets import DEFAULT_IMAGES
+from .pinned import LLAMA_CPP_BUILD, LLAMA_CPP_SOURCE, FetchError, fetch
+from .presets import DEFAULT_IMAGES, LOCAL_IMAGES
 from .runtime import RuntimeError_
 
 BASE_IMAGE = "endpointd/base:bookworm"
@@ -28,6 +29,8 @@ ECHO_IMAGE = "endpointd/echo:latest"
 # The tag the `huggingface` preset runs: one constant, so that the preset and the build agree.
 TOOLKIT_IMAGE = DEFAULT_IMAGES["huggingface"]
 ENDPOINTD_IMAGE = "endpointd/endpointd:latest"
+# llama.cpp's server built here from the pinned source; the `llamacpp` preset runs it when present.
+LLAMA_CPP_IMAGE = LOCAL_IMAGES["llamacpp"]
 # What the echo engine needs from Debian; minbase keeps the image near 260 MB. The toolkit and
 # endpointd's own image bring their Python packages with pip (a wheel copied in), not Debian's.
 BASE_PACKAGES = ("python3", "python3-aiohttp")
@@ -35,6 +38,7 @@ DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 ECHO_CONTEXT = Path(__file__).parent / "echo"
 TOOLKIT_CONTEXT = Path(__file__).parent / "toolkit"
+LLAMA_CPP_CONTEXT = Path(__file__).parent / "llamacpp"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Lines of a failing command's output shown in its error: debootstrap's reason is in its last ones.
 OUTPUT_TAIL = 15
@@ -187,16 +191,41 @@ async def build_endpointd(docker: DockerRuntime, progress: Progress, root: Path 
         )
 
 
+def llamacpp_digest() -> str:
+    """The llama.cpp image's inputs: its Dockerfile and the pinned source's sha256."""
+    return context_digest(LLAMA_CPP_CONTEXT, ("Dockerfile",), [f"source={LLAMA_CPP_SOURCE.sha256}"])
+
+
+async def build_llamacpp(docker: DockerRuntime, progress: Progress, tag: str = LLAMA_CPP_IMAGE) -> None:
+    """The pinned llama.cpp source (fetched once into the cache, sha256 checked) and the Dockerfile
+    in a temporary context, then `docker build`: llama-server compiles in the first stage."""
+    source = await fetch(LLAMA_CPP_SOURCE, progress)
+    with tempfile.TemporaryDirectory(prefix="endpointd-llamacpp-") as tmp:
+        context = Path(tmp)
+        shutil.copy2(LLAMA_CPP_CONTEXT / "Dockerfile", context / "Dockerfile")
+        try:  # a hard link when the cache is on the same file system: 77 MB not copied
+            (context / "source.tar.gz").hardlink_to(source)
+        except OSError:
+            shutil.copy2(source, context / "source.tar.gz")
+        await docker.build_image(
+            context, tag, progress=progress, labels={CONTEXT_LABEL: llamacpp_digest()},
+            buildargs={"BASE": BASE_IMAGE, "LLAMA_BUILD": LLAMA_CPP_BUILD},
+        )
+
+
 async def _stale(docker: DockerRuntime, image: str, digest: str, rebuilt_base: bool) -> bool:
     """Whether `image` must be (re)built: a new base, no image, or other inputs than its label's."""
     labels = await docker.image_labels(image)
     return rebuilt_base or labels is None or labels.get(CONTEXT_LABEL) != digest
 
 
+IMAGE_NAMES = ("echo", "toolkit", "llamacpp", "endpointd")
+
+
 async def build_all(force: bool, progress: Progress, only: Iterable[str] | None = None) -> None:
     """Build the base, echo, toolkit and endpointd images, skipping each one that is up to date
-    unless `force`. `only`: a subset of "echo", "toolkit", "endpointd" (the base always)."""
-    wanted = set(only) if only is not None else {"echo", "toolkit", "endpointd"}
+    unless `force`. `only`: a subset of IMAGE_NAMES (the base always)."""
+    wanted = set(only) if only is not None else set(IMAGE_NAMES)
     docker = DockerRuntime()
     try:
         rebuilt_base = force or not await docker.image_exists(BASE_IMAGE)
@@ -220,6 +249,15 @@ async def build_all(force: bool, progress: Progress, only: Iterable[str] | None 
                 progress(f"built {TOOLKIT_IMAGE} in {time.monotonic() - started:.0f} s")
             else:
                 progress(f"{TOOLKIT_IMAGE} is up to date")
+        if "llamacpp" in wanted:
+            if await _stale(docker, LLAMA_CPP_IMAGE, llamacpp_digest(), rebuilt_base):
+                progress(f"building {LLAMA_CPP_IMAGE} from {LLAMA_CPP_CONTEXT} (compiles llama-server: "
+                         f"10 to 20 minutes on 2 cores; the steps below count the files)")
+                started = time.monotonic()
+                await build_llamacpp(docker, progress)
+                progress(f"built {LLAMA_CPP_IMAGE} in {time.monotonic() - started:.0f} s")
+            else:
+                progress(f"{LLAMA_CPP_IMAGE} is up to date")
         if "endpointd" in wanted:
             if await _stale(docker, ENDPOINTD_IMAGE, endpointd_digest(), rebuilt_base):
                 progress(f"building {ENDPOINTD_IMAGE} from {PROJECT_ROOT / 'Dockerfile'}")
@@ -238,12 +276,12 @@ def main(force: bool = False, only: Iterable[str] | None = None) -> int:
 
     try:
         asyncio.run(build_all(force, progress, only))
-    except (BuildError, RuntimeError_, OSError) as error:
+    except (BuildError, FetchError, RuntimeError_, OSError) as error:
         print(f"endpointd images: {error}", file=sys.stderr)
         return 1
     progress("done")
     return 0
 
 
-if __name__ == "__main__":  # `python -m engines.images [echo|toolkit|endpointd ...]`
+if __name__ == "__main__":  # `python -m engines.images [echo|toolkit|llamacpp|endpointd ...]`
     sys.exit(main(only=sys.argv[1:] or None))

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from engines.artifacts import REPOSITORY_TARGET, repository_mounts
 from engines.hardware import Resources
+from engines.pinned import LLAMA_CPP_BUILD
 from engines.runtime import ContainerSpec, RegistryAuth
 
 GIB = 1024**3
@@ -55,6 +56,23 @@ DEFAULT_IMAGES: Mapping[str, str] = {
     # huggingface-inference-toolkit does; that project publishes no image of its own.
     "huggingface": "endpointd/inference-toolkit:0.1.0",
 }
+
+# Images endpointd builds itself (`endpointd images build`): one replaces the key's upstream tag
+# above when it is on this host and the operator pinned no other image for that key.
+LOCAL_IMAGES: Mapping[str, str] = {
+    "llamacpp": f"endpointd/llama-cpp:{LLAMA_CPP_BUILD}",
+}
+
+async def with_local_images(
+    pinned: Mapping[str, str], present: Callable[[str], Awaitable[bool]]
+) -> dict[str, str]:
+    """The operator's pins, plus each LOCAL_IMAGES entry that is on this host and not pinned."""
+    images = dict(pinned)
+    for key, image in LOCAL_IMAGES.items():
+        if key not in images and await present(image):
+            images[key] = image
+    return images
+
 
 # Docker's default /dev/shm is 64 MiB; engines that exchange tensors between processes (NCCL,
 # vLLM's multiprocessing ring buffers) need more. Values from each engine's documented `docker run`.
