@@ -226,10 +226,18 @@ async def build_app(
     async def utilization(key: EndpointKey) -> float | None:
         return await launcher.utilization(controller.intent(key), controller.ready_ids(key))
 
+    def engine_load(key: EndpointKey) -> float | None:
+        """Running + waiting requests the ready replicas' engines report (None: none reported)."""
+        ready = set(controller.ready_ids(key))
+        found = [s.signals for rid, s in analytics.engines.latest().items() if rid in ready]
+        if not found:
+            return None
+        return sum((f.queue or 0.0) + (f.running or 0.0) for f in found)
+
     scaler = Scaler(
         controller, pipeline.counter.snapshot, config=scaling_config.policy(),
         scaling_of=lambda key: scaling_of(controller.intent(key)),
-        utilization=utilization, interval_s=scaling_config.scale_interval_s, registry=pipeline.metrics.registry,
+        utilization=utilization, engine_load=engine_load, interval_s=scaling_config.scale_interval_s, registry=pipeline.metrics.registry,
     )
     analytics = Analytics(
         analytics_config, endpoints=controller, runtime=runtime, answers=pipeline.metrics,
