@@ -56,7 +56,8 @@ Progress = Callable[[str], None]
 
 CONTEXT_LABEL = "endpointd.context-sha256"
 CONTEXT_FILES = ("Dockerfile", "server.py")
-TOOLKIT_FILES = ("Dockerfile", "requirements.txt", "__init__.py", "tasks.py", "handlers.py", "server.py")
+TOOLKIT_FILES = ("Dockerfile", "requirements.txt", "__init__.py", "tasks.py", "handlers.py", "server.py",
+                 "openai_embeddings.py")
 # endpointd's own image: its Dockerfile, and what `pip wheel` builds it from.
 ENDPOINTD_FILES = ("Dockerfile", "pyproject.toml", "README.md")
 ENDPOINTD_PACKAGES = ("proxy", "autoscaler", "engines")
