@@ -73,7 +73,7 @@ def _proxy(args: argparse.Namespace) -> int:
 def _images_build(args: argparse.Namespace) -> int:
     from engines import images
 
-    return images.main(force=args.force, only=args.only or None)
+    return images.main(force=args.force, only=args.only or None, cuda=args.cuda)
 
 
 def _models_add(args: argparse.Namespace) -> int:
@@ -346,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     images_sub = images.add_subparsers(dest="images_command", required=True)
     build = images_sub.add_parser("build", help="build endpointd/base:bookworm, endpointd/echo:latest, endpointd/inference-toolkit and endpointd/endpointd")
     build.add_argument("--force", action="store_true", help="rebuild images that already exist")
+    cuda = build.add_mutually_exclusive_group()
+    cuda.add_argument("--cuda", dest="cuda", action="store_true", default=None,
+                      help="also build the CUDA variants of the toolkit and llama.cpp (default: when NVML sees a GPU)")
+    cuda.add_argument("--no-cuda", dest="cuda", action="store_false", help="never build the CUDA variants")
     build.add_argument("only", nargs="*", choices=("echo", "toolkit", "llamacpp", "endpointd", []), metavar="IMAGE",
                        help="build only these (echo, toolkit, llamacpp, endpointd); the base always")
     build.set_defaults(func=_images_build)

@@ -19,6 +19,7 @@ from aiohttp import web
 from engines import artifacts, hardware, presets
 from engines.capacity import HostCapacity
 from engines.model_roots import ModelRoots
+from engines.gpu_images import gpu_images
 from engines.presets import with_local_images
 from engines.docker import DockerRuntime
 from engines.gpus import GpuAllocator, GpuSampler, load_nvml, read_inventory
@@ -160,6 +161,7 @@ async def build_app(
         if key not in engines_config.images:
             logging.getLogger("endpointd").info("the %s preset runs %s, built on this host", key, image)
     inventory = read_inventory()
+    default_images.update(await gpu_images(inventory, engines_config.images, runtime.image_exists))
     allocator = GpuAllocator(inventory)
     nvml = load_nvml() if inventory else None
     gpu_sampler = GpuSampler(nvml, inventory) if nvml is not None else None

@@ -31,6 +31,8 @@ TOOLKIT_IMAGE = DEFAULT_IMAGES["huggingface"]
 ENDPOINTD_IMAGE = "endpointd/endpointd:latest"
 # llama.cpp's server built here from the pinned source; the `llamacpp` preset runs it when present.
 LLAMA_CPP_IMAGE = LOCAL_IMAGES["llamacpp"]
+LLAMA_CPP_CUDA_IMAGE = LOCAL_IMAGES["llamacpp-gpu"]
+TOOLKIT_CUDA_IMAGE = LOCAL_IMAGES["huggingface-gpu"]
 # What the echo engine needs from Debian; minbase keeps the image near 260 MB. The toolkit and
 # endpointd's own image bring their Python packages with pip (a wheel copied in), not Debian's.
 BASE_PACKAGES = ("python3", "python3-aiohttp")
@@ -133,15 +135,29 @@ async def pip_wheel(dest: Path, progress: Progress) -> Path:
     return next(dest.glob("pip-*.whl"))
 
 
+# The CUDA variants (`endpointd images build --cuda`, or a host where NVML sees a GPU). Untested
+# here: no GPU and no registry reach this project's machines.
+CUDA_TORCH_INDEX = "https://download.pytorch.org/whl/cu128"
+CUDA_VERSION = "12.8.1"
+CUDA_LLAMA_ARGS = {
+    "BUILD_BASE": f"nvidia/cuda:{CUDA_VERSION}-devel-ubuntu24.04",
+    "RUN_BASE": f"nvidia/cuda:{CUDA_VERSION}-runtime-ubuntu24.04",
+    "GGML_CUDA": "ON",
+    "CMAKE_EXTRA": "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined",
+}
+
+
 @dataclass(frozen=True)
 class Toolkit:
     """The toolkit's build inputs: its files' and wheels' digest says when to rebuild."""
 
     torch: Path | None
+    torch_index: str | None = None  # a CUDA index: the wheel on disk (a CPU build) is not used
 
     @property
     def digest(self) -> str:
-        return context_digest(TOOLKIT_CONTEXT, TOOLKIT_FILES, [f"torch={self.torch.name if self.torch else 'cpu-index'}"])
+        where = self.torch_index or (self.torch.name if self.torch else "cpu-index")
+        return context_digest(TOOLKIT_CONTEXT, TOOLKIT_FILES, [f"torch={where}"])
 
 
 async def build_toolkit(
@@ -159,12 +175,17 @@ async def build_toolkit(
         (context / "torch").mkdir()
         shutil.copy2(CA_BUNDLE, context / "build" / CA_BUNDLE.name)
         await pip_wheel(context / "build", progress)
-        if toolkit.torch is not None:
+        buildargs = {}
+        if toolkit.torch_index is not None:
+            progress(f"torch from {toolkit.torch_index}")
+            buildargs["TORCH_INDEX"] = toolkit.torch_index
+        elif toolkit.torch is not None:
             progress(f"torch from {toolkit.torch}")
             shutil.copy2(toolkit.torch, context / "torch" / toolkit.torch.name)
         else:
             progress(f"no torch wheel in {TORCH_WHEELS}: the build installs torch from its CPU index")
-        await docker.build_image(context, tag, progress=progress, labels={CONTEXT_LABEL: toolkit.digest}, nocache=nocache)
+        await docker.build_image(context, tag, progress=progress, labels={CONTEXT_LABEL: toolkit.digest},
+                                 nocache=nocache, buildargs=buildargs or None)
 
 
 def endpointd_digest(root: Path = PROJECT_ROOT) -> str:
@@ -192,12 +213,13 @@ async def build_endpointd(docker: DockerRuntime, progress: Progress, root: Path 
         )
 
 
-def llamacpp_digest() -> str:
-    """The llama.cpp image's inputs: its Dockerfile and the pinned source's sha256."""
-    return context_digest(LLAMA_CPP_CONTEXT, ("Dockerfile",), [f"source={LLAMA_CPP_SOURCE.sha256}"])
+def llamacpp_digest(cuda: bool = False) -> str:
+    """The llama.cpp image's inputs: its Dockerfile and the pinned source's sha256 (and CUDA's args)."""
+    extra = [f"source={LLAMA_CPP_SOURCE.sha256}", *(f"{k}={v}" for k, v in sorted(CUDA_LLAMA_ARGS.items()) if cuda)]
+    return context_digest(LLAMA_CPP_CONTEXT, ("Dockerfile",), extra)
 
 
-async def build_llamacpp(docker: DockerRuntime, progress: Progress, tag: str = LLAMA_CPP_IMAGE) -> None:
+async def build_llamacpp(docker: DockerRuntime, progress: Progress, cuda: bool = False) -> None:
     """The pinned llama.cpp source (fetched once into the cache, sha256 checked) and the Dockerfile
     in a temporary context, then `docker build`: llama-server compiles in the first stage."""
     source = await fetch(LLAMA_CPP_SOURCE, progress)
@@ -209,8 +231,9 @@ async def build_llamacpp(docker: DockerRuntime, progress: Progress, tag: str = L
         except OSError:
             shutil.copy2(source, context / "source.tar.gz")
         await docker.build_image(
-            context, tag, progress=progress, labels={CONTEXT_LABEL: llamacpp_digest()},
-            buildargs={"BASE": BASE_IMAGE, "LLAMA_BUILD": LLAMA_CPP_BUILD},
+            context, LLAMA_CPP_CUDA_IMAGE if cuda else LLAMA_CPP_IMAGE, progress=progress,
+            labels={CONTEXT_LABEL: llamacpp_digest(cuda)},
+            buildargs={"BASE": BASE_IMAGE, "LLAMA_BUILD": LLAMA_CPP_BUILD, **(CUDA_LLAMA_ARGS if cuda else {})},
         )
 
 
@@ -223,10 +246,21 @@ async def _stale(docker: DockerRuntime, image: str, digest: str, rebuilt_base: b
 IMAGE_NAMES = ("echo", "toolkit", "llamacpp", "endpointd")
 
 
-async def build_all(force: bool, progress: Progress, only: Iterable[str] | None = None) -> None:
-    """Build the base, echo, toolkit and endpointd images, skipping each one that is up to date
-    unless `force`. `only`: a subset of IMAGE_NAMES (the base always)."""
+def host_has_gpus() -> bool:
+    from .gpus import read_inventory
+
+    return bool(read_inventory())
+
+
+async def build_all(force: bool, progress: Progress, only: Iterable[str] | None = None, cuda: bool | None = None) -> None:
+    """Build the base, echo, toolkit, llama.cpp and endpointd images, skipping each one that is up
+    to date unless `force`. `only`: a subset of IMAGE_NAMES (the base always). `cuda`: also the
+    CUDA builds of the toolkit and llama.cpp (None: when NVML sees a GPU on this host)."""
     wanted = set(only) if only is not None else set(IMAGE_NAMES)
+    if cuda is None:
+        cuda = host_has_gpus()
+        if cuda:
+            progress("NVML sees GPUs on this host: building the CUDA variants of the toolkit and llama.cpp too")
     docker = DockerRuntime()
     try:
         rebuilt_base = force or not await docker.image_exists(BASE_IMAGE)
@@ -250,6 +284,10 @@ async def build_all(force: bool, progress: Progress, only: Iterable[str] | None 
                 progress(f"built {TOOLKIT_IMAGE} in {time.monotonic() - started:.0f} s")
             else:
                 progress(f"{TOOLKIT_IMAGE} is up to date")
+            cuda_toolkit = Toolkit(torch=None, torch_index=CUDA_TORCH_INDEX)
+            if cuda and await _stale(docker, TOOLKIT_CUDA_IMAGE, cuda_toolkit.digest, rebuilt_base):
+                progress(f"building {TOOLKIT_CUDA_IMAGE} (torch from {CUDA_TORCH_INDEX}: gigabytes)")
+                await build_toolkit(docker, cuda_toolkit, progress, tag=TOOLKIT_CUDA_IMAGE)
         if "llamacpp" in wanted:
             if await _stale(docker, LLAMA_CPP_IMAGE, llamacpp_digest(), rebuilt_base):
                 progress(f"building {LLAMA_CPP_IMAGE} from {LLAMA_CPP_CONTEXT} (compiles llama-server: "
@@ -259,6 +297,9 @@ async def build_all(force: bool, progress: Progress, only: Iterable[str] | None 
                 progress(f"built {LLAMA_CPP_IMAGE} in {time.monotonic() - started:.0f} s")
             else:
                 progress(f"{LLAMA_CPP_IMAGE} is up to date")
+            if cuda and await _stale(docker, LLAMA_CPP_CUDA_IMAGE, llamacpp_digest(cuda=True), rebuilt_base):
+                progress(f"building {LLAMA_CPP_CUDA_IMAGE} on {CUDA_LLAMA_ARGS['BUILD_BASE']}")
+                await build_llamacpp(docker, progress, cuda=True)
         if "endpointd" in wanted:
             if await _stale(docker, ENDPOINTD_IMAGE, endpointd_digest(), rebuilt_base):
                 progress(f"building {ENDPOINTD_IMAGE} from {PROJECT_ROOT / 'Dockerfile'}")
@@ -269,14 +310,14 @@ async def build_all(force: bool, progress: Progress, only: Iterable[str] | None 
         await docker.close()
 
 
-def main(force: bool = False, only: Iterable[str] | None = None) -> int:
+def main(force: bool = False, only: Iterable[str] | None = None, cuda: bool | None = None) -> int:
     """`endpointd images build`: 0 when the images are there, 1 with the reason when not."""
 
     def progress(message: str) -> None:
         print(f"endpointd images: {message}", flush=True)
 
     try:
-        asyncio.run(build_all(force, progress, only))
+        asyncio.run(build_all(force, progress, only, cuda))
     except (BuildError, FetchError, RuntimeError_, OSError) as error:
         print(f"endpointd images: {error}", file=sys.stderr)
         return 1
