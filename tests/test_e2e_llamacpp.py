@@ -169,3 +169,89 @@ def test_a_replica_killed_mid_stream_cuts_the_stream_and_is_replaced(serve):
     answer = openai_client(serve, endpoint).chat.completions.create(
         model="tgi", messages=SKY, temperature=0, max_tokens=24)
     assert "blue" in answer.choices[0].message.content.lower()
+
+
+SCALING_FAST = {"ENDPOINTD_SCALE_WINDOW_S": "2", "ENDPOINTD_STABILIZATION_S": "5"}
+
+
+async def _streams_until(url: str, token: str, concurrency: int, done) -> int:
+    """`concurrency` clients streaming long completions back to back until `done()`; the count sent."""
+    body = {"model": "smol", "messages": SKY, "max_tokens": 256, "temperature": 0, "stream": True, "ignore_eos": True}
+    sent = 0
+
+    async def client(session):
+        nonlocal sent
+        while not done():
+            async with session.post(f"{url}/v1/chat/completions", json=body,
+                                    headers={"Authorization": f"Bearer {token}", "X-Scale-Up-Timeout": "60"}) as r:
+                await r.read()
+            sent += 1
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        await asyncio.gather(*(client(session) for _ in range(concurrency)))
+    return sent
+
+
+def test_engine_queue_scales_on_what_llamacpp_reports_and_back(tmp_path, docker_engine, monkeypatch):
+    """4 streams on a replica with 2 slots: llama.cpp reports 2 processing and 2 deferred, twice the
+    threshold of 1 per replica, so a second replica starts; when the load ends, back to 1."""
+    require_llamacpp_image()
+    s = Serve(tmp_path / "data", admin_token="test-admin-token", extra_env={**FAST, **SCALING_FAST})
+    asyncio.run(models.add("smollm2", Path(s.model).parent, lambda _line: None))
+    s.alice = s.add_user("alice")
+    s.start()
+    monkeypatch.setattr(hub_constants, "INFERENCE_ENDPOINTS_ENDPOINT", f"{s.url}/v2")
+    try:
+        endpoint = create(s, "smol", min_replica=1, max_replica=2)
+        request = urllib.request.Request(
+            f"{s.url}/v2/endpoint/alice/smol", method="PUT",
+            data=json.dumps({"compute": {"scaling": {"measure": {"engineQueue": 1}}}}).encode(),
+            headers={"Authorization": f"Bearer {s.alice}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert json.loads(response.read())["compute"]["scaling"]["measure"] == {"engineQueue": 1}
+        deadline = time.monotonic() + 150
+        scaled = {"up": False}
+
+        def done():
+            scaled["up"] = scaled["up"] or len(s.containers()) == 2
+            return scaled["up"] or time.monotonic() > deadline
+
+        asyncio.run(_streams_until(endpoint.url, s.alice, 4, done))
+        assert scaled["up"], "the engine's queue never asked for a second replica"
+        wait_for(lambda: len(s.containers()) == 1, 120, "the scale-down to 1 once the load ended", interval_s=0.5)
+    finally:
+        s.close()
+
+
+def test_llamacpp_health_is_not_ready_until_the_model_is_loaded(tmp_path, docker_engine):
+    """llama-server listens before it loads its model and answers /health 503 meanwhile: what
+    endpointd's readiness waits past (it forwards nothing until a 200), seen on the real server."""
+    require_llamacpp_image()
+    root = tmp_path / "models"
+    root.mkdir()
+    repository = asyncio.run(models.add("smollm2", root, lambda _line: None))
+    name = f"endpointd-test-health-{tmp_path.name}"[:60]
+    subprocess.run([DOCKER, "run", "-d", "--rm", "--name", name, "-p", "127.0.0.1::8080", "-v", f"{repository}:/m:ro",
+                    "-e", f"LLAMA_ARG_MODEL=/m/{GGUF}", "-e", "LLAMA_ARG_HOST=0.0.0.0", "-e", "LLAMA_ARG_PORT=8080",
+                    images.LLAMA_CPP_IMAGE], check=True, capture_output=True)
+    try:
+        port = subprocess.run([DOCKER, "port", name, "8080/tcp"], check=True, capture_output=True,
+                              text=True).stdout.split()[0].rsplit(":", 1)[1]
+        seen: list[tuple[int, str]] = []
+
+        def healthy():
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    seen.append((response.status, response.read().decode()))
+                    return True
+            except urllib.error.HTTPError as error:
+                seen.append((error.code, error.read().decode()))
+            except (urllib.error.URLError, ConnectionError):
+                pass  # not listening yet
+            return False
+
+        wait_for(healthy, 60, "llama-server's /health to answer 200", interval_s=0.005)
+        loading = [body for status, body in seen if status == 503]
+        assert loading and "Loading model" in loading[0], seen[:5]
+    finally:
+        subprocess.run([DOCKER, "rm", "-f", name], capture_output=True)
