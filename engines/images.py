@@ -139,11 +139,9 @@ async def pip_wheel(dest: Path, progress: Progress) -> Path:
 # here: no GPU and no registry reach this project's machines.
 CUDA_TORCH_INDEX = "https://download.pytorch.org/whl/cu128"
 CUDA_VERSION = "12.8.1"
-CUDA_LLAMA_ARGS = {
+CUDA_LLAMA_ARGS = {  # engines/llamacpp/Dockerfile.cuda
     "BUILD_BASE": f"nvidia/cuda:{CUDA_VERSION}-devel-ubuntu24.04",
     "RUN_BASE": f"nvidia/cuda:{CUDA_VERSION}-runtime-ubuntu24.04",
-    "GGML_CUDA": "ON",
-    "CMAKE_EXTRA": "-DCMAKE_EXE_LINKER_FLAGS=-Wl,--allow-shlib-undefined",
 }
 
 
@@ -213,10 +211,14 @@ async def build_endpointd(docker: DockerRuntime, progress: Progress, root: Path 
         )
 
 
+def llamacpp_dockerfile(cuda: bool) -> str:
+    return "Dockerfile.cuda" if cuda else "Dockerfile"
+
+
 def llamacpp_digest(cuda: bool = False) -> str:
     """The llama.cpp image's inputs: its Dockerfile and the pinned source's sha256 (and CUDA's args)."""
     extra = [f"source={LLAMA_CPP_SOURCE.sha256}", *(f"{k}={v}" for k, v in sorted(CUDA_LLAMA_ARGS.items()) if cuda)]
-    return context_digest(LLAMA_CPP_CONTEXT, ("Dockerfile",), extra)
+    return context_digest(LLAMA_CPP_CONTEXT, (llamacpp_dockerfile(cuda),), extra)
 
 
 async def build_llamacpp(docker: DockerRuntime, progress: Progress, cuda: bool = False) -> None:
@@ -225,7 +227,8 @@ async def build_llamacpp(docker: DockerRuntime, progress: Progress, cuda: bool =
     source = await fetch(LLAMA_CPP_SOURCE, progress)
     with tempfile.TemporaryDirectory(prefix="endpointd-llamacpp-") as tmp:
         context = Path(tmp)
-        shutil.copy2(LLAMA_CPP_CONTEXT / "Dockerfile", context / "Dockerfile")
+        dockerfile = llamacpp_dockerfile(cuda)
+        shutil.copy2(LLAMA_CPP_CONTEXT / dockerfile, context / "Dockerfile")
         try:  # a hard link when the cache is on the same file system: 77 MB not copied
             (context / "source.tar.gz").hardlink_to(source)
         except OSError:
@@ -233,7 +236,7 @@ async def build_llamacpp(docker: DockerRuntime, progress: Progress, cuda: bool =
         await docker.build_image(
             context, LLAMA_CPP_CUDA_IMAGE if cuda else LLAMA_CPP_IMAGE, progress=progress,
             labels={CONTEXT_LABEL: llamacpp_digest(cuda)},
-            buildargs={"BASE": BASE_IMAGE, "LLAMA_BUILD": LLAMA_CPP_BUILD, **(CUDA_LLAMA_ARGS if cuda else {})},
+            buildargs={"LLAMA_BUILD": LLAMA_CPP_BUILD, **(CUDA_LLAMA_ARGS if cuda else {"BASE": BASE_IMAGE})},
         )
 
 

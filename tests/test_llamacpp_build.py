@@ -36,7 +36,9 @@ def test_the_dockerfile_keeps_build_tools_out_of_the_served_image():
     build, served = dockerfile.split("FROM ${RUN_BASE}")
     assert "build-essential" in build and "build-essential" not in served
     assert "COPY --from=build /out /app" in served and 'ENTRYPOINT ["/app/llama-server"]' in served
-    assert "GGML_CUDA" in build  # the CUDA variant is a build argument
+    cuda = (images.LLAMA_CPP_CONTEXT / "Dockerfile.cuda").read_text()
+    assert "-DGGML_CUDA=ON" in cuda and "FROM ${RUN_BASE}" in cuda
+    assert images.llamacpp_digest(cuda=True) != images.llamacpp_digest()
 
 
 async def test_local_images_replace_upstream_tags_only_when_present_and_not_pinned():
