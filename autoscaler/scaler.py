@@ -23,7 +23,7 @@ from proxy.pending import PendingSnapshot
 
 from .controller import Controller
 from .events import EventLog
-from .policy import HARDWARE, Decision, PolicyConfig, PolicyState, Scaling, Snapshot, decide
+from .policy import ENGINE, HARDWARE, Decision, PolicyConfig, PolicyState, Scaling, Snapshot, decide
 
 log = logging.getLogger("endpointd.scaler")
 
@@ -48,6 +48,7 @@ class Scaler:
         config: PolicyConfig,
         scaling_of: Callable[[EndpointKey], Scaling | None],
         utilization: Callable[[EndpointKey], Awaitable[float | None]] | None = None,
+        engine_load: Callable[[EndpointKey], float | None] | None = None,
         events: EventLog | None = None,
         clock: Callable[[], float] = time.monotonic,
         interval_s: float = SAMPLE_INTERVAL_S,
@@ -58,6 +59,7 @@ class Scaler:
         self._config = config
         self._scaling_of = scaling_of
         self._utilization = utilization
+        self._engine_load = engine_load
         self._events = events or controller.events
         self._clock = clock
         self._interval_s = interval_s
@@ -101,6 +103,7 @@ class Scaler:
             return None
         name = str(key)
         util = await self._utilization(key) if self._utilization and scaling.metric == HARDWARE else None
+        load = self._engine_load(key) if self._engine_load and scaling.metric == ENGINE else None
         on_leaving = counts.replicas.get(name, {})
         leaving = sum(on_leaving.get(rid, 0) for rid in self._controller.leaving_ids(key))
         current = self._controller.wanted(key)
@@ -111,6 +114,7 @@ class Scaler:
             current=current,
             utilization=util,
             capacity=self._controller.replicas_can_run(key),
+            engine_load=load,
         )
         decision, self._states[key] = decide(snapshot, scaling, self._config, self._states.get(key, PolicyState()), now)
         self.decisions.labels(name, decision.kind).inc()

@@ -18,6 +18,8 @@ from engines import artifacts, hardware, presets
 from engines import downloads as hub_downloads
 from engines.capacity import HostCapacity
 from engines.model_roots import ModelRoots
+from engines.gpu_images import gpu_images
+from engines.presets import with_local_images
 from engines.docker import DockerRuntime
 from engines.gpus import GpuAllocator, GpuSampler, load_nvml, read_inventory
 from engines.runtime import EndpointKey
@@ -160,7 +162,12 @@ async def build_app(
     probe_secret = secrets.token_urlsafe(32)  # marks the controller's probes: never counted as demand
     pipeline = Pipeline(proxy_config, plane, probe_secret=probe_secret)
     runtime = DockerRuntime(publish_host=serve_config.publish_host, instance=instance_id(data_dir))
+    default_images = await with_local_images(engines_config.images, runtime.image_exists)
+    for key, image in default_images.items():
+        if key not in engines_config.images:
+            logging.getLogger("endpointd").info("the %s preset runs %s, built on this host", key, image)
     inventory = read_inventory()
+    default_images.update(await gpu_images(inventory, engines_config.images, runtime.image_exists))
     allocator = GpuAllocator(inventory)
     nvml = load_nvml() if inventory else None
     gpu_sampler = GpuSampler(nvml, inventory) if nvml is not None else None
@@ -170,7 +177,7 @@ async def build_app(
     launcher = EngineLauncher(
         runtime, session, inventory=inventory, allocator=allocator, downloads=downloads,
         ready_deadline_s=serve_config.ready_deadline_s, cpu_count=cpu_count, memory_bytes=memory_bytes,
-        gpu_sampler=gpu_sampler, default_images=engines_config.images or None,
+        gpu_sampler=gpu_sampler, default_images=default_images or None,
     )
 
     async def save_status(uid: str, status: Status) -> None:
@@ -233,10 +240,18 @@ async def build_app(
     async def utilization(key: EndpointKey) -> float | None:
         return await launcher.utilization(controller.intent(key), controller.ready_ids(key))
 
+    def engine_load(key: EndpointKey) -> float | None:
+        """Running + waiting requests the ready replicas' engines report (None: none reported)."""
+        ready = set(controller.ready_ids(key))
+        found = [s.signals for rid, s in analytics.engines.latest().items() if rid in ready]
+        if not found:
+            return None
+        return sum((f.queue or 0.0) + (f.running or 0.0) for f in found)
+
     scaler = Scaler(
         controller, pipeline.counter.snapshot, config=scaling_config.policy(),
         scaling_of=lambda key: scaling_of(controller.intent(key)),
-        utilization=utilization, interval_s=scaling_config.scale_interval_s, registry=pipeline.metrics.registry,
+        utilization=utilization, engine_load=engine_load, interval_s=scaling_config.scale_interval_s, registry=pipeline.metrics.registry,
     )
     analytics = Analytics(
         analytics_config, endpoints=controller, runtime=runtime, answers=pipeline.metrics,
@@ -259,7 +274,7 @@ async def build_app(
         describe=lambda repository, revision, ns: artifacts.describe(
             repository, revision, hub_downloads.hub_cache(downloads, ns)),
         present=runtime.image_exists, in_registry=runtime.image_in_registry,
-        default_images=engines_config.images or None, catalog=catalog,
+        default_images=default_images or None, catalog=catalog,
     )
 
     async def reconciling(app: web.Application) -> AsyncIterator[None]:

@@ -18,12 +18,13 @@ class ScalingMetric(enum.StrEnum):
 
     PENDING_REQUESTS = "pendingRequests"  # requests in flight or held, per replica
     HARDWARE_USAGE = "hardwareUsage"  # percent of the accelerator in use
+    ENGINE_QUEUE = "engineQueue"  # requests running + waiting in the engines, per replica (their metrics)
 
 
 @dataclass(frozen=True)
 class Measure:
     metric: ScalingMetric
-    threshold: float  # pending requests per replica, or percent for hardwareUsage
+    threshold: float  # requests per replica (pending, or in the engine), or percent for hardwareUsage
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,10 @@ VARIANTS = ("vLLM", "sGLang", "tgi", "tei", "llamacpp", "hfServe", "custom", "hu
 TYPE_ALIASES = {"protected": AuthType.AUTHENTICATED}  # [spec-2023] spelling, still in UI exports (§12)
 # Defaults of the reference service when `measure` or its threshold is null or absent (§12, autoscaling.mdx).
 # pendingRequests is the default metric: the proxy counts pending requests exactly; hardware use is sampled.
-DEFAULT_THRESHOLDS = {ScalingMetric.PENDING_REQUESTS: 1.5, ScalingMetric.HARDWARE_USAGE: 80.0}
+# engineQueue (endpointd's own): 2 requests running or waiting per replica, what llama.cpp's
+# `-np 2` runs at once; an engine with more slots warrants a higher threshold.
+DEFAULT_THRESHOLDS = {ScalingMetric.PENDING_REQUESTS: 1.5, ScalingMetric.HARDWARE_USAGE: 80.0,
+                      ScalingMetric.ENGINE_QUEUE: 2.0}
 DEFAULT_MEASURE = Measure(ScalingMetric.PENDING_REQUESTS, DEFAULT_THRESHOLDS[ScalingMetric.PENDING_REQUESTS])
 # minReplica 0 with a null scaleToZeroTimeout: the reference's EndpointScaling says "default: 15".
 DEFAULT_SCALE_TO_ZERO_MIN = 15
@@ -238,7 +241,7 @@ def _route(body: dict[str, Any], base: Route | None) -> Route:
 
 
 def _measure(value: Any, path: str) -> Measure:
-    rule = 'an object with one key, "pendingRequests" or "hardwareUsage", e.g. {"pendingRequests": 1.5}'
+    rule = 'an object with one key, "pendingRequests", "hardwareUsage" or "engineQueue", e.g. {"pendingRequests": 1.5}'
     if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in tuple(ScalingMetric):
         _fail(path, rule, value)
     key, threshold = next(iter(value.items()))
@@ -255,7 +258,7 @@ def _measure(value: Any, path: str) -> Measure:
 
 def _metric(value: Any, path: str) -> ScalingMetric:
     if value not in tuple(ScalingMetric):
-        _fail(path, '"pendingRequests" or "hardwareUsage"', value)
+        _fail(path, '"pendingRequests", "hardwareUsage" or "engineQueue"', value)
     return ScalingMetric(value)
 
 

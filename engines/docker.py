@@ -29,6 +29,7 @@ import aiodocker
 import aiohttp
 from aiodocker.networks import DockerNetwork
 
+from .build_progress import CompileProgress
 from .progress import PullProgress
 from .runtime import (
     LABEL_API_KEY,
@@ -771,7 +772,7 @@ class DockerRuntime:
         if nocache:
             params["nocache"] = "1"
         headers = {"Content-Type": "application/x-tar"}
-        step, output = "", deque[str](maxlen=BUILD_OUTPUT_TAIL)
+        step, output, compiled = "", deque[str](maxlen=BUILD_OUTPUT_TAIL), CompileProgress()
         with tempfile.TemporaryDirectory(prefix="endpointd-context-") as tmp:
             tarball = Path(tmp) / "context.tar"
             await asyncio.to_thread(_context_tarball, context_dir, tarball)
@@ -786,10 +787,14 @@ class DockerRuntime:
                             if text.startswith("Step "):
                                 step = text
                                 output.clear()
+                                compiled.reset()
                                 if progress:
                                     progress(f"{tag}: {text}")
                             elif text.strip():
                                 output.append(text)
+                                counted = compiled.see(text)
+                                if counted and progress:
+                                    progress(f"{tag}: compiling, {counted}")
 
     async def close(self) -> None:
         await self._docker.close()

@@ -37,6 +37,7 @@ class Gpu:
     name: str  # as NVML reports it, e.g. "NVIDIA H100 80GB HBM3"
     type: str  # normalized instanceType, e.g. "nvidia-h100"
     memory_total_bytes: int
+    compute_capability: tuple[int, int] | None = None  # (8, 0) for an A100; None when NVML cannot say
 
 
 class NoCapacity(Exception):
@@ -57,6 +58,14 @@ def gpu_type(name: str) -> str:
 def _text(value: str | bytes) -> str:
     # nvidia-ml-py >= 11.515 returns str; older releases (and pynvml forks) return bytes.
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _compute_capability(nvml: Any, handle: Any) -> tuple[int, int] | None:
+    try:
+        major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+    except (nvml.NVMLError, AttributeError):  # an old driver or binding: the images fall back to the defaults
+        return None
+    return int(major), int(minor)
 
 
 def load_nvml() -> ModuleType | None:
@@ -90,6 +99,7 @@ def read_inventory(nvml: Any | None = None) -> list[Gpu]:
                 name=name,
                 type=gpu_type(name),
                 memory_total_bytes=int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
+                compute_capability=_compute_capability(nvml, handle),
             ))
     except nvml.NVMLError as error:
         log.info("no NVIDIA GPU found (NVML: %s); GPU instances are unavailable", error)

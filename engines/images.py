@@ -1,6 +1,6 @@
 """Building endpointd's own images without a registry: a Debian root filesystem made with
 debootstrap and imported as `endpointd/base:bookworm`, then on top of it the echo engine, the
-inference toolkit and endpointd itself.
+inference toolkit, llama.cpp's server and endpointd itself.
 
 Every image built here carries a digest of what it is built from (CONTEXT_LABEL) and is rebuilt
 only when that digest changes, or when the base is rebuilt: CI runs `endpointd images build` on
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .docker import DockerRuntime
-from .presets import DEFAULT_IMAGES
+from .pinned import LLAMA_CPP_BUILD, LLAMA_CPP_SOURCE, FetchError, fetch
+from .presets import DEFAULT_IMAGES, LOCAL_IMAGES
 from .runtime import RuntimeError_
 
 BASE_IMAGE = "endpointd/base:bookworm"
@@ -28,6 +29,10 @@ ECHO_IMAGE = "endpointd/echo:latest"
 # The tag the `huggingface` preset runs: one constant, so that the preset and the build agree.
 TOOLKIT_IMAGE = DEFAULT_IMAGES["huggingface"]
 ENDPOINTD_IMAGE = "endpointd/endpointd:latest"
+# llama.cpp's server built here from the pinned source; the `llamacpp` preset runs it when present.
+LLAMA_CPP_IMAGE = LOCAL_IMAGES["llamacpp"]
+LLAMA_CPP_CUDA_IMAGE = LOCAL_IMAGES["llamacpp-gpu"]
+TOOLKIT_CUDA_IMAGE = LOCAL_IMAGES["huggingface-gpu"]
 # What the echo engine needs from Debian; minbase keeps the image near 260 MB. The toolkit and
 # endpointd's own image bring their Python packages with pip (a wheel copied in), not Debian's.
 BASE_PACKAGES = ("python3", "python3-aiohttp")
@@ -35,6 +40,7 @@ DEBIAN_SUITE = "bookworm"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 ECHO_CONTEXT = Path(__file__).parent / "echo"
 TOOLKIT_CONTEXT = Path(__file__).parent / "toolkit"
+LLAMA_CPP_CONTEXT = Path(__file__).parent / "llamacpp"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Lines of a failing command's output shown in its error: debootstrap's reason is in its last ones.
 OUTPUT_TAIL = 15
@@ -52,7 +58,8 @@ Progress = Callable[[str], None]
 
 CONTEXT_LABEL = "endpointd.context-sha256"
 CONTEXT_FILES = ("Dockerfile", "server.py")
-TOOLKIT_FILES = ("Dockerfile", "requirements.txt", "__init__.py", "tasks.py", "handlers.py", "server.py")
+TOOLKIT_FILES = ("Dockerfile", "requirements.txt", "__init__.py", "tasks.py", "handlers.py", "server.py",
+                 "openai_embeddings.py")
 # endpointd's own image: its Dockerfile, and what `pip wheel` builds it from.
 ENDPOINTD_FILES = ("Dockerfile", "pyproject.toml", "README.md")
 ENDPOINTD_PACKAGES = ("proxy", "autoscaler", "engines")
@@ -128,15 +135,27 @@ async def pip_wheel(dest: Path, progress: Progress) -> Path:
     return next(dest.glob("pip-*.whl"))
 
 
+# The CUDA variants (`endpointd images build --cuda`, or a host where NVML sees a GPU). Untested
+# here: no GPU and no registry reach this project's machines.
+CUDA_TORCH_INDEX = "https://download.pytorch.org/whl/cu128"
+CUDA_VERSION = "12.8.1"
+CUDA_LLAMA_ARGS = {  # engines/llamacpp/Dockerfile.cuda
+    "BUILD_BASE": f"nvidia/cuda:{CUDA_VERSION}-devel-ubuntu24.04",
+    "RUN_BASE": f"nvidia/cuda:{CUDA_VERSION}-runtime-ubuntu24.04",
+}
+
+
 @dataclass(frozen=True)
 class Toolkit:
     """The toolkit's build inputs: its files' and wheels' digest says when to rebuild."""
 
     torch: Path | None
+    torch_index: str | None = None  # a CUDA index: the wheel on disk (a CPU build) is not used
 
     @property
     def digest(self) -> str:
-        return context_digest(TOOLKIT_CONTEXT, TOOLKIT_FILES, [f"torch={self.torch.name if self.torch else 'cpu-index'}"])
+        where = self.torch_index or (self.torch.name if self.torch else "cpu-index")
+        return context_digest(TOOLKIT_CONTEXT, TOOLKIT_FILES, [f"torch={where}"])
 
 
 async def build_toolkit(
@@ -154,12 +173,17 @@ async def build_toolkit(
         (context / "torch").mkdir()
         shutil.copy2(CA_BUNDLE, context / "build" / CA_BUNDLE.name)
         await pip_wheel(context / "build", progress)
-        if toolkit.torch is not None:
+        buildargs = {}
+        if toolkit.torch_index is not None:
+            progress(f"torch from {toolkit.torch_index}")
+            buildargs["TORCH_INDEX"] = toolkit.torch_index
+        elif toolkit.torch is not None:
             progress(f"torch from {toolkit.torch}")
             shutil.copy2(toolkit.torch, context / "torch" / toolkit.torch.name)
         else:
             progress(f"no torch wheel in {TORCH_WHEELS}: the build installs torch from its CPU index")
-        await docker.build_image(context, tag, progress=progress, labels={CONTEXT_LABEL: toolkit.digest}, nocache=nocache)
+        await docker.build_image(context, tag, progress=progress, labels={CONTEXT_LABEL: toolkit.digest},
+                                 nocache=nocache, buildargs=buildargs or None)
 
 
 def endpointd_digest(root: Path = PROJECT_ROOT) -> str:
@@ -187,16 +211,59 @@ async def build_endpointd(docker: DockerRuntime, progress: Progress, root: Path 
         )
 
 
+def llamacpp_dockerfile(cuda: bool) -> str:
+    return "Dockerfile.cuda" if cuda else "Dockerfile"
+
+
+def llamacpp_digest(cuda: bool = False) -> str:
+    """The llama.cpp image's inputs: its Dockerfile and the pinned source's sha256 (and CUDA's args)."""
+    extra = [f"source={LLAMA_CPP_SOURCE.sha256}", *(f"{k}={v}" for k, v in sorted(CUDA_LLAMA_ARGS.items()) if cuda)]
+    return context_digest(LLAMA_CPP_CONTEXT, (llamacpp_dockerfile(cuda),), extra)
+
+
+async def build_llamacpp(docker: DockerRuntime, progress: Progress, cuda: bool = False) -> None:
+    """The pinned llama.cpp source (fetched once into the cache, sha256 checked) and the Dockerfile
+    in a temporary context, then `docker build`: llama-server compiles in the first stage."""
+    source = await fetch(LLAMA_CPP_SOURCE, progress)
+    with tempfile.TemporaryDirectory(prefix="endpointd-llamacpp-") as tmp:
+        context = Path(tmp)
+        dockerfile = llamacpp_dockerfile(cuda)
+        shutil.copy2(LLAMA_CPP_CONTEXT / dockerfile, context / "Dockerfile")
+        try:  # a hard link when the cache is on the same file system: 77 MB not copied
+            (context / "source.tar.gz").hardlink_to(source)
+        except OSError:
+            shutil.copy2(source, context / "source.tar.gz")
+        await docker.build_image(
+            context, LLAMA_CPP_CUDA_IMAGE if cuda else LLAMA_CPP_IMAGE, progress=progress,
+            labels={CONTEXT_LABEL: llamacpp_digest(cuda)},
+            buildargs={"LLAMA_BUILD": LLAMA_CPP_BUILD, **(CUDA_LLAMA_ARGS if cuda else {"BASE": BASE_IMAGE})},
+        )
+
+
 async def _stale(docker: DockerRuntime, image: str, digest: str, rebuilt_base: bool) -> bool:
     """Whether `image` must be (re)built: a new base, no image, or other inputs than its label's."""
     labels = await docker.image_labels(image)
     return rebuilt_base or labels is None or labels.get(CONTEXT_LABEL) != digest
 
 
-async def build_all(force: bool, progress: Progress, only: Iterable[str] | None = None) -> None:
-    """Build the base, echo, toolkit and endpointd images, skipping each one that is up to date
-    unless `force`. `only`: a subset of "echo", "toolkit", "endpointd" (the base always)."""
-    wanted = set(only) if only is not None else {"echo", "toolkit", "endpointd"}
+IMAGE_NAMES = ("echo", "toolkit", "llamacpp", "endpointd")
+
+
+def host_has_gpus() -> bool:
+    from .gpus import read_inventory
+
+    return bool(read_inventory())
+
+
+async def build_all(force: bool, progress: Progress, only: Iterable[str] | None = None, cuda: bool | None = None) -> None:
+    """Build the base, echo, toolkit, llama.cpp and endpointd images, skipping each one that is up
+    to date unless `force`. `only`: a subset of IMAGE_NAMES (the base always). `cuda`: also the
+    CUDA builds of the toolkit and llama.cpp (None: when NVML sees a GPU on this host)."""
+    wanted = set(only) if only is not None else set(IMAGE_NAMES)
+    if cuda is None:
+        cuda = host_has_gpus()
+        if cuda:
+            progress("NVML sees GPUs on this host: building the CUDA variants of the toolkit and llama.cpp too")
     docker = DockerRuntime()
     try:
         rebuilt_base = force or not await docker.image_exists(BASE_IMAGE)
@@ -220,6 +287,22 @@ async def build_all(force: bool, progress: Progress, only: Iterable[str] | None 
                 progress(f"built {TOOLKIT_IMAGE} in {time.monotonic() - started:.0f} s")
             else:
                 progress(f"{TOOLKIT_IMAGE} is up to date")
+            cuda_toolkit = Toolkit(torch=None, torch_index=CUDA_TORCH_INDEX)
+            if cuda and await _stale(docker, TOOLKIT_CUDA_IMAGE, cuda_toolkit.digest, rebuilt_base):
+                progress(f"building {TOOLKIT_CUDA_IMAGE} (torch from {CUDA_TORCH_INDEX}: gigabytes)")
+                await build_toolkit(docker, cuda_toolkit, progress, tag=TOOLKIT_CUDA_IMAGE)
+        if "llamacpp" in wanted:
+            if await _stale(docker, LLAMA_CPP_IMAGE, llamacpp_digest(), rebuilt_base):
+                progress(f"building {LLAMA_CPP_IMAGE} from {LLAMA_CPP_CONTEXT} (compiles llama-server: "
+                         f"10 to 20 minutes on 2 cores; the steps below count the files)")
+                started = time.monotonic()
+                await build_llamacpp(docker, progress)
+                progress(f"built {LLAMA_CPP_IMAGE} in {time.monotonic() - started:.0f} s")
+            else:
+                progress(f"{LLAMA_CPP_IMAGE} is up to date")
+            if cuda and await _stale(docker, LLAMA_CPP_CUDA_IMAGE, llamacpp_digest(cuda=True), rebuilt_base):
+                progress(f"building {LLAMA_CPP_CUDA_IMAGE} on {CUDA_LLAMA_ARGS['BUILD_BASE']}")
+                await build_llamacpp(docker, progress, cuda=True)
         if "endpointd" in wanted:
             if await _stale(docker, ENDPOINTD_IMAGE, endpointd_digest(), rebuilt_base):
                 progress(f"building {ENDPOINTD_IMAGE} from {PROJECT_ROOT / 'Dockerfile'}")
@@ -230,20 +313,20 @@ async def build_all(force: bool, progress: Progress, only: Iterable[str] | None 
         await docker.close()
 
 
-def main(force: bool = False, only: Iterable[str] | None = None) -> int:
+def main(force: bool = False, only: Iterable[str] | None = None, cuda: bool | None = None) -> int:
     """`endpointd images build`: 0 when the images are there, 1 with the reason when not."""
 
     def progress(message: str) -> None:
         print(f"endpointd images: {message}", flush=True)
 
     try:
-        asyncio.run(build_all(force, progress, only))
-    except (BuildError, RuntimeError_, OSError) as error:
+        asyncio.run(build_all(force, progress, only, cuda))
+    except (BuildError, FetchError, RuntimeError_, OSError) as error:
         print(f"endpointd images: {error}", file=sys.stderr)
         return 1
     progress("done")
     return 0
 
 
-if __name__ == "__main__":  # `python -m engines.images [echo|toolkit|endpointd ...]`
+if __name__ == "__main__":  # `python -m engines.images [echo|toolkit|llamacpp|endpointd ...]`
     sys.exit(main(only=sys.argv[1:] or None))

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from engines.artifacts import REPOSITORY_TARGET, repository_mounts
 from engines.hardware import Resources
+from engines.pinned import LLAMA_CPP_BUILD
 from engines.runtime import ContainerSpec, RegistryAuth
 
 GIB = 1024**3
@@ -54,7 +55,31 @@ DEFAULT_IMAGES: Mapping[str, str] = {
     # build` under this tag (engines/images.py reads it from here). It serves the repository as
     # huggingface-inference-toolkit does; that project publishes no image of its own.
     "huggingface": "endpointd/inference-toolkit:0.1.0",
+    # GPU replicas of the toolkit: the CPU build unless the CUDA one is built here (LOCAL_IMAGES).
+    "huggingface-gpu": "endpointd/inference-toolkit:0.1.0",
 }
+
+# Images endpointd builds itself (`endpointd images build`): one replaces the key's upstream tag
+# above when it is on this host and the operator pinned no other image for that key.
+LOCAL_IMAGES: Mapping[str, str] = {
+    "llamacpp": f"endpointd/llama-cpp:{LLAMA_CPP_BUILD}",
+    # CUDA builds (`endpointd images build --cuda`): chosen for GPU replicas by engines/gpu_images.py.
+    "llamacpp-gpu": f"endpointd/llama-cpp:{LLAMA_CPP_BUILD}-cuda",
+    "huggingface-gpu": "endpointd/inference-toolkit:0.1.0-cuda",
+}
+
+async def with_local_images(
+    pinned: Mapping[str, str], present: Callable[[str], Awaitable[bool]]
+) -> dict[str, str]:
+    """The operator's pins, plus each LOCAL_IMAGES entry that is on this host and not pinned."""
+    images = dict(pinned)
+    for key, image in LOCAL_IMAGES.items():
+        if key.endswith("-gpu"):
+            continue  # GPU replicas' images follow the host's GPUs: engines/gpu_images.py
+        if key not in images and await present(image):
+            images[key] = image
+    return images
+
 
 # Docker's default /dev/shm is 64 MiB; engines that exchange tensors between processes (NCCL,
 # vLLM's multiprocessing ring buffers) need more. Values from each engine's documented `docker run`.
@@ -353,7 +378,8 @@ def _huggingface(
     image_env = options.mapping("env") or {}
     _check_env(f"image.{options.variant}.env", image_env, reserved, options.variant)
     env.update(image_env)
-    return _Engine("huggingface", port, env=env, reserved_env=reserved, key_env=TOOLKIT_KEY_ENV)
+    return _Engine("huggingface-gpu" if resources.gpu_count else "huggingface", port, env=env,
+                   reserved_env=reserved, key_env=TOOLKIT_KEY_ENV)
 
 
 def _is_echo(image: str) -> bool:

@@ -84,7 +84,9 @@ async def test_an_image_is_rebuilt_only_when_stale(held, rebuilt_base, stale):
 
 
 @pytest.mark.docker
-@pytest.mark.parametrize("which, image", [("echo", images.ECHO_IMAGE), ("toolkit", images.TOOLKIT_IMAGE)])
+@pytest.mark.parametrize("which, image", [
+    ("echo", images.ECHO_IMAGE), ("toolkit", images.TOOLKIT_IMAGE), ("llamacpp", images.LLAMA_CPP_IMAGE),
+])
 async def test_a_second_build_finds_the_image_up_to_date(docker_engine, which, image):
     """After `endpointd images build` (CI's setup runs it), nothing is rebuilt."""
     said: list[str] = []

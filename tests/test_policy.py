@@ -142,3 +142,29 @@ def test_hardware_usage(initial, rows):
 def test_every_decision_has_a_kind_for_metrics(snapshot, state, now, kind):
     decision, _ = decide(snapshot, PENDING_1_3, CFG, state, now)
     assert decision.kind == kind, decision.reason
+
+
+ENGINE_1_3 = Scaling(min_replicas=1, max_replicas=3, metric="engineQueue", threshold=2.0)
+
+
+@pytest.mark.parametrize(
+    "pending, engine_load, current, expected",
+    [
+        (0, 2.0, 1, 1),  # 2 running in the engine / threshold 2: steady
+        (0, 5.0, 1, 3),  # ceil(5 / 2) = 3: the engine's queue counts, the proxy's pending does not
+        (9, 1.0, 1, 1),  # the proxy holds 9, the engine runs 1: engineQueue follows the engine
+        (5, None, 1, 3),  # no engine figures yet: the proxy's pending stands in, ceil(5 / 2) = 3
+        (0, 40.0, 1, 3),  # capped at max 3
+    ],
+)
+def test_engine_queue_table(pending, engine_load, current, expected):
+    assert one(pending, current, current, ENGINE_1_3, engine_load=engine_load) == expected
+
+
+def test_the_three_measures_decide_differently_on_the_same_load():
+    """Streams that the proxy still counts (pending 4) while the engine runs only 2 and waits for
+    none: pendingRequests adds replicas, engineQueue does not; hardwareUsage follows utilization."""
+    load = dict(utilization=50.0, engine_load=2.0)
+    assert one(4, 1, 1, PENDING_1_3, **load) == 3  # ceil(4 / 1.5)
+    assert one(4, 1, 1, ENGINE_1_3, **load) == 1  # 2 / 2 = 1: enough
+    assert one(4, 1, 1, Scaling(1, 3, metric=HARDWARE, threshold=80.0), **load) == 1  # 50 % < 80 %

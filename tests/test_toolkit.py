@@ -304,3 +304,70 @@ def test_a_repositorys_requirements_are_installed_and_a_failure_does_not_stop_th
     with caplog.at_level("WARNING", logger="toolkit"):
         assert not install_requirements(tmp_path)
     assert "failed (exit code" in caplog.text and "going on without it" in caplog.text
+
+
+class EmbeddingHandlers:
+    """A loader whose handler embeds like a Sentence-Transformers one: each text's vector is
+    [its length, 1.0, 0.5], and the tokens read are the words."""
+
+    def load(self, repository, chosen, handler_file):
+        def embed(data):
+            return [[float(len(t)), 1.0, 0.5] for t in data["inputs"]]
+
+        def vectors_and_tokens(texts, dimensions):
+            vectors = [[float(len(t)), 1.0, 0.5][: dimensions or 3] for t in texts]
+            return vectors, sum(len(t.split()) for t in texts)
+
+        embed.vectors_and_tokens = vectors_and_tokens
+        return embed
+
+
+async def test_openai_embeddings_route_answers_floats_and_base64(tmp_path):
+    import base64
+    import struct
+
+    client = await client_for(tmp_path, EmbeddingHandlers())
+    try:
+        await ready(client)
+        response = await client.post("/v1/embeddings", json={"input": ["one two", "three"], "model": "m"})
+        body = await response.json()
+        assert response.status == 200, body
+        assert body["object"] == "list" and body["model"] == "m"
+        assert [d["embedding"] for d in body["data"]] == [[7.0, 1.0, 0.5], [5.0, 1.0, 0.5]]
+        assert [d["index"] for d in body["data"]] == [0, 1]
+        assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3}
+        # What the openai client asks for by default: little-endian float32, base64-encoded.
+        response = await client.post("/v1/embeddings", json={"input": "abc", "encoding_format": "base64", "dimensions": 2})
+        [item] = (await response.json())["data"]
+        assert struct.unpack("<2f", base64.b64decode(item["embedding"])) == (3.0, 1.0)
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"input": []}, '"input" must be a non-empty string or a list'),
+    ({"input": [1, 2]}, '"input" must be a non-empty string or a list'),
+    ({"input": "x", "encoding_format": "int8"}, '"encoding_format" must be "float" or "base64"'),
+    ({"input": "x", "dimensions": 0}, '"dimensions" must be a positive integer'),
+    ({"input": ["x"] * 257}, "list of 1 to 256"),
+])
+async def test_openai_embeddings_bad_bodies_get_a_sentence(tmp_path, body, message):
+    client = await client_for(tmp_path, EmbeddingHandlers())
+    try:
+        await ready(client)
+        response = await client.post("/v1/embeddings", json=body)
+        assert response.status == 400 and message in (await response.json())["error"]
+    finally:
+        await client.close()
+
+
+async def test_openai_embeddings_is_not_served_for_other_tasks(tmp_path):
+    handlers = Handlers()
+    handlers.release.set()
+    client = await client_for(tmp_path, handlers)
+    try:
+        await ready(client)
+        response = await client.post("/v1/embeddings", json={"input": "x"})
+        assert response.status == 404 and "/v1/embeddings is served for" in (await response.json())["error"]
+    finally:
+        await client.close()

@@ -185,7 +185,17 @@ def sentence_transformers_handler(repository: Path, task: str) -> Handler:
         vectors = jsonable(model.encode(inputs, show_progress_bar=False, **options))
         return vectors if task == FEATURE_EXTRACTION else {"embeddings": vectors}
 
-    return similarity if task == "sentence-similarity" else embed
+    def vectors_and_tokens(texts: list[str], dimensions: int | None) -> tuple[list[list[float]], int]:
+        """One vector per text, and the tokens the model read (OpenAI's `usage`), for /v1/embeddings."""
+        options = _encode_options({"dimensions": dimensions} if dimensions is not None else {}, dimension)
+        vectors = jsonable(model.encode(texts, show_progress_bar=False, **options))
+        tokens = model.tokenize(texts)["attention_mask"].sum().item()
+        return vectors, int(tokens)
+
+    if task == "sentence-similarity":
+        return similarity
+    embed.vectors_and_tokens = vectors_and_tokens  # type: ignore[attr-defined]
+    return embed
 
 
 def pipeline_handler(repository: Path, task: str) -> Handler:

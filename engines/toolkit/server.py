@@ -1,5 +1,6 @@
 """The inference toolkit's HTTP server, with huggingface-inference-toolkit's routes: `POST /` (and
-`/predict`) with `{"inputs", "parameters"}` answers the task's JSON; `GET /health` (and `GET /`)
+`/predict`) with `{"inputs", "parameters"}` answers the task's JSON; for Sentence-Transformers
+embedding models, OpenAI's `POST /v1/embeddings` too; `GET /health` (and `GET /`)
 answers 200 once the model is loaded, 503 before. It listens at once and loads in a worker
 thread; a load that fails ends the process with exit code 1 and the reason in its log, which
 endpointd's readiness check shows.
@@ -33,6 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
+from . import openai_embeddings
 from .tasks import HANDLER_FILE, BadRequest, ToolkitError, parse_request, plan
 
 log = logging.getLogger("toolkit")
@@ -40,6 +42,7 @@ log = logging.getLogger("toolkit")
 DEFAULT_PORT = 5000
 DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024  # a batch of texts or one image; bounded in 1 KiB .. 1 GiB
 DEFAULT_MAX_QUEUED = 64
+MAX_EMBEDDING_INPUTS = 256  # as POST / takes (handlers.MAX_BATCH)
 FRAMEWORKS = ("pytorch", "custom", "")  # what this image runs; others are served as PyTorch, with a warning
 HEALTH_ROUTES = ("/health", "/")
 # Content types whose body is the input itself (an image, a recording), as the reference takes them.
@@ -97,6 +100,7 @@ class Toolkit:
     def __init__(self, settings: Settings, loader: Any = None) -> None:
         self.settings = settings
         self.handler: Any = None
+        self.task: str | None = None  # the plan's task, once loaded
         self.failed: str | None = None
         self.queued = 0
         # One at a time: a model call uses every core it is given; more threads only contend.
@@ -105,6 +109,7 @@ class Toolkit:
 
     def load(self) -> Any:
         chosen = plan(self.settings.repository, self.settings.task, self.settings.handler_file)
+        self.task = chosen.task
         if self.settings.framework not in FRAMEWORKS:
             log.warning("framework %r: this toolkit image runs PyTorch weights; serving %s with PyTorch",
                         self.settings.framework, self.settings.repository)
@@ -194,6 +199,39 @@ async def predict(request: web.Request) -> web.Response:
     return web.Response(text=body, content_type="application/json")
 
 
+async def embeddings(request: web.Request) -> web.Response:
+    """OpenAI's embeddings route, for models the toolkit serves with Sentence-Transformers."""
+    toolkit = request.app[TOOLKIT]
+    if toolkit.handler is None:
+        return _error(503, toolkit.failed or "the model is loading; retry once GET /health answers 200")
+    compute = getattr(toolkit.handler, "vectors_and_tokens", None)
+    if compute is None:
+        return _error(404, f"this endpoint serves the task {toolkit.task!r} on POST /; /v1/embeddings is served for "
+                           f"Sentence-Transformers models with the task {' or '.join(openai_embeddings.EMBEDDING_TASKS)}")
+    try:
+        body = json.loads(await request.read() or b"null")
+    except ValueError as error:
+        return _error(400, f'the body is not valid JSON ({error}); send {{"input": ["text", ...], "model": "..."}}')
+    try:
+        asked = openai_embeddings.parse(body, MAX_EMBEDDING_INPUTS)
+    except BadRequest as error:
+        return _error(400, str(error))
+    if toolkit.queued >= toolkit.settings.max_queued:
+        return _error(503, f"{toolkit.queued} requests are waiting for the model already; retry later")
+    toolkit.queued += 1
+    try:
+        vectors, tokens = await asyncio.get_running_loop().run_in_executor(
+            toolkit.pool, compute, asked.texts, asked.dimensions)
+    except BadRequest as error:
+        return _error(400, str(error))
+    except Exception as error:
+        log.error("embedding failed:\n%s", traceback.format_exc())
+        return _error(500, f"the model failed on this request: {type(error).__name__}: {error}")
+    finally:
+        toolkit.queued -= 1
+    return web.json_response(openai_embeddings.render(asked, vectors, tokens, toolkit.settings.repository.name))
+
+
 async def _load_in_background(app: web.Application) -> Any:
     toolkit = app[TOOLKIT]
 
@@ -221,6 +259,7 @@ def make_app(settings: Settings, loader: Any = None) -> web.Application:
         app.router.add_get(path, health)
     app.router.add_post("/", predict)
     app.router.add_post("/predict", predict)
+    app.router.add_post("/v1/embeddings", embeddings)
     return app
 
 
