@@ -35,7 +35,8 @@ MAX_TEXT = 200  # license, task, instance names: short words
 # Far more than anyone curates by hand, and a bound on what a listing returns.
 MAX_RECIPES = 10_000
 MAX_FILE_BYTES = 4 << 20
-MODEL_KEYS = frozenset({"repo_id", "license", "task", "added", "repository", "framework", "revision", "recipe"})
+MODEL_KEYS = frozenset({"repo_id", "license", "task", "added", "repository", "framework", "revision", "prepare",
+                        "recipe"})
 RECIPE_KEYS = frozenset({"id", "accelerator", "instance_type", "instance_size", "image", "min_replica", "max_replica",
                          "scale_to_zero_timeout", "type", "env", "default"})
 # A generated endpoint name: the model's name cut to this, then '-' and a random suffix (NAME: 32 at most).
@@ -59,6 +60,7 @@ class Recipe:
     framework: str
     task: str
     revision: str | None
+    prepare: str | None  # the command that puts a local repository in place, said when it is missing
     accelerator: str
     instance_type: str
     instance_size: str
@@ -285,6 +287,7 @@ def _model(path: Path, index: int, entry: Any) -> CatalogModel:
     common = dict(
         repo_id=repo_id, repository=repository, framework=_text(where, entry, "framework", "pytorch"),
         task=_text(where, entry, "task"), revision=_text(where, entry, "revision", None),
+        prepare=_text(where, entry, "prepare", None),
     )
     recipes = entry.get("recipe", [])
     if not isinstance(recipes, list) or not recipes:

@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from engines import artifacts, hardware, presets
@@ -76,10 +77,14 @@ class RecipeChecks:
             try:
                 await asyncio.to_thread(api.limits.roots.check, repository)
             except RootsError as error:
+                if recipe.prepare is not None and not Path(repository).exists():
+                    return f"its model is not on this host yet: run `{recipe.prepare}` first"
                 return str(error)
         if api.images is not None:
             verdict = await api.images.check(image_for(image, recipe.accelerator, api.default_images))
             if not verdict.runnable:
+                if recipe.variant in presets.LOCAL_IMAGES:  # an engine endpointd builds itself
+                    return f"{verdict.missing}; build it here with `endpointd images build {recipe.variant}`"
                 return verdict.missing
         if not artifacts.is_local(repository) and presets.reads_model(image):
             try:

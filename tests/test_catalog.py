@@ -159,7 +159,7 @@ def test_a_missing_file_is_named(tmp_path):
 def test_the_shipped_file_documents_the_format():
     header = SHIPPED.read_text().split("\n[[model]]\n")[0]
     for key in ("repo_id", "license", "task", "added", "repository", "{model_root}", "framework", "revision",
-                "accelerator", "instance_type", "instance_size", "image", "min_replica", "max_replica",
+                "prepare", "accelerator", "instance_type", "instance_size", "image", "min_replica", "max_replica",
                 "scale_to_zero_timeout", "type", "env", "default"):
         assert key in header, key
 
@@ -389,3 +389,36 @@ async def test_what_deploys_here_is_kept_for_its_ttl_then_asked_again(shipped):
     assert await checks.why_not(recipe, "alice") is not None  # still the kept answer
     now[0] = 60.0
     assert await checks.why_not(recipe, "alice") is None and asked == [MINILM, MINILM]
+
+
+async def test_the_smollm2_recipe_says_how_to_add_its_model_then_deploys(shipped):
+    """The shipped SmolLM2 recipe needs `endpointd models add smollm2` and the llama.cpp image built
+    here: each missing piece is the reason it is listed with, and once both are there it deploys."""
+    from engines.presets import LOCAL_IMAGES
+
+    recipe = (await listed(shipped))["smollm2-135m-llamacpp-cpu"]
+    assert recipe["deployable"] is False
+    assert recipe["reason"] == "its model is not on this host yet: run `endpointd models add smollm2` first"
+
+    model = shipped.api.limits.roots.roots[0] / "smollm2"
+    model.mkdir()
+    (model / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF")
+    # Answers are kept a minute per namespace: another namespace asks afresh.
+    r = await shipped.client.get("/api/v1/catalog/list", headers=shipped.auth("bob"))
+    again = {x["publicId"]: x for m in (await r.json())["items"] for x in m["recipes"]}
+    assert again["smollm2-135m-llamacpp-cpu"]["reason"].endswith("build it here with `endpointd images build llamacpp`")
+
+    from engines.availability import ImageInventory
+    from engines.presets import DEFAULT_IMAGES
+
+    async def present(image):
+        return image in {LOCAL_IMAGES["llamacpp"], DEFAULT_IMAGES["huggingface"], "endpointd/echo:latest"}
+
+    async def in_registry(image):
+        return "lookup ghcr.io: no such host"
+
+    shipped.api.images = ImageInventory(present, in_registry)
+    shipped.api.default_images = {"llamacpp": LOCAL_IMAGES["llamacpp"]}  # what serve picks once it is built
+    r = await shipped.client.get("/api/v1/catalog/list", headers=shipped.auth("admin"))
+    ready = {x["publicId"]: x for m in (await r.json())["items"] for x in m["recipes"]}
+    assert ready["smollm2-135m-llamacpp-cpu"]["deployable"] is True, ready["smollm2-135m-llamacpp-cpu"]

@@ -56,9 +56,9 @@ def run_setup(checkout, target: str) -> tuple[str, list[str]]:
 def test_the_demo_installs_only_what_it_runs_and_says_each_step(checkout):
     out, calls = run_setup(checkout, "demo")
     assert not [c for c in calls if c.startswith("apt-get")], calls  # dockerd and debootstrap are there
-    assert "pip install -q -e ." in calls
+    assert "pip install -q -e .[demo]" in calls
     assert not [c for c in calls if "[test]" in c or "minilm" in c], calls
-    assert "endpointd images build echo" in calls
+    assert "endpointd images build llamacpp" in calls
     steps = [line for line in out.splitlines() if line.startswith("setup")]
     assert len(steps) >= 3, out  # system packages, Python environment, images: a line each
 
