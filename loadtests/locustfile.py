@@ -2,7 +2,8 @@
 
     SteadyUser      steady text generation against a warm endpoint
     ColdStartUser   a burst of clients against an endpoint at zero, each holding with X-Scale-Up-Timeout
-    StreamUser      long SSE streams (generate_stream), each read to the end
+    StreamUser      long SSE streams (generate_stream, or OpenAI chat with STREAM_API=openai), each
+                    read to the end
 
 Run headless, bounded in time (loopback only), e.g. against `./demo`'s endpoint:
 
@@ -29,6 +30,8 @@ ENDPOINT = os.environ.get("ENDPOINT", "admin/demo")
 TOKEN = os.environ.get("HF_TOKEN", "")
 HOLD_S = os.environ.get("SCALE_UP_TIMEOUT_S", "120")
 STREAM_TOKENS = int(os.environ.get("STREAM_TOKENS", "200"))
+STREAM_API = os.environ.get("STREAM_API", "tgi")  # tgi | openai
+TOKENS: list[tuple[float, int]] = []  # (when a chat stream ended, its tokens), for tokens/s
 AUTH = {"Authorization": f"Bearer {TOKEN}"} if TOKEN else {}
 SERIES: list[tuple[float, int, int, str]] = []
 
@@ -94,12 +97,52 @@ class ColdStartUser(_EndpointUser):
 
 
 class StreamUser(_EndpointUser):
+    """Long streams read to the end. STREAM_API=tgi (default): `generate_stream` (the echo engine,
+    TGI); STREAM_API=openai: `/v1/chat/completions` with `stream: true` (llama.cpp, vLLM, SGLang),
+    exactly STREAM_TOKENS tokens each (`ignore_eos`), with the time to the first token reported as
+    its own row ("first token") and tokens per second at the end."""
+
     wait_time = between(0.5, 1.0)
 
     @task
     def stream(self) -> None:
+        if STREAM_API == "openai":
+            self._chat()
+            return
         body = {"inputs": "token " * STREAM_TOKENS, "parameters": {"max_new_tokens": STREAM_TOKENS}}
         with self.client.post(f"/endpoints/{ENDPOINT}/generate_stream", json=body, stream=True, catch_response=True, name="stream") as response:
             events_seen = sum(1 for line in response.iter_lines() if line.startswith(b"data:"))
             if events_seen != STREAM_TOKENS:
                 response.failure(f"stream cut: {events_seen} of {STREAM_TOKENS} events")
+
+    def _chat(self) -> None:
+        body = {"model": ENDPOINT.split("/")[-1], "stream": True, "max_tokens": STREAM_TOKENS, "ignore_eos": True,
+                "temperature": 0, "messages": [{"role": "user", "content": "Tell me a long story about the sea."}]}
+        sent = time.perf_counter()
+        first = None
+        tokens = 0
+        with self.client.post(f"/endpoints/{ENDPOINT}/v1/chat/completions", json=body, stream=True,
+                              catch_response=True, name="chat stream", headers={"X-Scale-Up-Timeout": HOLD_S}) as response:
+            for line in response.iter_lines():
+                if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                    continue
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                if choices[0].get("delta", {}).get("content"):
+                    tokens += 1
+                    if first is None:
+                        first = time.perf_counter()
+                        self.environment.events.request.fire(
+                            request_type="SSE", name="first token", response_time=(first - sent) * 1000,
+                            response_length=0, exception=None, context={})
+            if tokens != STREAM_TOKENS:
+                response.failure(f"stream cut: {tokens} of {STREAM_TOKENS} tokens")
+        TOKENS.append((time.perf_counter(), tokens))
+
+
+@events.quitting.add_listener
+def _print_tokens(environment, **kwargs) -> None:
+    if TOKENS:
+        span = TOKENS[-1][0] - TOKENS[0][0]
+        total = sum(n for _, n in TOKENS)
+        print(f"tokens streamed: {total} in {len(TOKENS)} streams"
+              + (f", {total / span:.1f} tokens/s over the run" if span > 0 else ""))
