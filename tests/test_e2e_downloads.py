@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 
 import huggingface_hub.constants as hub_constants
 import pytest
@@ -17,7 +18,12 @@ from huggingface_hub.errors import BadRequestError
 
 from .fake_hub import COMMIT, FakeHub, Repo
 from .serve_process import Serve, wait_for
-from .test_e2e_security import ECHO, http, inspect, running
+from .test_e2e_security import http, inspect, running
+
+# The echo engine under another name: endpointd treats it as a user's image, which reads its model
+# (the echo image itself reads none, so nothing would be downloaded for it).
+READER_IMAGE = "endpointd/model-reader:test"
+READER = {"url": READER_IMAGE, "healthRoute": "/health", "env": {}}
 
 pytestmark = pytest.mark.docker
 MIB = 1 << 20
@@ -33,6 +39,7 @@ def hub():
 
 @pytest.fixture
 def serve(tmp_path, docker_engine, hub, monkeypatch):
+    subprocess.run(["/usr/bin/docker", "tag", "endpointd/echo:latest", READER_IMAGE], check=True, capture_output=True)
     data = tmp_path / "data"
     (data / "models").mkdir(parents=True)  # the default model root, where Hub downloads once landed
     s = Serve(data, admin_token="test-admin-token", extra_env={
@@ -50,7 +57,7 @@ def serve(tmp_path, docker_engine, hub, monkeypatch):
 def create(serve, token, name, repository):
     return HfApi(endpoint=serve.url, token=token).create_inference_endpoint(
         name, repository=repository, framework="custom", accelerator="cpu", instance_size="x1",
-        instance_type="intel-icl", region="local", vendor="local", custom_image=ECHO, type="private",
+        instance_type="intel-icl", region="local", vendor="local", custom_image=READER, type="private",
         min_replica=1, max_replica=1)
 
 
