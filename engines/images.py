@@ -41,6 +41,7 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 ECHO_CONTEXT = Path(__file__).parent / "echo"
 TOOLKIT_CONTEXT = Path(__file__).parent / "toolkit"
 LLAMA_CPP_CONTEXT = Path(__file__).parent / "llamacpp"
+LLAMA_CPP_PATCH = "openai-first-delta.patch"  # applied to the source before the build
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Lines of a failing command's output shown in its error: debootstrap's reason is in its last ones.
 OUTPUT_TAIL = 15
@@ -218,7 +219,7 @@ def llamacpp_dockerfile(cuda: bool) -> str:
 def llamacpp_digest(cuda: bool = False) -> str:
     """The llama.cpp image's inputs: its Dockerfile and the pinned source's sha256 (and CUDA's args)."""
     extra = [f"source={LLAMA_CPP_SOURCE.sha256}", *(f"{k}={v}" for k, v in sorted(CUDA_LLAMA_ARGS.items()) if cuda)]
-    return context_digest(LLAMA_CPP_CONTEXT, (llamacpp_dockerfile(cuda),), extra)
+    return context_digest(LLAMA_CPP_CONTEXT, (llamacpp_dockerfile(cuda), LLAMA_CPP_PATCH), extra)
 
 
 async def build_llamacpp(docker: DockerRuntime, progress: Progress, cuda: bool = False) -> None:
@@ -229,6 +230,7 @@ async def build_llamacpp(docker: DockerRuntime, progress: Progress, cuda: bool =
         context = Path(tmp)
         dockerfile = llamacpp_dockerfile(cuda)
         shutil.copy2(LLAMA_CPP_CONTEXT / dockerfile, context / "Dockerfile")
+        shutil.copy2(LLAMA_CPP_CONTEXT / LLAMA_CPP_PATCH, context / LLAMA_CPP_PATCH)
         try:  # a hard link when the cache is on the same file system: 77 MB not copied
             (context / "source.tar.gz").hardlink_to(source)
         except OSError:

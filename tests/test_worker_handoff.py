@@ -155,9 +155,16 @@ def refused(port: int) -> bool:
 def test_a_draining_server_accepts_no_new_connection_in_any_process(serve):
     # A request in flight keeps the main process draining: a management call whose body has not
     # all come (it is served by the main process, wherever it landed).
-    busy = socket.create_connection(("127.0.0.1", serve.port))
+    # It asks `Expect: 100-continue` and waits for the 100: then the main process has it in hand
+    # (were SIGTERM sent before the hand-off, nothing would be in flight to drain).
+    busy = socket.create_connection(("127.0.0.1", serve.port), timeout=30)
     busy.sendall(f"POST /v2/endpoint/alice HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-                 "Content-Length: 100\r\n\r\n{".encode())
+                 "Content-Length: 100\r\nExpect: 100-continue\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += busy.recv(1024) or b"(closed)\r\n\r\n"
+    assert head.startswith(b"HTTP/1.1 100"), head
+    busy.sendall(b"{")
     try:
         serve.process.send_signal(signal.SIGTERM)
         wait_for(lambda: "in flight get up to" in serve.log.read_text(), 30, "the drain to start")
