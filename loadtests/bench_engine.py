@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -42,6 +43,8 @@ TOKENS = 64
 PROMPT = [{"role": "user", "content": "Write a short story about a lighthouse keeper."}]
 CONCURRENCY = (1, 4, 16)
 READY_TIMEOUT_S = 60.0
+STAGGER_S = 0.05
+COUNTER = itertools.count()
 REQUEST_TIMEOUT_S = 120.0
 ROUTES = """
 [[users]]
@@ -69,6 +72,7 @@ class Figures:
     streams: list[Stream] = field(default_factory=list)
     wall_s: float = 0.0
     failures: int = 0
+    errors: list[str] = field(default_factory=list)
 
     def row(self) -> dict[str, float]:
         ttft = sorted(s.ttft_s for s in self.streams) or [math.nan]
@@ -86,8 +90,11 @@ def pct(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-async def one_stream(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> Stream:
-    body = {"model": "smol", "messages": PROMPT, "max_tokens": TOKENS, "temperature": 0, "stream": True,
+async def one_stream(session: aiohttp.ClientSession, url: str, headers: dict[str, str], n: int) -> Stream:
+    # A prompt of its own per request: llama.cpp gives a request the slot whose cached prompt is
+    # most like it, so identical prompts would queue behind one slot.
+    messages = [{"role": "user", "content": f"{PROMPT[0]['content']} Story number {n}."}]
+    body = {"model": "smol", "messages": messages, "max_tokens": TOKENS, "temperature": 0, "stream": True,
             "ignore_eos": True}
     sent = time.perf_counter()
     times: list[float] = []
@@ -108,16 +115,24 @@ async def one_stream(session: aiohttp.ClientSession, url: str, headers: dict[str
 async def load(url: str, headers: dict[str, str], concurrency: int, per_client: int) -> Figures:
     figures = Figures()
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0)) as session:
-        async def client() -> None:
+    # A connection per request on both paths: llama-server closes idle keep-alive connections (a
+    # reused one fails as "server disconnected"), and each one it keeps open holds one of its
+    # HTTP threads. endpointd's own connections to the replica are its business.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        async def client(index: int) -> None:
+            # Clients start STAGGER_S apart: sixteen prompts landing in the same millisecond make
+            # llama.cpp process them as one batch before any first token, on either path.
+            await asyncio.sleep(index * STAGGER_S)
             for _ in range(per_client):
                 try:
-                    figures.streams.append(await one_stream(session, url, headers))
-                except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError):
+                    figures.streams.append(await one_stream(session, url, headers, next(COUNTER)))
+                except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError) as error:
                     figures.failures += 1
+                    figures.errors.append(f"{type(error).__name__}: {error}"[:200])
 
         started = time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(concurrency)))
+        await asyncio.gather(*(client(i) for i in range(concurrency)))
         figures.wall_s = time.perf_counter() - started
     return figures
 
@@ -160,6 +175,9 @@ def main() -> int:
             DOCKER, "run", "-d", "--rm", "--name", name, "-p", "127.0.0.1::8080", "-v", f"{repository}:/m:ro",
             "-e", f"LLAMA_ARG_MODEL=/m/{gguf}", "-e", "LLAMA_ARG_HOST=0.0.0.0", "-e", "LLAMA_ARG_PORT=8080",
             "-e", f"LLAMA_ARG_N_PARALLEL={max(CONCURRENCY)}", "-e", f"LLAMA_ARG_CTX_SIZE={max(CONCURRENCY) * 512}",
+            # HTTP threads for both paths at once: endpointd keeps its connections to the replica
+            # open between requests, and each open connection holds one of llama-server's threads.
+            "-e", f"LLAMA_ARG_THREADS_HTTP={4 * max(CONCURRENCY)}",
             "-e", "LLAMA_ARG_ENDPOINT_METRICS=1", images.LLAMA_CPP_IMAGE,
         ], check=True, capture_output=True)
         proxy = None
@@ -189,6 +207,7 @@ def main() -> int:
                         total.streams += got.streams
                         total.wall_s += got.wall_s
                         total.failures += got.failures
+                        total.errors += got.errors
             report(results, args)
         finally:
             if proxy is not None:
@@ -213,6 +232,9 @@ def report(results: dict[tuple[int, str], Figures], args: argparse.Namespace) ->
         print(f"| {concurrency} | endpointd vs direct | {e['ttft_p50_ms'] - d['ttft_p50_ms']:+.1f} ms "
               f"| {e['ttft_p99_ms'] - d['ttft_p99_ms']:+.1f} ms | {e['tok_s_stream'] / d['tok_s_stream']:.3f}× "
               f"| {e['tok_s_total'] / d['tok_s_total']:.3f}× | {e['gap_p99_ms'] - d['gap_p99_ms']:+.1f} ms | |")
+    for (concurrency, path), figures in sorted(results.items()):
+        if figures.errors:
+            print(f"failures at concurrency {concurrency}, {path}: {figures.errors[0]}")
     print("\naims: tokens/s ≥ 0.98× direct; TTFT ≤ +2 ms; inter-token p99 ≤ +1 ms (each concurrency)")
 
 
