@@ -625,7 +625,65 @@ def measure_workers(servers: Servers, upstream: int, plan: Plan, lua: Path) -> t
     return statistics.median(rps[1]), statistics.median(rps[2])
 
 
+RETURN_200_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx-upstream.pid;
+error_log {tmp}/nginx-upstream-error.log;
+events {{ worker_connections 10000; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/upstream-body;
+  server {{ listen 127.0.0.1:{port}; location / {{ return 200 '{{"generated_text": "x"}}'; }} }}
+}}
+"""
+HOST = "e.bench.test"
+HOST_ROUTES = ROUTES.replace('replicas = ["127.0.0.1:{upstream}"]', f'replicas = ["127.0.0.1:{{upstream}}"]\ndomain = "{HOST}"')
+
+
+def reconcile(stack: ExitStack, tmp: Path, plan: Plan, lua: Path) -> list[tuple[str, float, float, float]]:
+    """Small requests with nginx `return 200` as the upstream (a cost near zero) instead of the
+    Python one, on the proxy's core or on the load's, endpointd routed by path or by Host: which
+    difference of setup moves endpointd's ratio to nginx. Rows: (where the upstream runs, nginx
+    req/s, endpointd by path, endpointd by Host); one worker pinned to the server core."""
+    rows = []
+    host_lua = tmp / "post-host.lua"
+    host_lua.write_text(lua.read_text() + f'wrk.headers["Host"] = "{HOST}"\n')
+    for where, core in (("the proxy's core", SERVER_CORE), ("the load's core", LOAD_CORE)):
+        sub = tmp / f"reconcile-{core}"
+        (sub / "upstream-body").mkdir(parents=True)
+        servers = Servers(stack, sub)
+        port = free_port()
+        conf = sub / "upstream.conf"
+        conf.write_text(RETURN_200_CONF.format(tmp=sub, port=port))
+        servers.start("nginx-return-200", ["nginx", "-p", str(sub), "-e", str(sub / "nginx-upstream-error.log"),
+                                           "-c", str(conf)], f"http://127.0.0.1:{port}", cores=str(core))
+        nginx = start_nginx(servers, port)
+        endpointd = shutil.which("endpointd", path=str(Path(sys.executable).parent))
+        routes = sub / "host-routes.toml"
+        routes.write_text(HOST_ROUTES.format(token=TOKEN, upstream=port))
+        proxy_port = free_port()
+        by_path = servers.start("endpointd-host", [endpointd, "proxy", "--routes", str(routes), "--port", str(proxy_port),
+                                                   "--workers", "1"], f"http://127.0.0.1:{proxy_port}/endpoints/bench/e")
+        got = ([], [], [])
+        for _ in range(plan.rounds):
+            got[0].append(throughput(nginx + POST_PATH, plan, lua))
+            got[1].append(throughput(by_path + POST_PATH, plan, lua))
+            got[2].append(throughput(f"http://127.0.0.1:{proxy_port}{POST_PATH}", plan, host_lua))
+        rows.append((where, *(statistics.median(g) for g in got)))
+        print(f"nginx return 200 on {where}: nginx {rows[-1][1]:.0f}, endpointd by path {rows[-1][2]:.0f}, "
+              f"by Host {rows[-1][3]:.0f} req/s", flush=True)
+    return rows
+
+
 # --- main ----------------------------------------------------------------------------------------
+
+
+def print_reconcile(rows: list[tuple[str, float, float, float]]) -> None:
+    print("\n| nginx `return 200` upstream on | nginx req/s | endpointd by path | × nginx | endpointd by Host | × nginx |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for where, nginx, path, host in rows:
+        print(f"| {where} | {nginx:.0f} | {path:.0f} | {path / nginx:.2f} | {host:.0f} | {host / nginx:.2f} |")
 
 
 def interrupted(signum: int, _frame) -> None:
@@ -635,6 +693,8 @@ def interrupted(signum: int, _frame) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one short round: a smoke test of the harness")
+    parser.add_argument("--reconcile", action="store_true",
+                        help="only the small-request throughput with nginx `return 200` as the upstream, by path and by Host")
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     for tool in ("wrk", "taskset"):
@@ -651,6 +711,9 @@ def main() -> None:
         tmp_path = Path(tmp)
         lua = tmp_path / "post.lua"
         lua.write_text(WRK_LUA.format(body=POST_BODY.decode(), token=TOKEN))
+        if args.reconcile:
+            print_reconcile(reconcile(stack, tmp_path, plan, lua))
+            return
         servers = Servers(stack, tmp_path)
         targets, upstream = start_targets(servers)
         samples = {name: Samples() for name in targets}
