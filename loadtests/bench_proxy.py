@@ -259,12 +259,12 @@ def start_endpointd(servers: Servers, upstream: int, http: str, *extra: str, cor
     return servers.start(name, cmd, f"http://127.0.0.1:{port}/endpoints/bench/e", cores=cores)
 
 
-def start_targets(servers: Servers) -> tuple[dict[str, str], int]:
+def start_targets(servers: Servers, upstream_core: int = SERVER_CORE) -> tuple[dict[str, str], int]:
     """Start the upstream and every proxy in front of it; their base URLs by name, and the upstream's port."""
     upstream = free_port()
     py = sys.executable
     fast = [py, str(HERE / "fast_upstream.py"), str(upstream)]
-    targets = {"direct": servers.start("upstream", fast, f"http://127.0.0.1:{upstream}")}
+    targets = {"direct": servers.start("upstream", fast, f"http://127.0.0.1:{upstream}", cores=str(upstream_core))}
     if shutil.which("nginx"):
         targets["nginx"] = start_nginx(servers, upstream)
     port = free_port()
@@ -693,6 +693,8 @@ def interrupted(signum: int, _frame) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one short round: a smoke test of the harness")
+    parser.add_argument("--upstream-on-load-core", action="store_true",
+                        help="run the upstream on the load's core, so the proxy under test has its core alone")
     parser.add_argument("--reconcile", action="store_true",
                         help="only the small-request throughput with nginx `return 200` as the upstream, by path and by Host")
     args = parser.parse_args()
@@ -715,7 +717,7 @@ def main() -> None:
             print_reconcile(reconcile(stack, tmp_path, plan, lua))
             return
         servers = Servers(stack, tmp_path)
-        targets, upstream = start_targets(servers)
+        targets, upstream = start_targets(servers, LOAD_CORE if args.upstream_on_load_core else SERVER_CORE)
         samples = {name: Samples() for name in targets}
         rate = 0.0
         for round_no in range(1, plan.rounds + 1):
