@@ -169,19 +169,41 @@ async def _body(request: web.Request) -> Mapping[str, Any]:
     return {"inputs": raw, "parameters": {}}
 
 
-async def predict(request: web.Request) -> web.Response:
-    toolkit = request.app[TOOLKIT]
+def _not_ready(toolkit: Toolkit) -> web.Response | None:
+    """503 while the model loads (or after it failed to)."""
     if toolkit.handler is None:
         return _error(503, toolkit.failed or "the model is loading; retry once GET /health answers 200")
+    return None
+
+
+def _full(toolkit: Toolkit) -> web.Response | None:
+    """503 when max_queued requests already wait for the model."""
+    if toolkit.queued >= toolkit.settings.max_queued:
+        return _error(503, f"{toolkit.queued} requests are waiting for the model already; retry later")
+    return None
+
+
+async def _on_model_thread(toolkit: Toolkit, call: Any, *args: Any) -> Any:
+    """`call(*args)` on the model's one thread, counted in `queued` while it waits and runs."""
+    toolkit.queued += 1
+    try:
+        return await asyncio.get_running_loop().run_in_executor(toolkit.pool, call, *args)
+    finally:
+        toolkit.queued -= 1
+
+
+async def predict(request: web.Request) -> web.Response:
+    toolkit = request.app[TOOLKIT]
+    if (refused := _not_ready(toolkit)) is not None:
+        return refused
     try:
         data = await _body(request)
     except BadRequest as error:
         return _error(400, str(error))
-    if toolkit.queued >= toolkit.settings.max_queued:
-        return _error(503, f"{toolkit.queued} requests are waiting for the model already; retry later")
-    toolkit.queued += 1
+    if (refused := _full(toolkit)) is not None:
+        return refused
     try:
-        result = await asyncio.get_running_loop().run_in_executor(toolkit.pool, toolkit.handler, data)
+        result = await _on_model_thread(toolkit, toolkit.handler, data)
     except BadRequest as error:
         return _error(400, str(error))
     except (ValueError, TypeError, KeyError) as error:
@@ -190,8 +212,6 @@ async def predict(request: web.Request) -> web.Response:
     except Exception as error:
         log.error("prediction failed:\n%s", traceback.format_exc())
         return _error(500, f"the model failed on this request: {type(error).__name__}: {error}")
-    finally:
-        toolkit.queued -= 1
     try:
         body = json.dumps(result, allow_nan=False, default=str)
     except ValueError as error:  # NaN or infinity: not JSON
@@ -202,8 +222,8 @@ async def predict(request: web.Request) -> web.Response:
 async def embeddings(request: web.Request) -> web.Response:
     """OpenAI's embeddings route, for models the toolkit serves with Sentence-Transformers."""
     toolkit = request.app[TOOLKIT]
-    if toolkit.handler is None:
-        return _error(503, toolkit.failed or "the model is loading; retry once GET /health answers 200")
+    if (refused := _not_ready(toolkit)) is not None:
+        return refused
     compute = getattr(toolkit.handler, "vectors_and_tokens", None)
     if compute is None:
         return _error(404, f"this endpoint serves the task {toolkit.task!r} on POST /; /v1/embeddings is served for "
@@ -216,19 +236,15 @@ async def embeddings(request: web.Request) -> web.Response:
         asked = openai_embeddings.parse(body, MAX_EMBEDDING_INPUTS)
     except BadRequest as error:
         return _error(400, str(error))
-    if toolkit.queued >= toolkit.settings.max_queued:
-        return _error(503, f"{toolkit.queued} requests are waiting for the model already; retry later")
-    toolkit.queued += 1
+    if (refused := _full(toolkit)) is not None:
+        return refused
     try:
-        vectors, tokens = await asyncio.get_running_loop().run_in_executor(
-            toolkit.pool, compute, asked.texts, asked.dimensions)
+        vectors, tokens = await _on_model_thread(toolkit, compute, asked.texts, asked.dimensions)
     except BadRequest as error:
         return _error(400, str(error))
     except Exception as error:
         log.error("embedding failed:\n%s", traceback.format_exc())
         return _error(500, f"the model failed on this request: {type(error).__name__}: {error}")
-    finally:
-        toolkit.queued -= 1
     return web.json_response(openai_embeddings.render(asked, vectors, tokens, toolkit.settings.repository.name))
 
 
