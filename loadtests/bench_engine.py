@@ -35,6 +35,7 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_proxy import free_port, percentile as pct  # noqa: E402 - beside this file
 from engines import images, models  # noqa: E402
 
 DOCKER = "/usr/bin/docker"
@@ -84,10 +85,6 @@ class Figures:
             "tok_s_total": sum(s.tokens for s in self.streams) / self.wall_s if self.wall_s else math.nan,
             "gap_p99_ms": 1000 * pct(gaps, 0.99), "failures": self.failures,
         }
-
-
-def pct(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, headers: dict[str, str], n: int) -> Stream:
@@ -148,14 +145,6 @@ def wait_http(url: str, headers: dict[str, str], what: str) -> None:
             pass
         time.sleep(0.1)  # poll interval while the server starts
     raise RuntimeError(f"{what} did not answer 200 at {url} within {READY_TIMEOUT_S:g} s")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> int:
