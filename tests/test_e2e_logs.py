@@ -109,17 +109,20 @@ def test_a_request_shows_up_and_tail_and_replica_filter(serve):
     _, replica, text = fields(line)
     assert text == f"POST /{marker} 404"
 
+    # Each replica's log is collected by a follower of its own, started when a poll first sees the
+    # container: the other replica's lines may arrive after the marker's.
+    def both_replicas():
+        lines = logs(serve, "logs1", tail=1000)  # each replica's two start lines, and the marker
+        ids = {fields(line)[1] for line in lines}
+        return ids if len(ids) == 2 and len(lines) >= 5 else None
+
+    replicas = wait_for(both_replicas, 60, "lines of both replicas")
     assert len(logs(serve, "logs1", tail=1)) == 1
     five = [fields(line) for line in logs(serve, "logs1", tail=5)]
     assert len(five) == 5 and [t for t, _, _ in five] == sorted(t for t, _, _ in five)  # oldest first
     stored = len(logs(serve, "logs1", tail=1000))
     assert min(stored, 50) <= len(logs(serve, "logs1")) <= 50  # the default: the latest 50
 
-    def both_replicas():
-        ids = {fields(line)[1] for line in logs(serve, "logs1", tail=1000)}
-        return ids if len(ids) == 2 else None
-
-    replicas = wait_for(both_replicas, 60, "lines of both replicas")
     assert replica in replicas
     for rid in replicas:
         own = logs(serve, "logs1", replica=rid, tail=1000)
