@@ -13,18 +13,18 @@ from urllib.parse import quote
 
 from proxy.config import ProxyConfig
 
-from . import settings
-from .config import ScalingConfig, ServeConfig
-from .store import SCOPES
-from .wire import wire_time
+from autoscaler.model import settings
+from autoscaler.model.config import ScalingConfig, ServeConfig
+from autoscaler.store.store import SCOPES
+from autoscaler.model.wire import wire_time
 
 # `endpointd stop` waits this long by default: serve's drain_timeout_s (30) and its 5 s of clean-up.
 STOP_TIMEOUT_S = 60.0
 
 
 def _sections():
-    from .analytics import AnalyticsConfig
-    from .logs import LogsConfig
+    from autoscaler.observe.analytics import AnalyticsConfig
+    from autoscaler.observe.logs import LogsConfig
 
     return ((ProxyConfig, "proxy"), (ServeConfig, "serve"), (ScalingConfig, "scaling"),
             (LogsConfig, "logs"), (AnalyticsConfig, "analytics"))
@@ -40,7 +40,7 @@ def _load(args: argparse.Namespace) -> tuple:
 
 def _engines(args: argparse.Namespace):
     """`[engines]`: the operator's pinned engine images (a free-form table, keys checked)."""
-    from .config import EnginesConfig
+    from autoscaler.model.config import EnginesConfig
 
     table = settings.read_file(args.config).get("engines")
     if table is not None and not isinstance(table, dict):
@@ -51,7 +51,7 @@ def _engines(args: argparse.Namespace):
 def _serve(args: argparse.Namespace) -> int:
     from proxy.server import run
 
-    from .serve import build_app
+    from autoscaler.serve import build_app
 
     proxy, serve, scaling, logs, analytics = _load(args)
     run(build_app(proxy, serve, scaling, logs, analytics, _engines(args)), proxy)
@@ -80,7 +80,7 @@ def _images_build(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from .stop import stop
+    from autoscaler.stop import stop
 
     file = settings.read_file(args.config)
     serve = settings.load(ServeConfig, "serve", file_values=file.get("serve"), env=os.environ,
@@ -122,8 +122,8 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 async def _with_store(args: argparse.Namespace, action):
-    from .serve import STORE_FILE
-    from .store import Store
+    from autoscaler.serve import STORE_FILE
+    from autoscaler.store.store import Store
 
     serve = settings.load(ServeConfig, "serve", env=os.environ, flags={"data_dir": args.data_dir})
     store = await Store.open(Path(serve.data_dir) / STORE_FILE)
@@ -174,7 +174,7 @@ def _tokens_list(args: argparse.Namespace) -> int:
 
 
 def _client(args: argparse.Namespace):
-    from .client import Client
+    from autoscaler.client import Client
 
     file = settings.read_file(getattr(args, "config", None))
     proxy = settings.load(ProxyConfig, "proxy", file_values=file.get("proxy"), env=os.environ)
@@ -404,10 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     from engines.model_roots import RootsError
     from proxy.static_routes import RoutesError
 
-    from .client import ClientError
-    from .datadir import DataDirLocked
-    from .sealing import SealingError
-    from .store import StoreError
+    from autoscaler.client import ClientError
+    from autoscaler.store.datadir import DataDirLocked
+    from autoscaler.store.sealing import SealingError
+    from autoscaler.store.store import StoreError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)

@@ -28,26 +28,26 @@ from proxy.config import ProxyConfig
 from proxy.control import Identity
 from proxy.pipeline import PROBE_HEADER, Pipeline
 
-from . import datadir
-from .analytics import Analytics, AnalyticsConfig
-from .api import Limits, ManagementApi, add_api
-from .dashboard import add_dashboard
-from .host_names import names_of_this_host, normal
-from .catalog import load_catalog
-from .config import EnginesConfig, ScalingConfig, ServeConfig
-from .controller import Controller
-from .intent import Intent, Signals
-from .journal import Journal
-from .launcher import EngineLauncher
-from .logs import Collecting, LogsConfig, LogService
-from .owner import Failure
-from .policy import Scaling
-from .sealing import Sealer, needs_sealing
-from .scaler import Scaler
-from .plane import StoreControlPlane
-from . import tokens
-from .state import Status
-from .store import Store
+from autoscaler.store import datadir
+from autoscaler.observe.analytics import Analytics, AnalyticsConfig
+from autoscaler.api.app import Limits, ManagementApi, add_api
+from autoscaler.api.dashboard import add_dashboard
+from autoscaler.control.host_names import names_of_this_host, normal
+from autoscaler.model.catalog import load_catalog
+from autoscaler.model.config import EnginesConfig, ScalingConfig, ServeConfig
+from autoscaler.control.controller import Controller
+from autoscaler.model.intent import Intent, Signals
+from autoscaler.control.journal import Journal
+from autoscaler.control.launcher import EngineLauncher
+from autoscaler.observe.logs import Collecting, LogsConfig, LogService
+from autoscaler.control.owner import Failure
+from autoscaler.scaling.policy import Scaling
+from autoscaler.store.sealing import Sealer, needs_sealing
+from autoscaler.scaling.scaler import Scaler
+from autoscaler.control.plane import StoreControlPlane
+from autoscaler.store import tokens
+from autoscaler.model.state import Status
+from autoscaler.store.store import Store
 
 log = logging.getLogger("endpointd")
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from engines.runtime import EndpointKey, ReplicaInfo, RuntimeError_, network_name
 
-from . import datadir
-from .serve import INSTANCE_FILE
+from autoscaler.store import datadir
+from autoscaler.serve import INSTANCE_FILE
 
 POLL_S = 0.1
 STOP_GRACE_S = 10.0  # what a replica gets to finish when removed, as when serve stops one

@@ -6,10 +6,10 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from autoscaler.api import Limits, ManagementApi, add_api
-from autoscaler.plane import StoreControlPlane
-from autoscaler.sealing import Sealer
-from autoscaler.store import Store
+from autoscaler.api.app import Limits, ManagementApi, add_api
+from autoscaler.control.plane import StoreControlPlane
+from autoscaler.store.sealing import Sealer
+from autoscaler.store.store import Store
 from engines.gpus import GpuAllocator
 from engines.model_roots import ModelRoots
 from proxy.app import add_proxy

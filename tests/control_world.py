@@ -7,11 +7,11 @@ import asyncio
 import itertools
 from dataclasses import replace
 
-from autoscaler.controller import Controller
-from autoscaler.intent import Intent, Signals
-from autoscaler.owner import Failure
-from autoscaler.planner import Phase
-from autoscaler.state import Status
+from autoscaler.control.controller import Controller
+from autoscaler.model.intent import Intent, Signals
+from autoscaler.control.owner import Failure
+from autoscaler.control.planner import Phase
+from autoscaler.model.state import Status
 from engines.capacity import HostCapacity, Need
 from engines.fake import FakeRuntime
 from engines.gpus import Gpu, GpuAllocator

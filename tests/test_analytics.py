@@ -19,18 +19,19 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from autoscaler import api as api_module
-from autoscaler import api_metrics, settings
-from autoscaler.analytics import (
+from autoscaler.api import app as api_module
+from autoscaler.api import metrics as api_metrics
+from autoscaler.model import settings
+from autoscaler.observe.analytics import (
     MAX_POINTS, Analytics, AnalyticsConfig, QueryError, UsagePoller, plan_query,
 )
-from autoscaler.analytics_series import (
+from autoscaler.observe.analytics_series import (
     GAMMA, RELATIVE_ACCURACY, Aggregate, Ring, Sample, Sketch, rebucket, render, status_class,
 )
-from autoscaler.analytics_store import History
-from autoscaler.config import ScalingConfig, ServeConfig
-from autoscaler.engine_metrics import EngineSignals, Scraped
-from autoscaler.intent import Intent
+from autoscaler.observe.analytics_store import History
+from autoscaler.model.config import ScalingConfig, ServeConfig
+from autoscaler.observe.engine_metrics import EngineSignals, Scraped
+from autoscaler.model.intent import Intent
 from engines.gpus import GpuAllocator, GpuSampler, read_inventory
 from engines.runtime import EndpointKey, RuntimeError_, Usage
 from proxy import metrics as proxy_metrics

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from autoscaler.keyed_locks import KeyedLocks
+from autoscaler.control.keyed_locks import KeyedLocks
 
 from .api_harness import ApiWorld
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from autoscaler.state import State
+from autoscaler.model.state import State
 from engines.capacity import GIB, HostCapacity
 from engines.runtime import EndpointKey
 from proxy.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
@@ -139,7 +139,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: E402
 
-from autoscaler.planner import Phase  # noqa: E402
+from autoscaler.control.planner import Phase  # noqa: E402
 
 KEYS = [A, B, C]
 CPUS = 2

@@ -13,8 +13,8 @@ import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
-from autoscaler.catalog import SHIPPED, CatalogError, endpoint_name, load_catalog
-from autoscaler.wire import NAME
+from autoscaler.model.catalog import SHIPPED, CatalogError, endpoint_name, load_catalog
+from autoscaler.model.wire import NAME
 
 from .api_harness import ApiWorld
 
@@ -365,7 +365,7 @@ async def test_a_model_deploys_once_this_host_has_what_it_needs(shipped):
 async def test_what_deploys_here_is_kept_for_its_ttl_then_asked_again(shipped):
     """A listing asks for every recipe it shows: each answer is kept `ttl_s` (injected time), so a
     slow Hub or registry is asked once per recipe and period, and a change on the host shows after it."""
-    from autoscaler.catalog_host import RecipeChecks
+    from autoscaler.control.catalog_host import RecipeChecks
 
     now = [0.0]
     asked: list[str] = []

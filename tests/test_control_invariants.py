@@ -31,8 +31,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
-from autoscaler.planner import SURGE
-from autoscaler.planner import Phase
+from autoscaler.control.planner import SURGE
+from autoscaler.control.planner import Phase
 from engines.fake import FakeRuntime
 from engines.runtime import EndpointKey, ReplicaStatus, RuntimeError_
 

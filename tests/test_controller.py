@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from autoscaler.intent import Signals
-from autoscaler.owner import MAX_START_FAILURES
-from autoscaler.planner import Phase
-from autoscaler.state import State
+from autoscaler.model.intent import Signals
+from autoscaler.control.owner import MAX_START_FAILURES
+from autoscaler.control.planner import Phase
+from autoscaler.model.state import State
 from engines.runtime import EndpointKey, ReplicaInfo, ReplicaStatus
 from proxy.control import RouteState
 
@@ -273,8 +273,8 @@ async def test_2_a_draining_replica_is_reclaimed_before_a_new_one_starts(world):
 
 
 async def test_3_requests_draining_on_the_old_replica_are_not_new_demand():
-    from autoscaler.policy import PolicyConfig, Scaling
-    from autoscaler.scaler import Scaler
+    from autoscaler.scaling.policy import PolicyConfig, Scaling
+    from autoscaler.scaling.scaler import Scaler
     from proxy.pending import PendingCounter
 
     w = World()

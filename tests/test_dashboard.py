@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from autoscaler.dashboard import CSP, STATIC, add_dashboard
+from autoscaler.api.dashboard import CSP, STATIC, add_dashboard
 from proxy.app import add_proxy
 from proxy.config import ProxyConfig
 from proxy.control import InMemoryControlPlane

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from autoscaler.dashboard import CSP, STATIC
+from autoscaler.api.dashboard import CSP, STATIC
 from engines.progress import PullProgress, download_message
 
 from .test_e2e_dashboard import CHROMIUM, CHROMIUM_ARGS

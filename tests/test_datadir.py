@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from autoscaler import datadir
-from autoscaler.store import Store
+from autoscaler.store import datadir
+from autoscaler.store.store import Store
 
 
 def mode(path) -> int:
@@ -39,7 +39,7 @@ def test_a_second_holder_is_refused_with_a_clear_message(tmp_path):
     fd = datadir.lock(tmp_path)
     try:
         other = subprocess.run(
-            [sys.executable, "-c", f"from autoscaler import datadir; datadir.lock(__import__('pathlib').Path({str(tmp_path)!r}))"],
+            [sys.executable, "-c", f"from autoscaler.store import datadir; datadir.lock(__import__('pathlib').Path({str(tmp_path)!r}))"],
             capture_output=True, text=True,
         )
         assert other.returncode != 0

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import yaml
 
-from autoscaler.analytics import Analytics, AnalyticsConfig
-from autoscaler.events import EventLog
-from autoscaler.policy import PolicyConfig
-from autoscaler.scaler import Scaler
+from autoscaler.observe.analytics import Analytics, AnalyticsConfig
+from autoscaler.model.events import EventLog
+from autoscaler.scaling.policy import PolicyConfig
+from autoscaler.scaling.scaler import Scaler
 from proxy.config import ProxyConfig
 from proxy.control import InMemoryControlPlane
 from proxy.pipeline import Pipeline

@@ -191,7 +191,7 @@ def test_revoked_tokens_stop_working_and_actions_are_audited(serve):
 
     import asyncio
 
-    from autoscaler.store import Store
+    from autoscaler.store.store import Store
 
     async def audit():
         store = await Store.open(serve.data_dir / "endpointd.db")

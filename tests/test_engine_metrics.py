@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from autoscaler.engine_metrics import (
+from autoscaler.observe.engine_metrics import (
     NO_METRICS_RETRY_S, STALE_AFTER, EngineScraper, EngineSignals, parse, signals,
 )
 from engines.echo.server import Settings, make_app

@@ -16,7 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from autoscaler.launcher import EngineLauncher
+from autoscaler.control.launcher import EngineLauncher
 from engines.docker import PIDS_LIMIT, DockerRuntime
 from engines.fake import FakeRuntime
 from engines.gpus import GpuAllocator

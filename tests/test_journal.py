@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from autoscaler import events as events_mod
-from autoscaler.events import Event
-from autoscaler.journal import Journal
-from autoscaler.replicas import (
+from autoscaler.model import events as events_mod
+from autoscaler.model.events import Event
+from autoscaler.control.journal import Journal
+from autoscaler.model.timelines import (
     MAX_STOPPED, MAX_TIMELINE, KEEP_STOPPED_S, ReplicaHistory, ReplicaRecord, ReplicaState, from_json, to_json,
 )
-from autoscaler.store import Store
+from autoscaler.store.store import Store
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 

@@ -2,8 +2,8 @@
 
 from aiohttp import web
 
-from autoscaler import openapi
-from autoscaler.api import ManagementApi, add_api
+from autoscaler.api import openapi
+from autoscaler.api.app import ManagementApi, add_api
 
 
 def served_routes() -> set[tuple[str, str]]:

@@ -8,7 +8,7 @@ import math
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from autoscaler.openmetrics import CONTENT_TYPE, EndpointFigures, ReplicaFigures, exact_quantiles, render
+from autoscaler.observe.openmetrics import CONTENT_TYPE, EndpointFigures, ReplicaFigures, exact_quantiles, render
 
 
 def parsed(figures: EndpointFigures) -> dict:

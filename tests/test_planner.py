@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from autoscaler.intent import Signals, asleep, wanted
-from autoscaler.planner import Cancel, Drain, Phase, Reclaim, SlotView, Start, View, plan
+from autoscaler.model.intent import Signals, asleep, wanted
+from autoscaler.control.planner import Cancel, Drain, Phase, Reclaim, SlotView, Start, View, plan
 
 from .control_world import intent
 

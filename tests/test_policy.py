@@ -2,7 +2,7 @@
 
 import pytest
 
-from autoscaler.policy import HARDWARE, PolicyConfig, PolicyState, Scaling, Snapshot, decide
+from autoscaler.scaling.policy import HARDWARE, PolicyConfig, PolicyState, Scaling, Snapshot, decide
 
 CFG = PolicyConfig()  # the reference defaults: 20 s window, 300 s stabilization, 60 s minutes
 PENDING_1_3 = Scaling(min_replicas=1, max_replicas=3, threshold=1.5)

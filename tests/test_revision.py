@@ -329,7 +329,7 @@ async def test_the_guides_first_example_is_taken_as_sent(api, monkeypatch):
 
     from huggingface_hub import HfApi
 
-    from autoscaler.launcher import EngineLauncher
+    from autoscaler.control.launcher import EngineLauncher
     from engines.fake import FakeRuntime
     from engines.gpus import GpuAllocator
 
@@ -353,7 +353,7 @@ async def test_the_guides_first_example_is_taken_as_sent(api, monkeypatch):
 
 
 async def test_a_launch_says_when_a_local_repository_changed_since_it_was_recorded(tmp_path, caplog):
-    from autoscaler.launcher import EngineLauncher
+    from autoscaler.control.launcher import EngineLauncher
 
     (tmp_path / "config.json").write_text("{}")
     recorded = content_hash(tmp_path)

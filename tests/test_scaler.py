@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from autoscaler.policy import PolicyConfig, Scaling
-from autoscaler.scaler import Scaler
+from autoscaler.scaling.policy import PolicyConfig, Scaling
+from autoscaler.scaling.scaler import Scaler
 from engines.runtime import EndpointKey
 from proxy.pending import PendingCounter
 

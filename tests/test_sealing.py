@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from autoscaler.sealing import KEY_FILE, Sealer, SealingError, needs_sealing
+from autoscaler.store.sealing import KEY_FILE, Sealer, SealingError, needs_sealing
 
 SPEC = {
     "name": "e1",

@@ -8,8 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from autoscaler import tokens
-from autoscaler.store import ADMIN, Conflict, NotFound, Store, TokenInfo
+from autoscaler.store import tokens
+from autoscaler.store.store import ADMIN, Conflict, NotFound, Store, TokenInfo
 from proxy.control import Identity
 
 from .test_store import T0, Clock

@@ -12,9 +12,9 @@ from huggingface_hub import HfApi, InferenceEndpoint, InferenceEndpointStatus, s
 from huggingface_hub.errors import BadRequestError, InferenceEndpointError
 from huggingface_hub.utils._http import default_client_factory
 
-from autoscaler.spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
-from autoscaler.state import State
-from autoscaler.wire import (
+from autoscaler.model.spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
+from autoscaler.model.state import State
+from autoscaler.model.wire import (
     ChangeKind, StatusView, WireError, apply_update, parse_create, render_endpoint, render_list, spec_from_json,
     spec_to_json,
 )

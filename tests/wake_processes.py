@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from autoscaler.plane import StoreControlPlane
+from autoscaler.control.plane import StoreControlPlane
 from engines.runtime import EndpointKey
 from proxy.control import RouteEntry, RouteTable
 from proxy.hold import ReadinessGate

@@ -59,7 +59,7 @@ export function bytes(n) {
 export function progressOf(status) {
   if (!status || !["pending", "initializing", "updating"].includes(status.state)) return null;
   const message = status.message || "";
-  // The launcher's steps (autoscaler/launcher.py): "fetching model artifacts of …: A MiB of B MiB (N %)",
+  // The launcher's steps (autoscaler/control/launcher.py): "fetching model artifacts of …: A MiB of B MiB (N %)",
   // "pulling image …: K of L layers done, A MiB of B MiB downloaded (N %)" (engines/progress.py),
   // "starting replica …", "waiting for …". The bar is the message's "(N %)".
   let what = "Starting";

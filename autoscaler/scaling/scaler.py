@@ -21,9 +21,9 @@ from prometheus_client import CollectorRegistry, Counter
 from engines.runtime import EndpointKey
 from proxy.pending import PendingSnapshot
 
-from .controller import Controller
-from .events import EventLog
-from .policy import ENGINE, HARDWARE, Decision, PolicyConfig, PolicyState, Scaling, Snapshot, decide
+from autoscaler.control.controller import Controller
+from autoscaler.model.events import EventLog
+from autoscaler.scaling.policy import ENGINE, HARDWARE, Decision, PolicyConfig, PolicyState, Scaling, Snapshot, decide
 
 log = logging.getLogger("endpointd.scaler")
 

@@ -30,11 +30,11 @@ from engines.capacity import Need
 from engines.runtime import ReplicaInfo, ReplicaNotFound, Runtime, RuntimeError_
 from proxy.control import Replica, RouteEntry, RouteState, RouteTable
 
-from .events import EventLog
-from .intent import Intent, Signals, asleep, asleep_since, wanted
-from .planner import Cancel, Drain, Phase, Reclaim, SlotView, Start, View, plan
-from .replicas import ReplicaHistory, ReplicaState
-from .state import State, Status
+from autoscaler.model.events import EventLog
+from autoscaler.model.intent import Intent, Signals, asleep, asleep_since, wanted
+from autoscaler.control.planner import Cancel, Drain, Phase, Reclaim, SlotView, Start, View, plan
+from autoscaler.model.timelines import ReplicaHistory, ReplicaState
+from autoscaler.model.state import State, Status
 
 log = logging.getLogger("endpointd.controller")
 

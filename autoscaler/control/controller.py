@@ -38,12 +38,12 @@ from engines.gpus import AdoptConflict
 from engines.runtime import EndpointKey, ReplicaInfo, ReplicaNotFound, ReplicaStatus, Runtime, RuntimeError_
 from proxy.control import RouteTable
 
-from .events import EventLog
-from .intent import Intent, Signals
-from .owner import Adopted, Delete, Died, Failure, Launcher, Liveness, NewIntent, Owner, Recommend, Wake
-from .planner import Phase
-from .replicas import ReplicaHistory, ReplicaRecord
-from .state import Status
+from autoscaler.model.events import EventLog
+from autoscaler.model.intent import Intent, Signals
+from autoscaler.control.owner import Adopted, Delete, Died, Failure, Launcher, Liveness, NewIntent, Owner, Recommend, Wake
+from autoscaler.control.planner import Phase
+from autoscaler.model.timelines import ReplicaHistory, ReplicaRecord
+from autoscaler.model.state import Status
 
 log = logging.getLogger("endpointd.controller")
 

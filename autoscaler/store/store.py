@@ -34,10 +34,10 @@ import aiosqlite
 
 from proxy.control import Identity
 
-from . import events as events_mod
-from . import replicas as replicas_mod
-from . import tokens
-from .events import Event
+from autoscaler.model import events as events_mod
+from autoscaler.model import timelines as replicas_mod
+from autoscaler.store import tokens
+from autoscaler.model.events import Event
 
 ADMIN = "admin"
 ADMIN_ENV = "ENDPOINTD_ADMIN_TOKEN"

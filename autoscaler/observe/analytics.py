@@ -46,13 +46,13 @@ from proxy.control import Replica, RouteEntry
 from proxy.metrics import Answers
 from proxy.pending import PendingSnapshot
 
-from . import openmetrics
-from .analytics_series import COUNTS, Aggregate, Ring, Sample, Sketch, rebucket, render, status_class
-from .analytics_store import FILE as HISTORY_FILE
-from .analytics_store import History
-from .engine_metrics import EngineScraper, EngineSignals
-from .intent import Intent
-from .settings import SettingsError
+from autoscaler.observe import openmetrics
+from autoscaler.observe.analytics_series import COUNTS, Aggregate, Ring, Sample, Sketch, rebucket, render, status_class
+from autoscaler.observe.analytics_store import FILE as HISTORY_FILE
+from autoscaler.observe.analytics_store import History
+from autoscaler.observe.engine_metrics import EngineScraper, EngineSignals
+from autoscaler.model.intent import Intent
+from autoscaler.model.settings import SettingsError
 
 log = logging.getLogger("endpointd.analytics")
 

@@ -18,9 +18,9 @@ from engines import artifacts, hardware
 from engines.availability import Verdict
 from engines.suggest import REPLACEABLE, suggest
 
-from . import wire
-from .catalog import CannotDeploy, CatalogError, endpoint_name
-from .catalog_host import RecipeChecks, image_for
+from autoscaler.model import wire
+from autoscaler.model.catalog import CannotDeploy, CatalogError, endpoint_name
+from autoscaler.control.catalog_host import RecipeChecks, image_for
 
 # Query and body strings are short words, ids and paths; longer is refused.
 MAX_PARAM_CHARS = 256
@@ -30,7 +30,7 @@ LIST_PARAMS = ("accelerator", "engine", "license", "task", "search", "limit")
 
 
 def _invalid(message: str) -> Exception:
-    from .api import Invalid
+    from autoscaler.api.app import Invalid
 
     return Invalid(message)
 
@@ -98,7 +98,7 @@ def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
 
 
 def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
-    from .api import NotFound, _json
+    from autoscaler.api.app import NotFound, _json
 
     checks = RecipeChecks(api)  # what deploys on this host, and why the others cannot
 

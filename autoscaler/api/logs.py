@@ -20,8 +20,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .api import ApiError, Invalid, ManagementApi
-from .logs import DEFAULT_TAIL, FollowersFull, LogService, format_line
+from autoscaler.api.app import ApiError, Invalid, ManagementApi
+from autoscaler.observe.logs import DEFAULT_TAIL, FollowersFull, LogService, format_line
 
 TAIL_MAX = 10_000
 LINE_MAX_LENGTH_MAX = 65_536

@@ -15,8 +15,8 @@ from typing import Any, NoReturn, TypeVar
 from engines.hardware import ACCELERATORS, ComputeOffer
 from proxy.control import AuthType
 
-from .spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
-from .state import State
+from autoscaler.model.spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
+from autoscaler.model.state import State
 
 # One rule for every key of a body, create or update:
 # - absent: on create the default, or `WireError` for the keys the client always sends; on update, unchanged;

@@ -10,9 +10,9 @@ from aiohttp import web
 
 from engines.runtime import EndpointKey
 
-from . import query
-from .api import Forbidden, ManagementApi
-from .wire import wire_time
+from autoscaler.api import query
+from autoscaler.api.app import Forbidden, ManagementApi
+from autoscaler.model.wire import wire_time
 
 MAX_EVENTS = 1000
 MAX_AUDIT_PAGE = 500

@@ -9,9 +9,7 @@ from typing import Any
 
 from proxy.config import setting
 
-from . import settings
-
-
+from autoscaler.model import settings
 @dataclass(frozen=True)
 class ServeConfig:
     data_dir: str = setting("./endpointd-data", help="where the SQLite store, the admin token and model files live")
@@ -58,7 +56,7 @@ class ServeConfig:
         1.0, min=0.01, max=60.0, help="longest time between two reconcile rounds (changes trigger one at once)",
     )
     catalog_files: tuple[str, ...] = setting(
-        (), help="TOML files of inference-catalog recipes, added to the shipped ones (format: autoscaler/catalog.toml)",
+        (), help="TOML files of inference-catalog recipes, added to the shipped ones (format: autoscaler/model/catalog.toml)",
     )
 
 
@@ -79,7 +77,7 @@ class ScalingConfig:
     scale_interval_s: float = setting(1.0, min=0.05, max=60.0, help="how often pending counts are sampled and decided on")
 
     def policy(self):
-        from .policy import PolicyConfig
+        from autoscaler.scaling.policy import PolicyConfig
 
         return PolicyConfig(
             window_s=self.scale_window_s, hardware_window_s=self.hardware_window_s,

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from proxy.app import handle, routed_by_host
 
-STATIC = Path(__file__).parent / "dashboard"
+STATIC = Path(__file__).parent.parent / "dashboard"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "font-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 SECURITY_HEADERS = {

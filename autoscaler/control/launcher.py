@@ -19,7 +19,7 @@ from engines.capacity import Need
 from engines.gpus import Gpu, GpuAllocator, GpuSampler
 from engines.runtime import ReplicaInfo, Runtime
 
-from .intent import Intent
+from autoscaler.model.intent import Intent
 
 log = logging.getLogger("endpointd.launcher")
 

@@ -24,8 +24,8 @@ from typing import Any
 
 from engines import hardware, presets
 
-from . import wire
-from .settings import SettingsError
+from autoscaler.model import wire
+from autoscaler.model.settings import SettingsError
 
 SHIPPED = Path(__file__).with_name("catalog.toml")
 MODEL_ROOT = "{model_root}"  # in `repository`: the first model root of this endpointd

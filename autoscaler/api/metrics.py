@@ -20,9 +20,9 @@ from aiohttp import web
 
 from engines.runtime import EndpointKey
 
-from .analytics import MAX_POINTS, MAX_STEP_S, Analytics, QueryError
-from .analytics_series import CLASSES, COUNTS, GAUGES, QUANTILES, REPLICA_GAUGES
-from .openmetrics import CONTENT_TYPE
+from autoscaler.observe.analytics import MAX_POINTS, MAX_STEP_S, Analytics, QueryError
+from autoscaler.observe.analytics_series import CLASSES, COUNTS, GAUGES, QUANTILES, REPLICA_GAUGES
+from autoscaler.observe.openmetrics import CONTENT_TYPE
 
 # Unix seconds accepted: from 1970 to the year 5138 (beyond, a typo of milliseconds).
 MAX_UNIX_S = 1e11
@@ -40,7 +40,7 @@ def add_routes(router: web.UrlDispatcher, api: Any, analytics: Analytics) -> Non
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def series(request: web.Request) -> web.Response:
-        from .api import Invalid  # here, not at import: api.py imports this module
+        from autoscaler.api.app import Invalid  # here, not at import: api.py imports this module
 
         key = await _endpoint(request, api)
         query = request.query
@@ -66,7 +66,7 @@ async def _endpoint(request: web.Request, api: Any) -> EndpointKey:
 
 
 def _not_found(key: EndpointKey) -> Exception:
-    from .api import NotFound
+    from autoscaler.api.app import NotFound
 
     return NotFound(f"endpoint {key} does not exist")
 

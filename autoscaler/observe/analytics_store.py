@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from .analytics_series import Aggregate
+from autoscaler.observe.analytics_series import Aggregate
 
 FILE = "analytics.db"
 SCHEMA_VERSION = 1

@@ -55,8 +55,7 @@ from engines.runtime import (
 )
 from proxy.config import setting
 
-from . import datadir
-
+from autoscaler.store import datadir
 log = logging.getLogger("endpointd.logs")
 
 LOGS_FILE = "logs.db"

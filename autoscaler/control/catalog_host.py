@@ -25,8 +25,8 @@ from typing import Any
 from engines import artifacts, hardware, presets
 from engines.model_roots import RootsError
 
-from . import wire
-from .catalog import CatalogError, Recipe
+from autoscaler.model import wire
+from autoscaler.model.catalog import CatalogError, Recipe
 
 TTL_S = 60.0
 MAX_CACHED = 10_000  # catalog.MAX_RECIPES

@@ -43,16 +43,16 @@ from proxy.auth import bearer_token, plausible_token
 from proxy.errors import ERROR_MESSAGE, header_safe
 from proxy.forward import REQUEST_ID, request_id
 
-from . import openapi
-from . import store as store_mod
-from . import wire
-from .controller import Controller
-from .host_names import normal
-from .intent import Intent, Signals
-from .keyed_locks import KeyedLocks
-from .sealing import Sealer, SealingError
-from .state import State
-from .store import Store
+from autoscaler.api import openapi
+from autoscaler.store import store as store_mod
+from autoscaler.model import wire
+from autoscaler.control.controller import Controller
+from autoscaler.control.host_names import normal
+from autoscaler.model.intent import Intent, Signals
+from autoscaler.control.keyed_locks import KeyedLocks
+from autoscaler.store.sealing import Sealer, SealingError
+from autoscaler.model.state import State
+from autoscaler.store.store import Store
 
 log = logging.getLogger("endpointd.api")
 
@@ -188,7 +188,7 @@ class ManagementApi:
         self.images = ImageInventory(present, in_registry) if present is not None else None
         self.default_images = default_images
         if catalog is None:
-            from .catalog import load_catalog
+            from autoscaler.model.catalog import load_catalog
 
             catalog = load_catalog(())
         self.catalog = catalog
@@ -543,15 +543,13 @@ def add_api(app: web.Application, api: ManagementApi, *, logs: Any, analytics: A
     r.add_post("/endpoint/{ns}/{name}/scale-to-zero", api.scale_to_zero)
     r.add_get("/provider/{ns}", api.provider)
     r.add_get("/openapi.json", openapi_document)
-    from . import api_watch
-
+    from autoscaler.api import watch as api_watch
     api_watch.add_routes(r, api)
-    from . import api_logs, api_metrics
-
+    from autoscaler.api import logs as api_logs
+    from autoscaler.api import metrics as api_metrics
     api_logs.add_routes(r, api, logs)
     api_metrics.add_routes(r, api, analytics)
-    from . import api_catalog
-
+    from autoscaler.api import catalog as api_catalog
     api_catalog.add_suggest_route(r, api)
     hub = web.Application(middlewares=[errors_middleware])
     hub[API] = api

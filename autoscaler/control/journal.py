@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .events import Event, EventLog
-from .replicas import ReplicaHistory, ReplicaRecord, from_json, to_json
-from .store import Store
+from autoscaler.model.events import Event, EventLog
+from autoscaler.model.timelines import ReplicaHistory, ReplicaRecord, from_json, to_json
+from autoscaler.store.store import Store
 
 log = logging.getLogger("endpointd.journal")
 

@@ -178,8 +178,8 @@ RECIPE = {"name": "id", "in": "path", "required": True, "schema": {"type": "stri
 
 
 def document() -> dict[str, Any]:
-    from .api_logs import OPENAPI_PATHS as LOGS_PATHS
-    from .api_metrics import OPENAPI_PATHS as METRICS_PATHS
+    from autoscaler.api.logs import OPENAPI_PATHS as LOGS_PATHS
+    from autoscaler.api.metrics import OPENAPI_PATHS as METRICS_PATHS
 
     endpoint_ref = {"$ref": "#/components/schemas/Endpoint"}
     return {
