@@ -14,7 +14,7 @@ from urllib.parse import quote
 from proxy.config import ProxyConfig
 
 from autoscaler.model import settings
-from autoscaler.model.config import ScalingConfig, ServeConfig
+from autoscaler.config import ScalingConfig, ServeConfig
 from autoscaler.store.store import SCOPES
 from autoscaler.model.wire import wire_time
 
@@ -40,7 +40,7 @@ def _load(args: argparse.Namespace) -> tuple:
 
 def _engines(args: argparse.Namespace):
     """`[engines]`: the operator's pinned engine images (a free-form table, keys checked)."""
-    from autoscaler.model.config import EnginesConfig
+    from autoscaler.config import EnginesConfig
 
     table = settings.read_file(args.config).get("engines")
     if table is not None and not isinstance(table, dict):

@@ -34,7 +34,7 @@ from autoscaler.api.app import Limits, ManagementApi, add_api
 from autoscaler.api.dashboard import add_dashboard
 from autoscaler.control.host_names import names_of_this_host, normal
 from autoscaler.model.catalog import load_catalog
-from autoscaler.model.config import EnginesConfig, ScalingConfig, ServeConfig
+from autoscaler.config import EnginesConfig, ScalingConfig, ServeConfig
 from autoscaler.control.controller import Controller
 from autoscaler.model.intent import Intent, Signals
 from autoscaler.control.journal import Journal

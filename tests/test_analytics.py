@@ -29,7 +29,7 @@ from autoscaler.observe.analytics_series import (
     GAMMA, RELATIVE_ACCURACY, Aggregate, Ring, Sample, Sketch, rebucket, render, status_class,
 )
 from autoscaler.observe.analytics_store import History
-from autoscaler.model.config import ScalingConfig, ServeConfig
+from autoscaler.config import ScalingConfig, ServeConfig
 from autoscaler.observe.engine_metrics import EngineSignals, Scraped
 from autoscaler.model.intent import Intent
 from engines.gpus import GpuAllocator, GpuSampler, read_inventory

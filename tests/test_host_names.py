@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from autoscaler.model.config import ServeConfig
+from autoscaler.config import ServeConfig
 from autoscaler.control.host_names import local_addresses, names_of_this_host
 from autoscaler.serve import own_names
 from proxy.config import ProxyConfig

@@ -98,11 +98,11 @@ def _settings_names() -> set[str]:
     """Every ENDPOINTD_* variable endpointd reads: its settings' names, and the few read directly."""
     import dataclasses
 
-    from autoscaler.model.config import ServeConfig
+    from autoscaler.config import ServeConfig
     from autoscaler.model.settings import env_name
     from proxy.config import ProxyConfig
 
-    from autoscaler.model.config import ENGINE_ENV_PREFIX
+    from autoscaler.config import ENGINE_ENV_PREFIX
     from engines.presets import DEFAULT_IMAGES
 
     names = {env_name(f.name) for config in (ServeConfig, ProxyConfig) for f in dataclasses.fields(config)}
@@ -129,7 +129,7 @@ def test_the_documented_compose_file_runs_the_image_as_designed():
 
 
 def test_the_compose_files_commented_settings_are_real_and_take_effect():
-    from autoscaler.model.config import EnginesConfig
+    from autoscaler.config import EnginesConfig
 
     commented = _commented_settings((images.PROJECT_ROOT / "docs" / "compose.yaml").read_text())
     assert commented and set(commented) <= _settings_names()

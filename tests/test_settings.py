@@ -93,7 +93,7 @@ def test_static_routes_errors(data, message):
     ("file", ["/srv/models", "/data/hub"]),  # a TOML list
 ])
 def test_model_roots_is_a_list_from_every_layer(layer, value):
-    from autoscaler.model.config import ServeConfig
+    from autoscaler.config import ServeConfig
 
     kwargs = {"flags": {}, "env": {}, "file_values": {}}
     key = "ENDPOINTD_MODEL_ROOTS" if layer == "env" else "model_roots"
@@ -102,7 +102,7 @@ def test_model_roots_is_a_list_from_every_layer(layer, value):
 
 
 def test_a_bad_model_roots_value_names_the_key():
-    from autoscaler.model.config import ServeConfig
+    from autoscaler.config import ServeConfig
 
     with pytest.raises(settings.SettingsError, match=r"serve.model_roots = \[1\] \(from the config file \[serve\]\) is invalid: it must be a list of non-empty strings"):
         settings.load(ServeConfig, "serve", file_values={"model_roots": [1]})
@@ -132,7 +132,7 @@ def test_a_model_root_holding_the_data_dir_stops_serve_at_start(tmp_path):
 
 
 def test_engine_images_are_pinned_by_file_env_and_flag():
-    from autoscaler.model.config import EnginesConfig
+    from autoscaler.config import EnginesConfig
 
     config = EnginesConfig.load(
         file_values={"vllm": "vllm/vllm-openai:v0.8.5", "tei": "ghcr.io/huggingface/text-embeddings-inference:cpu-1.5"},
@@ -156,7 +156,7 @@ def test_engine_images_are_pinned_by_file_env_and_flag():
     ({"env": {"ENDPOINTD_ENGINE_IMAGE_TGI": "x" * 300}}, "(from ENDPOINTD_ENGINE_IMAGE_TGI) is invalid"),
 ])
 def test_bad_engine_images_stop_the_start(kwargs, message):
-    from autoscaler.model.config import EnginesConfig
+    from autoscaler.config import EnginesConfig
 
     with pytest.raises(settings.SettingsError) as info:
         EnginesConfig.load(**kwargs)
@@ -187,7 +187,7 @@ def test_engine_image_variables_clash_with_no_other_option():
     import dataclasses
 
     from autoscaler.cli import _sections
-    from autoscaler.model.config import ENGINE_ENV_PREFIX
+    from autoscaler.config import ENGINE_ENV_PREFIX
     from engines.presets import DEFAULT_IMAGES
 
     ours = {ENGINE_ENV_PREFIX + key.upper().replace("-", "_") for key in DEFAULT_IMAGES}

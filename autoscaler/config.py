@@ -10,6 +10,7 @@ from typing import Any
 from proxy.config import setting
 
 from autoscaler.model import settings
+from autoscaler.scaling.policy import PolicyConfig
 @dataclass(frozen=True)
 class ServeConfig:
     data_dir: str = setting("./endpointd-data", help="where the SQLite store, the admin token and model files live")
@@ -76,9 +77,7 @@ class ScalingConfig:
     )
     scale_interval_s: float = setting(1.0, min=0.05, max=60.0, help="how often pending counts are sampled and decided on")
 
-    def policy(self):
-        from autoscaler.scaling.policy import PolicyConfig
-
+    def policy(self) -> PolicyConfig:
         return PolicyConfig(
             window_s=self.scale_window_s, hardware_window_s=self.hardware_window_s,
             hardware_up_every_s=self.hardware_up_every_s, hardware_down_every_s=self.hardware_down_every_s,
