@@ -30,7 +30,9 @@ from proxy.pipeline import PROBE_HEADER, Pipeline
 
 from autoscaler.store import datadir
 from autoscaler.observe.analytics import Analytics, AnalyticsConfig
-from autoscaler.api.app import Limits, ManagementApi, add_api
+from autoscaler.api.app import add_api
+from autoscaler.api.base import Limits
+from autoscaler.api.endpoints import ManagementApi
 from autoscaler.api.dashboard import add_dashboard
 from autoscaler.control.host_names import names_of_this_host, normal
 from autoscaler.model.catalog import load_catalog

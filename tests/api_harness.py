@@ -6,7 +6,9 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from autoscaler.api.app import Limits, ManagementApi, add_api
+from autoscaler.api.app import add_api
+from autoscaler.api.base import Limits
+from autoscaler.api.endpoints import ManagementApi
 from autoscaler.control.plane import StoreControlPlane
 from autoscaler.store.sealing import Sealer
 from autoscaler.store.store import Store

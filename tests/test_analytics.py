@@ -19,8 +19,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from autoscaler.api import app as api_module
 from autoscaler.api import metrics as api_metrics
+from autoscaler.api.base import API, errors_middleware
+from autoscaler.api.endpoints import ManagementApi
 from autoscaler.model import settings
 from autoscaler.observe.analytics import (
     MAX_POINTS, Analytics, AnalyticsConfig, QueryError, UsagePoller, plan_query,
@@ -644,10 +645,10 @@ class FakeStore:
 
 @pytest.fixture
 async def routes(world):
-    management = api_module.ManagementApi.__new__(api_module.ManagementApi)  # only identity() and member() are used
+    management = ManagementApi.__new__(ManagementApi)  # only identity() and member() are used
     management.store = FakeStore()
-    v2 = web.Application(middlewares=[api_module.errors_middleware])
-    v2[api_module.API] = management
+    v2 = web.Application(middlewares=[errors_middleware])
+    v2[API] = management
     api_metrics.add_routes(v2.router, management, world.analytics)
     app = web.Application()
     app[PIPELINE] = Pipeline(ProxyConfig(), InMemoryControlPlane())  # the middleware asks it about Host routing

@@ -5,7 +5,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from autoscaler.api.app import ManagementApi, add_api
+from autoscaler.api.app import add_api
+from autoscaler.api.endpoints import ManagementApi
 from proxy.app import add_proxy
 from proxy.config import ProxyConfig
 from proxy.control import AuthType, InMemoryControlPlane, Replica, RouteEntry

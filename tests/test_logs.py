@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from autoscaler.model import settings
-from autoscaler.api.app import API, errors_middleware
+from autoscaler.api.base import API, errors_middleware
 from autoscaler.api.logs import OPENAPI_PATHS, add_routes, parse_query, parse_time
 from autoscaler.observe.logs import (
     LOGS_FILE,
@@ -564,7 +564,7 @@ def test_times_are_rfc3339_or_unix_seconds(raw, ms):
     ({"follow": "1"}, "unknown query parameter 'follow'"),
 ])
 def test_bad_parameters_name_themselves_and_their_range(query, message):
-    from autoscaler.api.app import Invalid
+    from autoscaler.api.base import Invalid
 
     with pytest.raises(Invalid, match=re.escape(message)):
         parse_query(query)

@@ -3,7 +3,8 @@
 from aiohttp import web
 
 from autoscaler.api import openapi
-from autoscaler.api.app import ManagementApi, add_api
+from autoscaler.api.app import add_api
+from autoscaler.api.endpoints import ManagementApi
 
 
 def served_routes() -> set[tuple[str, str]]:

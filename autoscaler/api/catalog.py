@@ -18,6 +18,8 @@ from engines import artifacts, hardware
 from engines.availability import Verdict
 from engines.suggest import REPLACEABLE, suggest
 
+from autoscaler.api import access
+from autoscaler.api.base import Invalid, NotFound, read_json
 from autoscaler.model import wire
 from autoscaler.model.catalog import CannotDeploy, CatalogError, endpoint_name
 from autoscaler.control.catalog_host import RecipeChecks, image_for
@@ -29,38 +31,32 @@ SUGGEST_PARAMS = ("repository", "accelerator", "gguf", "revision")
 LIST_PARAMS = ("accelerator", "engine", "license", "task", "search", "limit")
 
 
-def _invalid(message: str) -> Exception:
-    from autoscaler.api.app import Invalid
-
-    return Invalid(message)
-
-
 def _param(query: Mapping[str, str], key: str, *, required: bool = False, limit: int = MAX_PARAM_CHARS,
            choices: tuple[str, ...] | None = None) -> str | None:
     values = query.getall(key, []) if hasattr(query, "getall") else [query[key]] if key in query else []
     if len(values) > 1:
-        raise _invalid(f"query parameter {key} is given {len(values)} times; give it once")
+        raise Invalid(f"query parameter {key} is given {len(values)} times; give it once")
     value = values[0] if values else None
     if value in (None, ""):
         if required:
-            raise _invalid(f"query parameter {key} is required")
+            raise Invalid(f"query parameter {key} is required")
         return None
     if len(value) > limit or "\0" in value:
-        raise _invalid(f"query parameter {key} must be at most {limit} characters; got {len(value)}")
+        raise Invalid(f"query parameter {key} must be at most {limit} characters; got {len(value)}")
     if choices is not None and value not in choices:
-        raise _invalid(f"query parameter {key} must be one of {', '.join(choices)}; got {value[:40]!r}")
+        raise Invalid(f"query parameter {key} must be one of {', '.join(choices)}; got {value[:40]!r}")
     return value
 
 
 def _known(query: Mapping[str, str], allowed: tuple[str, ...]) -> None:
     unknown = sorted(set(query) - set(allowed))
     if unknown:
-        raise _invalid(f"unknown query parameter {unknown[0][:40]!r}; this route takes {', '.join(allowed)}")
+        raise Invalid(f"unknown query parameter {unknown[0][:40]!r}; this route takes {', '.join(allowed)}")
 
 
 def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
     async def suggestion(request: web.Request) -> web.Response:
-        identity = await api.identity(request)
+        identity = await access.identity(request, api.store)
         query = request.query
         _known(query, SUGGEST_PARAMS)
         repository = _param(query, "repository", required=True, limit=wire.MAX_REPOSITORY_CHARS)
@@ -98,17 +94,15 @@ def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
 
 
 def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
-    from autoscaler.api.app import NotFound, _json
-
     checks = RecipeChecks(api)  # what deploys on this host, and why the others cannot
 
     async def listing(request: web.Request) -> web.Response:
-        identity = await api.identity(request)
+        identity = await access.identity(request, api.store)
         query = request.query
         _known(query, LIST_PARAMS)
         limit = _param(query, "limit")
         if limit is not None and (not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT):
-            raise _invalid(f"query parameter limit must be an integer between 1 and {MAX_LIMIT}; got {limit[:40]!r}")
+            raise Invalid(f"query parameter limit must be an integer between 1 and {MAX_LIMIT}; got {limit[:40]!r}")
         matching = api.catalog.matching(
             accelerator=_param(query, "accelerator"), engine=_param(query, "engine"),
             license=_param(query, "license"), task=_param(query, "task"), search=_param(query, "search"),
@@ -118,30 +112,30 @@ def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
         return web.json_response({"items": [model.render(recipes, why_not) for model, recipes in matching]})
 
     async def deploy(request: web.Request, recipe_of) -> web.Response:
-        body = await _json(request)
+        body = await read_json(request)
         if not isinstance(body, dict):
-            raise _invalid("the request body must be a JSON object such as {\"namespace\": \"alice\"}")
+            raise Invalid("the request body must be a JSON object such as {\"namespace\": \"alice\"}")
         ns = _field(body, "namespace", required=True)
-        identity = await api.member(request, ns)
+        identity = await access.member(request, api.store, ns)
         await api.namespace_exists(ns)
         try:
             recipe = await recipe_of(body)
         except CannotDeploy as error:
-            raise _invalid(str(error)) from None
+            raise Invalid(str(error)) from None
         except CatalogError as error:
             raise NotFound(str(error)) from None
         why = await checks.why_not(recipe, ns)
         if why is not None:
-            raise _invalid(f"recipe {recipe.id} cannot deploy on this host: {why}")
+            raise Invalid(f"recipe {recipe.id} cannot deploy on this host: {why}")
         config = body.get("config")
         if config is not None and not isinstance(config, dict):
-            raise _invalid("config must be an object such as {\"name\": \"my-endpoint\"}")
+            raise Invalid("config must be an object such as {\"name\": \"my-endpoint\"}")
         name = _field(config or {}, "name", where="config.name") or endpoint_name(recipe)
         roots = api.limits.roots.roots
         try:
             spec = wire.parse_create(recipe.create_body(name, roots[0] if roots else None))
         except CatalogError as error:
-            raise _invalid(str(error)) from None
+            raise Invalid(str(error)) from None
         rec = await api.create_spec(request, identity, ns, spec, {"recipe": recipe.id})
         return web.json_response({"endpoint": api.render(rec)})
 
@@ -151,7 +145,7 @@ def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
         async def recipe_of(body):
             accelerator = _field(body, "accelerator")
             if accelerator is not None and accelerator not in hardware.ACCELERATORS:
-                raise _invalid(f"accelerator must be one of {', '.join(hardware.ACCELERATORS)}; got {accelerator[:40]!r}")
+                raise Invalid(f"accelerator must be one of {', '.join(hardware.ACCELERATORS)}; got {accelerator[:40]!r}")
             gguf = _field(body, "ggufFile")
             fitting = api.catalog.fitting(repo, accelerator, gguf)
             return api.catalog.choose(repo, accelerator, gguf, await checks.all(fitting, _field(body, "namespace") or ""))
@@ -164,7 +158,7 @@ def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
         async def recipe_of(body):
             for key in ("accelerator", "ggufFile"):
                 if body.get(key) is not None:
-                    raise _invalid(f"{key} cannot be used with a recipe id, which already is one recipe")
+                    raise Invalid(f"{key} cannot be used with a recipe id, which already is one recipe")
             recipe = api.catalog.recipe(recipe_id)
             if recipe is None:
                 raise CatalogError(f"recipe {recipe_id[:80]} is not in the catalog; list them with `hf endpoints catalog ls`")
@@ -181,8 +175,8 @@ def _field(body: Mapping[str, Any], key: str, *, required: bool = False, where: 
     value = body.get(key)
     if value is None:
         if required:
-            raise _invalid(f"{where or key} is required")
+            raise Invalid(f"{where or key} is required")
         return None
     if not isinstance(value, str) or not value or len(value) > MAX_PARAM_CHARS:
-        raise _invalid(f"{where or key} must be a non-empty string of at most {MAX_PARAM_CHARS} characters")
+        raise Invalid(f"{where or key} must be a non-empty string of at most {MAX_PARAM_CHARS} characters")
     return value

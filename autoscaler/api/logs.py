@@ -20,7 +20,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from autoscaler.api.app import ApiError, Invalid, ManagementApi
+from autoscaler.api import access
+from autoscaler.api.base import ApiError, Invalid
 from autoscaler.observe.logs import DEFAULT_TAIL, FollowersFull, LogService, format_line
 
 TAIL_MAX = 10_000
@@ -106,12 +107,13 @@ def parse_query(query: Mapping[str, str]) -> LogQuery:
     return LogQuery(replica, tail, since, until, cut)
 
 
-def add_routes(router: web.UrlDispatcher, api: ManagementApi, logs: LogService) -> None:
-    """Register the logs routes on the `/v2` sub-app's router (whose middleware maps errors)."""
+def add_routes(router: web.UrlDispatcher, api: Any, logs: LogService) -> None:
+    """Register the logs routes on the `/v2` sub-app's router (whose middleware maps errors); `api`
+    is the ManagementApi."""
 
     async def endpoint_uid(request: web.Request) -> str:
         ns, name = request.match_info["ns"], request.match_info["name"]
-        await api.member(request, ns)
+        await access.member(request, api.store, ns)
         return (await api.record(ns, name)).uid  # NotFound (404) for an unknown endpoint
 
     async def text(request: web.Request) -> web.Response:

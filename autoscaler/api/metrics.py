@@ -20,6 +20,8 @@ from aiohttp import web
 
 from engines.runtime import EndpointKey
 
+from autoscaler.api import access
+from autoscaler.api.base import Invalid, NotFound
 from autoscaler.observe.analytics import MAX_POINTS, MAX_STEP_S, Analytics, QueryError
 from autoscaler.observe.analytics_series import CLASSES, COUNTS, GAUGES, QUANTILES, REPLICA_GAUGES
 from autoscaler.observe.openmetrics import CONTENT_TYPE
@@ -29,8 +31,8 @@ MAX_UNIX_S = 1e11
 
 
 def add_routes(router: web.UrlDispatcher, api: Any, analytics: Analytics) -> None:
-    """Register the routes on the `/v2` sub-app's router; `api` is the ManagementApi (its
-    `member()` checks the token, its middleware renders errors)."""
+    """Register the routes on the `/v2` sub-app's router (whose middleware renders errors); `api`
+    is the ManagementApi (its store checks the token)."""
 
     async def open_metrics(request: web.Request) -> web.Response:
         key = await _endpoint(request, api)
@@ -40,8 +42,6 @@ def add_routes(router: web.UrlDispatcher, api: Any, analytics: Analytics) -> Non
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def series(request: web.Request) -> web.Response:
-        from autoscaler.api.app import Invalid  # here, not at import: api.py imports this module
-
         key = await _endpoint(request, api)
         query = request.query
         try:
@@ -61,13 +61,11 @@ def add_routes(router: web.UrlDispatcher, api: Any, analytics: Analytics) -> Non
 
 async def _endpoint(request: web.Request, api: Any) -> EndpointKey:
     ns, name = request.match_info["ns"], request.match_info["name"]
-    await api.member(request, ns)
+    await access.member(request, api.store, ns)
     return EndpointKey(ns, name)
 
 
 def _not_found(key: EndpointKey) -> Exception:
-    from autoscaler.api.app import NotFound
-
     return NotFound(f"endpoint {key} does not exist")
 
 

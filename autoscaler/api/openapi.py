@@ -1,9 +1,15 @@
-"""The OpenAPI document of the management API, served at `/v2/openapi.json`. A test checks that
-its paths and methods are exactly the routes the app serves."""
+"""The OpenAPI document of the management API, served at `/v2/openapi.json` to anyone (no token).
+A test checks that its paths and methods are exactly the routes the app serves."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from aiohttp import web
+
+from autoscaler.api import access
+from autoscaler.api.logs import OPENAPI_PATHS as LOGS_PATHS
+from autoscaler.api.metrics import OPENAPI_PATHS as METRICS_PATHS
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 ENDPOINT = {"$ref": "#/components/schemas/EndpointWithStatus"}
@@ -178,9 +184,6 @@ RECIPE = {"name": "id", "in": "path", "required": True, "schema": {"type": "stri
 
 
 def document() -> dict[str, Any]:
-    from autoscaler.api.logs import OPENAPI_PATHS as LOGS_PATHS
-    from autoscaler.api.metrics import OPENAPI_PATHS as METRICS_PATHS
-
     endpoint_ref = {"$ref": "#/components/schemas/Endpoint"}
     return {
         "openapi": "3.1.0",
@@ -227,3 +230,13 @@ def document() -> dict[str, Any]:
             **METRICS_PATHS,
         },
     }
+
+
+@access.public
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(document())
+
+
+def add_routes(router: web.UrlDispatcher) -> None:
+    """`GET /v2/openapi.json`, on the `/v2` sub-app's router."""
+    router.add_get("/openapi.json", openapi_document)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from autoscaler.api.app import Invalid
+from autoscaler.api.base import Invalid
 
 # Times before this or after MAX_UNIX_S are surely a mistake (and would overflow datetime).
 MAX_UNIX_S = 253402300799  # 9999-12-31T23:59:59Z

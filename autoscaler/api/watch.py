@@ -10,8 +10,7 @@ from aiohttp import web
 
 from engines.runtime import EndpointKey
 
-from autoscaler.api import query
-from autoscaler.api.app import Forbidden, ManagementApi
+from autoscaler.api import access, query
 from autoscaler.model.wire import wire_time
 
 MAX_EVENTS = 1000
@@ -22,10 +21,12 @@ def _at(seconds: float | None) -> str | None:
     return None if seconds is None else wire_time(datetime.fromtimestamp(seconds, UTC))
 
 
-def add_routes(router: web.UrlDispatcher, api: ManagementApi) -> None:
+def add_routes(router: web.UrlDispatcher, api: Any) -> None:
+    """The read routes, on the `/v2` sub-app's router; `api` is the ManagementApi."""
+
     async def replicas(request: web.Request) -> web.Response:
         ns, name = request.match_info["ns"], request.match_info["name"]
-        await api.member(request, ns)
+        await access.member(request, api.store, ns)
         await api.record(ns, name)
         items = [
             {
@@ -40,7 +41,7 @@ def add_routes(router: web.UrlDispatcher, api: ManagementApi) -> None:
 
     async def events(request: web.Request) -> web.Response:
         ns, name = request.match_info["ns"], request.match_info["name"]
-        await api.member(request, ns)
+        await access.member(request, api.store, ns)
         rec = await api.record(ns, name)
         since = query.integer(request, "since", lo=0, hi=2**62, default=0)
         limit = query.integer(request, "limit", lo=1, hi=MAX_EVENTS, default=100)
@@ -54,11 +55,9 @@ def add_routes(router: web.UrlDispatcher, api: ManagementApi) -> None:
     async def audit(request: web.Request) -> web.Response:
         ns = request.match_info["ns"]
         if ns == "*":
-            identity = await api.identity(request)
-            if not identity.is_admin:
-                raise Forbidden("only an admin may read the audit log of every namespace ('*')")
+            await access.admin(request, api.store, "read the audit log of every namespace ('*')")
         else:
-            await api.member(request, ns)
+            await access.member(request, api.store, ns)
         limit = query.integer(request, "limit", lo=1, hi=MAX_AUDIT_PAGE, default=100)
         entries = await api.store.list_audit(
             None if ns == "*" else ns, limit + 1,
