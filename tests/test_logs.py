@@ -17,18 +17,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from autoscaler.model import settings
 from autoscaler.api.app import API, errors_middleware
 from autoscaler.api.logs import OPENAPI_PATHS, add_routes, parse_query, parse_time
+from autoscaler.observe.log_line import LogLine, format_line, format_time
+from autoscaler.observe.log_mask import MASK, clean
 from autoscaler.observe.logs import (
     LOGS_FILE,
-    MASK,
     MAX_QUEUED_PER_FOLLOWER,
     Collecting,
     FollowersFull,
-    LogLine,
     LogsConfig,
     LogService,
-    clean,
-    format_line,
-    format_time,
 )
 from engines.fake import FakeRuntime
 from engines.runtime import ContainerSpec, EndpointKey

@@ -31,15 +31,10 @@ the store).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
-import sqlite3
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +50,10 @@ from engines.runtime import (
 )
 from proxy.config import setting
 
-from autoscaler.store import datadir
+from autoscaler.observe.log_line import LogLine
+from autoscaler.observe.log_mask import Masker, clean
+from autoscaler.observe.log_store import Cursor, LogStore
+
 log = logging.getLogger("endpointd.logs")
 
 LOGS_FILE = "logs.db"
@@ -63,10 +61,6 @@ DEFAULT_TAIL = 50  # the reference's Logs tab shows the latest 50 lines
 # Read a container's log from its very first line: the Runtime's `tail` counts lines from the end,
 # and Docker returns all of them when asked for more than there are.
 FROM_START = 1 << 30
-# Secret values shorter than this are not masked: replacing every "abc" or "true" would wreck the
-# log, and the pattern of what got masked would itself tell the value.
-MIN_SECRET_CHARS = 4
-MASK = "***"
 # Bursts of this many seconds' worth of lines pass the rate bound whole (an engine's start-up
 # banner, a traceback).
 BURST_S = 2.0
@@ -88,19 +82,10 @@ MAX_BUFFERED_LINES = 50_000
 # missed from the store, in chunks of FOLLOW_CHUNK.
 MAX_QUEUED_PER_FOLLOWER = 2_000
 FOLLOW_CHUNK = 1_000
-# How much an over-size endpoint is pruned to: a tenth of headroom, so that a full endpoint is
-# pruned once per tenth of growth, not at every write.
-PRUNE_TO_FRACTION = 0.9
 # Age pruning runs this often (the API's reads apply the age bound exactly, whenever they run).
 PRUNE_INTERVAL_S = 60.0
-# Bytes a stored line costs beyond its text and replica id (row id, time, stream, index entries):
-# an estimate that makes the size bound track the file's size, not only the text.
-ROW_OVERHEAD_BYTES = 32
 # How long `capture` (before a container is removed) waits for its log to be read.
 CAPTURE_TIMEOUT_S = 1.0
-CUT_SUFFIX = "…"
-BUSY_TIMEOUT_MS = 5000
-WAL_LIMIT_BYTES = 64 << 20  # the WAL is truncated to this after a checkpoint
 DAY_S = 86_400.0
 
 
@@ -141,14 +126,6 @@ class LogsConfig:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class LogLine:
-    id: int  # increasing in collection order, as `at_ms` is: (at_ms, id) is the order of lines
-    at_ms: int  # when it was collected, unix milliseconds (UTC)
-    replica: str
-    text: str
-
-
 class FollowersFull(Exception):
     """An endpoint already has as many live followers as allowed."""
 
@@ -156,354 +133,6 @@ class FollowersFull(Exception):
         super().__init__(f"this endpoint's logs already have {limit} live followers, the most allowed; close one first")
         self.uid = uid
         self.limit = limit
-
-
-def format_time(at_ms: int) -> str:
-    """RFC 3339, UTC, milliseconds: `2025-01-02T03:04:05.678Z` (fixed width)."""
-    seconds, ms = divmod(at_ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}Z"
-
-
-def format_line(line: LogLine, max_length: int | None = None) -> str:
-    """`{time} {replica} {text}`, the text cut to `max_length` characters when given."""
-    text = line.text if max_length is None else line.text[:max_length]
-    return f"{format_time(line.at_ms)} {line.replica} {text}"
-
-
-# --- cleaning and masking ------------------------------------------------------------------------
-
-
-def clean(raw: str, max_bytes: int) -> str:
-    """One stored line: what a terminal would show of it (the part after the last carriage return:
-    a progress bar's last state), without NULs, valid UTF-8, cut at `max_bytes` bytes."""
-    line = raw.rstrip("\r")
-    if "\r" in line:
-        line = line.rsplit("\r", 1)[1]
-    if "\x00" in line:
-        line = line.replace("\x00", "\ufffd")
-    try:
-        data = line.encode()
-    except UnicodeEncodeError:  # lone surrogates from a lenient decoder: SQLite refuses them
-        data = line.encode("utf-8", "replace")
-        line = data.decode()
-    if len(data) > max_bytes:
-        room = max_bytes - len(CUT_SUFFIX.encode())
-        line = data[:room].decode("utf-8", "ignore") + CUT_SUFFIX
-    return line
-
-
-def secret_forms(value: str) -> set[str]:
-    """The ways a secret's value shows up in a log: as is, percent-encoded (a URL, a query string)
-    and JSON-escaped (a request body echoed back)."""
-    if len(value) < MIN_SECRET_CHARS:
-        return set()
-    return {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value), json.dumps(value)[1:-1]}
-
-
-class Masker:
-    """Replaces every secret value (in each of its forms) by ***. Longer values first, so that a
-    secret containing another is masked whole."""
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        forms = {form for value in secrets if isinstance(value, str) for form in secret_forms(value)}
-        self.secrets = frozenset(forms)
-        ordered = sorted(forms, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
-
-    def __call__(self, line: str) -> str:
-        return self._pattern.sub(MASK, line) if self._pattern is not None else line
-
-
-# --- the store ----------------------------------------------------------------------------------
-
-# Append only: a database at version N runs MIGRATIONS[N:] on open. Never edit a released entry.
-MIGRATIONS = [
-    # 1: lines per stream (an endpoint incarnation), its size, the per-container read cursors, and
-    # the incarnations deleted while containers of theirs may still run.
-    """
-    CREATE TABLE streams (id INTEGER PRIMARY KEY, uid TEXT NOT NULL UNIQUE, bytes INTEGER NOT NULL DEFAULT 0);
-    CREATE TABLE lines (
-        id INTEGER PRIMARY KEY,
-        stream INTEGER NOT NULL,
-        at_ms INTEGER NOT NULL,
-        replica TEXT NOT NULL,
-        text TEXT NOT NULL
-    );
-    CREATE INDEX lines_by_time ON lines (stream, at_ms);
-    CREATE INDEX lines_by_replica ON lines (stream, replica, at_ms);
-    CREATE TABLE cursors (
-        container TEXT PRIMARY KEY,
-        uid TEXT NOT NULL,
-        replica TEXT NOT NULL,
-        consumed INTEGER NOT NULL,
-        at_ms INTEGER NOT NULL
-    );
-    CREATE TABLE forgotten (uid TEXT PRIMARY KEY);
-    """,
-]
-_ROW_BYTES = f"length(CAST(text AS BLOB)) + length(replica) + {ROW_OVERHEAD_BYTES}"
-
-
-@dataclass(frozen=True, slots=True)
-class Cursor:
-    uid: str
-    replica: str
-    consumed: int  # lines of the container's log read so far (stored, dropped, or skipped)
-    at_ms: int = 0  # when the last of them was read (unix ms)
-
-
-@dataclass(frozen=True)
-class StoredState:
-    next_id: int
-    last_at_ms: int
-    cursors: dict[str, Cursor]  # by container id
-    forgotten: frozenset[str]
-
-
-def row_bytes(replica: str, text: str) -> int:
-    """What a line counts against its endpoint's size bound (as the store's SQL counts it)."""
-    return len(text.encode()) + len(replica) + ROW_OVERHEAD_BYTES
-
-
-class LogStore:
-    """logs.db. Writes go through one thread and one connection, in order (a forget after a batch
-    deletes that batch too); reads through another, so that the API's reads never wait behind a
-    large write (WAL: readers see the last commit)."""
-
-    def __init__(self, path: Path, max_bytes_per_endpoint: int) -> None:
-        self.path = path
-        self.max_bytes = max_bytes_per_endpoint
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="endpointd-logs-write")
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="endpointd-logs-read")
-        self._w: sqlite3.Connection | None = None
-        self._r: sqlite3.Connection | None = None
-        self._streams: dict[str, int] = {}  # uid -> stream id; writer thread only
-
-    @classmethod
-    async def open(cls, path: Path, *, max_bytes_per_endpoint: int) -> LogStore:
-        store = cls(Path(path), max_bytes_per_endpoint)
-        try:
-            await store._write(store._open_writer)
-            await store._read(store._open_reader)
-        except BaseException:
-            await store.close()
-            raise
-        return store
-
-    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
-
-    async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
-
-    # --- writer thread ---
-
-    def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        return con
-
-    def _open_writer(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        datadir.private_file(self.path)  # 0600 before SQLite opens it: its WAL takes this mode
-        con = self._w = self._connect()
-        (mode,) = con.execute("PRAGMA journal_mode = WAL").fetchone()
-        if mode != "wal":
-            raise sqlite3.OperationalError(f"{self.path}: SQLite cannot use WAL there (journal mode {mode})")
-        # Logs may lose their last milliseconds on a power cut, never their consistency.
-        con.execute("PRAGMA synchronous = NORMAL")
-        con.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")
-        # A deleted endpoint's lines are zeroed where that costs no extra I/O.
-        con.execute("PRAGMA secure_delete = FAST")
-        (version,) = con.execute("PRAGMA user_version").fetchone()
-        if version > len(MIGRATIONS):
-            raise sqlite3.OperationalError(
-                f"{self.path} has schema version {version}, newer than this endpointd knows ({len(MIGRATIONS)})"
-            )
-        for number in range(version + 1, len(MIGRATIONS) + 1):
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[number - 1].split(";"):
-                    if statement.strip():
-                        con.execute(statement)
-                con.execute(f"PRAGMA user_version = {number}")
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-        self._streams = dict(con.execute("SELECT uid, id FROM streams"))
-
-    def _open_reader(self) -> None:
-        self._r = self._connect()
-        self._r.execute("PRAGMA query_only = ON")
-
-    def _stream(self, uid: str) -> int:
-        stream = self._streams.get(uid)
-        if stream is None:
-            (stream,) = self._w.execute("INSERT INTO streams (uid) VALUES (?) RETURNING id", (uid,)).fetchone()
-            self._streams[uid] = stream
-        return stream
-
-    def _append(self, rows: list[tuple[int, str, int, str, str]], cursors: dict[str, Cursor], gone: list[str]) -> None:
-        con = self._w
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            added: dict[int, int] = {}
-            values = []
-            for line_id, uid, at_ms, replica, text in rows:
-                stream = self._stream(uid)
-                added[stream] = added.get(stream, 0) + row_bytes(replica, text)
-                values.append((line_id, stream, at_ms, replica, text))
-            con.executemany("INSERT INTO lines (id, stream, at_ms, replica, text) VALUES (?, ?, ?, ?, ?)", values)
-            con.executemany("UPDATE streams SET bytes = bytes + ? WHERE id = ?", [(b, s) for s, b in added.items()])
-            self._save_cursors(cursors)
-            con.executemany("DELETE FROM cursors WHERE container = ?", [(cid,) for cid in gone])
-            for stream in added:
-                self._bound_size(stream)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-
-    def _save_cursors(self, cursors: dict[str, Cursor]) -> None:
-        self._w.executemany(
-            "INSERT INTO cursors (container, uid, replica, consumed, at_ms) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (container) DO UPDATE SET consumed = excluded.consumed, at_ms = excluded.at_ms",
-            [(cid, c.uid, c.replica, c.consumed, c.at_ms) for cid, c in cursors.items()],
-        )
-
-    def _bound_size(self, stream: int) -> None:
-        """Drop the stream's oldest lines while it is over its size bound (to PRUNE_TO_FRACTION of it)."""
-        con = self._w
-        (size,) = con.execute("SELECT bytes FROM streams WHERE id = ?", (stream,)).fetchone()
-        if size <= self.max_bytes:
-            return
-        excess = size - int(self.max_bytes * PRUNE_TO_FRACTION)
-        freed, last = 0, None
-        # Oldest first, read lazily: the scan stops at the line that frees enough.
-        for line_id, at_ms, size_of in con.execute(
-            f"SELECT id, at_ms, {_ROW_BYTES} FROM lines WHERE stream = ? ORDER BY at_ms, id", (stream,)
-        ):
-            freed += size_of
-            last = (at_ms, line_id)
-            if freed >= excess:
-                break
-        if last is not None:
-            con.execute(
-                "DELETE FROM lines WHERE stream = ? AND (at_ms < ? OR (at_ms = ? AND id <= ?))",
-                (stream, last[0], last[0], last[1]),
-            )
-        con.execute("UPDATE streams SET bytes = ? WHERE id = ?", (max(size - freed, 0), stream))
-
-    def _prune_age(self, cutoff_ms: int) -> int:
-        con = self._w
-        dropped = 0
-        for stream in list(self._streams.values()):
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                count, size = con.execute(
-                    f"SELECT count(*), coalesce(sum({_ROW_BYTES}), 0) FROM lines WHERE stream = ? AND at_ms < ?",
-                    (stream, cutoff_ms),
-                ).fetchone()
-                if count:
-                    con.execute("DELETE FROM lines WHERE stream = ? AND at_ms < ?", (stream, cutoff_ms))
-                    con.execute("UPDATE streams SET bytes = max(bytes - ?, 0) WHERE id = ?", (size, stream))
-                # Deleted incarnations are remembered only while a container of theirs is known.
-                con.execute("DELETE FROM forgotten WHERE uid NOT IN (SELECT uid FROM cursors)")
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            dropped += count
-        return dropped
-
-    def _forget(self, uid: str, cursors: dict[str, Cursor]) -> None:
-        con = self._w
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            stream = self._streams.pop(uid, None)
-            if stream is not None:
-                con.execute("DELETE FROM lines WHERE stream = ?", (stream,))
-                con.execute("DELETE FROM streams WHERE id = ?", (stream,))
-            # Its containers' cursors, with the mark: a restarted endpointd does not read them again.
-            self._save_cursors(cursors)
-            con.execute("INSERT OR IGNORE INTO forgotten (uid) VALUES (?)", (uid,))
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-
-    def _state(self) -> StoredState:
-        con = self._w
-        next_id, last_at = con.execute("SELECT coalesce(max(id), 0) + 1, coalesce(max(at_ms), 0) FROM lines").fetchone()
-        cursors = {row[0]: Cursor(*row[1:])
-                   for row in con.execute("SELECT container, uid, replica, consumed, at_ms FROM cursors")}
-        forgotten = frozenset(uid for (uid,) in con.execute("SELECT uid FROM forgotten"))
-        return StoredState(next_id, last_at, cursors, forgotten)
-
-    def _size(self, uid: str) -> int:
-        row = self._w.execute("SELECT bytes FROM streams WHERE uid = ?", (uid,)).fetchone()
-        return row[0] if row else 0
-
-    # --- reader thread ---
-
-    def _select(self, uid: str, replica: str | None, since_ms: int, until_ms: int, after: tuple[int, int] | None,
-                limit: int) -> list[LogLine]:
-        where = ["stream = (SELECT id FROM streams WHERE uid = ?)", "at_ms >= ?", "at_ms <= ?"]
-        args: list[Any] = [uid, since_ms, until_ms]
-        if replica is not None:
-            where.append("replica = ?")
-            args.append(replica)
-        if after is not None:  # (at_ms, id) of the last line seen: ids grow with at_ms
-            where += ["at_ms >= ?", "id > ?"]
-            args += list(after)
-            order = "at_ms, id"
-        else:
-            order = "at_ms DESC, id DESC"
-        rows = self._r.execute(
-            f"SELECT id, at_ms, replica, text FROM lines WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?",
-            (*args, limit),
-        ).fetchall()
-        lines = [LogLine(*row) for row in rows]
-        return lines if after is not None else lines[::-1]
-
-    # --- the coroutine API ---
-
-    async def append(self, rows: list[tuple[int, str, int, str, str]], cursors: dict[str, Cursor], gone: list[str]) -> None:
-        """Rows (id, uid, at_ms, replica, text), the cursors they advance and the cursors of
-        containers that are gone, in one transaction; then each endpoint's size bound."""
-        await self._write(self._append, rows, cursors, gone)
-
-    async def latest(self, uid: str, *, replica: str | None, since_ms: int, until_ms: int, limit: int) -> list[LogLine]:
-        """The latest `limit` matching lines, oldest first."""
-        return await self._read(self._select, uid, replica, since_ms, until_ms, None, limit)
-
-    async def after(self, uid: str, last: tuple[int, int], *, replica: str | None, since_ms: int, until_ms: int,
-                    limit: int) -> list[LogLine]:
-        """The first `limit` matching lines after `last` (at_ms, id), oldest first."""
-        return await self._read(self._select, uid, replica, since_ms, until_ms, last, limit)
-
-    async def forget(self, uid: str, cursors: dict[str, Cursor]) -> None:
-        """Delete the incarnation's lines; keep its containers' cursors, marked as forgotten."""
-        await self._write(self._forget, uid, cursors)
-
-    async def prune_age(self, cutoff_ms: int) -> int:
-        return await self._write(self._prune_age, cutoff_ms)
-
-    async def state(self) -> StoredState:
-        return await self._write(self._state)
-
-    async def size(self, uid: str) -> int:
-        """The bytes the endpoint's lines count against its bound."""
-        return await self._write(self._size, uid)
-
-    async def close(self) -> None:
-        for executor, attr in ((self._writer, "_w"), (self._reader, "_r")):
-            con = getattr(self, attr)
-            if con is not None:
-                await asyncio.get_running_loop().run_in_executor(executor, con.close)
-                setattr(self, attr, None)
-            executor.shutdown(wait=False)
 
 
 # --- following one container ---------------------------------------------------------------------
