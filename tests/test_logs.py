@@ -17,16 +17,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from autoscaler.model import settings
 from autoscaler.api.app import API, errors_middleware
 from autoscaler.api.logs import OPENAPI_PATHS, add_routes, parse_query, parse_time
+from autoscaler.observe.log_follow import MAX_QUEUED_PER_FOLLOWER, FollowersFull
 from autoscaler.observe.log_line import LogLine, format_line, format_time
 from autoscaler.observe.log_mask import MASK, clean
-from autoscaler.observe.logs import (
-    LOGS_FILE,
-    MAX_QUEUED_PER_FOLLOWER,
-    Collecting,
-    FollowersFull,
-    LogsConfig,
-    LogService,
-)
+from autoscaler.observe.logs import LOGS_FILE, Collecting, LogsConfig, LogService
 from engines.fake import FakeRuntime
 from engines.runtime import ContainerSpec, EndpointKey
 from proxy.app import add_proxy

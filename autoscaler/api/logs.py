@@ -21,8 +21,9 @@ import aiohttp
 from aiohttp import web
 
 from autoscaler.api.app import ApiError, Invalid, ManagementApi
+from autoscaler.observe.log_follow import FollowersFull
 from autoscaler.observe.log_line import format_line
-from autoscaler.observe.logs import DEFAULT_TAIL, FollowersFull, LogService
+from autoscaler.observe.logs import DEFAULT_TAIL, LogService
 
 TAIL_MAX = 10_000
 LINE_MAX_LENGTH_MAX = 65_536

@@ -33,12 +33,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from engines.runtime import (
     EndpointKey,
@@ -50,6 +49,7 @@ from engines.runtime import (
 )
 from proxy.config import setting
 
+from autoscaler.observe.log_follow import Follow, Followers
 from autoscaler.observe.log_line import LogLine
 from autoscaler.observe.log_mask import Masker, clean
 from autoscaler.observe.log_store import Cursor, LogStore
@@ -78,10 +78,6 @@ BATCH_WINDOW_S = 0.05
 # Lines waiting for the writer; beyond it, followers of containers wait for the write (backpressure
 # on the container's log stream, never a loss).
 MAX_BUFFERED_LINES = 50_000
-# A follower's queue of new lines; beyond it the queue is dropped and the follower reads what it
-# missed from the store, in chunks of FOLLOW_CHUNK.
-MAX_QUEUED_PER_FOLLOWER = 2_000
-FOLLOW_CHUNK = 1_000
 # Age pruning runs this often (the API's reads apply the age bound exactly, whenever they run).
 PRUNE_INTERVAL_S = 60.0
 # How long `capture` (before a container is removed) waits for its log to be read.
@@ -124,15 +120,6 @@ class LogsConfig:
         # Under the 30-60 s idle timeouts of common reverse proxies.
         15.0, min=0.1, max=300.0, help="seconds between keep-alive comments on an idle log stream",
     )
-
-
-class FollowersFull(Exception):
-    """An endpoint already has as many live followers as allowed."""
-
-    def __init__(self, uid: str, limit: int) -> None:
-        super().__init__(f"this endpoint's logs already have {limit} live followers, the most allowed; close one first")
-        self.uid = uid
-        self.limit = limit
 
 
 # --- following one container ---------------------------------------------------------------------
@@ -182,114 +169,6 @@ class _Tail:
             self.masker = Masker(self.secrets)
 
 
-# --- following live -------------------------------------------------------------------------------
-
-
-class Follow:
-    """One live follower of an endpoint's logs: an async iterator of the backlog (the latest `tail`
-    matching lines), then each new matching line once it is stored, and None after `keepalive_s`
-    without a line (a keep-alive for the caller to send). Registered when made (FollowersFull
-    beyond the bound); `close()` (or `async with`) unregisters it. Ends when the endpoint is
-    forgotten, the service closes, or `until` has passed."""
-
-    def __init__(self, service: LogService, uid: str, *, replica: str | None, tail: int, since_ms: int | None,
-                 until_ms: int | None, keepalive_s: float) -> None:
-        self._service = service
-        self.uid = uid
-        self.replica = replica
-        self._tail = tail
-        self._since_ms = since_ms
-        self._until_ms = until_ms
-        self._keepalive_s = keepalive_s
-        self._queue: deque[LogLine] = deque()
-        self._woken = asyncio.Event()
-        self._started = False
-        self._behind = False  # the queue overflowed: read what was missed from the store
-        self._last = (0, 0)  # (at_ms, id) of the last line handed out
-        self.ended = False
-
-    def push(self, lines: Iterable[LogLine]) -> None:
-        """New lines of this endpoint, just stored (called by the service, on the loop)."""
-        if self.ended or self._behind:
-            return
-        for line in lines:
-            if self.replica is None or line.replica == self.replica:
-                self._queue.append(line)
-        if len(self._queue) > MAX_QUEUED_PER_FOLLOWER:
-            self._queue.clear()
-            self._behind = True
-        self._woken.set()
-
-    def end(self) -> None:
-        self.ended = True
-        self._woken.set()
-
-    def close(self) -> None:
-        self.end()
-        self._service._unfollow(self)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
-
-    def __aiter__(self) -> Follow:
-        return self
-
-    def _wanted(self, line: LogLine) -> bool:
-        return (line.at_ms, line.id) > self._last and (self._since_ms is None or line.at_ms >= self._since_ms)
-
-    async def __anext__(self) -> LogLine | None:
-        service = self._service
-        if self.ended:
-            raise StopAsyncIteration
-        if not self._started:
-            self._started = True
-            backlog = await service.query(
-                self.uid, replica=self.replica, tail=self._tail, since_ms=self._since_ms, until_ms=self._until_ms,
-            )
-            # Lines stored while the backlog was read may be in both; the queue keeps only newer ones.
-            self._queue.extendleft(reversed(backlog))
-        while True:
-            if self.ended:
-                raise StopAsyncIteration
-            while self._queue:
-                line = self._queue.popleft()
-                if not self._wanted(line):
-                    continue
-                if self._until_ms is not None and line.at_ms > self._until_ms:
-                    self.end()
-                    raise StopAsyncIteration
-                self._last = (line.at_ms, line.id)
-                return line
-            if self._behind:
-                self._behind = False
-                missed = await service.store.after(
-                    self.uid, self._last, replica=self.replica, since_ms=service.oldest_ms(self._since_ms),
-                    until_ms=self._until_ms if self._until_ms is not None else service.newest_ms(),
-                    limit=FOLLOW_CHUNK,
-                )
-                self._queue.extendleft(reversed(missed))
-                if len(missed) == FOLLOW_CHUNK:
-                    self._behind = True  # more to read after these
-                continue
-            timeout = self._keepalive_s
-            if self._until_ms is not None:
-                left = self._until_ms / 1000 - service.wall()
-                if left <= 0:
-                    self.end()
-                    raise StopAsyncIteration
-                timeout = min(timeout, left)
-            self._woken.clear()
-            try:
-                async with asyncio.timeout(timeout):
-                    await self._woken.wait()
-            except TimeoutError:
-                if self._until_ms is None or service.wall() * 1000 < self._until_ms:
-                    return None  # a keep-alive
-
-
 # --- the service --------------------------------------------------------------------------------
 
 
@@ -329,7 +208,7 @@ class LogService:
         self._buffer: list[tuple[int, str, int, str, str]] = []  # (id, uid, at_ms, replica, text)
         self._next_id = 1
         self._last_at_ms = 0
-        self._followers: dict[str, set[Follow]] = {}
+        self._followers = Followers(config.log_max_followers_per_endpoint)
         self._pending = asyncio.Event()  # lines wait in the buffer
         self._written = asyncio.Event()  # set and replaced after each write
         self._kick = asyncio.Event()  # poll now (a container died)
@@ -358,15 +237,9 @@ class LogService:
             asyncio.create_task(self._run_prunes(), name="logs: prune"),
         ]
 
-    def end_followers(self) -> None:
-        """End every live follower (their streams finish cleanly); for a shutdown's drain."""
-        for follows in list(self._followers.values()):
-            for follow in list(follows):
-                follow.end()
-
     async def close(self) -> None:
         self._closed = True
-        self.end_followers()
+        self._followers.end_all()
         tails = [t.task for t in self._tails.values() if t.task is not None]
         for task in [*self._tasks, *tails]:
             task.cancel()
@@ -580,16 +453,7 @@ class LogService:
                 finally:
                     written, self._written = self._written, asyncio.Event()
                     written.set()
-            self._publish(rows)
-
-    def _publish(self, rows: list[tuple[int, str, int, str, str]]) -> None:
-        by_uid: dict[str, list[LogLine]] = {}
-        for line_id, uid, at_ms, replica, text in rows:
-            if uid in self._followers:
-                by_uid.setdefault(uid, []).append(LogLine(line_id, at_ms, replica, text))
-        for uid, lines in by_uid.items():
-            for follow in list(self._followers.get(uid, ())):
-                follow.push(lines)
+            self._followers.publish(rows)
 
     async def prune(self) -> int:
         """Drop lines older than the retention (the size bound is kept at every write); how many."""
@@ -642,26 +506,17 @@ class LogService:
     def follow(self, uid: str, *, replica: str | None = None, tail: int = DEFAULT_TAIL, since_ms: int | None = None,
                until_ms: int | None = None, keepalive_s: float | None = None) -> Follow:
         """A live follower (see Follow); FollowersFull when the endpoint has the most allowed."""
-        follows = self._followers.setdefault(uid, set())
-        if len(follows) >= self.config.log_max_followers_per_endpoint:
-            raise FollowersFull(uid, self.config.log_max_followers_per_endpoint)
-        follow = Follow(self, uid, replica=replica, tail=tail, since_ms=since_ms, until_ms=until_ms,
+        self._followers.check(uid)
+        follow = Follow(self, self._followers, uid, replica=replica, tail=tail, since_ms=since_ms, until_ms=until_ms,
                         keepalive_s=keepalive_s if keepalive_s is not None else self.config.log_keepalive_s)
         if self._closed:
             follow.ended = True
         else:
-            follows.add(follow)
+            self._followers.add(follow)
         return follow
 
-    def _unfollow(self, follow: Follow) -> None:
-        follows = self._followers.get(follow.uid)
-        if follows is not None:
-            follows.discard(follow)
-            if not follows:
-                del self._followers[follow.uid]
-
     def followers(self, uid: str) -> int:
-        return len(self._followers.get(uid, ()))
+        return self._followers.count(uid)
 
     # --- deletion ---
 
@@ -669,8 +524,7 @@ class LogService:
         """The endpoint incarnation was deleted: its lines go, its followers end, and its containers
         (still draining, or adopted after a restart) are no longer read."""
         self._forgotten.add(uid)
-        for follow in list(self._followers.pop(uid, ())):
-            follow.end()
+        self._followers.end(uid)
         tasks = [t.task for t in self._tails.values() if t.uid == uid and t.task is not None]
         for task in tasks:
             task.cancel()
