@@ -17,19 +17,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from autoscaler.model import settings
 from autoscaler.api.base import API, errors_middleware
 from autoscaler.api.logs import OPENAPI_PATHS, add_routes, parse_query, parse_time
-from autoscaler.observe.logs import (
-    LOGS_FILE,
-    MASK,
-    MAX_QUEUED_PER_FOLLOWER,
-    Collecting,
-    FollowersFull,
-    LogLine,
-    LogsConfig,
-    LogService,
-    clean,
-    format_line,
-    format_time,
-)
+from autoscaler.observe.log_follow import MAX_QUEUED_PER_FOLLOWER, FollowersFull
+from autoscaler.observe.log_line import LogLine, format_line, format_time
+from autoscaler.observe.log_mask import MASK, clean
+from autoscaler.observe.logs import LOGS_FILE, Collecting, LogsConfig, LogService
 from engines.fake import FakeRuntime
 from engines.runtime import ContainerSpec, EndpointKey
 from proxy.app import add_proxy
@@ -271,7 +262,7 @@ async def test_a_secret_changed_by_an_update_stays_masked_in_old_replicas(logs):
 
 async def test_a_flood_is_cut_to_the_rate_bound_with_a_note(tmp_path):
     world = Logs(tmp_path, log_max_lines_per_s=1.0)
-    world.svc.clock = lambda: 0.0  # no time passes: no token comes back
+    world.svc.collector.clock = lambda: 0.0  # no time passes: no token comes back
     await world.svc.open()
     try:
         await world.start("r1")
@@ -280,15 +271,15 @@ async def test_a_flood_is_cut_to_the_rate_bound_with_a_note(tmp_path):
 
         async def all_read():
             await world.svc.flush()
-            return len(await world.texts()) + world.svc.dropped_lines == 201
+            return len(await world.texts()) + world.svc.collector.dropped_lines == 201
 
         await eventually(all_read, what="the flood to be read")
         kept = await world.texts()
         assert kept == ["echo started", *(f"spam {i}" for i in range(len(kept) - 1))]  # the first ones pass
-        assert world.svc.dropped_lines > 150
+        assert world.svc.collector.dropped_lines > 150
         await world.svc.tick()  # a poll notes what was dropped
         texts = await world.collect(len(kept) + 1)
-        assert texts[-1] == (f"[endpointd] dropped {world.svc.dropped_lines} line(s) of this replica's log: "
+        assert texts[-1] == (f"[endpointd] dropped {world.svc.collector.dropped_lines} line(s) of this replica's log: "
                              "it wrote more than 1 lines/s")
     finally:
         await world.svc.close()
@@ -477,12 +468,12 @@ async def test_a_crash_loses_no_line_and_duplicates_none(tmp_path):
     await world.svc.tick()
     await world.collect(1)
     world.runtime.write_log("r1", "read but never written")
-    await eventually(lambda: _async(bool(world.svc._buffer)), what="the line to be read")
+    await eventually(lambda: _async(bool(world.svc.collector.buffered())), what="the line to be read")
     # A crash: the tasks die and nothing more is written.
-    for tail in list(world.svc._tails.values()):
+    for tail in list(world.svc.collector._tails.values()):
         tail.task.cancel()
     await asyncio.sleep(0)
-    world.svc._buffer.clear()
+    world.svc.collector._buffer.clear()
     await world.svc.store.close()
     world.svc.store = None
 

@@ -22,7 +22,9 @@ from aiohttp import web
 
 from autoscaler.api import access
 from autoscaler.api.base import ApiError, Invalid
-from autoscaler.observe.logs import DEFAULT_TAIL, FollowersFull, LogService, format_line
+from autoscaler.observe.log_follow import FollowersFull
+from autoscaler.observe.log_line import format_line
+from autoscaler.observe.logs import DEFAULT_TAIL, LogService
 
 TAIL_MAX = 10_000
 LINE_MAX_LENGTH_MAX = 65_536
