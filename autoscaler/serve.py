@@ -35,7 +35,7 @@ from autoscaler.api.dashboard import add_dashboard
 from autoscaler.control.host_names import names_of_this_host, normal
 from autoscaler.model.catalog import load_catalog
 from autoscaler.config import EnginesConfig, ScalingConfig, ServeConfig
-from autoscaler.control.controller import Controller
+from autoscaler.control.controller import Collaborators, Controller, Records, Timings
 from autoscaler.model.intent import Intent, Signals
 from autoscaler.control.journal import Journal
 from autoscaler.control.launcher import EngineLauncher
@@ -227,13 +227,15 @@ async def build_app(
 
     journal = Journal(store)  # events and replica timelines, kept across restarts
     controller = Controller(
-        Collecting(runtime, logs), launcher, plane, on_forget=forget, capacity=capacity,
-        events=journal.events, histories=journal.history,
-        in_flight=pipeline.counter.replica_loads, probe=probe, save_status=save_status, save_signals=save_signals,
-        save_failure=save_failure,
-        drain_grace_s=serve_config.drain_grace_s, stop_grace_s=serve_config.stop_grace_s,
-        interval_s=serve_config.reconcile_interval_s, liveness_interval_s=serve_config.liveness_interval_s,
-        liveness_failures=serve_config.liveness_failures, sweep_interval_s=serve_config.sweep_interval_s,
+        Collaborators(Collecting(runtime, logs), launcher, plane, capacity,
+                      in_flight=pipeline.counter.replica_loads, probe=probe),
+        Records(save_status, save_signals, save_failure, events=journal.events, histories=journal.history,
+                on_forget=forget),
+        Timings(
+            drain_grace_s=serve_config.drain_grace_s, stop_grace_s=serve_config.stop_grace_s,
+            interval_s=serve_config.reconcile_interval_s, liveness_interval_s=serve_config.liveness_interval_s,
+            liveness_failures=serve_config.liveness_failures, sweep_interval_s=serve_config.sweep_interval_s,
+        ),
     )
     plane.bind_waker(controller.wake)
 
