@@ -56,6 +56,8 @@ from engines.runtime import (
 from proxy.config import setting
 
 from autoscaler.store import datadir
+from autoscaler.observe.loops import Loops
+
 log = logging.getLogger("endpointd.logs")
 
 LOGS_FILE = "logs.db"
@@ -720,13 +722,15 @@ class LogService:
         self._cursors = dict(state.cursors)
         self._forgotten = set(state.forgotten)
 
-    async def start(self) -> None:
+    async def start(self, loops: Loops | None = None) -> None:
+        """Open, then start the collection loops under `loops` (serve's, which counts their failures)."""
         await self.open()
+        loops = loops or Loops()
         self._tasks = [
-            asyncio.create_task(self._run_polls(), name="logs: follow containers"),
-            asyncio.create_task(self._run_writes(), name="logs: write"),
-            asyncio.create_task(self._run_deaths(), name="logs: container deaths"),
-            asyncio.create_task(self._run_prunes(), name="logs: prune"),
+            loops.start("logs: follow containers", self._run_polls),
+            loops.start("logs: write", self._run_writes),
+            loops.start("logs: container deaths", self._run_deaths),
+            loops.start("logs: prune", self._run_prunes),
         ]
 
     def end_followers(self) -> None:
