@@ -122,7 +122,7 @@ def _models_list(args: argparse.Namespace) -> int:
 
 
 async def _with_store(args: argparse.Namespace, action):
-    from autoscaler.serve import STORE_FILE
+    from autoscaler.startup import STORE_FILE
     from autoscaler.store.store import Store
 
     serve = settings.load(ServeConfig, "serve", env=os.environ, flags={"data_dir": args.data_dir})

@@ -4,7 +4,7 @@ say what it leaves running. Replica containers outlive a serve by design, so tha
 adopts them; `--remove` removes them and their networks too.
 
 Only this endpointd's containers and networks are touched: those labelled with the instance id of
-the data directory (`serve.INSTANCE_FILE`).
+the data directory (`startup.INSTANCE_FILE`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from engines.runtime import EndpointKey, ReplicaInfo, RuntimeError_, network_name
 
 from autoscaler.store import datadir
-from autoscaler.serve import INSTANCE_FILE
+from autoscaler.startup import INSTANCE_FILE
 
 POLL_S = 0.1
 STOP_GRACE_S = 10.0  # what a replica gets to finish when removed, as when serve stops one

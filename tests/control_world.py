@@ -7,7 +7,7 @@ import asyncio
 import itertools
 from dataclasses import replace
 
-from autoscaler.control.controller import Controller
+from autoscaler.control.controller import Clocks, Collaborators, Controller, Records, Timings
 from autoscaler.model.intent import Intent, Signals
 from autoscaler.control.owner import Failure
 from autoscaler.control.planner import Phase
@@ -109,13 +109,13 @@ class World:
                 self.failures[uid] = failure
 
         self.controller = Controller(
-            self.runtime, self.launcher, self.routes, capacity=self.capacity,
-            in_flight=lambda key: self.in_flight.get(key, {}), probe=probe,
-            save_status=save_status, save_signals=save_signals, save_failure=save_failure,
-            liveness_interval_s=liveness_interval_s,
-            drain_grace_s=5.0, stop_grace_s=1.0, clock=lambda: self.now, wall=lambda: self.wall_now,
-            sleep=lambda seconds: asyncio.sleep(0),  # a drain's poll: time is the test's
-            new_id=lambda: next(ids),
+            Collaborators(self.runtime, self.launcher, self.routes, self.capacity,
+                          in_flight=lambda key: self.in_flight.get(key, {}), probe=probe),
+            Records(save_status=save_status, save_signals=save_signals, save_failure=save_failure),
+            Timings(drain_grace_s=5.0, stop_grace_s=1.0, liveness_interval_s=liveness_interval_s),
+            Clocks(clock=lambda: self.now, wall=lambda: self.wall_now,
+                   sleep=lambda seconds: asyncio.sleep(0),  # a drain's poll: time is the test's
+                   new_id=lambda: next(ids)),
         )
 
     async def settle(self, rounds: int = 3):

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from autoscaler.observe.analytics import Analytics, AnalyticsConfig
+from autoscaler.observe.loops import Loops
 from autoscaler.model.events import EventLog
 from autoscaler.scaling.policy import PolicyConfig
 from autoscaler.scaling.scaler import Scaler
@@ -36,7 +37,8 @@ class NoEndpoints:
 def exported_names() -> set[str]:
     pipeline = Pipeline(ProxyConfig(), InMemoryControlPlane())
     registry = pipeline.metrics.registry
-    # What serve.py registers on the proxy's registry beside the proxy's own metrics.
+    # What parts.py registers on the proxy's registry beside the proxy's own metrics.
+    Loops(registry)
     Scaler(NoEndpoints(), pipeline.counter.snapshot, config=PolicyConfig(), scaling_of=lambda key: None,
            events=EventLog(), registry=registry)
     analytics = Analytics(AnalyticsConfig(), endpoints=NoEndpoints(), runtime=None, answers=pipeline.metrics,

@@ -2,7 +2,8 @@
 the sampler shortened through its ENDPOINTD_ANALYTICS_* variables. The OpenMetrics export parses
 with prometheus_client's OpenMetrics parser and counts exactly the requests sent; the analytics
 series count them within one step; the engine's own gauges and the replica's usage reach the
-export and the main /metrics; another namespace's token gets 403."""
+export and the main /metrics, beside the failures of serve's background loops; another
+namespace's token gets 403."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ FAST = {"ENDPOINTD_ANALYTICS_INTERVAL_S": "0.5", "ENDPOINTD_ENGINE_SCRAPE_INTERV
 OPEN_METRICS = "/v2/endpoint/alice/echo/open-metrics"
 SERIES = "/v2/endpoint/alice/echo/metrics"
 SENT = 7
+LOOPS = ("reconcile", "watch deaths", "liveness", "orphan sweep", "scale", "journal", "analytics", "analytics usage",
+         "engine metrics", "logs: follow containers", "logs: write", "logs: container deaths", "logs: prune")
 
 
 @pytest.fixture
@@ -138,6 +141,10 @@ def test_open_metrics_and_series_count_the_requests_sent(serve):
     labels = {"endpoint": "alice/echo", "replica": replica}
     assert any(s.labels == labels for s in main["endpointd_engine_queue_requests"].samples)
     assert [s.value for s in main["endpointd_endpoint_max_replicas"].samples if s.labels == {"endpoint": "alice/echo"}] == [2]
+    # Every background loop serve runs is supervised, its failures counted from 0; none failed here.
+    failures = {s.labels["loop"]: s.value for s in main["endpointd_background_loop_failures"].samples
+                if s.name.endswith("_total")}
+    assert failures == dict.fromkeys(LOOPS, 0.0)
 
 
 def test_another_namespace_reads_none_of_it(serve):

@@ -72,59 +72,83 @@ class TickResult:
     drained: list[str] = field(default_factory=list)
 
 
+def _replica_id() -> str:
+    return secrets.token_hex(3)
+
+
+@dataclass(frozen=True)
+class Collaborators:
+    """What the controller drives and asks: the runtime, the launcher, the proxy's route table,
+    the host's capacity, the proxy's load per replica (`in_flight(endpoint)`) and the readiness
+    probe through the proxy."""
+
+    runtime: Runtime
+    launcher: Launcher
+    routes: RouteTable
+    capacity: HostCapacity
+    in_flight: Callable[[str], Mapping[str, int]]
+    probe: Callable[[Intent], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class Records:
+    """Where the controller keeps what it learns. `events` and `histories(uid)` (the replica
+    history of an incarnation): the journal's keep them across restarts; by default they are in
+    memory. `on_forget(uid)`: an endpoint incarnation is gone for good (deleted, and nothing of it
+    left running): what others keep of it (logs, analytics) goes too."""
+
+    save_status: Callable[[str, Status], Awaitable[None]]
+    save_signals: Callable[[str, Signals], Awaitable[None]]
+    save_failure: Callable[[str, Failure | None], Awaitable[None]] | None = None
+    events: EventLog | None = None
+    histories: Callable[[str], ReplicaHistory] | None = None
+    on_forget: Callable[[str], Awaitable[None]] | None = None
+
+
+@dataclass(frozen=True)
+class Timings:
+    drain_grace_s: float = 30.0
+    stop_grace_s: float = 10.0
+    interval_s: float = 1.0  # a tick at least this often, and whenever something was posted
+    liveness_interval_s: float = LIVENESS_INTERVAL_S
+    liveness_failures: int = LIVENESS_FAILURES
+    sweep_interval_s: float = SWEEP_INTERVAL_S
+
+
+@dataclass(frozen=True)
+class Clocks:
+    """Time and replica ids, which tests fake: `clock` for durations, `wall` for timestamps,
+    `sleep` for a drain's polls."""
+
+    clock: Callable[[], float] = time.monotonic
+    wall: Callable[[], float] = time.time
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    new_id: Callable[[], str] = _replica_id
+
+
 class Controller:
     def __init__(
-        self,
-        runtime: Runtime,
-        launcher: Launcher,
-        routes: RouteTable,
-        *,
-        capacity: HostCapacity,
-        in_flight: Callable[[str], Mapping[str, int]],
-        probe: Callable[[Intent], Awaitable[bool]],
-        save_status: Callable[[str, Status], Awaitable[None]],
-        save_signals: Callable[[str, Signals], Awaitable[None]],
-        save_failure: Callable[[str, Failure | None], Awaitable[None]] | None = None,
-        events: EventLog | None = None,
-        drain_grace_s: float = 30.0,
-        stop_grace_s: float = 10.0,
-        interval_s: float = 1.0,
-        liveness_interval_s: float = LIVENESS_INTERVAL_S,
-        liveness_failures: int = LIVENESS_FAILURES,
-        sweep_interval_s: float = SWEEP_INTERVAL_S,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        new_id: Callable[[], str] | None = None,
-        on_forget: Callable[[str], Awaitable[None]] | None = None,
-        histories: Callable[[str], ReplicaHistory] | None = None,
+        self, collaborators: Collaborators, records: Records, timings: Timings = Timings(), clocks: Clocks = Clocks(),
     ) -> None:
-        """`on_forget(uid)`: an endpoint incarnation is gone for good (deleted, and nothing of it
-        left running): what others keep of it (logs, analytics) goes too. `histories(uid)`: the
-        replica history of an incarnation (the journal's keeps it across restarts; default:
-        in memory)."""
-        self.runtime = runtime
-        self._on_forget = on_forget
-        self.launcher = launcher
-        self.routes = routes
-        self.capacity = capacity
-        self.events = events or EventLog(wall=wall)
-        self._histories = histories or (lambda uid: ReplicaHistory(wall))
-        self.drain_grace_s = drain_grace_s
-        self.stop_grace_s = stop_grace_s
-        self.liveness_failures = liveness_failures
-        self._in_flight = in_flight
-        self._probe = probe
-        self._save_status = save_status
-        self._save_signals = save_signals
-        self._save_failure = save_failure
-        self._interval_s = interval_s
-        self._liveness_interval_s = liveness_interval_s
-        self._sweep_interval_s = sweep_interval_s
-        self._clock = clock
-        self._wall = wall
-        self._sleep = sleep
-        self._new_id = new_id or (lambda: secrets.token_hex(3))
+        self.runtime = collaborators.runtime
+        self.launcher = collaborators.launcher
+        self.routes = collaborators.routes
+        self.capacity = collaborators.capacity
+        self._in_flight = collaborators.in_flight
+        self._probe = collaborators.probe
+        self.events = records.events or EventLog(wall=clocks.wall)
+        self._histories = records.histories or (lambda uid: ReplicaHistory(clocks.wall))
+        self._on_forget = records.on_forget
+        self._save_status = records.save_status
+        self._save_signals = records.save_signals
+        self._save_failure = records.save_failure
+        self.drain_grace_s = timings.drain_grace_s
+        self.stop_grace_s = timings.stop_grace_s
+        self.liveness_failures = timings.liveness_failures
+        self._interval_s = timings.interval_s
+        self._liveness_interval_s = timings.liveness_interval_s
+        self._sweep_interval_s = timings.sweep_interval_s
+        self._clocks = clocks
         self._owners: dict[EndpointKey, Owner] = {}
         self._retired: list[Owner] = []
         self._tasks: set[asyncio.Task] = set()
@@ -133,16 +157,16 @@ class Controller:
     # --- the Host an owner sees ----------------------------------------------------------
 
     def clock(self) -> float:
-        return self._clock()
+        return self._clocks.clock()
 
     def wall(self) -> float:
-        return self._wall()
+        return self._clocks.wall()
 
     async def sleep(self, seconds: float) -> None:
-        await self._sleep(seconds)
+        await self._clocks.sleep(seconds)
 
     def new_id(self) -> str:
-        return self._new_id()
+        return self._clocks.new_id()
 
     def kick(self) -> None:
         self._kicked.set()

@@ -51,6 +51,7 @@ from autoscaler.observe.analytics_series import COUNTS, Aggregate, Ring, Sample,
 from autoscaler.observe.analytics_store import FILE as HISTORY_FILE
 from autoscaler.observe.analytics_store import History
 from autoscaler.observe.engine_metrics import EngineScraper, EngineSignals
+from autoscaler.observe.loops import Loops
 from autoscaler.model.intent import Intent
 from autoscaler.model.settings import SettingsError
 
@@ -414,13 +415,15 @@ class Analytics:
         if self._history_path is not None and self._history is None:
             self._history = await History.open(self._history_path)
 
-    async def start(self) -> None:
-        """Open; then start the sampler, usage and engine scrape loops."""
+    async def start(self, loops: Loops | None = None) -> None:
+        """Open; then start the sampler, usage and engine scrape loops under `loops` (serve's,
+        which counts their failures)."""
         await self.open()
+        loops = loops or Loops()
         self._tasks = [
-            asyncio.create_task(self.run(), name="analytics"),
-            asyncio.create_task(self.usage.run(), name="analytics usage"),
-            asyncio.create_task(self.engines.run(), name="engine metrics"),
+            loops.start("analytics", self.run),
+            loops.start("analytics usage", self.usage.run),
+            loops.start("engine metrics", self.engines.run),
         ]
 
     async def close(self) -> None:

@@ -38,6 +38,7 @@ from autoscaler.observe.log_collect import Collector
 from autoscaler.observe.log_follow import Follow, Followers
 from autoscaler.observe.log_line import LogLine
 from autoscaler.observe.log_store import LogStore
+from autoscaler.observe.loops import Loops
 
 log = logging.getLogger("endpointd.logs")
 
@@ -127,13 +128,15 @@ class LogService:
         self.store = await LogStore.open(self.path, max_bytes_per_endpoint=self.config.log_max_bytes_per_endpoint)
         self.collector.restore(await self.store.state())
 
-    async def start(self) -> None:
+    async def start(self, loops: Loops | None = None) -> None:
+        """Open, then start the collection loops under `loops` (serve's, which counts their failures)."""
         await self.open()
+        loops = loops or Loops()
         self._tasks = [
-            asyncio.create_task(self.collector.run_polls(), name="logs: follow containers"),
-            asyncio.create_task(self._run_writes(), name="logs: write"),
-            asyncio.create_task(self.collector.run_deaths(), name="logs: container deaths"),
-            asyncio.create_task(self._run_prunes(), name="logs: prune"),
+            loops.start("logs: follow containers", self.collector.run_polls),
+            loops.start("logs: write", self._run_writes),
+            loops.start("logs: container deaths", self.collector.run_deaths),
+            loops.start("logs: prune", self._run_prunes),
         ]
 
     async def close(self) -> None:
