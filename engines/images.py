@@ -46,7 +46,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Lines of a failing command's output shown in its error: debootstrap's reason is in its last ones.
 OUTPUT_TAIL = 15
 
-# The toolkit's build inputs from the host (PLATFORM.md): TLS to the package index goes through a
+# The toolkit's build inputs from the host: TLS to the package index goes through a
 # proxy whose CA is only in this bundle; torch's CPU wheel lies on disk (the index's torch is the
 # CUDA build, gigabytes of nvidia-* wheels); Debian's own pip wheel (the base has no pip).
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -92,7 +92,7 @@ def test_an_endpoint_without_gpus_engine_metrics_or_requests_still_parses():
 
 
 def test_the_request_counter_lines_read_as_the_references_export():
-    """The reference's documented export (../shared/reference, "Query metrics manually"):
+    """The reference's documented export (docs/reference-excerpts.md, "Query metrics manually"):
     `# HELP http_requests …` and samples `http_requests{replica_id="…",status_code="200"} N`."""
     lines = render(FIGURES).decode().splitlines()
     assert 'http_requests{replica_id="r1",status_code="200"} 30.0' in lines

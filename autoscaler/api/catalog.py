@@ -1,6 +1,6 @@
 """Routes that help choose what to deploy: the engine suggestion (`GET /v2/engines/suggest`) and
 the inference catalog under `/api/v1/catalog` (the reference's own paths: `list`,
-`model/{repo}/deploy`, `recipe/{id}/deploy`; HF-API.md §9), which the unmodified client reaches
+`model/{repo}/deploy`, `recipe/{id}/deploy`; docs/wire-format.md §9), which the unmodified client reaches
 once `constants.INFERENCE_CATALOG_ENDPOINT` is `{endpointd}/api/v1/catalog`.
 
 Every route needs a valid token (any user); a deploy needs membership of the namespace it

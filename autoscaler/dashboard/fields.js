@@ -1,6 +1,6 @@
 // Form sections shared by the create form and the Settings tab: the engine with its settings, the
 // hardware, scaling, name/value lists (env, secrets). Each returns {el, value()} and reads back
-// the wire format (HF-API.md §5), so what the form sends is what the API documents.
+// the wire format (docs/wire-format.md §5), so what the form sends is what the API documents.
 
 import { field, fill, h, uid } from "./dom.js";
 

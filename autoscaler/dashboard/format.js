@@ -2,7 +2,7 @@
 
 import { h } from "./dom.js";
 
-// Wire states (HF-API.md §7) and the colour class each is drawn with.
+// Wire states (docs/wire-format.md §7) and the colour class each is drawn with.
 export const STATES = ["pending", "initializing", "updating", "updateFailed", "running", "paused", "failed", "scaledToZero"];
 const TONE = { running: "ok", scaledToZero: "idle", paused: "idle", failed: "bad", updateFailed: "bad",
   pending: "busy", initializing: "busy", updating: "busy" };

@@ -1,6 +1,6 @@
 """The inference catalog: recipes (a repository, an engine with its settings, hardware) that the
 unmodified client's `list_inference_catalog()` lists and `create_inference_endpoint_from_catalog()`
-deploys (shapes: HF-API.md §9). The shipped recipes are in `catalog.toml` beside this file, whose
+deploys (shapes: docs/wire-format.md §9). The shipped recipes are in `catalog.toml` beside this file, whose
 header documents the format; operators add theirs in files of the same form (`catalog_files`).
 
 Every recipe is checked when endpointd starts, as a create body would be (wire format, engine
