@@ -12,7 +12,7 @@ from engines.runtime import EndpointKey
 
 from autoscaler.api import query
 from autoscaler.api.app import Forbidden, ManagementApi
-from autoscaler.model.wire import wire_time
+from autoscaler.model.times import wire_time
 
 MAX_EVENTS = 1000
 MAX_AUDIT_PAGE = 500

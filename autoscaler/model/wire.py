@@ -8,7 +8,7 @@ import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 
@@ -17,6 +17,7 @@ from proxy.control import AuthType
 
 from autoscaler.model.spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
 from autoscaler.model.state import State
+from autoscaler.model.times import wire_time
 
 # One rule for every key of a body, create or update:
 # - absent: on create the default, or `WireError` for the keys the client always sends; on update, unchanged;
@@ -485,11 +486,6 @@ def spec_to_json(spec: EndpointSpec) -> dict[str, Any]:
 def spec_from_json(data: dict[str, Any]) -> EndpointSpec:
     """Read back `spec_to_json`: the stored form is a create body, so the same checks guard both doors."""
     return parse_create(data)
-
-
-def wire_time(moment: datetime) -> str:
-    """`YYYY-MM-DDTHH:MM:SS.mmmZ`: the client rejects `+00:00` (§7)."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def render_endpoint(spec: EndpointSpec, status: StatusView) -> dict[str, Any]:
