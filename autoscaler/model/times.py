@@ -9,8 +9,8 @@ turns it into its own 400 sentence, naming its parameter.
 
 from __future__ import annotations
 
-import math
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 
 MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second RFC 3339 (and datetime) can write
 MAX_LENGTH = 40  # characters; the longest RFC 3339 time with nanoseconds and an offset is 35
@@ -40,12 +40,12 @@ def parse_time(raw: str) -> datetime:
     if len(text) > MAX_LENGTH:
         raise NotATime(f"{raw[:64]!r} is longer than any time")
     try:
-        seconds = float(text)
-    except ValueError:
+        seconds = Decimal(text)  # exact, so that `1750000000.123` is that millisecond, not the float below it
+    except InvalidOperation:
         return _rfc3339(text)
-    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_UNIX_S):
+    if not (seconds.is_finite() and 0 <= seconds <= MAX_UNIX_S):
         raise OutOfRange(f"unix seconds must be between 0 and {MAX_UNIX_S}; got {text!r}")
-    return datetime.fromtimestamp(seconds, UTC)
+    return EPOCH + timedelta(microseconds=round(seconds * 1_000_000))
 
 
 def _rfc3339(text: str) -> datetime:
