@@ -16,7 +16,7 @@ from proxy.config import ProxyConfig
 from autoscaler.model import settings
 from autoscaler.config import ScalingConfig, ServeConfig
 from autoscaler.store.store import SCOPES
-from autoscaler.model.wire import wire_time
+from autoscaler.model.times import wire_time
 
 # `endpointd stop` waits this long by default: serve's drain_timeout_s (30) and its 5 s of clean-up.
 STOP_TIMEOUT_S = 60.0

@@ -17,7 +17,9 @@ Each replica's engine API key (`api_key`) goes where its engine reads one (see V
 variable is reserved.
 
 Errors:
-    PresetError       the variant cannot be turned into a container; the message says what to fix
+    PresetError       the variant cannot be turned into a container; the message says what to fix.
+                      The rules the API's wire format enforces too (the image's shape, env) are
+                      engines/spec_rules.py's, with the same sentences.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from engines.artifacts import REPOSITORY_TARGET, repository_mounts
 from engines.hardware import Resources
 from engines.pinned import LLAMA_CPP_BUILD
 from engines.runtime import ContainerSpec, RegistryAuth
+from engines import spec_rules
+from engines.spec_rules import PresetError
 
 GIB = 1024**3
 
@@ -141,19 +145,13 @@ ECHO_REPOSITORY = "endpointd/echo"
 # Flags by which `model.args` would replace the replica's key (and lock the proxy out of it).
 KEY_FLAGS = frozenset({"--api-key", "--api-key-file"})
 
-_COMMON_KEYS = ("url", "port", "healthRoute", "health_route")  # health_route: the 2023 spec's spelling
-
-
-class PresetError(ValueError):
-    """The image variant cannot be turned into a container spec; the message says what to fix."""
+_COMMON_KEYS = ("url", "port", *spec_rules.HEALTH_ROUTE_KEYS)
 
 
 class _Options:
     """One variant's dict, read key by key with type checks; `leftover()` is whatever was not read."""
 
-    def __init__(self, variant: str, body: Any) -> None:
-        if not isinstance(body, Mapping):
-            raise PresetError(f"model.image.{variant} must be an object, got {type(body).__name__}")
+    def __init__(self, variant: str, body: Mapping[str, Any]) -> None:
         self.variant = variant
         self._body = body
         self._read: set[str] = set()
@@ -376,7 +374,7 @@ def _huggingface(
             )
         env[name] = value.lower()  # the toolkit's (and Transformers') names are lowercase
     image_env = options.mapping("env") or {}
-    _check_env(f"image.{options.variant}.env", image_env, reserved, options.variant)
+    _check_reserved(f"image.{options.variant}.env", image_env, reserved, options.variant)
     env.update(image_env)
     return _Engine("huggingface-gpu" if resources.gpu_count else "huggingface", port, env=env,
                    reserved_env=reserved, key_env=TOOLKIT_KEY_ENV)
@@ -399,23 +397,14 @@ def reads_model(image: Mapping[str, Any]) -> bool:
 
 
 def _custom(options: _Options, port: int, served_model_name: str, resources: Resources) -> _Engine:
-    url = options.text("url")
-    if url is None:
-        raise PresetError(f"{options.path('url')} is required: the image to run, e.g. \"ghcr.io/acme/server:1.2\"")
+    url = options.text("url") or ""  # never empty: spec_rules.image requires it of a custom image
     # Any other image is the user's: endpointd cannot know whether or how it takes a key.
     key_env = ECHO_KEY_ENV if _is_echo(url) else None
     reserved = frozenset({key_env}) if key_env else frozenset()
-    auth = None
-    credentials = options.mapping("credentials")
-    if credentials is not None:
-        username, password = credentials.get("username"), credentials.get("password")
-        if not isinstance(username, str) or not username:
-            raise PresetError(f"{options.path('credentials.username')} must be a non-empty string")
-        if password is not None and not isinstance(password, str):
-            raise PresetError(f"{options.path('credentials.password')} must be a string")
-        auth = RegistryAuth(username=username, password=password)
+    credentials = options.mapping("credentials")  # its username and password checked by spec_rules.image
+    auth = None if credentials is None else RegistryAuth(credentials["username"], credentials.get("password"))
     env = options.mapping("env") or {}
-    _check_env("image.custom.env", env, reserved, "custom")
+    _check_reserved("image.custom.env", env, reserved, "custom")
     return _Engine(None, port, env=dict(env), needs_model=False, registry_auth=auth, reserved_env=reserved,
                    key_env=key_env)
 
@@ -445,23 +434,8 @@ PRESETS: Mapping[str, _Preset] = {
 }
 
 
-def _variant(image: Mapping[str, Any]) -> tuple[str, _Options]:
-    if not isinstance(image, Mapping) or len(image) != 1:
-        raise PresetError(
-            f"model.image must be an object with exactly one key, one of {', '.join(PRESETS)}; got {image!r}"
-        )
-    (given, body), = image.items()
-    # Case-insensitive, so {"vllm": ...} is not refused for a capital letter.
-    name = {known.lower(): known for known in PRESETS}.get(str(given).lower())
-    if name is None:
-        raise PresetError(f"model.image variant {given!r} is unknown; use one of {', '.join(PRESETS)}")
-    return name, _Options(name, body)
-
-
-def _check_env(name: str, values: Mapping[str, str], reserved: frozenset[str], variant: str) -> None:
-    for key, value in values.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise PresetError(f"model.{name}[{key!r}] must map a string to a string")
+def _check_reserved(name: str, values: Mapping[str, str], reserved: frozenset[str], variant: str) -> None:
+    for key in values:
         if key in reserved:
             raise PresetError(
                 f"model.{name} sets {key}, which the {variant} preset reserves; set it through "
@@ -504,7 +478,8 @@ def build_container_spec(
 
     `task` and `framework`: the endpoint's model.task and model.framework, which the inference
     toolkit (`huggingface`) is given as HF_TASK and HF_FRAMEWORK; other engines ignore them."""
-    name, options = _variant(image)
+    name, body = spec_rules.image(image)
+    options = _Options(name, body)
     preset = PRESETS[name]
 
     url = options.text("url")
@@ -515,8 +490,6 @@ def build_container_spec(
     # connections (the container's label keeps that, so an adopted replica is checked the same way).
     health_route = options.text("healthRoute") or options.text("health_route") or (
         "/health" if declares_health_route(image) else "")
-    if health_route and not health_route.startswith("/"):
-        raise PresetError(f"{options.path('healthRoute')} must start with '/', got {health_route!r}")
 
     model_info = {"task": task, "framework": framework} if preset.takes_model_info else {}
     engine = preset.build(options, port, served_model_name, resources, **model_info)
@@ -544,11 +517,9 @@ def build_container_spec(
             f"assigned; assign them with GpuAllocator before building its container"
         )
 
-    _check_env("env", env, engine.reserved_env, name)
-    _check_env("secrets", secrets, engine.reserved_env, name)
-    both = sorted(set(env) & set(secrets))
-    if both:
-        raise PresetError(f"model.env and model.secrets both set {', '.join(both)}; keep each in one of them")
+    _check_reserved("env", spec_rules.env(env, "model.env"), engine.reserved_env, name)
+    _check_reserved("secrets", spec_rules.env(secrets, "model.secrets", secret=True), engine.reserved_env, name)
+    spec_rules.disjoint(env, secrets)
     merged_env = {**engine.env, **env}
     for key in secrets:  # a secret replaces the preset's value and never sits in the plain env
         merged_env.pop(key, None)

@@ -7,9 +7,11 @@ import pytest
 from engines.hardware import Resources
 from engines.presets import (
     LLAMACPP_RESERVED,
+    PRESETS,
     PresetError,
     build_container_spec,
 )
+from engines.spec_rules import VARIANTS
 from engines.runtime import Mount, RegistryAuth
 
 MODEL = "/var/lib/endpointd/models/gpt2"
@@ -183,8 +185,11 @@ def test_default_images_pin_versions():
     assert spec({"vLLM": {}}, default_images=pinned).image == VLLM_IMAGE
 
 
-def test_variant_name_is_case_insensitive():
-    assert spec({"vllm": {}}).image == VLLM_IMAGE
+def test_variant_names_are_the_apis_exactly():
+    # One list for the wire format and the presets: "vllm" is refused by both, as the API always did.
+    assert set(PRESETS) == set(VARIANTS)
+    with pytest.raises(PresetError, match="model.image must be an object with exactly one key among vLLM, sGLang"):
+        spec({"vllm": {}})
 
 
 @pytest.mark.parametrize("reserved", sorted(LLAMACPP_RESERVED))
@@ -200,22 +205,23 @@ def test_llamacpp_other_env_passes():
 
 # (kwargs, image, the sentence fragment the error must contain)
 @pytest.mark.parametrize("image, kw, message", [
-    ({"neuron": {}}, {}, "variant 'neuron' is unknown; use one of vLLM, tgi, sGLang, llamacpp, tei, huggingface"),
+    ({"neuron": {}}, {}, "exactly one key among vLLM, sGLang, tgi, tei, llamacpp, hfServe, custom, huggingface; "
+                         'got {"neuron": {}}'),
     ({}, {}, "exactly one key"),
     ({"vLLM": {}, "tgi": {}}, {}, "exactly one key"),
-    ({"vLLM": "fast"}, {}, "model.image.vLLM must be an object"),
+    ({"vLLM": "fast"}, {}, "model.image.vLLM must be a JSON object; got \"fast\""),
     ({"llamacpp": {}}, {}, "model.image.llamacpp.modelPath is required"),
     ({"llamacpp": {"modelPath": "/etc/passwd"}}, {}, "modelPath must be a path inside the repository"),
     ({"llamacpp": {"modelPath": "../x.gguf"}}, {}, "modelPath must be a path inside the repository"),
     ({"llamacpp": {"modelPath": "m.gguf", "mode": "rerank"}}, {}, "'rerank' is not one of text-generation, embedding"),
     ({"llamacpp": {"modelPath": "m.gguf", "ctxSize": -1}}, {}, "ctxSize must be an integer >= 0"),
-    ({"custom": {}}, {}, "model.image.custom.url is required"),
+    ({"custom": {}}, {}, "model.image.custom.url must be the image to run, a non-empty string"),
     ({"custom": {"url": "img", "credentials": {"password": "p"}}}, {}, "credentials.username must be"),
-    ({"custom": {"url": 5}}, {}, "model.image.custom.url must be a non-empty string, got 5"),
+    ({"custom": {"url": 5}}, {}, "model.image.custom.url must be the image to run, a non-empty string such as \"ghcr.io/acme/server:1.2\"; got 5"),
     ({"vLLM": {"maxNumSeqs": "64"}}, {}, "maxNumSeqs must be an integer >= 1, got '64'"),
     ({"vLLM": {"maxNumSeqs": True}}, {}, "maxNumSeqs must be an integer >= 1, got True"),
     ({"vLLM": {"port": 70000}}, {}, "port must be a TCP port, 1 to 65535, got 70000"),
-    ({"vLLM": {"healthRoute": "health"}}, {}, "healthRoute must start with '/'"),
+    ({"vLLM": {"healthRoute": "health"}}, {}, "healthRoute must be a path starting with '/'"),
     ({"vLLM": {"tensorParallelSize": 2, "dataParallelSize": 2}}, {},
      "2 × 2 = 4 GPUs, but the instance has 1"),
     ({"sGLang": {"tensorParallelSize": 2}}, {}, "tensorParallelSize = 2 GPUs, but the instance has 1"),
@@ -227,7 +233,8 @@ def test_llamacpp_other_env_passes():
     ({"tgi": {}}, {"env": {"PORT": "9"}}, "sets PORT, which the tgi preset reserves"),
     ({"tgi": {}}, {"secrets": {"MODEL_ID": "x"}}, "model.secrets sets MODEL_ID"),
     ({"tgi": {}}, {"env": {"A": "1"}, "secrets": {"A": "2"}}, "model.env and model.secrets both set A"),
-    ({"tgi": {}}, {"env": {"A": 1}}, "model.env['A'] must map a string to a string"),
+    ({"tgi": {}}, {"env": {"A": 1}}, "model.env.A must be a string; got 1"),
+    ({"tgi": {}}, {"secrets": {"A": 1}}, "model.secrets.A must be a string; got a number (not shown: it is a secret)"),
     ({"tgi": {}}, {"default_images": {"tgi-gpu": "x"}}, "default_images has unknown keys tgi-gpu"),
 ])
 def test_errors_say_what_to_fix(image, kw, message):
@@ -381,12 +388,12 @@ def test_the_faqs_image_huggingface_env_is_merged_like_model_env():
 @pytest.mark.parametrize("variant_env, message", [
     ({"HF_MODEL_DIR": "/etc"}, "model.image.huggingface.env sets HF_MODEL_DIR, which the huggingface preset reserves"),
     ({"TOOLKIT_API_KEY": "mine"}, "model.image.huggingface.env sets TOOLKIT_API_KEY"),
-    ({"A": 1}, r"model.image.huggingface.env\['A'\] must map a string to a string"),
+    ({"A": 1}, r"model.image.huggingface.env.A must be a string; got 1"),
 ])
 def test_the_toolkit_env_refuses_reserved_keys_and_non_strings(variant_env, message):
     with pytest.raises(PresetError, match=message):
         spec({"huggingface": {"env": variant_env}}, CPU2, api_key=KEY)
-    with pytest.raises(PresetError, match="model.image.huggingface.env must be an object"):
+    with pytest.raises(PresetError, match="model.image.huggingface.env must be a JSON object"):
         spec({"huggingface": {"env": ["A=1"]}}, CPU2)
 
 

@@ -13,7 +13,6 @@ traffic is as private as its endpoints. `OPENAPI_PATHS` describes them for opena
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -22,12 +21,10 @@ from engines.runtime import EndpointKey
 
 from autoscaler.api import access
 from autoscaler.api.base import Invalid, NotFound
+from autoscaler.model import times
 from autoscaler.observe.analytics import MAX_POINTS, MAX_STEP_S, Analytics, QueryError
 from autoscaler.observe.analytics_series import CLASSES, COUNTS, GAUGES, QUANTILES, REPLICA_GAUGES
 from autoscaler.observe.openmetrics import CONTENT_TYPE
-
-# Unix seconds accepted: from 1970 to the year 5138 (beyond, a typo of milliseconds).
-MAX_UNIX_S = 1e11
 
 
 def add_routes(router: web.UrlDispatcher, api: Any, analytics: Analytics) -> None:
@@ -74,20 +71,14 @@ def parse_time(raw: str | None, name: str) -> float | None:
     if raw is None or raw == "":
         return None
     try:
-        value = float(raw)
-    except ValueError:
-        value = None
-    if value is not None:
-        if not (math.isfinite(value) and 0 <= value <= MAX_UNIX_S):
-            raise QueryError(f"`{name}` = {raw!r} is not a time: unix seconds must be between 0 and {MAX_UNIX_S:g}")
-        return value
-    try:
-        moment = datetime.fromisoformat(raw)
-    except ValueError:
+        return times.parse_time(raw).timestamp()
+    except times.OutOfRange:
+        raise QueryError(f"`{name}` = {raw!r} is not a time: unix seconds must be between 0 and {times.MAX_UNIX_S} "
+                         "(1970 to 9999-12-31T23:59:59Z)") from None
+    except times.NoTimeZone:
+        raise QueryError(f"`{name}` = {raw!r} has no time zone: end it with Z or an offset such as +02:00") from None
+    except times.NotATime:
         raise QueryError(f"`{name}` = {raw!r} is not a time: give RFC 3339 (2025-01-02T03:04:05Z) or unix seconds") from None
-    if moment.tzinfo is None:
-        raise QueryError(f"`{name}` = {raw!r} has no time zone: end it with Z or an offset such as +02:00")
-    return moment.timestamp()
 
 
 def parse_step(raw: str | None) -> float | None:

@@ -3,15 +3,12 @@ each refused with a 400 that names the parameter and what it must be."""
 
 from __future__ import annotations
 
-import math
-from datetime import UTC, datetime
+from datetime import datetime
 
 from aiohttp import web
 
 from autoscaler.api.base import Invalid
-
-# Times before this or after MAX_UNIX_S are surely a mistake (and would overflow datetime).
-MAX_UNIX_S = 253402300799  # 9999-12-31T23:59:59Z
+from autoscaler.model.times import BadTime, parse_time
 
 
 def integer(request: web.Request, name: str, *, lo: int, hi: int, default: int | None = None) -> int | None:
@@ -28,25 +25,16 @@ def integer(request: web.Request, name: str, *, lo: int, hi: int, default: int |
 
 
 def moment(request: web.Request, name: str) -> datetime | None:
-    """An RFC 3339 time (`2026-12-02T10:00:00Z`) or unix seconds; None when absent."""
+    """An RFC 3339 time with a time zone (`2026-12-02T10:00:00Z`) or unix seconds; None when absent."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
     try:
-        seconds = float(raw)
-    except ValueError:
-        try:
-            parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-        except ValueError:
-            parsed = None
-        if parsed is not None:
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    else:
-        if math.isfinite(seconds) and 0 <= seconds <= MAX_UNIX_S:
-            return datetime.fromtimestamp(seconds, UTC)
-    raise Invalid(
-        f"query parameter {name} must be an RFC 3339 time such as 2026-12-02T10:00:00Z or unix seconds; got {raw[:40]!r}"
-    )
+        return parse_time(raw)
+    except BadTime:
+        raise Invalid(
+            f"query parameter {name} must be an RFC 3339 time such as 2026-12-02T10:00:00Z or unix seconds; got {raw[:40]!r}"
+        ) from None
 
 
 def text(request: web.Request, name: str, *, max_length: int = 200) -> str | None:

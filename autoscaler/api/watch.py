@@ -11,7 +11,7 @@ from aiohttp import web
 from engines.runtime import EndpointKey
 
 from autoscaler.api import access, query
-from autoscaler.model.wire import wire_time
+from autoscaler.model.times import wire_time
 
 MAX_EVENTS = 1000
 MAX_AUDIT_PAGE = 500

@@ -26,6 +26,7 @@ from engines import hardware, presets
 
 from autoscaler.model import wire
 from autoscaler.model.settings import SettingsError
+from autoscaler.model.times import wire_time
 
 SHIPPED = Path(__file__).with_name("catalog.toml")
 MODEL_ROOT = "{model_root}"  # in `repository`: the first model root of this endpointd
@@ -121,7 +122,7 @@ class CatalogModel:
         author, _, name = self.repo_id.rpartition("/")
         return {
             "repoId": self.repo_id, "modelName": name, "authorName": author, "license": self.license,
-            "task": self.task, "createdAt": wire.wire_time(self.added),
+            "task": self.task, "createdAt": wire_time(self.added),
             "recipes": [
                 {"publicId": r.id, "accelerator": r.accelerator, "engineType": r.engine, "ggufFile": r.gguf_file,
                  "revision": r.revision, "instanceType": r.instance_type, "instanceSize": r.instance_size,

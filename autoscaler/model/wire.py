@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import copy
 import enum
-import json
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 
+from engines import spec_rules
 from engines.hardware import ACCELERATORS, ComputeOffer
 from proxy.control import AuthType
 
 from autoscaler.model.spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
 from autoscaler.model.state import State
+from autoscaler.model.times import wire_time
 
 # One rule for every key of a body, create or update:
 # - absent: on create the default, or `WireError` for the keys the client always sends; on update, unchanged;
@@ -31,7 +32,6 @@ from autoscaler.model.state import State
 
 NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")  # 1-32 chars, no leading/trailing '-', as the reference
 SIZE = re.compile(r"x[1-9][0-9]*")  # x1, x2, ...: a count of CPUs or GPUs; x0 would be nothing
-VARIANTS = ("vLLM", "sGLang", "tgi", "tei", "llamacpp", "hfServe", "custom", "huggingface")  # §12, hf_api.py:9291
 TYPE_ALIASES = {"protected": AuthType.AUTHENTICATED}  # [spec-2023] spelling, still in UI exports (§12)
 # Defaults of the reference service when `measure` or its threshold is null or absent (§12, autoscaling.mdx).
 # pendingRequests is the default metric: the proxy counts pending requests exactly; hardware use is sampled.
@@ -48,7 +48,7 @@ MIN_SCALE_TO_ZERO_MIN, MAX_SCALE_TO_ZERO_MIN = 1, 2880
 LOCAL_PROVIDER = "local"  # vendor and region of this host in GET /v2/provider (§9)
 
 T = TypeVar("T")
-_MISSING: Any = object()  # a key the body does not have; messages say "got nothing (the key is missing)"
+_MISSING: Any = spec_rules.MISSING  # a key the body does not have; messages say "got nothing (the key is missing)"
 
 
 # Pending requests per replica before another is added: beyond this no engine batches usefully.
@@ -61,8 +61,6 @@ MAX_REPOSITORY_CHARS = 1024
 MAX_NAME_CHARS = 256
 # model.downloadPattern: a handful of globs is what any engine needs.
 MAX_DOWNLOAD_PATTERNS, MAX_PATTERN_CHARS = 64, 256
-# The inference toolkit's variants: they take `env` (the FAQ's `image.huggingface.env`).
-TOOLKIT_VARIANTS = ("huggingface", "hfServe")
 
 
 class WireError(ValueError):
@@ -99,23 +97,16 @@ class StatusView:
 # --- reading JSON, every failure naming its path ------------------------------------------------
 
 
-def _show(value: Any) -> str:
-    if value is _MISSING:
-        return "nothing (the key is missing)"
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _json_type(value: Any) -> str:
-    """The JSON type of a value that must not be echoed (a secret)."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    return {str: "a string", int: "a number", float: "a number", list: "an array", dict: "an object"}.get(
-        type(value), type(value).__name__)
-
-
 def _fail(path: str, rule: str, value: Any) -> NoReturn:
-    raise WireError(f"{path} must be {rule}; got {_show(value)}")
+    raise WireError(f"{path} must be {rule}; got {spec_rules.show(value)}")
+
+
+def _shared(rule: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A rule the engine presets enforce too (engines/spec_rules.py), its refusal as a WireError."""
+    try:
+        return rule(*args, **kwargs)
+    except spec_rules.PresetError as error:
+        raise WireError(str(error)) from None
 
 
 def _join(path: str, key: str) -> str:
@@ -168,20 +159,12 @@ def _integer(value: Any, path: str, lo: int, hi: int | None, rule: str) -> int:
     return value
 
 
-def _env(value: Any, path: str, *, secret: bool = False) -> dict[str, str]:
-    """Names to strings; a secret's value is never echoed, only its JSON type."""
-    for key, item in _object(value, path).items():
-        if not key or "=" in key:
-            _fail(path, "an object whose keys are variable names (non-empty, without '=')", key)
-        if not isinstance(item, str):
-            if secret:
-                raise WireError(f"{path}.{key} must be a string; got {_json_type(item)} (not shown: it is a secret)")
-            _fail(f"{path}.{key}", "a string", item)
-    return dict(value)
+def _env(value: Any, path: str) -> dict[str, str]:
+    return _shared(spec_rules.env, value, path)
 
 
 def _secrets(value: Any, path: str) -> dict[str, str]:
-    return _env(value, path, secret=True)
+    return _shared(spec_rules.env, value, path, secret=True)
 
 
 # --- the parts of a spec ------------------------------------------------------------------------
@@ -330,28 +313,8 @@ def _compute(body: dict[str, Any], base: Compute | None) -> Compute:
 
 
 def _image(value: Any, path: str) -> dict[str, Any]:
-    """Validated as far as its shape; each variant's own keys are the engine presets' to check."""
-    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in VARIANTS:
-        _fail(path, f"an object with exactly one key among {', '.join(VARIANTS)}", value)
-    variant, options = next(iter(value.items()))
-    where = f"{path}.{variant}"
-    _object(options, where)
-    if variant == "custom":
-        url = options.get("url", _MISSING)
-        if not isinstance(url, str) or not url:
-            _fail(f"{where}.url", 'the image to run, a non-empty string such as "ghcr.io/acme/server:1.2"', url)
-        credentials = options.get("credentials")
-        if credentials is not None:
-            _take(_object(credentials, f"{where}.credentials"), "username", f"{where}.credentials", _text)
-            if not isinstance(credentials.get("password", ""), str):
-                raise WireError(f"{where}.credentials.password must be a string or absent; got "
-                                f"{_json_type(credentials['password'])} (not shown: it is a secret)")
-    if variant in TOOLKIT_VARIANTS and options.get("env") is not None:
-        _env(options["env"], f"{where}.env")  # the FAQ's way to set the toolkit's environment
-    for key in ("healthRoute", "health_route"):
-        route = options.get(key)
-        if route is not None and (not isinstance(route, str) or not route.startswith("/")):
-            _fail(f"{where}.{key}", "a path starting with '/', such as \"/health\"", route)
+    """Validated as far as its shape (engines/spec_rules.py); each variant's own keys are the engine presets' to check."""
+    _shared(spec_rules.image, value, path)
     return copy.deepcopy(value)
 
 
@@ -387,9 +350,7 @@ def _model(body: dict[str, Any], base: Model | None) -> Model:
         secrets=_take(body, "secrets", "model", _secrets, k("secrets"), {}),
         download_pattern=_take(body, "downloadPattern", "model", _patterns, k("download_pattern"), None),
     )
-    both = sorted(set(model.env) & set(model.secrets))
-    if both:
-        raise WireError(f"model.env and model.secrets both set {', '.join(both)}; keep each name in one of them")
+    _shared(spec_rules.disjoint, model.env, model.secrets)
     return model
 
 
@@ -485,11 +446,6 @@ def spec_to_json(spec: EndpointSpec) -> dict[str, Any]:
 def spec_from_json(data: dict[str, Any]) -> EndpointSpec:
     """Read back `spec_to_json`: the stored form is a create body, so the same checks guard both doors."""
     return parse_create(data)
-
-
-def wire_time(moment: datetime) -> str:
-    """`YYYY-MM-DDTHH:MM:SS.mmmZ`: the client rejects `+00:00` (§7)."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def render_endpoint(spec: EndpointSpec, status: StatusView) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from autoscaler.model import events as events_mod
 from autoscaler.model import timelines as replicas_mod
 from autoscaler.store import tokens
 from autoscaler.model.events import Event
+from autoscaler.model.times import wire_time
 
 ADMIN = "admin"
 ADMIN_ENV = "ENDPOINTD_ADMIN_TOKEN"
@@ -242,11 +243,6 @@ class AuditEntry:
     id: int = 0  # increasing: the cursor of a listing
 
 
-def _iso(moment: datetime) -> str:
-    """`2025-01-02T03:04:05.678Z`: fixed width, so text order is time order."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _time(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
@@ -376,7 +372,7 @@ class Store:
             return list(await cursor.fetchall())
 
     def _stamp(self) -> str:
-        return _iso(self._now())
+        return wire_time(self._now())
 
     # --- users and orgs ----------------------------------------------------------------------
 
@@ -676,7 +672,7 @@ class Store:
                 args.append(value)
         if since is not None:
             where.append("at >= ?")
-            args.append(_iso(since))
+            args.append(wire_time(since))
         if before is not None:
             where.append("id < ?")
             args.append(before)
