@@ -1,4 +1,6 @@
-"""The wire format: the reference's own example bodies parse, the real huggingface_hub client reads what we render."""
+"""The wire format: the reference's own example bodies parse, the real huggingface_hub client reads what we render.
+
+A section cited as §N is that of docs/wire-format.md."""
 
 from __future__ import annotations
 

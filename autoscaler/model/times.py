@@ -68,5 +68,5 @@ def unix_ms(moment: datetime) -> int:
 
 
 def wire_time(moment: datetime) -> str:
-    """`YYYY-MM-DDTHH:MM:SS.mmmZ`, fixed width so text order is time order; the client rejects `+00:00` (§7)."""
+    """`YYYY-MM-DDTHH:MM:SS.mmmZ`, fixed width so text order is time order; the client rejects `+00:00` (docs/wire-format.md §7)."""
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,4 +1,6 @@
-"""The Inference Endpoints v2 wire format: request bodies to `EndpointSpec`, sparse updates, responses."""
+"""The Inference Endpoints v2 wire format: request bodies to `EndpointSpec`, sparse updates, responses.
+
+A section cited as §N is that of docs/wire-format.md (what the unmodified client sends and reads)."""
 
 from __future__ import annotations
 
