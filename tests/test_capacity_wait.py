@@ -140,6 +140,7 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: E402
 
 from autoscaler.control.planner import Phase  # noqa: E402
+from .examples import examples
 
 KEYS = [A, B, C]
 CPUS = 2
@@ -221,6 +222,6 @@ class FullHost(RuleBasedStateMachine):
             self.waits_seen[key.name] = waits
 
 
-FullHost.TestCase.settings = settings(max_examples=40, stateful_step_count=12, deadline=None,
+FullHost.TestCase.settings = settings(max_examples=examples(40), stateful_step_count=12, deadline=None,
                                       suppress_health_check=[HealthCheck.too_slow])
 test_a_full_host_whatever_the_order = FullHost.TestCase

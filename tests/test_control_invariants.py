@@ -41,6 +41,7 @@ from proxy.errors import ProxyError
 
 from .control_world import World, intent
 from .wake_processes import Processes
+from .examples import examples
 
 KEYS = [EndpointKey("acme", "a"), EndpointKey("team", "b")]
 GPUS = 3
@@ -494,6 +495,6 @@ class ControlPlane(RuleBasedStateMachine):
 
 
 ControlPlane.TestCase.settings = settings(
-    max_examples=400, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=examples(400), stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestControlPlane = ControlPlane.TestCase

@@ -20,6 +20,7 @@ from autoscaler.model.timelines import (
     MAX_STOPPED, MAX_TIMELINE, KEEP_STOPPED_S, ReplicaHistory, ReplicaRecord, ReplicaState, from_json, to_json,
 )
 from autoscaler.store.store import Store
+from tests.examples import examples
 
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -276,6 +277,6 @@ class JournalMachine(RuleBasedStateMachine):
 
 
 JournalMachine.TestCase.settings = settings(
-    max_examples=60, stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=examples(60), stateful_step_count=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestJournalMachine = JournalMachine.TestCase

@@ -14,8 +14,9 @@ from autoscaler.control.planner import SURGE, Cancel, Drain, Phase, Reclaim, Slo
 from autoscaler.model.intent import Intent, Signals, asleep, asleep_since, wanted
 from engines.runtime import EndpointKey
 from proxy.control import AuthType
+from tests.examples import examples
 
-EXAMPLES = settings(max_examples=100, deadline=None)
+EXAMPLES = settings(max_examples=examples(100), deadline=None)
 TIMES = st.none() | st.floats(min_value=0, max_value=1e6, allow_nan=False)
 
 
