@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from typing import overload
 
 from aiohttp import web
 
@@ -14,6 +15,10 @@ from autoscaler.api.base import Invalid
 MAX_UNIX_S = 253402300799  # 9999-12-31T23:59:59Z
 
 
+@overload
+def integer(request: web.Request, name: str, *, lo: int, hi: int, default: int) -> int: ...
+@overload
+def integer(request: web.Request, name: str, *, lo: int, hi: int, default: None = None) -> int | None: ...
 def integer(request: web.Request, name: str, *, lo: int, hi: int, default: int | None = None) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
