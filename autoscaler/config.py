@@ -109,9 +109,10 @@ class EnginesConfig:
         layers: list[tuple[str, Any, str]] = []
         for key, value in (file_values or {}).items():
             layers.append((key, value, "the config file [engines]"))
+        environment = env or {}
         for name, key in env_keys.items():
-            if (env or {}).get(name):
-                layers.append((key, env[name], name))
+            if environment.get(name):
+                layers.append((key, environment[name], name))
         for item in flags or ():
             key, sep, value = item.partition("=")
             if not sep:

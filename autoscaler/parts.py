@@ -349,7 +349,8 @@ def _scaler(
     controller: Controller, launcher: EngineLauncher, analytics: Analytics, pipeline: Pipeline, config: ScalingConfig,
 ) -> Scaler:
     async def utilization(key: EndpointKey) -> float | None:
-        return await launcher.utilization(controller.intent(key), controller.ready_ids(key))
+        intent = controller.intent(key)  # the scaler asks only of endpoints that exist
+        return None if intent is None else await launcher.utilization(intent, controller.ready_ids(key))
 
     def engine_load(key: EndpointKey) -> float | None:
         """Running + waiting requests the ready replicas' engines report (None: none reported)."""

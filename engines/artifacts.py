@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -60,9 +60,9 @@ Progress = Callable[[int, "int | None"], None]  # (bytes done, bytes to fetch as
 class _Download:
     """One download in flight, shared by every caller of its key; progress goes to each of them."""
 
-    def __init__(self) -> None:
-        self.task: asyncio.Task[Path] | None = None
+    def __init__(self, run: Callable[[Progress], Coroutine[Any, Any, Path]], name: str) -> None:
         self.listeners: list[Progress] = []
+        self.task = asyncio.create_task(run(self.tell), name=name)
 
     def tell(self, done: int, total: int | None) -> None:
         for listener in list(self.listeners):
@@ -106,9 +106,8 @@ async def fetch(
     key = (repository, revision, str(cache_dir), patterns)
     download = _inflight.get(key)
     if download is None:
-        download = _Download()
-        download.task = asyncio.create_task(
-            _download(downloader, repository, revision, cache_dir, patterns, token, download.tell),
+        download = _Download(
+            lambda tell: _download(downloader, repository, revision, cache_dir, patterns, token, tell),
             name=f"fetch {repository}@{revision or 'main'}",
         )
         _inflight[key] = download

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import dataclasses
 import json
 import logging
@@ -20,7 +21,7 @@ import tarfile
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -443,7 +444,7 @@ class DockerRuntime:
     async def _json_lines(
         self, path: str, method: str = "GET", *, params: Mapping[str, str], data: Any = None,
         headers: Mapping[str, str] | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The JSON lines of a streaming endpoint. aiodocker has no public call for `docker import`,
         for a pull with our own auth header, nor for one event stream per caller: hence `_query`."""
         async with self._docker._query(
@@ -692,7 +693,7 @@ class DockerRuntime:
         async with _wrapped("inspect", f"replica {replica_id}", replica=True):
             return await self._info(await container.show())
 
-    async def logs(self, replica_id: str, tail: int = 50) -> list[str]:
+    async def logs(self, replica_id: str, tail: int = 50) -> builtins.list[str]:
         container = await self._find("logs", replica_id)
         if tail <= 0:
             return []
@@ -700,12 +701,13 @@ class DockerRuntime:
             chunks = await container.log(stdout=True, stderr=True, tail=tail)
         return "".join(chunks).splitlines()[-tail:]
 
-    async def follow_logs(self, replica_id: str, tail: int = 0) -> AsyncIterator[str]:
+    async def follow_logs(self, replica_id: str, tail: int = 0) -> AsyncGenerator[str, None]:
         """Lines as the container writes them (after its last `tail` ones), until it stops."""
         container = await self._find("follow logs", replica_id)
         chunks = container.log(stdout=True, stderr=True, follow=True, tail=tail)
         buffer = ""
-        async with _wrapped("follow logs", f"replica {replica_id}", replica=True), aclosing(chunks):
+        # aiodocker types the stream as an AsyncIterator; it is an async generator (aclose).
+        async with _wrapped("follow logs", f"replica {replica_id}", replica=True), aclosing(chunks):  # type: ignore[type-var]
             async for chunk in chunks:
                 *lines, buffer = (buffer + chunk).split("\n")
                 for line in lines:
@@ -719,12 +721,12 @@ class DockerRuntime:
             samples = await container.stats(stream=False)
         return usage_from_stats(samples[0] if samples else {})
 
-    def events(self) -> AsyncIterator[ReplicaEvent]:
+    def events(self) -> AsyncGenerator[ReplicaEvent, None]:
         """Deaths of containers endpointd owns, from this call on. The stream reconnects when
         Docker drops it and replays what happened meanwhile (`since`), so no death is lost."""
         return self._events_since(time.time())  # a timestamp for Docker, hence the wall clock
 
-    async def _events_since(self, start: float) -> AsyncIterator[ReplicaEvent]:
+    async def _events_since(self, start: float) -> AsyncGenerator[ReplicaEvent, None]:
         since = f"{start:.9f}"
         filters = json.dumps({"type": ["container"], "event": ["die"], "label": self._managed})
         while True:

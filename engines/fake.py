@@ -10,8 +10,9 @@ hang a replica, raises the errors the Docker runtime raises, and records the cal
 from __future__ import annotations
 
 import asyncio
+import builtins
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 from .runtime import (
@@ -249,7 +250,7 @@ class FakeRuntime:
         self.calls.append(("remove_network", str(endpoint)))
         self.engine.remove_network(network_name(self.instance, endpoint))
 
-    async def networks(self) -> list[EndpointKey]:
+    async def networks(self) -> builtins.list[EndpointKey]:
         keys = {
             EndpointKey(n.labels[LABEL_NAMESPACE], n.labels[LABEL_NAME])
             for n in self.engine.networks.values()
@@ -260,11 +261,11 @@ class FakeRuntime:
     async def inspect(self, replica_id: str) -> ReplicaInfo:
         return self._get("inspect", replica_id).info
 
-    async def logs(self, replica_id: str, tail: int = 50) -> list[str]:
+    async def logs(self, replica_id: str, tail: int = 50) -> builtins.list[str]:
         lines = self._get("logs", replica_id).lines
         return lines[-tail:] if tail > 0 else []
 
-    async def follow_logs(self, replica_id: str, tail: int = 0) -> AsyncIterator[str]:
+    async def follow_logs(self, replica_id: str, tail: int = 0) -> AsyncGenerator[str, None]:
         container = self._get("follow logs", replica_id)
         sent = max(0, len(container.lines) - tail)
         while True:
@@ -280,12 +281,12 @@ class FakeRuntime:
     async def usage(self, replica_id: str) -> Usage:
         return self._get("stats", replica_id).usage
 
-    def events(self) -> AsyncIterator[ReplicaEvent]:
+    def events(self) -> AsyncGenerator[ReplicaEvent, None]:
         """Deaths of this runtime's containers from this call on, to every caller, as the Docker
         runtime's event stream."""
         return self._deaths(self.engine.subscribe(self.instance))
 
-    async def _deaths(self, queue: asyncio.Queue[ReplicaEvent]) -> AsyncIterator[ReplicaEvent]:
+    async def _deaths(self, queue: asyncio.Queue[ReplicaEvent]) -> AsyncGenerator[ReplicaEvent, None]:
         try:
             while True:
                 yield await queue.get()
@@ -297,7 +298,7 @@ class FakeRuntime:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _own(self) -> list[_Container]:
+    def _own(self) -> builtins.list[_Container]:
         return [c for c in self.engine.containers.values() if self.instance is None or c.instance == self.instance]
 
     def _get(self, operation: str, replica_id: str) -> _Container:

@@ -33,13 +33,14 @@ def tei_image(gpus: Sequence[Gpu]) -> tuple[str | None, str]:
     capabilities = {gpu.compute_capability for gpu in gpus}
     if not gpus:
         return None, "no GPU"
-    if None in capabilities:
+    known = {c for c in capabilities if c is not None}
+    if len(known) < len(capabilities):
         return None, "NVML does not report every GPU's compute capability"
-    if len(capabilities) > 1:
-        found = ", ".join(f"{a}.{b}" for a, b in sorted(c for c in capabilities if c))
+    if len(known) > 1:
+        found = ", ".join(f"{a}.{b}" for a, b in sorted(known))
         return None, f"the GPUs have different compute capabilities ({found}): pin [engines] tei-gpu for the one TEI runs on"
-    [capability] = capabilities
-    tag = TEI_TAGS.get(capability)  # type: ignore[arg-type]
+    [capability] = known
+    tag = TEI_TAGS.get(capability)
     if tag is None:
         return None, f"TEI {TEI_VERSION} publishes no image for compute capability {capability[0]}.{capability[1]}"
     return f"{TEI_REPOSITORY}:{tag}", f"compute capability {capability[0]}.{capability[1]}"

@@ -68,6 +68,11 @@ class _Layer:
     phase: str = "waiting"  # waiting, downloading, downloaded, extracting, done
 
 
+def _numbers(current: Any, total: Any) -> tuple[int, int] | None:
+    """A layer's (current, total) bytes when Docker gave both and a total above 0."""
+    return (current, total) if isinstance(current, int) and isinstance(total, int) and total > 0 else None
+
+
 @dataclass
 class PullProgress:
     """Layers and bytes of one image pull. A layer weighs the same whatever its size (Docker does not
@@ -88,13 +93,13 @@ class PullProgress:
             return
         detail = line.get("progressDetail")
         detail = detail if isinstance(detail, Mapping) else {}
-        current, total = detail.get("current"), detail.get("total")
-        numbers = isinstance(current, int) and isinstance(total, int) and total > 0
+        numbers = _numbers(detail.get("current"), detail.get("total"))
         layer = self.layers.setdefault(layer_id, _Layer())
         self.pulling = self.pulling or status in MOVING
         if status == "Downloading":
             layer.phase = "downloading"
-            if numbers:
+            if numbers is not None:
+                current, total = numbers
                 layer.downloaded, layer.size = min(current, total), total
         elif status in DOWNLOADED:
             layer.phase = "downloaded"
@@ -102,7 +107,8 @@ class PullProgress:
         elif status == "Extracting":
             layer.phase = "extracting"
             layer.downloaded = layer.size
-            if numbers:
+            if numbers is not None:
+                current, total = numbers
                 layer.extracted = min(1.0, current / total)
         elif status in LAYER_DONE:
             layer.phase, layer.extracted = "done", 1.0

@@ -11,10 +11,11 @@ Errors, one root:
 
 from __future__ import annotations
 
+import builtins
 import enum
 import hashlib
 import re
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Protocol
 
@@ -244,16 +245,16 @@ class Runtime(Protocol):
     async def inspect(self, replica_id: str) -> ReplicaInfo:
         ...
 
-    async def logs(self, replica_id: str, tail: int = 50) -> list[str]:
+    async def logs(self, replica_id: str, tail: int = 50) -> builtins.list[str]:
         ...
 
-    def follow_logs(self, replica_id: str, tail: int = 0) -> AsyncIterator[str]:
+    def follow_logs(self, replica_id: str, tail: int = 0) -> AsyncGenerator[str, None]:
         ...
 
     async def usage(self, replica_id: str) -> Usage:
         ...
 
-    def events(self) -> AsyncIterator[ReplicaEvent]:
+    def events(self) -> AsyncGenerator[ReplicaEvent, None]:
         """Deaths of containers endpointd owns (a stop is one too), as they happen from this call on."""
 
     async def close(self) -> None:

@@ -92,8 +92,8 @@ def _size(facts: RepoFacts, name: str) -> int:
         size = facts.files.get(name)
         return size if size is not None else 1 << 62
     parts = [n for n in facts.files if (m := SPLIT_GGUF.fullmatch(n)) and m["stem"] == split["stem"]]
-    sizes = [facts.files.get(n) for n in parts]
-    return sum(sizes) if all(s is not None for s in sizes) else 1 << 62
+    sizes = [size for n in parts if (size := facts.files.get(n)) is not None]
+    return sum(sizes) if len(sizes) == len(parts) else 1 << 62
 
 
 def pick_gguf(facts: RepoFacts, asked: str | None = None) -> str:

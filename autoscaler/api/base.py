@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -30,9 +30,14 @@ from autoscaler.model import wire
 from autoscaler.store import store as store_mod
 from autoscaler.store.sealing import SealingError
 
+if TYPE_CHECKING:
+    from autoscaler.api.endpoints import ManagementApi  # which imports this module
+
 log = logging.getLogger("endpointd.api")
 
-API = web.AppKey("management_api", "ManagementApi")
+# The type's name, not the type (an import cycle): aiohttp shows it in the key's repr, its stub
+# accepts only a type.
+API: web.AppKey[ManagementApi] = web.AppKey("management_api", "ManagementApi")  # type: ignore[arg-type]
 # Deeper JSON than any real body: nesting beyond it is refused (it once raised RecursionError).
 MAX_JSON_DEPTH = 32
 

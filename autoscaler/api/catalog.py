@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, overload
 
 from aiohttp import web
 
@@ -31,6 +31,12 @@ SUGGEST_PARAMS = ("repository", "accelerator", "gguf", "revision")
 LIST_PARAMS = ("accelerator", "engine", "license", "task", "search", "limit")
 
 
+@overload
+def _param(query: Mapping[str, str], key: str, *, required: Literal[True], limit: int = MAX_PARAM_CHARS,
+           choices: tuple[str, ...] | None = None) -> str: ...
+@overload
+def _param(query: Mapping[str, str], key: str, *, required: bool = False, limit: int = MAX_PARAM_CHARS,
+           choices: tuple[str, ...] | None = None) -> str | None: ...
 def _param(query: Mapping[str, str], key: str, *, required: bool = False, limit: int = MAX_PARAM_CHARS,
            choices: tuple[str, ...] | None = None) -> str | None:
     values = query.getall(key, []) if hasattr(query, "getall") else [query[key]] if key in query else []
@@ -72,8 +78,8 @@ def add_suggest_route(router: web.UrlDispatcher, api: Any) -> None:
         while True:
             chosen = suggest(facts, accelerator, gguf, cannot_run)
             container = image_for(chosen.image, accelerator, api.default_images)
-            verdict = await api.images.check(container) if api.images is not None else Verdict(container, None)
-            if verdict.runnable or chosen.variant not in REPLACEABLE or chosen.variant in cannot_run:
+            verdict: Verdict = await api.images.check(container) if api.images is not None else Verdict(container, None)
+            if verdict.missing is None or chosen.variant not in REPLACEABLE or chosen.variant in cannot_run:
                 break
             cannot_run[chosen.variant] = verdict.missing
         present = verdict.present
@@ -171,6 +177,10 @@ def add_catalog_routes(router: web.UrlDispatcher, api: Any) -> None:
     router.add_post("/v1/catalog/recipe/{id}/deploy", deploy_recipe)
 
 
+@overload
+def _field(body: Mapping[str, Any], key: str, *, required: Literal[True], where: str | None = None) -> str: ...
+@overload
+def _field(body: Mapping[str, Any], key: str, *, required: bool = False, where: str | None = None) -> str | None: ...
 def _field(body: Mapping[str, Any], key: str, *, required: bool = False, where: str | None = None) -> str | None:
     value = body.get(key)
     if value is None:

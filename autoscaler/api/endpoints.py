@@ -271,7 +271,7 @@ class ManagementApi:
         ns, name = request.match_info["ns"], request.match_info["name"]
         identity = await access.member(request, self.store, ns)
         body = await read_json(request)
-        kinds = []
+        kinds: list[wire.ChangeKind] = []
         old = self.spec(await self.record(ns, name))
         first, _ = wire.apply_update(old, body)
         await self.vet(first, identity, ns)  # the slow checks (a local tree's walk) once, outside the retries

@@ -76,9 +76,10 @@ def parse_query(query: Mapping[str, str]) -> LogQuery:
     if unknown:
         raise Invalid(f"unknown query parameter {unknown[0][:64]!r}; the logs take {', '.join(PARAMETERS)}")
     getall = getattr(query, "getall", None)  # a request's query is a MultiDict
-    for name in PARAMETERS if getall is not None else ():
-        if len(getall(name, ())) > 1:
-            raise Invalid(f"{name} is given more than once; give it once")
+    if getall is not None:
+        for name in PARAMETERS:
+            if len(getall(name, ())) > 1:
+                raise Invalid(f"{name} is given more than once; give it once")
     replica = query.get("replica") or None
     if replica is not None and not REPLICA_ID.fullmatch(replica):
         raise Invalid(f"replica must be a replica id (letters, digits, '_', '.', '-'; at most 64); got {replica[:64]!r}")

@@ -4,6 +4,7 @@ each refused with a 400 that names the parameter and what it must be."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import overload
 
 from aiohttp import web
 
@@ -11,6 +12,10 @@ from autoscaler.api.base import Invalid
 from autoscaler.model.times import BadTime, parse_time
 
 
+@overload
+def integer(request: web.Request, name: str, *, lo: int, hi: int, default: int) -> int: ...
+@overload
+def integer(request: web.Request, name: str, *, lo: int, hi: int, default: None = None) -> int | None: ...
 def integer(request: web.Request, name: str, *, lo: int, hi: int, default: int | None = None) -> int | None:
     raw = request.query.get(name)
     if raw is None or raw == "":

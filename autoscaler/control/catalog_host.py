@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from engines import artifacts, hardware, presets
+from engines.availability import Verdict
 from engines.model_roots import RootsError
 
 from autoscaler.model import wire
@@ -81,7 +82,7 @@ class RecipeChecks:
                     return f"its model is not on this host yet: run `{recipe.prepare}` first"
                 return str(error)
         if api.images is not None:
-            verdict = await api.images.check(image_for(image, recipe.accelerator, api.default_images))
+            verdict: Verdict = await api.images.check(image_for(image, recipe.accelerator, api.default_images))
             if not verdict.runnable:
                 if recipe.variant in presets.LOCAL_IMAGES:  # an engine endpointd builds itself
                     return f"{verdict.missing}; build it here with `endpointd images build {recipe.variant}`"
@@ -108,6 +109,6 @@ def image_for(image: Mapping[str, Any], accelerator: str, default_images: Mappin
                                         resources=resources, default_images=default_images).image
 
 
-def _short(error: Exception, limit: int = 300) -> str:
+def _short(error: BaseException, limit: int = 300) -> str:
     text = str(error)
     return text if len(text) <= limit else text[:limit - 1] + "…"

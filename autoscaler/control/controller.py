@@ -31,7 +31,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from engines.capacity import HostCapacity
 from engines.gpus import AdoptConflict
@@ -46,6 +46,8 @@ from autoscaler.model.timelines import ReplicaHistory, ReplicaRecord
 from autoscaler.model.state import Status
 
 log = logging.getLogger("endpointd.controller")
+
+T = TypeVar("T")
 
 # Liveness after readiness: 3 checks 5 s apart, each failed if not answered within those 5 s — a
 # hung engine is out of rotation within 15-20 s, while one slow answer (a long prefill hogging
@@ -151,7 +153,7 @@ class Controller:
         self._clocks = clocks
         self._owners: dict[EndpointKey, Owner] = {}
         self._retired: list[Owner] = []
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._kicked = asyncio.Event()
 
     # --- the Host an owner sees ----------------------------------------------------------
@@ -171,7 +173,7 @@ class Controller:
     def kick(self) -> None:
         self._kicked.set()
 
-    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task:
+    def spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -317,14 +319,15 @@ class Controller:
             self._retired.remove(owner)
             self.events.forget(owner.intent.uid)
             if self._on_forget is not None:
-                self.spawn(self._forget(owner.intent.uid))
+                self.spawn(self._forget(self._on_forget, owner.intent.uid))
             if owner.intent.key not in self._owners:  # not re-created meanwhile: its network goes too
                 self.spawn(self._remove_network(owner.intent.key))
         return result
 
-    async def _forget(self, uid: str) -> None:
+    @staticmethod
+    async def _forget(on_forget: Callable[[str], Awaitable[None]], uid: str) -> None:
         try:
-            await self._on_forget(uid)
+            await on_forget(uid)
         except Exception:  # noqa: BLE001 - what is left of it is pruned by its own bounds
             log.exception("could not forget the logs and analytics of endpoint incarnation %s", uid)
 
@@ -348,17 +351,17 @@ class Controller:
         not answered within `liveness_interval_s` has failed: a hung engine (one that accepts
         connections and never answers) costs one interval per check, not a long timeout on top."""
         checks = [
-            (owner, slot)
+            (owner, slot.id, slot.info)
             for owner in self._all()
             for slot in owner.slots_in(Phase.READY, Phase.DRAINING)
             if slot.info is not None
         ]
         results = await asyncio.gather(
-            *(asyncio.wait_for(self.launcher.healthy(slot.info), self._liveness_interval_s) for _, slot in checks),
+            *(asyncio.wait_for(self.launcher.healthy(info), self._liveness_interval_s) for _, _, info in checks),
             return_exceptions=True,
         )
-        for (owner, slot), ok in zip(checks, results):
-            owner.post(Liveness(slot.id, ok is True))
+        for (owner, slot_id, _), ok in zip(checks, results, strict=True):
+            owner.post(Liveness(slot_id, ok is True))
 
     async def run_liveness(self) -> None:
         """A round every `liveness_interval_s`, from the start of one to the start of the next
@@ -415,31 +418,35 @@ class Controller:
         adopted = []
         for info in found:
             owner = self._owners.get(info.endpoint)
-            keep = (
-                owner is not None
-                and info.status is ReplicaStatus.RUNNING
-                and 0 < _revision(info) <= owner.intent.revision
-                and info.address is not None
-                and await self.launcher.healthy(info)
-            )
-            if keep:
-                try:
-                    self.capacity.adopt(info.replica_id, self.launcher.needs(owner.intent), info.gpus)
-                except AdoptConflict as conflict:
-                    log.warning("not adopting replica %s: %s", info.replica_id, conflict)
-                    keep = False
-            if not keep:
-                try:
-                    await self.runtime.stop(info.replica_id, 0.0)
-                except RuntimeError_ as error:
-                    log.warning("could not stop replica %s found at start: %s", info.replica_id, error)
+            if owner is not None and await self._keep(owner, info):
+                owner.post(Adopted(info))
+                adopted.append(info.replica_id)
                 continue
-            owner.post(Adopted(info))
-            adopted.append(info.replica_id)
+            try:
+                await self.runtime.stop(info.replica_id, 0.0)
+            except RuntimeError_ as error:
+                log.warning("could not stop replica %s found at start: %s", info.replica_id, error)
         await self.tick()
         for owner in self._owners.values():  # what the journal kept and was not adopted is stopped
             owner.history.settle(owner.slots)
         return adopted
+
+    async def _keep(self, owner: Owner, info: ReplicaInfo) -> bool:
+        """Whether `adopt` keeps a container found at start: running, of a revision up to the
+        owner's, healthy, and its GPUs, CPUs and memory taken in the host's capacity."""
+        keep = (
+            info.status is ReplicaStatus.RUNNING
+            and 0 < _revision(info) <= owner.intent.revision
+            and info.address is not None
+            and await self.launcher.healthy(info)
+        )
+        if keep:
+            try:
+                self.capacity.adopt(info.replica_id, self.launcher.needs(owner.intent), info.gpus)
+            except AdoptConflict as conflict:
+                log.warning("not adopting replica %s: %s", info.replica_id, conflict)
+                keep = False
+        return keep
 
     async def close(self) -> None:
         """Stop the controller's own tasks; running containers are left for the next start to
@@ -461,7 +468,7 @@ class Controller:
         first), then every network of ours whose endpoint no longer exists."""
         doomed = [slot_id for owner in self._retired for slot_id in owner.slots]
         results = await asyncio.gather(*(self.runtime.stop(rid, 0.0) for rid in doomed), return_exceptions=True)
-        for rid, result in zip(doomed, results):
+        for rid, result in zip(doomed, results, strict=True):
             if isinstance(result, RuntimeError_) and not isinstance(result, ReplicaNotFound):
                 log.warning("could not remove replica %s of a deleted endpoint: %s", rid, result)
         for key in await self.runtime.networks():

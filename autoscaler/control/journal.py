@@ -13,6 +13,7 @@ what was recorded since the last write (milliseconds). The bounds are the store'
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import time
 from collections.abc import Callable
@@ -101,10 +102,10 @@ class StoredEventLog(EventLog):
         self._journal.event(event)
         return event
 
-    def list(self, endpoint: str, since: int = 0, limit: int = 100) -> list[Event]:
+    def list(self, endpoint: str, since: int = 0, limit: int = 100) -> builtins.list[Event]:
         raise TypeError("the events are in the store: await read(...)")
 
-    async def read(self, endpoint: str, since: int = 0, limit: int = 100) -> list[Event]:
+    async def read(self, endpoint: str, since: int = 0, limit: int = 100) -> builtins.list[Event]:
         return await self._journal.read_events(endpoint, since, limit)
 
     def forget(self, endpoint: str) -> None:

@@ -20,6 +20,7 @@ from engines.gpus import Gpu, GpuAllocator, GpuSampler
 from engines.runtime import ReplicaInfo, Runtime
 
 from autoscaler.model.intent import Intent
+from autoscaler.model.spec import EndpointSpec
 
 log = logging.getLogger("endpointd.launcher")
 
@@ -64,7 +65,7 @@ class EngineLauncher:
             cpu_count=self._cpu_count, memory_bytes=self._memory_bytes, inventory=self._inventory,
         )
 
-    def check(self, spec) -> None:
+    def check(self, spec: EndpointSpec) -> None:
         """Refuse at the API what could never start here (HardwareError, PresetError → 400)."""
         compute, model = spec.compute, spec.model
         resources = self.resources(compute.accelerator, compute.instance_type, compute.instance_size)
@@ -85,7 +86,7 @@ class EngineLauncher:
         """What one replica of the endpoint holds while it exists (HostCapacity accounts it)."""
         return self.needs_of(intent.spec)
 
-    def needs_of(self, spec) -> Need:
+    def needs_of(self, spec: EndpointSpec) -> Need:
         """The same, from an endpoint spec: its GPUs, and the CPU and memory limits its container
         gets (a GPU instance's memory limit is its share of the host's, `hardware.gpu_memory_share`)."""
         compute = spec.compute

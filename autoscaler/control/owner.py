@@ -24,7 +24,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from engines.capacity import Need
 from engines.runtime import ReplicaInfo, ReplicaNotFound, Runtime, RuntimeError_
@@ -37,6 +37,8 @@ from autoscaler.model.timelines import ReplicaHistory, ReplicaState
 from autoscaler.model.state import State, Status
 
 log = logging.getLogger("endpointd.controller")
+
+T = TypeVar("T")
 
 # Start-up failures in a row (same revision) before an endpoint is `failed`.
 MAX_START_FAILURES = 3
@@ -84,7 +86,7 @@ class Host(Protocol):
     def wall(self) -> float: ...
     def new_id(self) -> str: ...
     def kick(self) -> None: ...
-    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task: ...
+    def spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]: ...
     def in_flight(self, key: str) -> Mapping[str, int]: ...
     def capacity_of(self, intent: Intent) -> tuple[int | None, str]: ...
     def assign_gpus(self, replica_id: str, intent: Intent) -> tuple[str, ...]: ...
@@ -207,7 +209,7 @@ class Slot:
     phase: Phase
     gpus: tuple[str, ...] = ()
     info: ReplicaInfo | None = None
-    task: asyncio.Task | None = None  # its launch, drain wait or stop, while one runs
+    task: asyncio.Task[None] | None = None  # its launch, drain wait or stop, while one runs
     liveness_failures: int = 0
     stop_retry_at: float | None = None  # a failed removal is tried again then
 
@@ -231,7 +233,7 @@ class _LatestWriter:
         self._host, self._write = host, write
         self._value: Any = None
         self._dirty = False
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def put(self, value: Any) -> None:
         self._value, self._dirty = value, True

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from engines import hardware, presets
 
@@ -258,6 +258,10 @@ def _text(where: str, table: Mapping[str, Any], key: str, default: Any = ..., pa
     return value
 
 
+@overload
+def _integer(where: str, table: Mapping[str, Any], key: str, default: int, lo: int, hi: int) -> int: ...
+@overload
+def _integer(where: str, table: Mapping[str, Any], key: str, default: None, lo: int, hi: int) -> int | None: ...
 def _integer(where: str, table: Mapping[str, Any], key: str, default: int | None, lo: int, hi: int) -> int | None:
     value = table.get(key, default)
     if value is None:
@@ -315,11 +319,15 @@ def _recipe(where: str, common: dict[str, Any], entry: Any) -> Recipe:
     default = entry.get("default", False)
     if not isinstance(default, bool):
         raise CatalogError(f"{where}: default = {default!r} is invalid: it must be true or false")
+    image = entry.get("image")
+    if not isinstance(image, dict):  # checked here: create_body copies it before the wire format's check
+        raise CatalogError(f"{where}: image = {image!r} is invalid: it must be a table naming one engine, "
+                           'e.g. image = { llamacpp = { modelPath = "model.gguf" } }')
     min_replica = _integer(where, entry, "min_replica", 1, 0, wire.MAX_REPLICAS)
     recipe = Recipe(
         id=recipe_id, **common, accelerator=accelerator,
         instance_type=_text(where, entry, "instance_type"), instance_size=_text(where, entry, "instance_size"),
-        image=entry.get("image"), min_replica=min_replica,
+        image=image, min_replica=min_replica,
         max_replica=_integer(where, entry, "max_replica", max(1, min_replica), 1, wire.MAX_REPLICAS),
         scale_to_zero_timeout=_integer(where, entry, "scale_to_zero_timeout", None, wire.MIN_SCALE_TO_ZERO_MIN,
                                        wire.MAX_SCALE_TO_ZERO_MIN),

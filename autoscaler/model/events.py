@@ -9,6 +9,7 @@ them in the store, where they and their cursor survive a restart. Read with `awa
 
 from __future__ import annotations
 
+import builtins
 import itertools
 import time
 from collections import deque
@@ -58,7 +59,7 @@ class EventLog:
         events = [e for e in self._events.get(endpoint, ()) if e.seq > since]
         return events[-limit:] if limit > 0 else []
 
-    async def read(self, endpoint: str, since: int = 0, limit: int = 100) -> list[Event]:
+    async def read(self, endpoint: str, since: int = 0, limit: int = 100) -> builtins.list[Event]:
         """As `list`: what the events route calls (a stored log reads the store)."""
         return self.list(endpoint, since, limit)
 

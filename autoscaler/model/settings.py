@@ -11,9 +11,12 @@ import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 ENV_PREFIX = "ENDPOINTD_"
 
 
@@ -71,8 +74,12 @@ def _coerce(kind: type | str, value: Any) -> Any:
     return value
 
 
-def _check(section: str, field: dataclasses.Field, value: Any, source: str) -> Any:
-    kind = {"int": int, "float": float, "bool": bool, "str": str}.get(field.type, field.type)
+# A field's type as written (a string under `from __future__ import annotations`) -> the type.
+_KINDS: Mapping[object, type] = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _check(section: str, field: dataclasses.Field[Any], value: Any, source: str) -> Any:
+    kind = _KINDS.get(field.type, field.type)
     lo, hi = field.metadata.get("min"), field.metadata.get("max")
     valid = _type_name(kind) + (f" between {lo} and {hi}" if lo is not None and hi is not None else "")
     try:

@@ -118,7 +118,9 @@ class ReplicaHistory:
         return sorted(self._records.values(), key=lambda r: (r.created_at, r.id))
 
     def _prune(self, now: float) -> None:
-        done = sorted((r for r in self._records.values() if r.state in DONE), key=lambda r: r.stopped_at)
-        for i, record in enumerate(done):
-            if now - record.stopped_at > KEEP_STOPPED_S or len(done) - i > MAX_STOPPED:
+        # A record reaches a DONE state only in `moved`, which sets its stopped_at.
+        done = sorted(((r.stopped_at, r) for r in self._records.values() if r.state in DONE and r.stopped_at is not None),
+                      key=lambda stopped: stopped[0])
+        for i, (stopped_at, record) in enumerate(done):
+            if now - stopped_at > KEEP_STOPPED_S or len(done) - i > MAX_STOPPED:
                 del self._records[record.id]

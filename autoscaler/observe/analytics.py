@@ -47,6 +47,7 @@ from proxy.metrics import Answers
 from proxy.pending import PendingSnapshot
 
 from autoscaler.observe import openmetrics
+from autoscaler.observe.openmetrics import ReplicaFigures  # a method named openmetrics hides the module in the class
 from autoscaler.observe.analytics_series import COUNTS, Aggregate, Ring, Sample, Sketch, rebucket, render, status_class
 from autoscaler.observe.analytics_store import FILE as HISTORY_FILE
 from autoscaler.observe.analytics_store import History
@@ -212,7 +213,7 @@ class UsagePoller:
             *(asyncio.wait_for(self._runtime.usage(rid), self._timeout_s) for rid in rids), return_exceptions=True,
         )
         now = self._clock()
-        for rid, usage in zip(rids, usages):
+        for rid, usage in zip(rids, usages, strict=True):
             if isinstance(usage, BaseException) and not isinstance(usage, Exception):
                 raise usage
             cpu = memory = None
@@ -394,19 +395,25 @@ class Analytics:
         self._history: History | None = None
         self._db_lock = asyncio.Lock()  # one writer at a time on the history's one connection
         self._session: aiohttp.ClientSession | None = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.usage = UsagePoller(
             self._ready_replica_ids, runtime, interval_s=config.analytics_interval_s,
             timeout_s=config.analytics_usage_timeout_s, gpus=gpus, gpu_sampler=gpu_sampler, clock=clock,
         )
         self.engines = EngineScraper(
-            self._ready_replicas, lambda: self._session, interval_s=config.engine_scrape_interval_s,
+            self._ready_replicas, self._scrape_session, interval_s=config.engine_scrape_interval_s,
             timeout_s=config.engine_scrape_timeout_s, clock=clock,
         )
         self.collector = _Collector(self)
         answers.tap()
 
     # --- lifetime -------------------------------------------------------------------------
+
+    def _scrape_session(self) -> aiohttp.ClientSession:
+        """The engine scraper's session, from `open` to `close` (a round outside them fails)."""
+        if self._session is None:
+            raise RuntimeError("analytics is not open: no session to scrape engines with")
+        return self._session
 
     async def open(self) -> None:
         """Open the history and the scrape session (what `start` does before its loops)."""
@@ -551,7 +558,8 @@ class Analytics:
             return None
         now = self._wall()
         config = self.config
-        history_on = self._history is not None
+        history = self._history
+        history_on = history is not None
         ring_since = max(self._first_sample if self._first_sample is not None else now, now - config.analytics_memory_s)
 
         def planned(fine_since: float) -> Plan:
@@ -562,11 +570,11 @@ class Analytics:
             )
 
         plan = planned(ring_since if history_on else -math.inf)
-        if not plan.fine and ring_since > now - config.analytics_memory_s:
+        if history is not None and not plan.fine and ring_since > now - config.analytics_memory_s:
             # Before the ring's first sample, the history may hold nothing of this endpoint (a
             # fresh endpointd, an endpoint created since): then the ring, at its finer
             # resolution, is all there is to show.
-            if not await self._history.read(intent.uid, int(plan.start), int(ring_since)):
+            if not await history.read(intent.uid, int(plan.start), int(ring_since)):
                 plan = planned(-math.inf)
         state = self._states.get(intent.uid)
         points: list[tuple[float, Sample | Aggregate]] = []
@@ -618,14 +626,14 @@ class Analytics:
 
     def _ready_replicas(self) -> list[tuple[EndpointKey, Replica]]:
         """Ready replicas with their addresses and engine keys, from the route table."""
-        found = []
+        found: list[tuple[EndpointKey, Replica]] = []
         for key in self._endpoints.keys():
             entry = self._routes.lookup(key.namespace, key.name)
             if entry is not None:
                 found.extend((key, replica) for replica in entry.replicas)
         return found
 
-    def _figures(self, rid: str, intent: Intent, usage: Mapping[str, Reading], engines: Mapping[str, Any]) -> openmetrics.ReplicaFigures:
+    def _figures(self, rid: str, intent: Intent, usage: Mapping[str, Reading], engines: Mapping[str, Any]) -> ReplicaFigures:
         reading = usage.get(rid)
         scraped = engines.get(rid)
         signals: EngineSignals = scraped.signals if scraped is not None else EngineSignals()
@@ -637,7 +645,7 @@ class Analytics:
                 cpus = None
             if cpus:
                 cpu = cpu / cpus
-        return openmetrics.ReplicaFigures(
+        return ReplicaFigures(
             cpu_percent=cpu,
             memory_bytes=reading.memory_bytes if reading is not None else None,
             gpu_percent=reading.gpu_percent if reading is not None else None,

@@ -173,7 +173,7 @@ class Sample:
 
 
 def _row(values: Mapping[str, float | None], names: Sequence[str]) -> array:
-    return array("d", (_MISSING if values.get(name) is None else float(values[name]) for name in names))
+    return array("d", (_MISSING if (value := values.get(name)) is None else float(value) for name in names))
 
 
 # --- sums of rounds ----------------------------------------------------------------------------
@@ -233,7 +233,7 @@ class Aggregate:
         """The history row's form: short keys, gauges by name (a new gauge reads as missing in old rows)."""
         return {
             "n": self.samples,
-            "c": dict(zip(COUNTS, self.counts)),
+            "c": dict(zip(COUNTS, self.counts, strict=True)),
             "l": self.sketch.to_json(),
             "g": {name: [self.sums[i], self.ns[i]] for i, name in enumerate(GAUGES) if self.ns[i]},
             "r": {rid: {name: [sums[i], ns[i]] for i, name in enumerate(REPLICA_GAUGES) if ns[i]}

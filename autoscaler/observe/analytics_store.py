@@ -16,6 +16,7 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 
@@ -39,6 +40,14 @@ class HistoryError(Exception):
     pass
 
 
+async def _value(db: aiosqlite.Connection, sql: str) -> Any:
+    """The one value of a statement that always answers one row: a PRAGMA, a count."""
+    async with db.execute(sql) as cursor:
+        row = await cursor.fetchone()
+    assert row is not None, sql
+    return row[0]
+
+
 class History:
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self._db = db
@@ -55,12 +64,10 @@ class History:
         db = await aiosqlite.connect(path, isolation_level=None)
         try:
             await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            async with db.execute("PRAGMA journal_mode = WAL") as cursor:
-                (mode,) = await cursor.fetchone()
+            mode = await _value(db, "PRAGMA journal_mode = WAL")
             if mode != "wal":
                 raise HistoryError(f"{path}: SQLite cannot use WAL there (journal mode {mode}); put the data directory on a local filesystem")
-            async with db.execute("PRAGMA user_version") as cursor:
-                (version,) = await cursor.fetchone()
+            version = await _value(db, "PRAGMA user_version")
             if version > SCHEMA_VERSION:
                 raise HistoryError(f"{path} has analytics schema version {version}, newer than this endpointd knows "
                                    f"({SCHEMA_VERSION}); upgrade endpointd or remove the file (it holds only history)")
@@ -114,8 +121,7 @@ class History:
     async def prune(self, older_than: int, max_rows: int) -> int:
         """Drop rows before `older_than`, then the oldest beyond `max_rows`; how many went."""
         dropped = (await self._db.execute("DELETE FROM steps WHERE t < ?", (older_than,))).rowcount
-        async with self._db.execute("SELECT count(*) FROM steps") as cursor:
-            (rows,) = await cursor.fetchone()
+        rows = await _value(self._db, "SELECT count(*) FROM steps")
         if rows > max_rows:
             dropped += (await self._db.execute(
                 "DELETE FROM steps WHERE rowid IN (SELECT rowid FROM steps ORDER BY t LIMIT ?)", (rows - max_rows,)
@@ -124,6 +130,5 @@ class History:
         return max(dropped, 0)
 
     async def rows(self) -> int:
-        async with self._db.execute("SELECT count(*) FROM steps") as cursor:
-            (rows,) = await cursor.fetchone()
+        rows: int = await _value(self._db, "SELECT count(*) FROM steps")
         return rows

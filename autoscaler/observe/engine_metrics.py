@@ -182,7 +182,7 @@ class EngineScraper:
         due = [(key, r) for key, r in targets if self._skip_until.get(r.id, 0.0) <= now]
         results = await asyncio.gather(*(self._scrape(r) for _, r in due), return_exceptions=True)
         now = self._clock()
-        for (key, replica), result in zip(due, results):
+        for (key, replica), result in zip(due, results, strict=True):
             if isinstance(result, EngineSignals):
                 if result:
                     self._latest[replica.id] = Scraped(key, result, now)

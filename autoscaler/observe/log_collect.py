@@ -99,7 +99,7 @@ class _Tail:
     dropped: int = 0
     noted_at: float = float("-inf")
     read_one: asyncio.Event = field(default_factory=asyncio.Event)  # a line was read, or the stream ended
-    task: asyncio.Task | None = None
+    task: asyncio.Task[None] | None = None
 
     def learn(self, secrets: Iterable[str]) -> None:
         """Add secret values; old ones stay masked (an update's roll: old replicas have old secrets)."""
@@ -346,6 +346,7 @@ class Collector:
         try:
             async with asyncio.timeout(CAPTURE_TIMEOUT_S):
                 if info.status is ReplicaStatus.EXITED:
+                    assert tail.task is not None  # _begin starts the task of every tail it makes
                     await asyncio.shield(tail.task)
                 else:
                     await tail.read_one.wait()

@@ -22,8 +22,9 @@ FOLLOW_CHUNK = 1_000
 class Source(Protocol):
     """What a follower reads (the LogService): the stored lines, within the retention."""
 
-    store: LogStore | None
     wall: Callable[[], float]
+
+    def require_store(self) -> LogStore: ...
 
     async def query(self, uid: str, *, replica: str | None, tail: int, since_ms: int | None,
                     until_ms: int | None) -> list[LogLine]: ...
@@ -123,7 +124,7 @@ class Follow:
                 return line
             if self._behind:
                 self._behind = False
-                missed = await service.store.after(
+                missed = await service.require_store().after(
                     self.uid, self._last, replica=self.replica, since_ms=service.oldest_ms(self._since_ms),
                     until_ms=self._until_ms if self._until_ms is not None else service.newest_ms(),
                     limit=FOLLOW_CHUNK,

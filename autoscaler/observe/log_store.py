@@ -109,6 +109,18 @@ class LogStore:
     async def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._reader, fn, *args)
 
+    def _writing(self) -> sqlite3.Connection:
+        """The writer thread's connection, from `open` to `close`."""
+        if self._w is None:
+            raise sqlite3.ProgrammingError(f"{self.path}: the log store is not open")
+        return self._w
+
+    def _reading(self) -> sqlite3.Connection:
+        """The reader thread's connection, from `open` to `close`."""
+        if self._r is None:
+            raise sqlite3.ProgrammingError(f"{self.path}: the log store is not open")
+        return self._r
+
     # --- writer thread ---
 
     def _connect(self) -> sqlite3.Connection:
@@ -153,12 +165,12 @@ class LogStore:
     def _stream(self, uid: str) -> int:
         stream = self._streams.get(uid)
         if stream is None:
-            (stream,) = self._w.execute("INSERT INTO streams (uid) VALUES (?) RETURNING id", (uid,)).fetchone()
+            (stream,) = self._writing().execute("INSERT INTO streams (uid) VALUES (?) RETURNING id", (uid,)).fetchone()
             self._streams[uid] = stream
         return stream
 
     def _append(self, rows: list[tuple[int, str, int, str, str]], cursors: dict[str, Cursor], gone: list[str]) -> None:
-        con = self._w
+        con = self._writing()
         con.execute("BEGIN IMMEDIATE")
         try:
             added: dict[int, int] = {}
@@ -179,7 +191,7 @@ class LogStore:
             raise
 
     def _save_cursors(self, cursors: dict[str, Cursor]) -> None:
-        self._w.executemany(
+        self._writing().executemany(
             "INSERT INTO cursors (container, uid, replica, consumed, at_ms) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (container) DO UPDATE SET consumed = excluded.consumed, at_ms = excluded.at_ms",
             [(cid, c.uid, c.replica, c.consumed, c.at_ms) for cid, c in cursors.items()],
@@ -187,7 +199,7 @@ class LogStore:
 
     def _bound_size(self, stream: int) -> None:
         """Drop the stream's oldest lines while it is over its size bound (to PRUNE_TO_FRACTION of it)."""
-        con = self._w
+        con = self._writing()
         (size,) = con.execute("SELECT bytes FROM streams WHERE id = ?", (stream,)).fetchone()
         if size <= self.max_bytes:
             return
@@ -209,7 +221,7 @@ class LogStore:
         con.execute("UPDATE streams SET bytes = ? WHERE id = ?", (max(size - freed, 0), stream))
 
     def _prune_age(self, cutoff_ms: int) -> int:
-        con = self._w
+        con = self._writing()
         dropped = 0
         for stream in list(self._streams.values()):
             con.execute("BEGIN IMMEDIATE")
@@ -231,7 +243,7 @@ class LogStore:
         return dropped
 
     def _forget(self, uid: str, cursors: dict[str, Cursor]) -> None:
-        con = self._w
+        con = self._writing()
         con.execute("BEGIN IMMEDIATE")
         try:
             stream = self._streams.pop(uid, None)
@@ -247,7 +259,7 @@ class LogStore:
             raise
 
     def _state(self) -> StoredState:
-        con = self._w
+        con = self._writing()
         next_id, last_at = con.execute("SELECT coalesce(max(id), 0) + 1, coalesce(max(at_ms), 0) FROM lines").fetchone()
         cursors = {row[0]: Cursor(*row[1:])
                    for row in con.execute("SELECT container, uid, replica, consumed, at_ms FROM cursors")}
@@ -255,7 +267,7 @@ class LogStore:
         return StoredState(next_id, last_at, cursors, forgotten)
 
     def _size(self, uid: str) -> int:
-        row = self._w.execute("SELECT bytes FROM streams WHERE uid = ?", (uid,)).fetchone()
+        row = self._writing().execute("SELECT bytes FROM streams WHERE uid = ?", (uid,)).fetchone()
         return row[0] if row else 0
 
     # --- reader thread ---
@@ -273,7 +285,7 @@ class LogStore:
             order = "at_ms, id"
         else:
             order = "at_ms DESC, id DESC"
-        rows = self._r.execute(
+        rows = self._reading().execute(
             f"SELECT id, at_ms, replica, text FROM lines WHERE {' AND '.join(where)} ORDER BY {order} LIMIT ?",
             (*args, limit),
         ).fetchall()

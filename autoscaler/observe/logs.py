@@ -115,7 +115,7 @@ class LogService:
             lines_per_s=config.log_max_lines_per_s, poll_interval_s=config.log_poll_interval_s, wall=wall, clock=clock,
         )
         self._followers = Followers(config.log_max_followers_per_endpoint)
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._write_lock = asyncio.Lock()
         self._closed = False
 
@@ -127,6 +127,12 @@ class LogService:
             return
         self.store = await LogStore.open(self.path, max_bytes_per_endpoint=self.config.log_max_bytes_per_endpoint)
         self.collector.restore(await self.store.state())
+
+    def require_store(self) -> LogStore:
+        """The store, from `open` to `close`."""
+        if self.store is None:
+            raise RuntimeError(f"{self.path}: the log service is not open")
+        return self.store
 
     async def start(self, loops: Loops | None = None) -> None:
         """Open, then start the collection loops under `loops` (serve's, which counts their failures)."""
@@ -190,7 +196,7 @@ class LogService:
             rows, cursors, gone = self.collector.take()
             if rows or cursors or gone:
                 try:
-                    await self.store.append(rows, cursors, gone)
+                    await self.require_store().append(rows, cursors, gone)
                 finally:
                     self.collector.written()
             self._followers.publish(rows)
@@ -198,7 +204,7 @@ class LogService:
     async def prune(self) -> int:
         """Drop lines older than the retention (the size bound is kept at every write); how many."""
         cutoff_ms = int((self.wall() - self.config.log_retention_days * DAY_S) * 1000)
-        return await self.store.prune_age(cutoff_ms)
+        return await self.require_store().prune_age(cutoff_ms)
 
     # --- reading ---
 
@@ -215,7 +221,7 @@ class LogService:
         """The latest `tail` lines of the endpoint incarnation (of one replica, within [since, until]
         in unix milliseconds), oldest first. Only what is stored: lines collected in the last
         BATCH_WINDOW_S may not be yet."""
-        return await self.store.latest(
+        return await self.require_store().latest(
             uid, replica=replica, since_ms=self.oldest_ms(since_ms),
             until_ms=until_ms if until_ms is not None else self.newest_ms(), limit=tail,
         )
@@ -243,7 +249,7 @@ class LogService:
         self._followers.end(uid)
         cursors = await self.collector.forget(uid)
         async with self._write_lock:  # after a write in flight, which may hold its lines
-            await self.store.forget(uid, cursors)
+            await self.require_store().forget(uid, cursors)
 
 
 class Collecting:

@@ -243,8 +243,12 @@ class AuditEntry:
     id: int = 0  # increasing: the cursor of a listing
 
 
-def _time(text: str | None) -> datetime | None:
-    return None if text is None else datetime.fromisoformat(text)
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _time_or_none(text: str | None) -> datetime | None:
+    return None if text is None else _time(text)
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -262,7 +266,7 @@ def _statements(script: str) -> Iterator[str]:
 
 def _token(row: aiosqlite.Row) -> TokenInfo:
     return TokenInfo(
-        row["id"], row["user"], row["label"], row["hint"], _time(row["created_at"]), _time(row["revoked_at"]),
+        row["id"], row["user"], row["label"], row["hint"], _time(row["created_at"]), _time_or_none(row["revoked_at"]),
         _scopes(row["scopes"]),
     )
 
@@ -344,7 +348,7 @@ class Store:
                     await self._db.execute(f"PRAGMA user_version = {number}")
 
     async def _user_version(self) -> int:
-        (version,) = await self._one("PRAGMA user_version")
+        (version,) = await self._row("PRAGMA user_version")
         return version
 
     @contextlib.asynccontextmanager
@@ -366,6 +370,12 @@ class Store:
         # (and can be committed) even though only its first row is read.
         async with self._db.execute(sql, args) as cursor:
             return await cursor.fetchone()
+
+    async def _row(self, sql: str, *args: Any) -> aiosqlite.Row:
+        """The row of a statement that always answers one: a PRAGMA, an INSERT ... RETURNING."""
+        row = await self._one(sql, *args)
+        assert row is not None, sql
+        return row
 
     async def _all(self, sql: str, *args: Any) -> list[aiosqlite.Row]:
         async with self._db.execute(sql, args) as cursor:
@@ -437,7 +447,7 @@ class Store:
         return plaintext, info
 
     async def _insert_token(self, user: str, plaintext: str, label: str | None, scopes: Iterable[str] = ()) -> TokenInfo:
-        row = await self._one(
+        row = await self._row(
             "INSERT INTO tokens (id, user, label, hash, hint, scopes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
             tokens.new_id(), user, label, tokens.hash_token(plaintext), tokens.hint(plaintext),
             ",".join(sorted(set(scopes))), self._stamp(),
@@ -531,7 +541,7 @@ class Store:
             await self._free_domain(domain, namespace, name)
             if await self._one("SELECT 1 FROM endpoints WHERE namespace = ? AND name = ?", namespace, name):
                 raise Conflict(f"endpoint {namespace}/{name} already exists; choose another name or update it")
-            row = await self._one(
+            row = await self._row(
                 "INSERT INTO endpoints (namespace, name, spec, state, domain, uid, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 namespace, name, json.dumps(spec), str(state), domain, secrets.token_hex(8), now, now,
@@ -652,7 +662,7 @@ class Store:
         self, actor: str, action: str, namespace: str, name: str, details: dict[str, Any], source_ip: str, request_id: str
     ) -> AuditEntry:
         async with self._transaction():
-            row = await self._one(
+            row = await self._row(
                 "INSERT INTO audit (at, actor, action, namespace, name, details, source_ip, request_id) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
                 self._stamp(), actor, action, namespace, name, json.dumps(details, sort_keys=True), source_ip, request_id,
@@ -665,7 +675,8 @@ class Store:
     ) -> list[AuditEntry]:
         """The latest entries first, optionally of one namespace, endpoint or action, at or after
         `since`, and older than the entry `before` (a cursor: the last id of the previous page)."""
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         for column, value in (("namespace", namespace), ("name", endpoint), ("action", action)):
             if value is not None:
                 where.append(f"{column} = ?")
@@ -764,7 +775,9 @@ async def _journal_mode_wal(db: aiosqlite.Connection) -> str:
     while True:
         try:
             async with db.execute("PRAGMA journal_mode = WAL") as cursor:
-                (mode,) = await cursor.fetchone()
+                row = await cursor.fetchone()
+            assert row is not None  # a PRAGMA that sets a mode answers it
+            (mode,) = row
             return mode
         except sqlite3.OperationalError as error:
             if "locked" not in str(error) or time.monotonic() >= give_up:
