@@ -1,42 +1,36 @@
-"""The proxy as an aiohttp application: the request handler, `/metrics`, and the upstream
-connection pool owned by the app's lifecycle.
+"""The proxy's part of the aiohttp application (the management listener): `/metrics`, and the
+answer to what no other route takes. The data plane is the raw server's (proxy/raw/): it hands
+every other request's connection to this app, and takes it back at the connection's next request.
 
 `/metrics` lists every namespace's endpoints, so it needs a bearer token: an admin's, or one whose
 identity has the `metrics` scope (401 without a token, 403 with one that has neither). On an
 endpoint's route domain, /metrics is that endpoint's path like any other. `make_metrics_app` is
 the same /metrics alone, for a listener of its own (`metrics_port`).
+
+A request for an endpoint reaches this app only pipelined behind one of its own requests (the
+raw server takes a connection back only between requests): it is refused, as the raw server
+refuses the converse, with a 400 that closes the connection.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .auth import METRICS_SCOPE, authorize_scope
 from .config import ProxyConfig
 from .control import ControlPlane
-from .errors import NotFound, ProxyError, to_http
-from .forward import REQUEST_ID, ResponseCut, forward, request_id, upstream_headers
-from .hold import HEADER as SCALE_UP_TIMEOUT
-from .metrics import CLIENT_CLOSED
-from .pipeline import PROBE_HEADER, Pipeline
+from .core import REQUEST_ID, request_id
+from .errors import NotFound, ProxyError, pipelined, to_http
+from .pipeline import Pipeline
+from .routing import resolve
 from .workers.codec import families_out, merge_families
 
 log = logging.getLogger("endpointd.proxy")
 
 PIPELINE = web.AppKey("pipeline", Pipeline)
-SESSION = web.AppKey("upstream_session", aiohttp.ClientSession)
-
-# Keep-alive to replicas: long enough to outlive gaps between requests, short enough that a
-# replica's restart does not leave many dead pooled sockets behind.
-UPSTREAM_KEEPALIVE_S = 30.0
-# The client must not add headers the caller did not send: an added Accept-Encoding would make
-# engines compress responses the caller never asked to be compressed.
-SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 
 
 def error_response(error: ProxyError, rid: str, path: str | None = None) -> web.Response:
@@ -49,53 +43,16 @@ def error_response(error: ProxyError, rid: str, path: str | None = None) -> web.
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
-    return await serve(request, request.app)
-
-
-async def serve(request: web.Request, app: Mapping) -> web.StreamResponse:
-    """Proxy one request; `app` holds the pipeline and the upstream session (the main app, or a
-    sub-app's `config_dict` when a management route defers to an endpoint's domain)."""
-    pipeline = app[PIPELINE]
-    headers = request.headers
-    rid = request_id(headers.get(REQUEST_ID))
+    """A request no route of the app takes: a JSON 404 (or the 400 of a target that is not a
+    path); one for an endpoint, pipelined behind a request of this app, a 400 that closes."""
+    pipeline = request.config_dict[PIPELINE]
     try:
-        forwarded = upstream_headers(request, rid)  # refuses what cannot be forwarded, before any hold
-    except ProxyError as error:
-        pipeline.refused(error)
-        return error_response(error, rid, request.raw_path)
-    try:
-        admission = await pipeline.admit(
-            host=request.host,
-            raw_path=request.raw_path,
-            authorization=headers.get("Authorization"),
-            scale_up_timeout=headers.get(SCALE_UP_TIMEOUT),
-            content_length=request.content_length,
-            probe=headers.get(PROBE_HEADER),
-        )
-    except ProxyError as error:
-        return error_response(error, rid, request.raw_path)
-    code: int | str = CLIENT_CLOSED  # what is recorded if the client's disconnect cancels us
-    try:
-        response = await forward(request, admission, pipeline, app[SESSION], rid, forwarded)
-        code = response.status
-        return response
-    except ProxyError as error:
-        code = error.status
-        admission.refused(error)
-        if error.closes_connection:
-            end = getattr(request.protocol, "end_after_response", None)  # proxy.connections' guard
-            if end is not None:
-                end()
-        return error_response(error, rid, request.raw_path)
-    except ResponseCut as cut:
-        code = cut.code
-        if cut.reason is not None:
-            log.warning("request %s to %s cut: %s", rid, admission.entry.key, cut.reason)
-            if request.transport is not None:
-                request.transport.close()  # the client must see a truncated response, not a complete one
-        return cut.response
-    finally:
-        admission.finish(code)
+        resolve(pipeline.control, request.host, request.raw_path)
+        error = pipelined("a request for an endpoint", "a request for this server's own routes")
+    except ProxyError as refusal:
+        error = refusal
+    pipeline.refused(error)
+    return error_response(error, request_id(request.headers.get(REQUEST_ID)), request.raw_path)
 
 
 def routed_by_host(request: web.Request) -> bool:
@@ -135,32 +92,11 @@ class _Merged:
         return self._families
 
 
-async def _upstream_session(app: web.Application) -> AsyncIterator[None]:
-    config = app[PIPELINE].config
-    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=UPSTREAM_KEEPALIVE_S)
-    timeout = aiohttp.ClientTimeout(
-        total=None,
-        sock_connect=config.upstream_connect_timeout_s,
-        sock_read=config.upstream_idle_timeout_s,
-    )
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,
-        skip_auto_headers=SKIP_AUTO_HEADERS,
-        cookie_jar=aiohttp.DummyCookieJar(),
-    ) as session:
-        app[SESSION] = session
-        yield
-
-
 def add_proxy(app: web.Application, pipeline: Pipeline) -> None:
-    """Mount the proxy on `app`: endpoint routes, `/metrics`, and every path no other route
-    takes (Host-routed endpoints, or a JSON 404). No middleware: the hot path pays for none.
-    Other handlers of the app must defer to `handle` when `routed_by_host`."""
+    """Mount the proxy on `app`: `/metrics`, and every path no other route takes (`handle`).
+    Other handlers of the app must defer to `handle` when `routed_by_host`. The raw server
+    (proxy/server.py `listen`) serves the data plane of an app with a proxy."""
     app[PIPELINE] = pipeline
-    app.cleanup_ctx.append(_upstream_session)
-    app.router.add_route("*", "/endpoints/{tail:.*}", handle)
     app.router.add_get("/metrics", metrics)
     app.router.add_route("*", "/{tail:.*}", handle)
 

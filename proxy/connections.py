@@ -21,8 +21,13 @@ makes one `RequestHandler` (the asyncio protocol that parses requests and runs h
   logged as one debug line, never a traceback; a request target that is not a path ('*', an
   absolute URL) is a 400 before any route sees it.
 
+- **the hand-back**: a connection the raw server handed over (its request was not for the data
+  plane) goes back to it when the first bytes of its next request arrive, so every request for an
+  endpoint is served by the raw server; a request pipelined behind one of aiohttp's stays here.
+
 It uses a few of RequestHandler's attributes that are not public API (`_request_count`,
-`_request_in_progress`, `_messages`, `_current_request`, `_lingering_time`, `_close`): a test in
+`_request_in_progress`, `_messages`, `_current_request`, `_lingering_time`, `_close`,
+`_force_close`, `_upgraded`): a test in
 tests/test_proxy_connections.py fails if an aiohttp release renames them. Also a fix for an
 aiohttp gap: a body that breaks its framing mid-stream ends the handler's body with the error
 (a 400 at once) instead of leaving it waiting.
@@ -41,14 +46,22 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
-from .errors import ERROR_MESSAGE, BadRequest, HeadersTooLarge, ProxyError, header_safe, quoted, shown, to_http
+from .errors import (
+    ERROR_MESSAGE,
+    MAX_HEADERS,
+    MAX_LINE_BYTES,
+    ProxyError,
+    chunked_http10,
+    head_too_large,
+    header_safe,
+    not_a_path,
+    not_http,
+    to_http,
+)
 
 log = logging.getLogger("endpointd.proxy")
 
 REFUSAL_LOG_INTERVAL_S = 10.0  # one line per interval however many connections are refused
-# aiohttp's parser limits (its defaults, set explicitly): a longer line or more headers is a 431.
-MAX_LINE_BYTES = 8190
-MAX_HEADERS = 128
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -112,23 +125,17 @@ def _parse_error(exc: BaseException | None) -> ProxyError:
     if isinstance(exc, LineTooLong) or (
         isinstance(exc, HttpProcessingError) and "too many headers" in exc.message.lower()
     ):
-        return HeadersTooLarge(
-            f"the request head is too large: at most {MAX_HEADERS} headers of at most "
-            f"{MAX_LINE_BYTES} bytes each, and a request line of at most {MAX_LINE_BYTES} bytes"
-        )
+        return head_too_large()
     reason = ""
     if isinstance(exc, HttpProcessingError) and exc.message:
         reason = exc.message.strip().splitlines()[0].rstrip(":")
-    return BadRequest(
-        "the request is not valid HTTP/1.1" + (f" ({shown(reason, 200)})" if reason else "")
-        + "; fix the client or what sits between it and this server"
-    )
+    return not_http(reason)
 
 
 class ClientConnection(RequestHandler):
     """One client connection: aiohttp's protocol, with the cap, the head deadline and JSON errors."""
 
-    __slots__ = ("_cap", "_head_timeout_s", "_head_timer", "_admitted")
+    __slots__ = ("_cap", "_head_timeout_s", "_head_timer", "_admitted", "hand_back", "_last_body")
 
     def __init__(self, manager: GuardedServer, *, cap: ConnectionCap, head_timeout_s: float, **kwargs):
         super().__init__(manager, **kwargs)
@@ -136,6 +143,10 @@ class ClientConnection(RequestHandler):
         self._head_timeout_s = head_timeout_s
         self._head_timer: asyncio.TimerHandle | None = None
         self._admitted = False
+        # Set by the raw server that handed this connection over (proxy/raw/server.py): given the
+        # transport and the first bytes of the connection's next request, it takes it back.
+        self.hand_back: Callable[[asyncio.Transport, bytes], None] | None = None
+        self._last_body = None  # the body stream of the last request parsed
 
     # -- the cap ---------------------------------------------------------------------------
 
@@ -167,9 +178,13 @@ class ClientConnection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return
+        if self.hand_back is not None and self._between_requests():
+            self._give_back(data)
+            return
         heads = self._request_count
         super().data_received(data)
         if self._request_count != heads:
+            self._last_body = self._messages[-1][1] if self._messages else None
             self._disarm()  # a whole head arrived (or one the parser refused: answered, then closed)
             self._end_broken_body()
         elif self._head_timer is None and self.waiting_for_head:
@@ -188,6 +203,23 @@ class ClientConnection(RequestHandler):
             reason = exc.message.strip().splitlines()[0].rstrip(":") if exc.message else type(exc).__name__
             request.content.set_exception(RequestPayloadError(reason))
             self.end_after_response()  # a lingering read of the rest would meet the same error
+
+    def _between_requests(self) -> bool:
+        """Whether the connection is between requests: one served, its response written and its
+        body read to the end, nothing parsed of a next one, and not closing."""
+        return (
+            self._request_count > 0 and not self._request_in_progress and not self._messages
+            and not self._close and not self._force_close and not self._upgraded and self.transport is not None
+            and (self._last_body is None or self._last_body.is_eof())
+        )
+
+    def _give_back(self, data: bytes) -> None:
+        """The connection's next request begins with `data`: the connection goes back to the raw
+        server, open, with the cap's count passed on; aiohttp's handler for it ends."""
+        transport = self.transport
+        self.transport = None  # aiohttp's teardown below must leave the connection open
+        self.connection_lost(None)
+        self.hand_back(transport, data)
 
     def end_after_response(self) -> None:
         """Close the connection once the current response is sent, without aiohttp's lingering
@@ -255,10 +287,7 @@ def screened(handler: Handler) -> Handler:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         if request.raw_path[:1] == "/" and (request.version >= HTTP11 or "Transfer-Encoding" not in request.headers):
             return await handler(request)
-        if request.raw_path[:1] != "/":
-            error = BadRequest(f"the request target {quoted(request.raw_path)} is not a path: send a path starting with '/'")
-        else:
-            error = BadRequest("an HTTP/1.0 request cannot have Transfer-Encoding; send Content-Length, or use HTTP/1.1")
+        error = not_a_path(request.raw_path) if request.raw_path[:1] != "/" else chunked_http10()
         code, headers, body = to_http(error)
         response = web.Response(status=code, headers=headers, body=body)
         response.force_close()

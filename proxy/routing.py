@@ -8,7 +8,7 @@ with '/') are served: an absolute URL (a forward-proxy request) or '*' is a 400.
 from __future__ import annotations
 
 from .control import ControlPlane, RouteEntry
-from .errors import BadRequest, NotFound, quoted, shown
+from .errors import NotFound, not_a_path, quoted, shown
 
 PREFIX = "/endpoints/"
 
@@ -40,10 +40,7 @@ def split_path(raw_path: str) -> tuple[str, str, str] | None:
 def resolve(control: ControlPlane, host: str | None, raw_path: str) -> tuple[RouteEntry, str]:
     """The routing entry and upstream path; Host-based routing wins over the path prefix."""
     if not raw_path.startswith("/"):
-        raise BadRequest(
-            f"the request target {quoted(raw_path)} is not a path: send a path starting with '/' "
-            "(this server is no forward proxy)"
-        )
+        raise not_a_path(raw_path)
     if host:
         entry = control.lookup_host(host)
         if entry is not None:

@@ -11,7 +11,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from proxy.control import AuthType
 
-from .proxy_harness import both_servers, free_port  # noqa: F401 - the fixture `harness` here: every test on both servers
+from .proxy_harness import free_port
 
 CHAT = [{"role": "user", "content": "hi"}]
 

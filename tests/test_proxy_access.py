@@ -10,7 +10,6 @@ from proxy.control import AuthType, Identity, InMemoryControlPlane, Replica, has
 from proxy.errors import Forbidden, Unauthorized
 
 from .proxy_harness import bearer, free_port
-from .proxy_harness import both_servers  # noqa: F401 - the fixture `harness` here: every test on both servers
 
 EP = "/endpoints/acme/e1"
 

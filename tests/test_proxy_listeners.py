@@ -22,7 +22,6 @@ from proxy.server import CLEANUP_GRACE_S
 from proxy.tls import TlsConfigError, server_context
 
 from .proxy_harness import bearer, closed_by_server, free_port
-from .proxy_harness import both_servers  # noqa: F401 - the fixture `harness` here: every test on both servers
 from .serve_process import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,56 +1,48 @@
-"""The framework-free rules both servers share (proxy/core.py) and the pipeline's admission
+"""The framework-free forwarding rules (proxy/core.py) and the pipeline's admission
 without waiting (`Pipeline.admit_now`), which must reach the verdicts `admit` reaches, with the
 same counts, or say that only `admit` can tell."""
 
 import pytest
 
-from proxy.config import ConfigError, ProxyConfig, check
+from proxy.config import ProxyConfig
 from proxy.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry, RouteState
-from proxy.core import forwarded_block, forwarded_pairs, may_retry, request_id, returned_block, returned_pairs
+from proxy.core import forwarded_block, may_retry, request_id, returned_block
 from proxy.errors import BadRequest, EndpointPaused, Forbidden, NotFound, PayloadTooLarge, ProxyError, Unauthorized
 from proxy.pipeline import Pipeline
 
 
-def test_forwarded_pairs_drop_hop_by_hop_and_what_connection_names():
+KW = dict(remote="10.0.0.2", scheme="https", host="h:1", prior_forwarded_for="10.0.0.1", rid="rid-1")
+
+
+def triples(pairs):
+    return [(k.encode(), k.lower().encode(), v.encode("utf-8", "surrogateescape")) for k, v in pairs]
+
+
+def test_forwarded_block_drops_hop_by_hop_and_what_connection_names():
     pairs = [("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"), ("Keep-Alive", "5"), ("Authorization", "Bearer t"),
              ("X-Scale-Up-Timeout", "3"), ("X-Request-Id", "old"), ("X-Endpointd-Probe", "s"), ("Host", "h"),
-             ("Expect", "100-continue"), ("X-Forwarded-Proto", "spoofed"), ("X-Custom", "keep"), ("x-custom", "twice")]
-    out = forwarded_pairs(pairs, "keep-alive, X-Hop", remote="10.0.0.2", scheme="https", host="h:1",
-                          prior_forwarded_for="10.0.0.1", rid="rid-1")
-    assert out == [("X-Custom", "keep"), ("x-custom", "twice"), ("X-Forwarded-For", "10.0.0.1, 10.0.0.2"),
-                   ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "h:1"), ("X-Request-Id", "rid-1")]
-
-
-def test_the_bytes_forms_keep_the_same_rules():
-    """The raw server's byte-level versions of the two header rules agree with the str ones."""
-    raw = [(b"Connection", b"keep-alive, X-Hop"), (b"X-Hop", b"1"), (b"Authorization", b"Bearer t"),
-           (b"X-Custom", "é".encode()), (b"x-custom", b"twice"), (b"Upgrade", b"h2c"), (b"X-Request-Id", b"old")]
-    text = [(k.decode(), v.decode()) for k, v in raw]
-    kw = dict(remote="10.0.0.2", scheme="http", host="h", prior_forwarded_for="10.0.0.1", rid="r")
-    expected = "".join(f"{k}: {v}\r\n" for k, v in forwarded_pairs(text, "keep-alive, X-Hop", **kw)).encode()
-    assert forwarded_block([(k, k.lower(), v) for k, v in raw], "keep-alive, X-Hop", **kw) == expected
-    response = [(b"Connection", b"x-secret"), (b"X-Secret", b"1"), (b"Content-Length", b"3"), (b"X-Ok", b"1")]
-    block, length, chunked = returned_block(response)
-    kept = returned_pairs([(k.decode(), v.decode()) for k, v in response], "x-secret")
-    assert block == "".join(f"{k}: {v}\r\n" for k, v in kept).encode()
-    assert (length, chunked) == (b"3", False)
-    with pytest.raises(BadRequest, match="X-Custom"):
-        forwarded_block([(b"X-Custom", b"X-Custom".lower(), b"a\xff")], None, **kw)
+             ("Expect", "100-continue"), ("X-Forwarded-Proto", "spoofed"), ("X-Custom", "keep"), ("x-custom", "twice"),
+             ("Upgrade", "h2c"), ("X-Utf8", "é")]
+    out = forwarded_block(triples(pairs), "keep-alive, X-Hop", **KW)
+    assert out == ("X-Custom: keep\r\nx-custom: twice\r\nX-Utf8: é\r\nX-Forwarded-For: 10.0.0.1, 10.0.0.2\r\n"
+                   "X-Forwarded-Proto: https\r\nX-Forwarded-Host: h:1\r\nX-Request-Id: rid-1\r\n").encode()
 
 
 def test_a_value_that_was_not_utf8_is_refused():
     with pytest.raises(BadRequest, match="X-A"):
-        forwarded_pairs([("X-A", b"a\xff".decode("utf-8", "surrogateescape"))], None, remote="", scheme="http",
-                        host=None, prior_forwarded_for=None, rid="r")
+        forwarded_block([(b"X-A", b"x-a", b"a\xff")], None, **KW)
     with pytest.raises(BadRequest, match="Host"):
-        forwarded_pairs([], None, remote="", scheme="http", host=b"\xff".decode("utf-8", "surrogateescape"),
-                        prior_forwarded_for=None, rid="r")
+        forwarded_block([], None, **{**KW, "host": b"\xff".decode("utf-8", "surrogateescape")})
+    with pytest.raises(BadRequest, match="X-Forwarded-For"):
+        forwarded_block([], None, **{**KW, "prior_forwarded_for": b"\xff".decode("utf-8", "surrogateescape")})
 
 
-def test_returned_pairs():
-    pairs = [("Connection", "x-secret"), ("X-Secret", "1"), ("Content-Length", "3"), ("Transfer-Encoding", "chunked"),
-             ("X-Ok", "1")]
-    assert returned_pairs(pairs, "x-secret") == [("X-Ok", "1")]
+def test_returned_block():
+    response = [(b"Connection", b"x-secret"), (b"X-Secret", b"1"), (b"Content-Length", b"3"), (b"Keep-Alive", b"5"),
+                (b"X-Ok", b"1")]
+    assert returned_block(response) == (b"X-Ok: 1\r\n", b"3", False)
+    chunked = [(b"Transfer-Encoding", b"chunked"), (b"X-Ok", b"1")]
+    assert returned_block(chunked) == (b"X-Ok: 1\r\n", None, True)
 
 
 @pytest.mark.parametrize("attempts, body_started, retry", [
@@ -67,13 +59,6 @@ def test_request_id():
     for bad in (None, "", "x" * 201, "é", "a\tb"):
         generated = request_id(bad)
         assert len(generated) == 32 and generated != bad
-
-
-def test_http_setting_is_checked():
-    check(ProxyConfig())
-    check(ProxyConfig(http="aiohttp"))
-    with pytest.raises(ConfigError, match=r"proxy.http = 'fast' is invalid: it must be one of raw, aiohttp"):
-        check(ProxyConfig(http="fast"))
 
 
 # -- admit_now against admit ------------------------------------------------------------------

@@ -45,6 +45,19 @@ def test_unknown_file_key_lists_valid_ones():
         settings.load(ProxyConfig, "proxy", file_values={"prot": 1})
 
 
+@pytest.mark.parametrize("kwargs, source", [
+    ({"file_values": {"http": "aiohttp"}}, "the config file"),
+    ({"env": {"ENDPOINTD_HTTP": "aiohttp"}}, "ENDPOINTD_HTTP"),
+])
+def test_a_removed_setting_fails_at_start_saying_so(kwargs, source):
+    with pytest.raises(settings.SettingsError) as info:
+        settings.load(ProxyConfig, "proxy", **kwargs)
+    assert str(info.value) == (
+        f"proxy.http = 'aiohttp' (from {source}) is no longer a setting: the aiohttp data plane was retired; "
+        "the raw server (proxy/raw/) is the only one: remove the setting"
+    )
+
+
 def test_every_config_field_has_a_flag():
     args = build_parser().parse_args(["proxy", "--routes", "r.toml", "--max-body-bytes", "12"])
     assert settings.flags_of(args, ProxyConfig)["max_body_bytes"] == "12"

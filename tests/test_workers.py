@@ -32,7 +32,7 @@ N = 20
 
 @pytest.fixture
 async def two():
-    h = Harness("raw")
+    h = Harness()
     yield h
     await h.close()
 
@@ -121,7 +121,6 @@ async def test_tokens_metrics_and_answers_over_every_process(two):
 
 def test_the_worker_count():
     assert worker_count(ProxyConfig(workers=3)) == 3
-    assert worker_count(ProxyConfig(workers=3, http="aiohttp")) == 1
     assert worker_count(ProxyConfig(workers=3, tls_cert="c", tls_key="k")) == 1
     auto = worker_count(ProxyConfig())
     assert auto == max(1, min(AUTO_WORKERS_MAX, len(os.sched_getaffinity(0))))

@@ -37,11 +37,10 @@ from engines.model_roots import ModelRoots, RootsError
 from engines.presets import PresetError
 from engines.gpus import Gpu, GpuAllocator
 from engines.runtime import EndpointKey
-from proxy.app import serve as proxy_serve
-from proxy.app import routed_by_host
+from proxy.app import handle, routed_by_host
 from proxy.auth import bearer_token, plausible_token
 from proxy.errors import ERROR_MESSAGE, header_safe
-from proxy.forward import REQUEST_ID, request_id
+from proxy.core import REQUEST_ID, request_id
 
 from autoscaler.api import openapi
 from autoscaler.store import store as store_mod
@@ -98,7 +97,7 @@ async def errors_middleware(request: web.Request, handler):
     """Every failure of a management call becomes `{"error": ...}` with its status; no traceback
     reaches a caller."""
     if routed_by_host(request):  # the Host names an endpoint: /v2/... is that endpoint's path
-        return await proxy_serve(request, request.config_dict)
+        return await handle(request)
     rid = request_id(request.headers.get(REQUEST_ID))
     try:
         if handler not in PUBLIC:

@@ -2,4 +2,4 @@
 client connection, and the hand-off of non-data-plane requests to aiohttp), exchange.py (one
 proxied request, as callbacks), upstream.py (keep-alive pools to replicas), wire.py (bytes),
 server.py (what a listener's connections share). The decisions stay in proxy/pipeline.py and
-proxy/core.py, shared with the aiohttp path."""
+proxy/core.py."""

@@ -4,7 +4,7 @@ connection whose request is for anything else (the management API, the dashboard
 handed, before its body is read, byte for byte to the app's aiohttp protocol in this process
 (`transport.set_protocol`): the client address, TLS and the connection cap carry over.
 
-The same guards as on the aiohttp path (proxy/connections.py), with the same sentences:
+The same guards as aiohttp's connections have (proxy/connections.py), with the same sentences:
 - the cap (`ConnectionCap`), counted from `connection_made`; past it a ready-made 503 and close;
 - the head-read deadline, armed at the connection's opening and at the first byte of each later
   request, cancelled by a complete head: silent connections and slowloris are closed;
@@ -28,8 +28,17 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from ..connections import MAX_HEADERS, MAX_LINE_BYTES, ConnectionCap
-from ..errors import BadRequest, HeadersTooLarge, ProxyError, quoted, shown
+from ..connections import ConnectionCap
+from ..errors import (
+    MAX_HEADERS,
+    MAX_LINE_BYTES,
+    ProxyError,
+    chunked_http10,
+    head_too_large,
+    not_a_path,
+    not_http,
+    pipelined,
+)
 from ..pipeline import Pipeline
 from ..routing import PREFIX
 from . import wire
@@ -49,10 +58,7 @@ WRITE_HIGH_WATER = 64 * 1024  # a response pauses its replica beyond this much u
 # and dropping what comes for this long before the close, so the kernel does not reset the
 # connection (unread bytes at close) and destroy the answer before the client reads it.
 LINGER_S = 2.0
-TOO_LARGE = HeadersTooLarge(
-    f"the request head is too large: at most {MAX_HEADERS} headers of at most "
-    f"{MAX_LINE_BYTES} bytes each, and a request line of at most {MAX_LINE_BYTES} bytes"
-)
+TOO_LARGE = head_too_large()
 
 
 # The request headers the decisions read (auth, routing, holds, probes, ids, framing, X-Forwarded-*).
@@ -65,13 +71,6 @@ _TARGET = re.compile(rb"[\x21-\x7e]*").fullmatch  # printable ASCII, no space: w
 
 class _HandedOff(Exception):
     """Raised inside a parser callback to stop parsing: the connection now belongs to aiohttp."""
-
-
-def _not_http(reason: str) -> BadRequest:
-    return BadRequest(
-        "the request is not valid HTTP/1.1" + (f" ({shown(reason, 200)})" if reason else "")
-        + "; fix the client or what sits between it and this server"
-    )
 
 
 class ClientProtocol(asyncio.Protocol):
@@ -282,7 +281,7 @@ class ClientProtocol(asyncio.Protocol):
                 self.closing = True
                 self.pause("broken")
             else:
-                self._parse_failed(_not_http(str(error).strip().rstrip(":")))
+                self._parse_failed(not_http(str(error).strip().rstrip(":")))
         finally:
             self._chunk = b""
 
@@ -345,12 +344,10 @@ class ClientProtocol(asyncio.Protocol):
         if self._timer_kind == "head":
             self._disarm()
         if _TARGET(url) is None:
-            raise _Refused(_not_http("invalid character in the request target"))
+            raise _Refused(not_http("invalid character in the request target"))
         target = url.decode("ascii")
         if target[:1] != "/":
-            raise _Refused(BadRequest(
-                f"the request target {quoted(target)} is not a path: send a path starting with '/'"
-            ))
+            raise _Refused(not_a_path(target))
         headers: dict[str, str] = {}  # what the decisions read, decoded (surrogates for bytes that are not UTF-8)
         triples: list[tuple[bytes, bytes, bytes]] = []  # everything else stays bytes, as it came
         chunked = False
@@ -371,9 +368,7 @@ class ClientProtocol(asyncio.Protocol):
                     headers[key] += ", " + value
             triples.append((raw_name, lower, raw_value))
         if chunked and version == "1.0":
-            raise _Refused(BadRequest(
-                "an HTTP/1.0 request cannot have Transfer-Encoding; send Content-Length, or use HTTP/1.1"
-            ))
+            raise _Refused(chunked_http10())
         host = headers.get("host")
         data_plane = target.startswith(PREFIX) or (
             bool(host) and self.pipeline.control.lookup_host(host) is not None
@@ -381,10 +376,7 @@ class ClientProtocol(asyncio.Protocol):
         if not data_plane:
             if buffer is not None and not self.exchanges and not self._discarding:
                 self._hand_off(buffer)
-            raise _Refused(BadRequest(
-                "a request for this server's own routes cannot be pipelined behind another request: "
-                "send it on its own connection, or wait for the previous response"
-            ))
+            raise _Refused(pipelined("a request for this server's own routes", "another request"))
         fragment = target.find("#")  # never sent by a client in the wild; not sent on
         if fragment != -1:
             target = target[:fragment]

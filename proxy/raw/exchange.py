@@ -13,7 +13,7 @@ connection (`Pool.connect`) — and it is cancelled when the client leaves.
 
 Every way out goes through `_end`, which runs once: the pending count's `finally`.
 
-Deadlines, as on the aiohttp path: `upstream_response_start_timeout_s` from sending the request
+Deadlines: `upstream_response_start_timeout_s` from sending the request
 to the response head, `upstream_idle_timeout_s` of silence from the replica (504 before the head;
 after it, the client's connection is aborted so it sees a truncated response).
 """

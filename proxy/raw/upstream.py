@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("endpointd.proxy")
 
 # Keep-alive to replicas: long enough to outlive gaps between requests, short enough that a
-# replica's restart does not leave many dead pooled sockets behind (as the aiohttp path's pool).
+# replica's restart does not leave many dead pooled sockets behind.
 UPSTREAM_KEEPALIVE_S = 30.0
 # Idle connections kept per replica: enough for the concurrency one replica sees; beyond it a
 # returned connection is closed (its descriptor must not be held for nothing).
