@@ -23,10 +23,10 @@ from engines.presets import with_local_images
 from engines.docker import DockerRuntime
 from engines.gpus import GpuAllocator, GpuSampler, load_nvml, read_inventory
 from engines.runtime import EndpointKey
-from proxy.app import add_proxy
-from proxy.config import ProxyConfig
-from proxy.control import Identity
-from proxy.pipeline import PROBE_HEADER, Pipeline
+from proxy.management.app import add_proxy
+from proxy.core.config import ProxyConfig
+from proxy.core.control import Identity
+from proxy.core.pipeline import PROBE_HEADER, Pipeline
 
 from autoscaler.store import datadir
 from autoscaler.observe.analytics import Analytics, AnalyticsConfig

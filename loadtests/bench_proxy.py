@@ -609,7 +609,7 @@ def print_markdown(results: dict[str, Result], plan: Plan, rate: float, command:
 
 def measure_workers(servers: Servers, upstream: int, plan: Plan, lua: Path) -> tuple[float, float] | None:
     """Throughput of endpointd raw with --workers 1 and 2, unpinned (both cores), median of the rounds."""
-    from proxy.config import ProxyConfig  # the repository's, beside this directory
+    from proxy.core.config import ProxyConfig  # the repository's, beside this directory
 
     if not hasattr(ProxyConfig(), "workers"):
         print("endpointd has no --workers: the workers comparison is skipped")

@@ -15,7 +15,7 @@ flight until one deadline, `drain_timeout_s` after the signal, then cuts what is
 handlers are cancelled, so pending counts are released) and runs the app's cleanup, bounded by
 CLEANUP_GRACE_S. The process exits within drain_timeout_s + CLEANUP_GRACE_S of the signal.
 
-Connections (proxy/connections.py): header-read timeout, keep-alive timeout and a cap per
+Connections (proxy/management/connections.py): header-read timeout, keep-alive timeout and a cap per
 listener. Under TLS the handshake must finish within `header_read_timeout_s` too.
 
 The main listener's protocol is the raw server (proxy/raw/), the one data plane: every request
@@ -41,9 +41,10 @@ from dataclasses import dataclass, replace
 import uvloop
 from aiohttp import web
 
-from .app import PIPELINE, make_metrics_app
-from .config import ProxyConfig, connection_cap, worker_count
-from .connections import ConnectionCap, GuardedAppRunner
+from .core.cap import ConnectionCap
+from .core.config import ProxyConfig, connection_cap, worker_count
+from .management.app import PIPELINE, make_metrics_app
+from .management.connections import GuardedAppRunner
 from .raw.server import RawServer
 from .tls import TlsConfigError, server_context
 from .workers.spawn import start_workers

@@ -8,10 +8,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from autoscaler.api.app import ManagementApi, add_api
-from proxy.app import add_proxy
-from proxy.config import ProxyConfig
-from proxy.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
-from proxy.pipeline import Pipeline
+from proxy.management.app import add_proxy
+from proxy.core.config import ProxyConfig
+from proxy.core.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
+from proxy.core.pipeline import Pipeline
 from proxy.server import listen
 
 

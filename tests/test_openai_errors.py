@@ -9,7 +9,7 @@ import pytest
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
-from proxy.control import AuthType
+from proxy.core.control import AuthType
 
 from .proxy_harness import free_port
 

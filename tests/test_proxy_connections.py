@@ -10,9 +10,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy import config as proxy_config
-from proxy.config import ProxyConfig, connection_cap
-from proxy.connections import ClientConnection, ConnectionCap, GuardedServer
+from proxy.core import config as proxy_config
+from proxy.core.config import ProxyConfig, connection_cap
+from proxy.core.cap import ConnectionCap
+from proxy.management.connections import ClientConnection, GuardedServer
 
 from .proxy_harness import closed_by_server, exchange, parse_response, until
 

@@ -8,8 +8,8 @@ import logging
 import pytest
 from aiohttp import web
 
-from proxy.control import AuthType
-from proxy.errors import MAX_HEADER_MESSAGE, header_safe, quoted
+from proxy.core.control import AuthType
+from proxy.core.errors import MAX_HEADER_MESSAGE, header_safe, quoted
 
 from .proxy_harness import TOKENS, exchange
 

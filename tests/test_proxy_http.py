@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.control import AuthType, Replica, RouteState
+from proxy.core.control import AuthType, Replica, RouteState
 
 from .proxy_harness import TOKENS, bearer, free_port, until
 

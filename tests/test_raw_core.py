@@ -1,14 +1,14 @@
-"""The framework-free forwarding rules (proxy/core.py) and the pipeline's admission
+"""The framework-free forwarding rules (proxy/core/forwarding.py) and the pipeline's admission
 without waiting (`Pipeline.admit_now`), which must reach the verdicts `admit` reaches, with the
 same counts, or say that only `admit` can tell."""
 
 import pytest
 
-from proxy.config import ProxyConfig
-from proxy.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry, RouteState
-from proxy.core import forwarded_block, may_retry, request_id, returned_block
-from proxy.errors import BadRequest, EndpointPaused, Forbidden, NotFound, PayloadTooLarge, ProxyError, Unauthorized
-from proxy.pipeline import Pipeline
+from proxy.core.config import ProxyConfig
+from proxy.core.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry, RouteState
+from proxy.core.forwarding import forwarded_block, may_retry, request_id, returned_block
+from proxy.core.errors import BadRequest, EndpointPaused, Forbidden, NotFound, PayloadTooLarge, ProxyError, Unauthorized
+from proxy.core.pipeline import Pipeline
 
 
 KW = dict(remote="10.0.0.2", scheme="https", host="h:1", prior_forwarded_for="10.0.0.1", rid="rid-1")

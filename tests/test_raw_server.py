@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from proxy.control import AuthType
+from proxy.core.control import AuthType
 
 from .proxy_harness import Harness, bearer, closed_by_server, parse_response, until
 

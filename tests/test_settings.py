@@ -4,7 +4,7 @@ import pytest
 
 from autoscaler.model import settings
 from autoscaler.cli import build_parser, main
-from proxy.config import ProxyConfig
+from proxy.core.config import ProxyConfig
 from proxy.static_routes import RoutesError, parse
 
 

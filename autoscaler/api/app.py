@@ -37,10 +37,10 @@ from engines.model_roots import ModelRoots, RootsError
 from engines.presets import PresetError
 from engines.gpus import Gpu, GpuAllocator
 from engines.runtime import EndpointKey
-from proxy.app import handle, routed_by_host
-from proxy.auth import bearer_token, plausible_token
-from proxy.errors import ERROR_MESSAGE, header_safe
-from proxy.core import REQUEST_ID, request_id
+from proxy.management.app import handle, routed_by_host
+from proxy.core.auth import bearer_token, plausible_token
+from proxy.core.errors import ERROR_MESSAGE, header_safe
+from proxy.core.forwarding import REQUEST_ID, request_id
 
 from autoscaler.api import openapi
 from autoscaler.store import store as store_mod

@@ -53,7 +53,7 @@ from engines.runtime import (
     Runtime,
     RuntimeError_,
 )
-from proxy.config import setting
+from proxy.core.config import setting
 
 from autoscaler.store import datadir
 log = logging.getLogger("endpointd.logs")

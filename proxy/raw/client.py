@@ -4,7 +4,7 @@ connection whose request is for anything else (the management API, the dashboard
 handed, before its body is read, byte for byte to the app's aiohttp protocol in this process
 (`transport.set_protocol`): the client address, TLS and the connection cap carry over.
 
-The same guards as aiohttp's connections have (proxy/connections.py), with the same sentences:
+The same guards as aiohttp's connections have (proxy/management/connections.py), with the same sentences:
 - the cap (`ConnectionCap`), counted from `connection_made`; past it a ready-made 503 and close;
 - the head-read deadline, armed at the connection's opening and at the first byte of each later
   request, cancelled by a complete head: silent connections and slowloris are closed;
@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 import httptools
 
-from ..connections import ConnectionCap
-from ..errors import (
+from ..core.cap import ConnectionCap
+from ..core.errors import (
     MAX_HEADERS,
     MAX_LINE_BYTES,
     ProxyError,
@@ -39,8 +39,8 @@ from ..errors import (
     not_http,
     pipelined,
 )
-from ..pipeline import Pipeline
-from ..routing import PREFIX
+from ..core.pipeline import Pipeline
+from ..core.routing import PREFIX
 from . import wire
 from .exchange import Exchange
 

@@ -6,7 +6,7 @@ connection (`Pool.connect`) — and it is cancelled when the client leaves.
     head complete ─► admit (Pipeline.admit_now, else a task on Pipeline.admit)
                  ─► [small body of known length: read it whole, 408 past header_read_timeout_s]
                  ─► choose a replica ─► idle pooled connection, or connect (a refused connect is
-                    retried once on another replica, proxy/core.py may_retry)
+                    retried once on another replica, proxy/core/forwarding.py may_retry)
                  ─► head + what body there is in one write; the rest streamed with flow control
                  ─► response head, body passed on as it comes (one client write per replica read)
                  ─► done: admission.finish(status) exactly once, the connection back to its pool
@@ -23,8 +23,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from ..core import REQUEST_ID, forwarded_block, may_retry, request_id, returned_block
-from ..errors import (
+from ..core.errors import (
     MalformedBody,
     PayloadTooLarge,
     ProxyError,
@@ -32,9 +31,16 @@ from ..errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from ..hold import HEADER as SCALE_UP_TIMEOUT
-from ..metrics import CLIENT_CLOSED
-from ..pipeline import PROBE_HEADER, Admission
+from ..core.forwarding import (
+    REQUEST_ID,
+    forwarded_block,
+    may_retry,
+    request_id,
+    returned_block,
+)
+from ..core.hold import HEADER as SCALE_UP_TIMEOUT
+from ..core.metrics import CLIENT_CLOSED
+from ..core.pipeline import PROBE_HEADER, Admission
 from . import wire
 
 if TYPE_CHECKING:

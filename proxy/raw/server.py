@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ..config import ProxyConfig
-from ..connections import ConnectionCap
-from ..pipeline import Pipeline
+from ..core.cap import ConnectionCap
+from ..core.config import ProxyConfig
+from ..core.pipeline import Pipeline
 from .client import ClientProtocol
 from .upstream import Pool
 
@@ -39,7 +39,7 @@ class RawServer:
         """Give a connection whose request is not for the data plane, with the bytes read of it,
         to the app's aiohttp protocol in this process (a worker replaces this: proxy/workers/)."""
         handler = self.aiohttp_protocol()
-        handler.hand_back = self.take_back  # type: ignore[attr-defined] - proxy/connections.py ClientConnection
+        handler.hand_back = self.take_back  # type: ignore[attr-defined] - proxy/management/connections.py ClientConnection
         transport.set_protocol(handler)
         handler.connection_made(transport)
         handler.data_received(data)

@@ -1,6 +1,6 @@
 """The proxy's configuration: one frozen object; ranges live in field metadata, checked at load.
 
-Client connections (see proxy/connections.py), each default with its reason beside it:
+Client connections (see proxy/management/connections.py), each default with its reason beside it:
 
     header_read_timeout_s   30     a connection must deliver a complete request head within this
                                    many seconds of opening (or of its first byte after a response):

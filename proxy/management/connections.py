@@ -5,9 +5,8 @@ aiohttp's `web.Server` is the protocol factory a listening socket calls for ever
 makes one `RequestHandler` (the asyncio protocol that parses requests and runs handlers) each.
 `GuardedServer` makes a `ClientConnection` instead, a RequestHandler that adds:
 
-- **the cap** (`ConnectionCap`): counted in `connection_made`; past the limit a connection gets a
-  ready-made 503 and is closed before aiohttp ever sees it, and one log line (at most every
-  REFUSAL_LOG_INTERVAL_S) says how many were refused. Under TLS the count starts once the
+- **the cap** (`ConnectionCap`, proxy/core/cap.py): counted in `connection_made`; past the limit
+  a connection gets a ready-made 503 and is closed before aiohttp ever sees it. Under TLS the count starts once the
   handshake is done; the handshake itself is bounded by `header_read_timeout_s` (server.py).
 - **the head-read deadline**: a timer armed when the connection opens and again at the first byte
   of each later request; cancelled when the parser has a whole request head. If it fires while
@@ -36,9 +35,7 @@ aiohttp gap: a body that breaks its framing mid-stream ends the handler's body w
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import HttpVersion11 as HTTP11
@@ -46,14 +43,13 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
-from .errors import (
-    ERROR_MESSAGE,
+from ..core.cap import ConnectionCap
+from ..core.errors import (
     MAX_HEADERS,
     MAX_LINE_BYTES,
     ProxyError,
     chunked_http10,
     head_too_large,
-    header_safe,
     not_a_path,
     not_http,
     to_http,
@@ -61,63 +57,8 @@ from .errors import (
 
 log = logging.getLogger("endpointd.proxy")
 
-REFUSAL_LOG_INTERVAL_S = 10.0  # one line per interval however many connections are refused
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
-class ConnectionCap:
-    """The open connections of one listener, at most `limit`."""
-
-    def __init__(self, limit: int, listener: str, clock: Callable[[], float] = time.monotonic):
-        self.limit = limit
-        self.listener = listener
-        self.open: set[ClientConnection] = set()
-        self.refused_total = 0
-        self._clock = clock
-        self._unlogged = 0
-        self._logged_at: float | None = None
-        self._empty: asyncio.Event | None = None
-        body = json.dumps({"error": self.refusal}).encode()
-        self.refusal_bytes = (
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\n{ERROR_MESSAGE}: {header_safe(self.refusal)}\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode() + body
-
-    @property
-    def refusal(self) -> str:
-        return f"this server already has {self.limit} open connections, its limit; retry later"
-
-    def admit(self, connection: ClientConnection) -> bool:
-        if len(self.open) >= self.limit:
-            self.refused_total += 1
-            self._unlogged += 1
-            now = self._clock()
-            if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_INTERVAL_S:
-                since = "" if self._logged_at is None else f" in the last {now - self._logged_at:.0f} s"
-                log.warning(
-                    "refusing new connections on %s: %d open, the limit (max_client_connections); %d refused%s. "
-                    "Raise the limit (and the open-files limit, ulimit -n), or find who holds idle connections",
-                    self.listener, len(self.open), self._unlogged, since,
-                )
-                self._logged_at = now
-                self._unlogged = 0
-            return False
-        self.open.add(connection)
-        return True
-
-    def release(self, connection: ClientConnection) -> None:
-        self.open.discard(connection)
-        if not self.open and self._empty is not None:
-            self._empty.set()
-
-    async def wait_empty(self) -> None:
-        if not self.open:
-            return
-        if self._empty is None or self._empty.is_set():
-            self._empty = asyncio.Event()
-        await self._empty.wait()
 
 
 def _parse_error(exc: BaseException | None) -> ProxyError:

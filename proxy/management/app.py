@@ -19,14 +19,14 @@ import logging
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .auth import METRICS_SCOPE, authorize_scope
-from .config import ProxyConfig
-from .control import ControlPlane
-from .core import REQUEST_ID, request_id
-from .errors import NotFound, ProxyError, pipelined, to_http
-from .pipeline import Pipeline
-from .routing import resolve
-from .workers.codec import families_out, merge_families
+from ..core.auth import METRICS_SCOPE, authorize_scope
+from ..core.config import ProxyConfig
+from ..core.control import ControlPlane
+from ..core.errors import NotFound, ProxyError, pipelined, to_http
+from ..core.forwarding import REQUEST_ID, request_id
+from ..core.pipeline import Pipeline
+from ..core.routing import resolve
+from ..workers.codec import families_out, merge_families
 
 log = logging.getLogger("endpointd.proxy")
 
