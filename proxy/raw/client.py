@@ -24,7 +24,7 @@ import logging
 import re
 import socket
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httptools
 
@@ -43,10 +43,7 @@ from ..core.pipeline import Pipeline
 from ..core.routing import PREFIX
 from . import wire
 from .exchange import Exchange
-
-if TYPE_CHECKING:
-    from .server import RawServer
-    from .upstream import Pool
+from .upstream import Pool
 
 log = logging.getLogger("endpointd.proxy")
 
@@ -73,8 +70,22 @@ class _HandedOff(Exception):
     """Raised inside a parser callback to stop parsing: the connection now belongs to aiohttp."""
 
 
+class Listener(Protocol):
+    """What the connections of one listener share (proxy/raw/server.py RawServer)."""
+
+    pipeline: Pipeline
+    pool: Pool
+    scheme: str
+    cap: ConnectionCap
+    loop: asyncio.AbstractEventLoop
+    head_timeout_s: float
+    keepalive_timeout_s: float
+
+    def hand_off(self, transport: asyncio.Transport, data: bytes) -> None: ...
+
+
 class ClientProtocol(asyncio.Protocol):
-    def __init__(self, server: RawServer):
+    def __init__(self, server: Listener):
         self.server = server
         self.pipeline: Pipeline = server.pipeline
         self.pool: Pool = server.pool

@@ -21,7 +21,7 @@ after it, the client's connection is aborted so it sees a truncated response).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..core.errors import (
     MalformedBody,
@@ -40,16 +40,38 @@ from ..core.forwarding import (
 )
 from ..core.hold import HEADER as SCALE_UP_TIMEOUT
 from ..core.metrics import CLIENT_CLOSED
-from ..core.pipeline import PROBE_HEADER, Admission
+from ..core.pipeline import PROBE_HEADER, Admission, Pipeline
 from . import wire
-
-if TYPE_CHECKING:
-    from .client import ClientProtocol
-    from .upstream import UpstreamConnection
+from .upstream import Pool, UpstreamConnection
 
 SMALL_BODY_BYTES = 64 * 1024  # read whole before sending: one write upstream, and a retry can resend it
 BUFFER_BEFORE_PAUSE = 256 * 1024  # body bytes kept while no replica takes them yet; then the client is paused
 NO_BODY_STATUSES = frozenset({204, 304})
+
+
+class Client(Protocol):
+    """The client connection an exchange answers on (proxy/raw/client.py ClientProtocol)."""
+
+    pipeline: Pipeline
+    pool: Pool
+    loop: asyncio.AbstractEventLoop
+    remote: str
+    scheme: str
+    closing: bool
+
+    def loop_time(self) -> float: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def pause(self, reason: str) -> None: ...
+
+    def unpause(self, reason: str) -> None: ...
+
+    def exchange_ended(self, exchange: Exchange, close: bool, abort: bool) -> None: ...
+
+    def log_cut(self, rid: str, key: str, reason: str) -> None: ...
+
+    def internal_error(self, error: BaseException, exchange: Exchange) -> None: ...
 
 
 class Exchange:
@@ -61,7 +83,7 @@ class Exchange:
         "close_after", "_response_close", "_until_close",
     )
 
-    def __init__(self, client: ClientProtocol, method: str, target: str, headers: dict[str, str],
+    def __init__(self, client: Client, method: str, target: str, headers: dict[str, str],
                  triples: list[tuple[bytes, bytes, bytes]], version: str, keep_alive: bool, body_length: int | None, chunked: bool):
         self.client = client
         self.pipeline = client.pipeline

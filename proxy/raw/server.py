@@ -39,7 +39,7 @@ class RawServer:
         """Give a connection whose request is not for the data plane, with the bytes read of it,
         to the app's aiohttp protocol in this process (a worker replaces this: proxy/workers/)."""
         handler = self.aiohttp_protocol()
-        handler.hand_back = self.take_back  # type: ignore[attr-defined] - proxy/management/connections.py ClientConnection
+        handler.hand_back = self.take_back  # type: ignore[attr-defined]  # a ClientConnection (proxy/management/connections.py)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         handler.data_received(data)
