@@ -191,6 +191,6 @@ async def test_a_token_that_cannot_be_ours_is_the_unknown_token_401_without_a_lo
 
     control = _CountingControl()
     with pytest.raises(errors.Unauthorized) as refused:
-        await identify(f"Bearer {token}", TokenCache(control, 5.0), "endpoint acme/e1")
+        identify(f"Bearer {token}", TokenCache(control, 5.0), "endpoint acme/e1")
     assert refused.value.message == INVALID_TOKEN
     assert control.lookups == 0

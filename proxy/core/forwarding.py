@@ -121,3 +121,11 @@ def returned_block(pairs: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | Non
 def may_retry(attempts: int, body_started: bool) -> bool:
     """After a failed connection (no byte of the request sent): whether to try another replica."""
     return attempts < MAX_CONNECT_ATTEMPTS and not body_started
+
+
+def may_resend(*, reused: bool, got_bytes: bool, response_started: bool, resent: bool, body_sent: bool) -> bool:
+    """After a connection lost under a request: whether to send the request again, once, on a new
+    connection to the same replica. Only for a pooled connection the replica had closed as the
+    request went out: nothing was read back, and no byte of a streamed body is gone (a body read
+    whole is kept for this)."""
+    return reused and not got_bytes and not response_started and not resent and not body_sent

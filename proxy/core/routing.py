@@ -7,6 +7,8 @@ with '/') are served: an absolute URL (a forward-proxy request) or '*' is a 400.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .control import ControlPlane, RouteEntry
 from .errors import NotFound, not_a_path, quoted, shown
 
@@ -37,21 +39,50 @@ def split_path(raw_path: str) -> tuple[str, str, str] | None:
     return namespace, name, tail
 
 
-def resolve(control: ControlPlane, host: str | None, raw_path: str) -> tuple[RouteEntry, str]:
-    """The routing entry and upstream path; Host-based routing wins over the path prefix."""
-    if not raw_path.startswith("/"):
-        raise not_a_path(raw_path)
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a data-plane request goes: its endpoint and the path its replica sees, or (`entry`
+    None) the refusal of a path under PREFIX that names no endpoint."""
+
+    entry: RouteEntry | None
+    upstream_path: str
+    refusal: NotFound | None = None
+
+
+def nowhere(raw_path: str) -> NotFound:
+    return NotFound(f"no endpoint at {quoted(raw_path.partition('?')[0])}; endpoint URLs look like /endpoints/NAMESPACE/NAME/...")
+
+
+def route(control: ControlPlane, host: str | None, raw_path: str) -> Route | None:
+    """The one routing step: None when the request is not for the data plane (its Host is no
+    endpoint's route domain and its path is not under PREFIX); Host-based routing wins over the
+    path prefix."""
     if host:
         entry = control.lookup_host(host)
         if entry is not None:
-            return entry, raw_path
+            return Route(entry, raw_path)
+    if not raw_path.startswith(PREFIX):
+        return None
     parts = split_path(raw_path)
-    if parts is not None:
-        namespace, name, tail = parts
-        entry = control.lookup(namespace, name)
-        if entry is not None:
-            return entry, tail
-        raise NotFound(
+    if parts is None:
+        return Route(None, raw_path, nowhere(raw_path))
+    namespace, name, tail = parts
+    entry = control.lookup(namespace, name)
+    if entry is None:
+        return Route(None, raw_path, NotFound(
             f"endpoint {shown(namespace + '/' + name)} does not exist; check the namespace and name in the URL"
-        )
-    raise NotFound(f"no endpoint at {quoted(raw_path.partition('?')[0])}; endpoint URLs look like /endpoints/NAMESPACE/NAME/...")
+        ))
+    return Route(entry, tail)
+
+
+def resolve(control: ControlPlane, host: str | None, raw_path: str) -> tuple[RouteEntry, str]:
+    """`route` for a request of any target: the entry and upstream path, or the refusal raised."""
+    if not raw_path.startswith("/"):
+        raise not_a_path(raw_path)
+    found = route(control, host, raw_path)
+    if found is None:
+        raise nowhere(raw_path)
+    if found.entry is None:
+        assert found.refusal is not None
+        raise found.refusal
+    return found.entry, found.upstream_path

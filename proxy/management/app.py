@@ -48,7 +48,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     pipeline = request.config_dict[PIPELINE]
     try:
         resolve(pipeline.control, request.host, request.raw_path)
-        error = pipelined("a request for an endpoint", "a request for this server's own routes")
+        error: ProxyError = pipelined("a request for an endpoint", "a request for this server's own routes")
     except ProxyError as refusal:
         error = refusal
     pipeline.refused(error)

@@ -40,7 +40,7 @@ from ..core.errors import (
     pipelined,
 )
 from ..core.pipeline import Pipeline
-from ..core.routing import PREFIX
+from ..core.routing import route
 from . import wire
 from .exchange import Exchange
 from .upstream import Pool
@@ -380,21 +380,19 @@ class ClientProtocol(asyncio.Protocol):
             triples.append((raw_name, lower, raw_value))
         if chunked and version == "1.0":
             raise _Refused(chunked_http10())
-        host = headers.get("host")
-        data_plane = target.startswith(PREFIX) or (
-            bool(host) and self.pipeline.control.lookup_host(host) is not None
-        )
-        if not data_plane:
-            if buffer is not None and not self.exchanges and not self._discarding:
-                self._hand_off(buffer)
-            raise _Refused(pipelined("a request for this server's own routes", "another request"))
         fragment = target.find("#")  # never sent by a client in the wild; not sent on
         if fragment != -1:
             target = target[:fragment]
+        found = route(self.pipeline.control, headers.get("host"), target)
+        if found is None:  # not the data plane
+            if buffer is not None and not self.exchanges and not self._discarding:
+                self._hand_off(buffer)
+            raise _Refused(pipelined("a request for this server's own routes", "another request"))
         connection = headers.get("connection", "").lower()
         tokens = {t.strip() for t in connection.split(",")} if connection else set()
         keep_alive = ("close" not in tokens) if version == "1.1" else ("keep-alive" in tokens)
-        exchange = Exchange(self, method, target, headers, triples, version, keep_alive and not self.closing, length,
+        # Routed now when it starts now; one queued behind others is routed when it starts.
+        exchange = Exchange(self, None if self.exchanges else found, method, target, headers, triples, version, keep_alive and not self.closing, length,
                             chunked)
         self._current = exchange
         self.exchanges.append(exchange)

@@ -3,10 +3,12 @@ callbacks: no task, future or coroutine on the hot path. A task is made only whe
 must wait — a token the cache does not know, a cold start (`Pipeline.admit`), a new upstream
 connection (`Pool.connect`) — and it is cancelled when the client leaves.
 
-    head complete ─► admit (Pipeline.admit_now, else a task on Pipeline.admit)
+    head complete ─► route (proxy/core/routing.py, by the client) ─► admit (Pipeline.admit: an
+                    admission at once, else a task on the coroutine it returns)
                  ─► [small body of known length: read it whole, 408 past header_read_timeout_s]
                  ─► choose a replica ─► idle pooled connection, or connect (a refused connect is
-                    retried once on another replica, proxy/core/forwarding.py may_retry)
+                    retried once on another replica, proxy/core/forwarding.py may_retry; a pooled one
+                    found closed is resent once, may_resend)
                  ─► head + what body there is in one write; the rest streamed with flow control
                  ─► response head, body passed on as it comes (one client write per replica read)
                  ─► done: admission.finish(status) exactly once, the connection back to its pool
@@ -34,6 +36,7 @@ from ..core.errors import (
 from ..core.forwarding import (
     REQUEST_ID,
     forwarded_block,
+    may_resend,
     may_retry,
     request_id,
     returned_block,
@@ -41,6 +44,7 @@ from ..core.forwarding import (
 from ..core.hold import HEADER as SCALE_UP_TIMEOUT
 from ..core.metrics import CLIENT_CLOSED
 from ..core.pipeline import PROBE_HEADER, Admission, Pipeline
+from ..core.routing import Route, nowhere, route
 from . import wire
 from .upstream import Pool, UpstreamConnection
 
@@ -76,17 +80,18 @@ class Client(Protocol):
 
 class Exchange:
     __slots__ = (
-        "client", "pipeline", "method", "target", "headers", "version", "keep_alive", "body_length", "chunked",
+        "client", "pipeline", "route", "method", "target", "headers", "version", "keep_alive", "body_length", "chunked",
         "host", "rid", "forwarded", "admission", "task", "upstream", "replica", "tried", "body", "body_seen",
         "body_done", "body_sent", "response_started", "status", "out", "out_chunked", "done", "timer",
         "_start_deadline", "_idle_deadline", "_last_active", "_retried_reused", "expect_continue", "head_only",
         "close_after", "_response_close", "_until_close",
     )
 
-    def __init__(self, client: Client, method: str, target: str, headers: dict[str, str],
+    def __init__(self, client: Client, found: Route | None, method: str, target: str, headers: dict[str, str],
                  triples: list[tuple[bytes, bytes, bytes]], version: str, keep_alive: bool, body_length: int | None, chunked: bool):
         self.client = client
         self.pipeline = client.pipeline
+        self.route = found  # None: routed when it starts
         self.method = method
         self.target = target
         self.headers = headers  # lower-cased name -> first value, for the decisions
@@ -137,20 +142,22 @@ class Exchange:
             pipeline.refused(error)
             self._refuse(error)
             return
-        fields = dict(
-            host=self.host, raw_path=self.target, authorization=headers.get("authorization"),
-            scale_up_timeout=headers.get(SCALE_UP_TIMEOUT.lower()), content_length=self.body_length,
-            probe=headers.get(PROBE_HEADER.lower()),
-        )
+        found = self.route
+        if found is None:  # queued behind pipelined requests: routed now, as the route table is now
+            found = route(pipeline.control, self.host, self.target) or Route(None, self.target, nowhere(self.target))
         try:
-            admission = pipeline.admit_now(**fields)
+            admitted = pipeline.admit(
+                found, authorization=headers.get("authorization"),
+                scale_up_timeout=headers.get(SCALE_UP_TIMEOUT.lower()), content_length=self.body_length,
+                probe=headers.get(PROBE_HEADER.lower()),
+            )
         except ProxyError as error:
             self._refuse(error)
             return
-        if admission is not None:
-            self._admitted(admission)
+        if isinstance(admitted, Admission):
+            self._admitted(admitted)
             return
-        self.task = asyncio.get_running_loop().create_task(pipeline.admit(**fields))
+        self.task = asyncio.get_running_loop().create_task(admitted)
         self.task.add_done_callback(self._admit_settled)
 
     def _admit_settled(self, task: asyncio.Task) -> None:
@@ -171,8 +178,9 @@ class Exchange:
 
     def _admitted(self, admission: Admission) -> None:
         self.admission = admission
-        if self.body_seen > self.pipeline.config.max_body_bytes:
-            self._fail(self.pipeline.too_large())
+        too_large = self.pipeline.over_limit(self.body_seen)
+        if too_large is not None:
+            self._fail(too_large)
             return
         if self.expect_continue and not self.body_done and not self.body:
             self.client.write(wire.CONTINUE)
@@ -195,9 +203,10 @@ class Exchange:
         if self.done:
             return
         self.body_seen += len(data)
-        if self.body_seen > self.pipeline.config.max_body_bytes:
+        too_large = self.pipeline.over_limit(self.body_seen)
+        if too_large is not None:
             if self.admission is not None:
-                self._fail(self.pipeline.too_large())
+                self._fail(too_large)
             return  # before admission: refused once admitted (the count must not be skipped)
         upstream = self.upstream
         if upstream is not None:
@@ -393,8 +402,8 @@ class Exchange:
         if self.done or connection is not self.upstream:
             return
         self.upstream = None
-        if not self.response_started and not connection.got_bytes and connection.reused \
-                and not self._retried_reused and not self.body_sent:
+        if may_resend(reused=connection.reused, got_bytes=connection.got_bytes, response_started=self.response_started,
+                      resent=self._retried_reused, body_sent=self.body_sent):
             # A pooled connection the replica had closed as we sent on it: nothing was read, so
             # the request is sent again once, on a new connection to the same replica.
             self._retried_reused = True
