@@ -42,7 +42,7 @@ from ..core.errors import (
 from ..core.pipeline import Pipeline
 from ..core.routing import route
 from . import wire
-from .exchange import Exchange
+from .exchange import After, Exchange
 from .upstream import Pool
 
 log = logging.getLogger("endpointd.proxy")
@@ -392,8 +392,8 @@ class ClientProtocol(asyncio.Protocol):
         tokens = {t.strip() for t in connection.split(",")} if connection else set()
         keep_alive = ("close" not in tokens) if version == "1.1" else ("keep-alive" in tokens)
         # Routed now when it starts now; one queued behind others is routed when it starts.
-        exchange = Exchange(self, None if self.exchanges else found, method, target, headers, triples, version, keep_alive and not self.closing, length,
-                            chunked)
+        exchange = Exchange(self, None if self.exchanges else found, method, target, headers, triples, version,
+                            keep_alive and not self.closing, length, chunked)
         self._current = exchange
         self.exchanges.append(exchange)
         if len(self.exchanges) == 1:
@@ -422,10 +422,10 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- the end of a response ------------------------------------------------------------------
 
-    def exchange_ended(self, exchange: Exchange, close: bool, abort: bool) -> None:
+    def exchange_ended(self, exchange: Exchange, after: After) -> None:
         if self.transport is None:
             return
-        if abort:
+        if after is After.ABORT:
             self.transport.abort()
             return
         if self.exchanges and self.exchanges[0] is exchange:
@@ -435,7 +435,7 @@ class ClientProtocol(asyncio.Protocol):
         unread = self._current is exchange  # answered before its body was all read
         if unread:
             self._current = None
-        if close or exchange.close_after or (self.closing and not self.exchanges) \
+        if after is After.CLOSE or exchange.close_after or (self.closing and not self.exchanges) \
                 or (unread and not exchange.small_rest()):
             self.closing = True
             if unread or self._in_message:
@@ -500,7 +500,7 @@ class _Refusal:
 
     def start(self) -> None:
         self.client.write(wire.error_bytes(self.error, None, True))
-        self.client.exchange_ended(self, close=True, abort=False)
+        self.client.exchange_ended(self, After.CLOSE)
 
     def client_gone(self) -> None:
         pass

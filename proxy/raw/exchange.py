@@ -23,6 +23,7 @@ after it, the client's connection is aborted so it sees a truncated response).
 from __future__ import annotations
 
 import asyncio
+import enum
 from typing import Protocol
 
 from ..core.errors import (
@@ -53,6 +54,14 @@ BUFFER_BEFORE_PAUSE = 256 * 1024  # body bytes kept while no replica takes them 
 NO_BODY_STATUSES = frozenset({204, 304})
 
 
+class After(enum.Enum):
+    """What becomes of the client's connection once an exchange has ended."""
+
+    KEEP = "keep"  # the next request, unless the client or the server asked to close
+    CLOSE = "close"  # closed once what is written has gone (after a linger if the body is unread)
+    ABORT = "abort"  # reset at once: a response cut short must not look complete
+
+
 class Client(Protocol):
     """The client connection an exchange answers on (proxy/raw/client.py ClientProtocol)."""
 
@@ -71,7 +80,7 @@ class Client(Protocol):
 
     def unpause(self, reason: str) -> None: ...
 
-    def exchange_ended(self, exchange: Exchange, close: bool, abort: bool) -> None: ...
+    def exchange_ended(self, exchange: Exchange, after: After) -> None: ...
 
     def log_cut(self, rid: str, key: str, reason: str) -> None: ...
 
@@ -396,7 +405,7 @@ class Exchange:
         self.upstream = None
         if upstream is not None:
             upstream.detach(reusable=keep_alive and self.body_done and not self.head_only)
-        self._end(self.status, close=self._response_close)
+        self._end(self.status, After.CLOSE if self._response_close else After.KEEP)
 
     def upstream_lost(self, connection: UpstreamConnection, exc: BaseException | None) -> None:
         if self.done or connection is not self.upstream:
@@ -413,7 +422,7 @@ class Exchange:
             if self.out_chunked:  # a body delimited by the close: it is complete
                 self.out.append(wire.LAST_CHUNK)
             self.flush()
-            self._end(self.status, close=self._response_close)
+            self._end(self.status, After.CLOSE if self._response_close else After.KEEP)
             return
         reason = f"the connection closed ({exc})" if exc else "the connection closed"
         self.upstream_broke(reason)
@@ -457,14 +466,14 @@ class Exchange:
         close = (self.close_after or error.closes_connection or isinstance(error, PayloadTooLarge)
                  or (not self.body_done and not self.small_rest()) or self.client.closing)
         self.client.write(wire.error_bytes(error, self.rid, close, self.target))
-        self._end(error.status, close=close)
+        self._end(error.status, After.CLOSE if close else After.KEEP)
 
     def _cut(self, code: int, reason: str | None) -> None:
         """The response had started when it broke: abort, so the client sees it truncated."""
         if reason is not None:
             key = self.admission.entry.key if self.admission else "?"
             self.client.log_cut(self.rid, key, reason)
-        self._end(code, close=True, abort=True)
+        self._end(code, After.ABORT)
 
     def client_gone(self) -> None:
         """The client's connection is lost: cancel what is under way and uncount."""
@@ -477,9 +486,10 @@ class Exchange:
         self.upstream = None
         if upstream is not None:
             upstream.close()  # the replica sees the disconnect: its handler is cancelled
-        self._end(CLIENT_CLOSED, close=True, notify=False)
+        self._end(CLIENT_CLOSED, None)
 
-    def _end(self, code: int | str, close: bool, abort: bool = False, notify: bool = True) -> None:
+    def _end(self, code: int | str, after: After | None) -> None:
+        """`after`: None when the client's connection is gone (nobody to tell)."""
         if self.done:
             return
         self.done = True
@@ -498,5 +508,5 @@ class Exchange:
         self.client.unpause("body")
         if self.admission is not None:
             self.admission.finish(code)
-        if notify:
-            self.client.exchange_ended(self, close=close, abort=abort)
+        if after is not None:
+            self.client.exchange_ended(self, after)
