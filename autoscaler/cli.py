@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
-from proxy.config import ProxyConfig
+from proxy.core.config import ProxyConfig
 
 from autoscaler.model import settings
 from autoscaler.config import ScalingConfig, ServeConfig
@@ -60,7 +60,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _proxy(args: argparse.Namespace) -> int:
     from proxy import static_routes
-    from proxy.app import make_app
+    from proxy.management.app import make_app
     from proxy.server import run
 
     config = settings.load(ProxyConfig, "proxy", file_values=settings.read_file(args.config).get("proxy"),

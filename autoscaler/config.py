@@ -1,4 +1,4 @@
-"""The control plane's configuration (`endpointd serve`); the proxy's is proxy/config.py."""
+"""The control plane's configuration (`endpointd serve`); the proxy's is proxy/core/config.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.config import setting
+from proxy.core.config import setting
 
 from autoscaler.model import settings
 from autoscaler.scaling.policy import PolicyConfig

@@ -55,9 +55,9 @@ from engines.gpus import Gpu, GpuAllocator, GpuSampler, load_nvml, read_inventor
 from engines.model_roots import ModelRoots
 from engines.presets import with_local_images
 from engines.runtime import EndpointKey
-from proxy.config import ProxyConfig
-from proxy.control import Identity
-from proxy.pipeline import PROBE_HEADER, Pipeline
+from proxy.core.config import ProxyConfig
+from proxy.core.control import Identity
+from proxy.core.pipeline import PROBE_HEADER, Pipeline
 
 log = logging.getLogger("endpointd")
 

@@ -1,11 +1,11 @@
-"""Proxy benchmark: one load, sent direct, through nginx, a bare aiohttp proxy and endpointd on
-both of its servers (aiohttp and raw), in one run; then endpointd raw with two workers against one."""
+"""Proxy benchmark: one load, sent direct, through nginx, a bare aiohttp proxy and endpointd
+(its raw server), in one run; then endpointd raw with two workers against one."""
 
 # .venv/bin/python loadtests/bench_proxy.py [--quick]
 #
 # Targets: a fast upstream (fast_upstream.py) reached directly; nginx (when installed) with upstream
-# keep-alive; bare_proxy.py, the Python baseline; endpointd's proxy (`endpointd proxy --http
-# aiohttp|raw`) with an `authenticated` endpoint, so auth, pending counting and metrics are all on.
+# keep-alive; bare_proxy.py, the Python baseline; endpointd's proxy (`endpointd proxy`, the raw
+# server) with an `authenticated` endpoint, so auth, pending counting and metrics are all on.
 # Each runs in its own process group.
 # Measured for each: small-request throughput at saturation (wrk); latency at a moderate fixed rate
 # (open loop); SSE events/s at saturation over SSE_STREAMS streams of small events; the per-event
@@ -247,15 +247,15 @@ def start_nginx(servers: Servers, upstream: int) -> str:
     return servers.start("nginx", cmd, f"http://127.0.0.1:{port}")
 
 
-def start_endpointd(servers: Servers, upstream: int, http: str, *extra: str, cores: str | None = None) -> str:
+def start_endpointd(servers: Servers, upstream: int, *extra: str, cores: str | None = None) -> str:
     endpointd = shutil.which("endpointd", path=str(Path(sys.executable).parent))
     if endpointd is None:
         raise RuntimeError(f"no endpointd beside {sys.executable}: pip install -e . in that environment")
     routes = servers.tmp / "routes.toml"
     routes.write_text(ROUTES.format(token=TOKEN, upstream=upstream))
     port = free_port()
-    cmd = [endpointd, "proxy", "--routes", str(routes), "--port", str(port), "--http", http, *extra]
-    name = "-".join(("endpointd", http, *extra)).replace("--", "")
+    cmd = [endpointd, "proxy", "--routes", str(routes), "--port", str(port), *extra]
+    name = "-".join(("endpointd", *extra)).replace("--", "")
     return servers.start(name, cmd, f"http://127.0.0.1:{port}/endpoints/bench/e", cores=cores)
 
 
@@ -270,8 +270,7 @@ def start_targets(servers: Servers, upstream_core: int = SERVER_CORE) -> tuple[d
     port = free_port()
     bare = [py, str(HERE / "bare_proxy.py"), str(port), str(upstream)]
     targets["bare aiohttp"] = servers.start("bare", bare, f"http://127.0.0.1:{port}")
-    targets["endpointd aiohttp"] = start_endpointd(servers, upstream, "aiohttp")
-    targets["endpointd raw"] = start_endpointd(servers, upstream, "raw", "--workers", "1")  # one core: one process
+    targets["endpointd raw"] = start_endpointd(servers, upstream, "--workers", "1")  # one core: one process
     return targets, upstream
 
 
@@ -559,7 +558,7 @@ def print_paced(name: str, round_no: int, rate: float, samples: Samples) -> None
 
 def print_summary(results: dict[str, Result], plan: Plan, rate: float, workers: tuple[float, float] | None) -> None:
     d, n = results["direct"], results.get("nginx")
-    for name in ("endpointd aiohttp", "endpointd raw"):
+    for name in ("endpointd raw",):
         e = results[name]
         add50, add99 = e.p50_ms - d.p50_ms, e.p99_ms - d.p99_ms
         line = f"\n{name}: throughput {e.rps / d.rps:.2f}x direct"
@@ -610,13 +609,13 @@ def print_markdown(results: dict[str, Result], plan: Plan, rate: float, command:
 
 def measure_workers(servers: Servers, upstream: int, plan: Plan, lua: Path) -> tuple[float, float] | None:
     """Throughput of endpointd raw with --workers 1 and 2, unpinned (both cores), median of the rounds."""
-    from proxy.config import ProxyConfig  # the repository's, beside this directory
+    from proxy.core.config import ProxyConfig  # the repository's, beside this directory
 
     if not hasattr(ProxyConfig(), "workers"):
         print("endpointd has no --workers: the workers comparison is skipped")
         return None
     every = ",".join(str(c) for c in sorted(os.sched_getaffinity(0) | {LOAD_CORE, SERVER_CORE}))
-    urls = {k: start_endpointd(servers, upstream, "raw", "--workers", str(k), cores=every) for k in (1, 2)}
+    urls = {k: start_endpointd(servers, upstream, "--workers", str(k), cores=every) for k in (1, 2)}
     rps: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(plan.rounds):
         for k, url in urls.items():
@@ -732,7 +731,7 @@ def main() -> None:
                 except (StreamsStalled, RuntimeError) as stalled:
                     print(f"MISSING: {stalled}", flush=True)
                 print_paced(name, round_no, rate, samples[name])
-        for name in ("endpointd aiohttp", "endpointd raw"):
+        for name in ("endpointd raw",):
             print(f"{name} counted {counted_by_endpointd(targets[name])} requests answered 200 in its metrics")
         workers = measure_workers(servers, upstream, plan, lua)
     results = {name: Result.of(s) for name, s in samples.items()}

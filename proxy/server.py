@@ -15,13 +15,14 @@ flight until one deadline, `drain_timeout_s` after the signal, then cuts what is
 handlers are cancelled, so pending counts are released) and runs the app's cleanup, bounded by
 CLEANUP_GRACE_S. The process exits within drain_timeout_s + CLEANUP_GRACE_S of the signal.
 
-Connections (proxy/connections.py): header-read timeout, keep-alive timeout and a cap per
+Connections (proxy/management/connections.py): header-read timeout, keep-alive timeout and a cap per
 listener. Under TLS the handshake must finish within `header_read_timeout_s` too.
 
-With `http` raw (the default) the main listener's protocol is the raw server (proxy/raw/): the data
-plane is served there and every other request's connection is handed to the app's aiohttp
-protocol, under the same cap and timeouts. With `workers` > 1, `run` starts the worker processes
-(proxy/workers/) on the same port once this process listens, and stops them with its own drain.
+The main listener's protocol is the raw server (proxy/raw/), the one data plane: every request
+that is not for an endpoint has its connection handed to the app's aiohttp protocol, under the
+same cap and timeouts, and handed back to the raw server at its next request. With `workers` > 1,
+`run` starts the worker processes (proxy/workers/) on the same port once this process listens,
+and stops them with its own drain.
 """
 
 from __future__ import annotations
@@ -40,9 +41,10 @@ from dataclasses import dataclass, replace
 import uvloop
 from aiohttp import web
 
-from .app import PIPELINE, make_metrics_app
-from .config import ConfigError, ProxyConfig, check, connection_cap, worker_count
-from .connections import ConnectionCap, GuardedAppRunner
+from .core.cap import ConnectionCap
+from .core.config import ProxyConfig, connection_cap, worker_count
+from .management.app import PIPELINE, make_metrics_app
+from .management.connections import GuardedAppRunner
 from .raw.server import RawServer
 from .tls import TlsConfigError, server_context
 from .workers.spawn import start_workers
@@ -70,7 +72,7 @@ class Listener:
     server: asyncio.AbstractServer
     cap: ConnectionCap
     port: int  # the bound one (the configured one may be 0)
-    raw: RawServer | None = None  # the data plane's own server, when `http` is raw
+    raw: RawServer | None = None  # the data plane's server (the main listener of an app with a proxy)
 
 
 class Listening:
@@ -168,11 +170,10 @@ async def _listener(app: web.Application, config: ProxyConfig, host: str, port: 
 async def listen(app: web.Application, config: ProxyConfig, reuse_port: bool = False) -> Listening:
     """Start `app` on `config.host:config.port` and, when `metrics_port` is set, /metrics alone
     on `config.host:metrics_port`; HTTPS on both when the TLS keys are set. Raises
-    TlsConfigError, ConfigError or ListenError with a sentence for the operator. With `http` raw
-    (the default) the data plane runs on proxy/raw/ when the app has a proxy (add_proxy)."""
-    check(config)
+    TlsConfigError or ListenError with a sentence for the operator. The data plane runs on
+    proxy/raw/ when the app has a proxy (add_proxy)."""
     context = server_context(config)
-    raw = config.http == "raw" and PIPELINE in app
+    raw = PIPELINE in app
     main = await _listener(app, config, config.host, config.port, connection_cap(config), context, raw=raw,
                            reuse_port=reuse_port)
     listeners = [main]
@@ -241,9 +242,8 @@ def run(
     if isinstance(config, str):
         config = replace(ProxyConfig(), host=config, port=port, drain_timeout_s=drain_timeout_s)
     try:
-        check(config)
         server_context(config)  # checked before the app is built: a bad TLS setting stops at once
-    except (TlsConfigError, ConfigError) as error:
+    except TlsConfigError as error:
         if inspect.iscoroutine(app):
             app.close()
         print(f"endpointd: {error}", file=sys.stderr)

@@ -15,8 +15,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from .auth import SCOPES
-from .control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry
+from .core.auth import SCOPES
+from .core.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry
 
 
 class RoutesError(ValueError):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ssl
 
-from .config import ProxyConfig
+from .core.config import ProxyConfig
 
 
 class TlsConfigError(ValueError):

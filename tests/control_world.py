@@ -16,7 +16,7 @@ from engines.capacity import HostCapacity, Need
 from engines.fake import FakeRuntime
 from engines.gpus import Gpu, GpuAllocator
 from engines.runtime import ContainerSpec, EndpointKey, ReplicaInfo
-from proxy.control import AuthType, RouteTable
+from proxy.core.control import AuthType, RouteTable
 
 KEY = EndpointKey("acme", "e1")
 _uids = itertools.count(1)

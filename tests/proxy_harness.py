@@ -1,11 +1,7 @@
 """Test harness for the proxy: in-process fake replicas and a proxy in front of them, over real HTTP.
 
 The proxy runs on the same listener code as `endpointd serve` (proxy/server.py `listen`), so the
-connection guards and error handling under every test are the production ones.
-
-`both_servers` (import it into a test module: it is the fixture `harness` there, overriding
-conftest's) runs each test once per data-plane server, `http` in HTTP_SERVERS: one behaviour
-suite for both."""
+connection guards and error handling under every test are the production ones."""
 
 from __future__ import annotations
 
@@ -15,14 +11,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.app import PIPELINE, make_app
-from proxy.config import HTTP_SERVERS, ProxyConfig
-from proxy.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry
-from proxy.pipeline import Pipeline
+from proxy.management.app import PIPELINE, make_app
+from proxy.core.config import ProxyConfig
+from proxy.core.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry
+from proxy.core.pipeline import Pipeline
 from proxy.server import Listening, listen
 from proxy.workers.spawn import Workers, start_workers
 
@@ -94,8 +89,7 @@ class ProxyServer:
 
 
 class Harness:
-    def __init__(self, http: str = "raw") -> None:
-        self.http = http  # the data-plane server every start() uses, unless told otherwise
+    def __init__(self) -> None:
         self.control = InMemoryControlPlane()
         for token, identity in TOKENS.values():
             self.control.add_token(token, identity)
@@ -116,9 +110,8 @@ class Harness:
     async def start(self, probe_secret: str | None = None, ssl=None, processes: int = 1, tap: bool = False,
                     **config) -> None:
         """`config`: ProxyConfig fields (port 0, any free one, unless given); `ssl`: the client's
-        SSL context for an HTTPS proxy; `processes` > 1: real worker processes beside this one
-        (the raw server only), as `endpointd serve --workers N` runs them; `tap`: the analytics tap on."""
-        proxy_config = ProxyConfig(**{"host": "127.0.0.1", "port": 0, "http": self.http, **config})
+        SSL context for an HTTPS proxy; `processes` > 1: real worker processes beside this one, as `endpointd serve --workers N` runs them; `tap`: the analytics tap on."""
+        proxy_config = ProxyConfig(**{"host": "127.0.0.1", "port": 0, **config})
         app = make_app(proxy_config, self.control, probe_secret=probe_secret)
         if tap:
             app[PIPELINE].metrics.tap()
@@ -171,14 +164,6 @@ class Harness:
             await self.session.close()
         for server in reversed(self.servers):
             await server.close()
-
-
-@pytest.fixture(name="harness", params=HTTP_SERVERS)
-async def both_servers(request):
-    """A Harness per data-plane server: the test runs against raw and against aiohttp."""
-    h = Harness(request.param)
-    yield h
-    await h.close()
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:

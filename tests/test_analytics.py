@@ -35,13 +35,13 @@ from autoscaler.observe.engine_metrics import EngineSignals, Scraped
 from autoscaler.model.intent import Intent
 from engines.gpus import GpuAllocator, GpuSampler, read_inventory
 from engines.runtime import EndpointKey, RuntimeError_, Usage
-from proxy import metrics as proxy_metrics
-from proxy.app import PIPELINE
-from proxy.config import ProxyConfig
-from proxy.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry
-from proxy.metrics import ProxyMetrics
-from proxy.pending import PendingCounter
-from proxy.pipeline import Pipeline
+from proxy.core import metrics as proxy_metrics
+from proxy.management.app import PIPELINE
+from proxy.core.config import ProxyConfig
+from proxy.core.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry
+from proxy.core.metrics import ProxyMetrics
+from proxy.core.pending import PendingCounter
+from proxy.core.pipeline import Pipeline
 
 from .test_gpus import HOST, FakeNVML, _Memory
 

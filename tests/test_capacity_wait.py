@@ -13,9 +13,9 @@ import pytest
 from autoscaler.model.state import State
 from engines.capacity import GIB, HostCapacity
 from engines.runtime import EndpointKey
-from proxy.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
-from proxy.errors import Unavailable
-from proxy.hold import ReadinessGate
+from proxy.core.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
+from proxy.core.errors import Unavailable
+from proxy.core.hold import ReadinessGate
 
 from .control_world import World, intent
 from .proxy_harness import until

@@ -36,8 +36,8 @@ from autoscaler.control.planner import Phase
 from engines.fake import FakeRuntime
 from engines.runtime import EndpointKey, ReplicaStatus, RuntimeError_
 
-from proxy.control import RouteState
-from proxy.errors import ProxyError
+from proxy.core.control import RouteState
+from proxy.core.errors import ProxyError
 
 from .control_world import World, intent
 from .wake_processes import Processes

@@ -13,7 +13,7 @@ from autoscaler.control.owner import MAX_START_FAILURES
 from autoscaler.control.planner import Phase
 from autoscaler.model.state import State
 from engines.runtime import EndpointKey, ReplicaInfo, ReplicaStatus
-from proxy.control import RouteState
+from proxy.core.control import RouteState
 
 from .control_world import KEY, World, intent
 
@@ -275,7 +275,7 @@ async def test_2_a_draining_replica_is_reclaimed_before_a_new_one_starts(world):
 async def test_3_requests_draining_on_the_old_replica_are_not_new_demand():
     from autoscaler.scaling.policy import PolicyConfig, Scaling
     from autoscaler.scaling.scaler import Scaler
-    from proxy.pending import PendingCounter
+    from proxy.core.pending import PendingCounter
 
     w = World()
     counter = PendingCounter()

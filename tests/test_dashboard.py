@@ -15,10 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from autoscaler.api.dashboard import CSP, STATIC, add_dashboard
-from proxy.app import add_proxy
-from proxy.config import ProxyConfig
-from proxy.control import InMemoryControlPlane
-from proxy.pipeline import Pipeline
+from proxy.management.app import add_proxy
+from proxy.core.config import ProxyConfig
+from proxy.core.control import InMemoryControlPlane
+from proxy.core.pipeline import Pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = sorted(p for p in STATIC.rglob("*.js") if "vendor" not in p.parts)

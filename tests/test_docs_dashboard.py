@@ -15,9 +15,9 @@ from autoscaler.observe.loops import Loops
 from autoscaler.model.events import EventLog
 from autoscaler.scaling.policy import PolicyConfig
 from autoscaler.scaling.scaler import Scaler
-from proxy.config import ProxyConfig
-from proxy.control import InMemoryControlPlane
-from proxy.pipeline import Pipeline
+from proxy.core.config import ProxyConfig
+from proxy.core.control import InMemoryControlPlane
+from proxy.core.pipeline import Pipeline
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 DASHBOARD = json.loads((DOCS / "grafana-dashboard.json").read_text())

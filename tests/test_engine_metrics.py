@@ -18,7 +18,7 @@ from autoscaler.observe.engine_metrics import (
 )
 from engines.echo.server import Settings, make_app
 from engines.runtime import EndpointKey
-from proxy.control import Replica
+from proxy.core.control import Replica
 
 MODEL = 'model_name="meta-llama/Llama-3.1-8B-Instruct"'
 

@@ -5,9 +5,9 @@ from dataclasses import replace
 
 import pytest
 
-from proxy.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
-from proxy.errors import Unavailable
-from proxy.hold import ReadinessGate
+from proxy.core.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
+from proxy.core.errors import Unavailable
+from proxy.core.hold import ReadinessGate
 
 from .proxy_harness import until
 

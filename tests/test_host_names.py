@@ -12,7 +12,7 @@ import pytest
 from autoscaler.config import ServeConfig
 from autoscaler.control.host_names import local_addresses, names_of_this_host
 from autoscaler.parts import own_names
-from proxy.config import ProxyConfig
+from proxy.core.config import ProxyConfig
 
 from .api_harness import ApiWorld
 

@@ -100,7 +100,7 @@ def _settings_names() -> set[str]:
 
     from autoscaler.config import ServeConfig
     from autoscaler.model.settings import env_name
-    from proxy.config import ProxyConfig
+    from proxy.core.config import ProxyConfig
 
     from autoscaler.config import ENGINE_ENV_PREFIX
     from engines.presets import DEFAULT_IMAGES

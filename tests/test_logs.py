@@ -23,9 +23,9 @@ from autoscaler.observe.log_mask import MASK, clean
 from autoscaler.observe.logs import LOGS_FILE, Collecting, LogsConfig, LogService
 from engines.fake import FakeRuntime
 from engines.runtime import ContainerSpec, EndpointKey
-from proxy.app import add_proxy
-from proxy.config import ProxyConfig
-from proxy.pipeline import Pipeline
+from proxy.management.app import add_proxy
+from proxy.core.config import ProxyConfig
+from proxy.core.pipeline import Pipeline
 
 from .api_harness import ApiWorld
 

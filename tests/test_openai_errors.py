@@ -9,9 +9,9 @@ import pytest
 from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
-from proxy.control import AuthType
+from proxy.core.control import AuthType
 
-from .proxy_harness import both_servers, free_port  # noqa: F401 - the fixture `harness` here: every test on both servers
+from .proxy_harness import free_port
 
 CHAT = [{"role": "user", "content": "hi"}]
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from autoscaler.control.planner import SURGE, Cancel, Drain, Phase, Reclaim, SlotView, Start, View, limit, plan
 from autoscaler.model.intent import Intent, Signals, asleep, asleep_since, wanted
 from engines.runtime import EndpointKey
-from proxy.control import AuthType
+from proxy.core.control import AuthType
 from tests.examples import examples
 
 EXAMPLES = settings(max_examples=examples(100), deadline=None)

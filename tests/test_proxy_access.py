@@ -5,12 +5,11 @@ caller's token."""
 import pytest
 from aiohttp import web
 
-from proxy.auth import TokenCache, authorize_scope
-from proxy.control import AuthType, Identity, InMemoryControlPlane, Replica, hash_token
-from proxy.errors import Forbidden, Unauthorized
+from proxy.core.auth import TokenCache, authorize_scope
+from proxy.core.control import AuthType, Identity, InMemoryControlPlane, Replica, hash_token
+from proxy.core.errors import Forbidden, Unauthorized
 
 from .proxy_harness import bearer, free_port
-from .proxy_harness import both_servers  # noqa: F401 - the fixture `harness` here: every test on both servers
 
 EP = "/endpoints/acme/e1"
 

@@ -10,12 +10,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy import config as proxy_config
-from proxy.config import ProxyConfig, connection_cap
-from proxy.connections import ClientConnection, ConnectionCap, GuardedServer
+from proxy.core import config as proxy_config
+from proxy.core.config import ProxyConfig, connection_cap
+from proxy.core.cap import ConnectionCap
+from proxy.management.connections import ClientConnection, GuardedServer
 
 from .proxy_harness import closed_by_server, exchange, parse_response, until
-from .proxy_harness import both_servers  # noqa: F401 - the fixture `harness` here: every test on both servers
 
 EP = "/endpoints/acme/e1"
 REQUEST = b"GET " + EP.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -230,7 +230,7 @@ async def test_the_aiohttp_internals_the_guards_read_are_there(harness):
     connection = server()
     assert isinstance(connection, ClientConnection)
     for name in ("_request_count", "_request_in_progress", "_messages", "_current_request", "_lingering_time",
-                 "_close", "_keepalive_timeout"):
+                 "_close", "_force_close", "_upgraded", "_keepalive_timeout"):
         assert hasattr(connection, name), name
     assert connection._keepalive_timeout == 1
 

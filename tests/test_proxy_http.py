@@ -11,10 +11,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.control import AuthType, Replica, RouteState
+from proxy.core.control import AuthType, Replica, RouteState
 
 from .proxy_harness import TOKENS, bearer, free_port, until
-from .proxy_harness import both_servers  # noqa: F401 - the fixture `harness` here: every test on both servers
 
 EP = "/endpoints/acme/e1"
 

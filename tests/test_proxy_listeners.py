@@ -17,12 +17,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.config import ProxyConfig
+from proxy.core.config import ProxyConfig
 from proxy.server import CLEANUP_GRACE_S
 from proxy.tls import TlsConfigError, server_context
 
 from .proxy_harness import bearer, closed_by_server, free_port
-from .proxy_harness import both_servers  # noqa: F401 - the fixture `harness` here: every test on both servers
 from .serve_process import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,8 +112,8 @@ if os.environ.get("OPEN_FILES"):  # as `ulimit -n` would, before anything is ope
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 from proxy import static_routes
-from proxy.app import make_app
-from proxy.config import ProxyConfig
+from proxy.management.app import make_app
+from proxy.core.config import ProxyConfig
 from proxy.server import run
 config = ProxyConfig(**json.loads(sys.argv[1]))
 run(make_app(config, static_routes.load(sys.argv[2])), config)

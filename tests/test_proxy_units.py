@@ -4,13 +4,13 @@ import random
 
 import pytest
 
-from proxy import errors
-from proxy.auth import TokenCache, bearer_token
-from proxy.balancer import pick
-from proxy.control import Identity, InMemoryControlPlane, Replica, strip_port
-from proxy.hold import parse_scale_up_timeout
-from proxy.pending import PendingCounter
-from proxy.routing import split_path
+from proxy.core import errors
+from proxy.core.auth import TokenCache, bearer_token
+from proxy.core.balancer import pick
+from proxy.core.control import Identity, InMemoryControlPlane, Replica, strip_port
+from proxy.core.hold import parse_scale_up_timeout
+from proxy.core.pending import PendingCounter
+from proxy.core.routing import split_path
 
 
 @pytest.mark.parametrize(
@@ -167,7 +167,7 @@ async def test_token_cache_forgets_revoked_tokens_after_ttl():
 
 @pytest.mark.parametrize("target", ["*", "http://evil.example/endpoints/acme/e1", "endpoints/acme/e1"])
 def test_a_target_that_is_not_a_path_is_a_400(target):
-    from proxy.routing import resolve
+    from proxy.core.routing import resolve
 
     with pytest.raises(errors.BadRequest, match="is not a path"):
         resolve(InMemoryControlPlane(), "d.example", target)
@@ -187,10 +187,10 @@ class _CountingControl(InMemoryControlPlane):
     "token", ["\udcff\udcfe", "tok\x01en", "tok\u00e9n", "x" * 1025],
 )
 async def test_a_token_that_cannot_be_ours_is_the_unknown_token_401_without_a_lookup(token):
-    from proxy.auth import INVALID_TOKEN, identify
+    from proxy.core.auth import INVALID_TOKEN, identify
 
     control = _CountingControl()
     with pytest.raises(errors.Unauthorized) as refused:
-        await identify(f"Bearer {token}", TokenCache(control, 5.0), "endpoint acme/e1")
+        identify(f"Bearer {token}", TokenCache(control, 5.0), "endpoint acme/e1")
     assert refused.value.message == INVALID_TOKEN
     assert control.lookups == 0

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from proxy.control import AuthType
+from proxy.core.control import AuthType
 
 from .proxy_harness import Harness, bearer, closed_by_server, parse_response, until
 
@@ -18,7 +18,7 @@ EP = "/endpoints/acme/e1"
 
 @pytest.fixture
 async def raw():
-    h = Harness("raw")
+    h = Harness()
     yield h
     await h.close()
 
@@ -61,14 +61,38 @@ async def test_management_requests_are_handed_to_aiohttp_on_the_same_connection(
     writer.write(get("/metrics", b"Authorization: Bearer tok-root"))  # a later request: to aiohttp
     headers, body, status = await read_one(reader)
     assert status == 200 and b"endpointd_proxy_requests_total" in body
-    writer.write(get(EP + "/b"))  # aiohttp serves the data plane too, once it has the connection
+    writer.write(get(EP + "/b"))  # the connection's next request: back to the raw server
     headers, body, status = await read_one(reader)
     assert status == 200 and b'"/b"' in body
-    assert [s["path"] for s in up.seen] == ["/a", "/b"]
+    writer.write(get("/nowhere"))  # to aiohttp again, and back
+    headers, body, status = await read_one(reader)
+    assert status == 404 and b"no endpoint at '/nowhere'" in body
+    writer.write(get(EP + "/c"))
+    headers, body, status = await read_one(reader)
+    assert status == 200 and b'"/c"' in body
+    assert [s["path"] for s in up.seen] == ["/a", "/b", "/c"]
+    # Each data-plane request went through the raw server's admission: all three were counted.
+    assert raw.pipeline.counter.snapshot().arrivals == {"acme/e1": 3}
     # The connection kept its place under the cap through the hand-off, and only one.
     assert len(raw.proxy.listening.listeners[0].cap.open) == 1
     writer.close()
     await until(lambda: not raw.proxy.listening.listeners[0].cap.open)
+
+
+async def test_an_endpoint_request_pipelined_behind_a_management_one_is_refused(raw):
+    """aiohttp holds the connection while it answers; the raw server takes it back only between
+    requests, so what was pipelined behind is refused, as the converse is."""
+    up = await raw.upstream()
+    raw.endpoint(upstreams=(up,))
+    await raw.start()
+    reader, writer = await connect(raw)
+    writer.write(get("/metrics", b"Authorization: Bearer tok-root") + get(EP + "/1"))
+    _, body, status = await read_one(reader)
+    assert status == 200 and b"endpointd_proxy" in body
+    refused = parse_response(await closed_by_server(reader))
+    assert refused.status == 400 and "a request for an endpoint cannot be pipelined" in refused.json()["error"]
+    assert up.seen == []
+    writer.close()
 
 
 async def test_a_first_management_request_split_over_reads_is_handed_off_whole(raw):

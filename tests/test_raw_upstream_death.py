@@ -88,7 +88,7 @@ def test_a_replica_dying_at_every_phase_answers_every_request_at_once(processes,
     outcomes: dict[str, list[str]] = {}
 
     async def scenario():
-        h = Harness("raw")
+        h = Harness()
         replicas: list[DyingReplica] = []
         try:
             cases = [(phase, reset) for phase in PHASES for reset in (True, False)]
@@ -129,7 +129,7 @@ def test_a_crash_behind_kept_alive_connections_answers_every_request(processes, 
     got: dict[str, list[str]] = {}
 
     async def scenario():
-        h = Harness("raw")
+        h = Harness()
         replica = await DyingReplica("crash", reset, serve=2 * N).start()
         try:
             h.endpoint("e1", upstreams=(replica,))
@@ -159,7 +159,7 @@ def test_a_replica_that_dies_before_anything_is_sent_is_retried_on_another(proce
     got: dict[str, list[str]] = {}
 
     async def scenario():
-        h = Harness("raw")
+        h = Harness()
         dying = [await DyingReplica("connect", reset).start() for reset in (True, False)]
         try:
             healthy = await h.upstream()

@@ -15,10 +15,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from proxy.app import PIPELINE, make_app
-from proxy.config import ProxyConfig
-from proxy.connections import ConnectionCap
-from proxy.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
+from proxy.management.app import PIPELINE, make_app
+from proxy.core.config import ProxyConfig
+from proxy.core.cap import ConnectionCap
+from proxy.core.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
 from proxy.raw.client import ClientProtocol
 from proxy.raw.exchange import SMALL_BODY_BYTES, Exchange
 from proxy.raw.server import RawServer

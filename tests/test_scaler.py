@@ -9,7 +9,7 @@ import pytest
 from autoscaler.scaling.policy import PolicyConfig, Scaling
 from autoscaler.scaling.scaler import Scaler
 from engines.runtime import EndpointKey
-from proxy.pending import PendingCounter
+from proxy.core.pending import PendingCounter
 
 from .control_world import KEY, World, intent
 

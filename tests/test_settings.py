@@ -4,7 +4,7 @@ import pytest
 
 from autoscaler.model import settings
 from autoscaler.cli import build_parser, main
-from proxy.config import ProxyConfig
+from proxy.core.config import ProxyConfig
 from proxy.static_routes import RoutesError, parse
 
 
@@ -43,6 +43,19 @@ def test_invalid_values_name_key_value_source_and_range(layer, key, value, messa
 def test_unknown_file_key_lists_valid_ones():
     with pytest.raises(settings.SettingsError, match="unknown key proxy.prot .*valid keys: .*port"):
         settings.load(ProxyConfig, "proxy", file_values={"prot": 1})
+
+
+@pytest.mark.parametrize("kwargs, source", [
+    ({"file_values": {"http": "aiohttp"}}, "the config file"),
+    ({"env": {"ENDPOINTD_HTTP": "aiohttp"}}, "ENDPOINTD_HTTP"),
+])
+def test_a_removed_setting_fails_at_start_saying_so(kwargs, source):
+    with pytest.raises(settings.SettingsError) as info:
+        settings.load(ProxyConfig, "proxy", **kwargs)
+    assert str(info.value) == (
+        f"proxy.http = 'aiohttp' (from {source}) is no longer a setting: the aiohttp data plane was retired; "
+        "the raw server (proxy/raw/) is the only one: remove the setting"
+    )
 
 
 def test_every_config_field_has_a_flag():

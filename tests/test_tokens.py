@@ -10,7 +10,7 @@ import pytest
 
 from autoscaler.store import tokens
 from autoscaler.store.store import ADMIN, Conflict, NotFound, Store, TokenInfo
-from proxy.control import Identity
+from proxy.core.control import Identity
 
 from .test_store import T0, Clock
 

@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from proxy.errors import EndpointPaused, Unavailable
+from proxy.core.errors import EndpointPaused, Unavailable
 
 from .control_world import KEY, World, intent
 from .wake_processes import Processes

@@ -20,7 +20,7 @@ from autoscaler.model.wire import (
     ChangeKind, StatusView, WireError, apply_update, parse_create, render_endpoint, render_list, spec_from_json,
     spec_to_json,
 )
-from proxy.control import AuthType
+from proxy.core.control import AuthType
 
 # What the client always sends, verbatim.
 MINIMAL = {"compute": {"accelerator": "cpu", "instanceSize": "x2", "instanceType": "intel-icl",

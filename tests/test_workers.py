@@ -19,8 +19,8 @@ import sys
 import pytest
 from aiohttp import web
 
-from proxy.config import AUTO_WORKERS_MAX, ProxyConfig, worker_count
-from proxy.control import AuthType, Replica
+from proxy.core.config import AUTO_WORKERS_MAX, ProxyConfig, worker_count
+from proxy.core.control import AuthType, Replica
 
 from .proxy_harness import Harness, bearer, free_port, until
 from .serve_process import wait_for
@@ -32,7 +32,7 @@ N = 20
 
 @pytest.fixture
 async def two():
-    h = Harness("raw")
+    h = Harness()
     yield h
     await h.close()
 
@@ -121,7 +121,6 @@ async def test_tokens_metrics_and_answers_over_every_process(two):
 
 def test_the_worker_count():
     assert worker_count(ProxyConfig(workers=3)) == 3
-    assert worker_count(ProxyConfig(workers=3, http="aiohttp")) == 1
     assert worker_count(ProxyConfig(workers=3, tls_cert="c", tls_key="k")) == 1
     auto = worker_count(ProxyConfig())
     assert auto == max(1, min(AUTO_WORKERS_MAX, len(os.sched_getaffinity(0))))
@@ -131,8 +130,8 @@ SCRIPT = """
 import json, logging, sys
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 from proxy import static_routes
-from proxy.app import make_app
-from proxy.config import ProxyConfig
+from proxy.management.app import make_app
+from proxy.core.config import ProxyConfig
 from proxy.server import run
 config = ProxyConfig(**json.loads(sys.argv[1]))
 run(make_app(config, static_routes.load(sys.argv[2])), config)

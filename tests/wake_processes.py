@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from autoscaler.control.plane import StoreControlPlane
 from engines.runtime import EndpointKey
-from proxy.control import RouteEntry, RouteTable
-from proxy.hold import ReadinessGate
+from proxy.core.control import RouteEntry, RouteTable
+from proxy.core.hold import ReadinessGate
 from proxy.workers import codec
 
 NEVER_RETRY_S = 1e9  # no time-based retry of a wake: only the re-arming may wake again

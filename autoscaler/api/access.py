@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.auth import bearer_token, plausible_token
+from proxy.core.auth import bearer_token, plausible_token
 
 from autoscaler.api.base import API, Conflict, Forbidden, Unauthenticated
 from autoscaler.store import store as store_mod

@@ -13,7 +13,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -21,23 +21,23 @@ from engines import artifacts, hardware
 from engines.model_roots import ModelRoots, RootsError
 from engines.presets import PresetError
 from engines.suggest import SuggestError
-from proxy.app import routed_by_host
-from proxy.app import serve as proxy_serve
-from proxy.errors import ERROR_MESSAGE, header_safe
-from proxy.forward import REQUEST_ID, request_id
+from proxy.management.app import handle, routed_by_host
+from proxy.core.errors import ERROR_MESSAGE, header_safe
+from proxy.core.forwarding import REQUEST_ID, request_id
 
 from autoscaler.model import wire
 from autoscaler.store import store as store_mod
 from autoscaler.store.sealing import SealingError
 
-if TYPE_CHECKING:
-    from autoscaler.api.endpoints import ManagementApi  # which imports this module
-
 log = logging.getLogger("endpointd.api")
 
-# The type's name, not the type (an import cycle): aiohttp shows it in the key's repr, its stub
-# accepts only a type.
-API: web.AppKey[ManagementApi] = web.AppKey("management_api", "ManagementApi")  # type: ignore[arg-type]
+class ApiObject(Protocol):
+    """What the middlewares need of the API object (endpoints.ManagementApi): its store."""
+
+    store: store_mod.Store
+
+
+API: web.AppKey[ApiObject] = web.AppKey("management_api", ApiObject)
 # Deeper JSON than any real body: nesting beyond it is refused (it once raised RecursionError).
 MAX_JSON_DEPTH = 32
 
@@ -83,7 +83,7 @@ async def errors_middleware(request: web.Request, handler):
     """Every failure of a management call becomes `{"error": ...}` with its status; no traceback
     reaches a caller."""
     if routed_by_host(request):  # the Host names an endpoint: /v2/... is that endpoint's path
-        return await proxy_serve(request, request.config_dict)
+        return await handle(request)
     rid = request_id(request.headers.get(REQUEST_ID))
     try:
         return await handler(request)

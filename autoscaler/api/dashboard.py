@@ -7,7 +7,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy.app import handle, routed_by_host
+from proxy.management.app import handle, routed_by_host
 
 STATIC = Path(__file__).parent.parent / "dashboard"
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "

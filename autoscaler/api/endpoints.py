@@ -29,7 +29,7 @@ from engines.availability import ImageInventory
 from engines.capacity import Need
 from engines.gpus import Gpu, GpuAllocator
 from engines.runtime import EndpointKey
-from proxy.forward import REQUEST_ID, request_id
+from proxy.core.forwarding import REQUEST_ID, request_id
 
 from autoscaler.api import access
 from autoscaler.api.base import Conflict, Invalid, Limits, NotFound, read_json

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 from engines.capacity import HostCapacity
 from engines.gpus import AdoptConflict
 from engines.runtime import EndpointKey, ReplicaInfo, ReplicaNotFound, ReplicaStatus, Runtime, RuntimeError_
-from proxy.control import RouteTable
+from proxy.core.control import RouteTable
 
 from autoscaler.model.events import EventLog
 from autoscaler.model.intent import Intent, Signals

@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 from engines.capacity import Need
 from engines.runtime import ReplicaInfo, ReplicaNotFound, Runtime, RuntimeError_
-from proxy.control import Replica, RouteEntry, RouteState, RouteTable
+from proxy.core.control import Replica, RouteEntry, RouteState, RouteTable
 
 from autoscaler.model.events import EventLog
 from autoscaler.model.intent import Intent, Signals, asleep, asleep_since, wanted

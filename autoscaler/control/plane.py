@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from engines.runtime import EndpointKey
-from proxy.control import Identity, RouteTable
+from proxy.core.control import Identity, RouteTable
 
 
 class StoreControlPlane(RouteTable):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engines.runtime import EndpointKey
-from proxy.control import AuthType
+from proxy.core.control import AuthType
 
 
 @dataclass(frozen=True)

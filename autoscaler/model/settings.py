@@ -101,6 +101,10 @@ def load(
 ) -> T:
     """Build `cls` from its defaults overridden by file, env (ENDPOINTD_<FIELD>) and flags."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name, why in getattr(cls, "REMOVED", {}).items():  # keys that were settings once
+        for given, source in (((file_values or {}).get(name), "the config file"), ((env or {}).get(env_name(name)), env_name(name))):
+            if given is not None:
+                raise SettingsError(f"{section}.{name} = {given!r} (from {source}) is no longer a setting: {why}")
     unknown = sorted(set(file_values or ()) - set(fields))
     if unknown:
         raise SettingsError(

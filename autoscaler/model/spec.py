@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass, fields
 from typing import Any
 
-from proxy.control import AuthType
+from proxy.core.control import AuthType
 
 # Every engine this project runs (TGI, TEI, vLLM, SGLang, llama.cpp, the inference toolkit, the
 # echo engine) answers GET /health; the client needs *some* string here.

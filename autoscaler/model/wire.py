@@ -15,7 +15,7 @@ from typing import Any, NoReturn, TypeVar
 
 from engines import spec_rules
 from engines.hardware import ACCELERATORS, ComputeOffer
-from proxy.control import AuthType
+from proxy.core.control import AuthType
 
 from autoscaler.model.spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
 from autoscaler.model.state import State

@@ -41,10 +41,10 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from engines.runtime import EndpointKey, Usage
-from proxy.config import setting
-from proxy.control import Replica, RouteEntry
-from proxy.metrics import Answers
-from proxy.pending import PendingSnapshot
+from proxy.core.config import setting
+from proxy.core.control import Replica, RouteEntry
+from proxy.core.metrics import Answers
+from proxy.core.pending import PendingSnapshot
 
 from autoscaler.observe import openmetrics
 from autoscaler.observe.openmetrics import ReplicaFigures  # a method named openmetrics hides the module in the class

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from engines.runtime import EndpointKey
-from proxy.control import Replica
+from proxy.core.control import Replica
 
 log = logging.getLogger("endpointd.engine_metrics")
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.runtime import EndpointKey, Runtime
-from proxy.config import setting
+from proxy.core.config import setting
 
 from autoscaler.observe.log_collect import Collector
 from autoscaler.observe.log_follow import Follow, Followers

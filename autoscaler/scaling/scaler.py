@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter
 
 from engines.runtime import EndpointKey
-from proxy.pending import PendingSnapshot
+from proxy.core.pending import PendingSnapshot
 
 from autoscaler.control.controller import Controller
 from autoscaler.model.events import EventLog

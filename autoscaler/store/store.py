@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from proxy.control import Identity
+from proxy.core.control import Identity
 
 from autoscaler.model import events as events_mod
 from autoscaler.model import timelines as replicas_mod

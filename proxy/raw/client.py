@@ -4,7 +4,7 @@ connection whose request is for anything else (the management API, the dashboard
 handed, before its body is read, byte for byte to the app's aiohttp protocol in this process
 (`transport.set_protocol`): the client address, TLS and the connection cap carry over.
 
-The same guards as on the aiohttp path (proxy/connections.py), with the same sentences:
+The same guards as aiohttp's connections have (proxy/management/connections.py), with the same sentences:
 - the cap (`ConnectionCap`), counted from `connection_made`; past it a ready-made 503 and close;
 - the head-read deadline, armed at the connection's opening and at the first byte of each later
   request, cancelled by a complete head: silent connections and slowloris are closed;
@@ -24,20 +24,26 @@ import logging
 import re
 import socket
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httptools
 
-from ..connections import MAX_HEADERS, MAX_LINE_BYTES, ConnectionCap
-from ..errors import BadRequest, HeadersTooLarge, ProxyError, quoted, shown
-from ..pipeline import Pipeline
-from ..routing import PREFIX
+from ..core.cap import ConnectionCap
+from ..core.errors import (
+    MAX_HEADERS,
+    MAX_LINE_BYTES,
+    ProxyError,
+    chunked_http10,
+    head_too_large,
+    not_a_path,
+    not_http,
+    pipelined,
+)
+from ..core.pipeline import Pipeline
+from ..core.routing import route
 from . import wire
-from .exchange import Exchange
-
-if TYPE_CHECKING:
-    from .server import RawServer
-    from .upstream import Pool
+from .exchange import After, Exchange
+from .upstream import Pool
 
 log = logging.getLogger("endpointd.proxy")
 
@@ -49,10 +55,7 @@ WRITE_HIGH_WATER = 64 * 1024  # a response pauses its replica beyond this much u
 # and dropping what comes for this long before the close, so the kernel does not reset the
 # connection (unread bytes at close) and destroy the answer before the client reads it.
 LINGER_S = 2.0
-TOO_LARGE = HeadersTooLarge(
-    f"the request head is too large: at most {MAX_HEADERS} headers of at most "
-    f"{MAX_LINE_BYTES} bytes each, and a request line of at most {MAX_LINE_BYTES} bytes"
-)
+TOO_LARGE = head_too_large()
 
 
 # The request headers the decisions read (auth, routing, holds, probes, ids, framing, X-Forwarded-*).
@@ -67,15 +70,22 @@ class _HandedOff(Exception):
     """Raised inside a parser callback to stop parsing: the connection now belongs to aiohttp."""
 
 
-def _not_http(reason: str) -> BadRequest:
-    return BadRequest(
-        "the request is not valid HTTP/1.1" + (f" ({shown(reason, 200)})" if reason else "")
-        + "; fix the client or what sits between it and this server"
-    )
+class Listener(Protocol):
+    """What the connections of one listener share (proxy/raw/server.py RawServer)."""
+
+    pipeline: Pipeline
+    pool: Pool
+    scheme: str
+    cap: ConnectionCap
+    loop: asyncio.AbstractEventLoop
+    head_timeout_s: float
+    keepalive_timeout_s: float
+
+    def hand_off(self, transport: asyncio.Transport, data: bytes) -> None: ...
 
 
 class ClientProtocol(asyncio.Protocol):
-    def __init__(self, server: RawServer):
+    def __init__(self, server: Listener):
         self.server = server
         self.pipeline: Pipeline = server.pipeline
         self.pool: Pool = server.pool
@@ -282,7 +292,7 @@ class ClientProtocol(asyncio.Protocol):
                 self.closing = True
                 self.pause("broken")
             else:
-                self._parse_failed(_not_http(str(error).strip().rstrip(":")))
+                self._parse_failed(not_http(str(error).strip().rstrip(":")))
         finally:
             self._chunk = b""
 
@@ -345,12 +355,10 @@ class ClientProtocol(asyncio.Protocol):
         if self._timer_kind == "head":
             self._disarm()
         if _TARGET(url) is None:
-            raise _Refused(_not_http("invalid character in the request target"))
+            raise _Refused(not_http("invalid character in the request target"))
         target = url.decode("ascii")
         if target[:1] != "/":
-            raise _Refused(BadRequest(
-                f"the request target {quoted(target)} is not a path: send a path starting with '/'"
-            ))
+            raise _Refused(not_a_path(target))
         headers: dict[str, str] = {}  # what the decisions read, decoded (surrogates for bytes that are not UTF-8)
         triples: list[tuple[bytes, bytes, bytes]] = []  # everything else stays bytes, as it came
         chunked = False
@@ -371,28 +379,21 @@ class ClientProtocol(asyncio.Protocol):
                     headers[key] += ", " + value
             triples.append((raw_name, lower, raw_value))
         if chunked and version == "1.0":
-            raise _Refused(BadRequest(
-                "an HTTP/1.0 request cannot have Transfer-Encoding; send Content-Length, or use HTTP/1.1"
-            ))
-        host = headers.get("host")
-        data_plane = target.startswith(PREFIX) or (
-            bool(host) and self.pipeline.control.lookup_host(host) is not None
-        )
-        if not data_plane:
-            if buffer is not None and not self.exchanges and not self._discarding:
-                self._hand_off(buffer)
-            raise _Refused(BadRequest(
-                "a request for this server's own routes cannot be pipelined behind another request: "
-                "send it on its own connection, or wait for the previous response"
-            ))
+            raise _Refused(chunked_http10())
         fragment = target.find("#")  # never sent by a client in the wild; not sent on
         if fragment != -1:
             target = target[:fragment]
+        found = route(self.pipeline.control, headers.get("host"), target)
+        if found is None:  # not the data plane
+            if buffer is not None and not self.exchanges and not self._discarding:
+                self._hand_off(buffer)
+            raise _Refused(pipelined("a request for this server's own routes", "another request"))
         connection = headers.get("connection", "").lower()
         tokens = {t.strip() for t in connection.split(",")} if connection else set()
         keep_alive = ("close" not in tokens) if version == "1.1" else ("keep-alive" in tokens)
-        exchange = Exchange(self, method, target, headers, triples, version, keep_alive and not self.closing, length,
-                            chunked)
+        # Routed now when it starts now; one queued behind others is routed when it starts.
+        exchange = Exchange(self, None if self.exchanges else found, method, target, headers, triples, version,
+                            keep_alive and not self.closing, length, chunked)
         self._current = exchange
         self.exchanges.append(exchange)
         if len(self.exchanges) == 1:
@@ -421,10 +422,10 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- the end of a response ------------------------------------------------------------------
 
-    def exchange_ended(self, exchange: Exchange, close: bool, abort: bool) -> None:
+    def exchange_ended(self, exchange: Exchange, after: After) -> None:
         if self.transport is None:
             return
-        if abort:
+        if after is After.ABORT:
             self.transport.abort()
             return
         if self.exchanges and self.exchanges[0] is exchange:
@@ -434,7 +435,7 @@ class ClientProtocol(asyncio.Protocol):
         unread = self._current is exchange  # answered before its body was all read
         if unread:
             self._current = None
-        if close or exchange.close_after or (self.closing and not self.exchanges) \
+        if after is After.CLOSE or exchange.close_after or (self.closing and not self.exchanges) \
                 or (unread and not exchange.small_rest()):
             self.closing = True
             if unread or self._in_message:
@@ -499,7 +500,7 @@ class _Refusal:
 
     def start(self) -> None:
         self.client.write(wire.error_bytes(self.error, None, True))
-        self.client.exchange_ended(self, close=True, abort=False)
+        self.client.exchange_ended(self, After.CLOSE)
 
     def client_gone(self) -> None:
         pass

@@ -3,17 +3,19 @@ callbacks: no task, future or coroutine on the hot path. A task is made only whe
 must wait — a token the cache does not know, a cold start (`Pipeline.admit`), a new upstream
 connection (`Pool.connect`) — and it is cancelled when the client leaves.
 
-    head complete ─► admit (Pipeline.admit_now, else a task on Pipeline.admit)
+    head complete ─► route (proxy/core/routing.py, by the client) ─► admit (Pipeline.admit: an
+                    admission at once, else a task on the coroutine it returns)
                  ─► [small body of known length: read it whole, 408 past header_read_timeout_s]
                  ─► choose a replica ─► idle pooled connection, or connect (a refused connect is
-                    retried once on another replica, proxy/core.py may_retry)
+                    retried once on another replica, proxy/core/forwarding.py may_retry; a pooled one
+                    found closed is resent once, may_resend)
                  ─► head + what body there is in one write; the rest streamed with flow control
                  ─► response head, body passed on as it comes (one client write per replica read)
                  ─► done: admission.finish(status) exactly once, the connection back to its pool
 
 Every way out goes through `_end`, which runs once: the pending count's `finally`.
 
-Deadlines, as on the aiohttp path: `upstream_response_start_timeout_s` from sending the request
+Deadlines: `upstream_response_start_timeout_s` from sending the request
 to the response head, `upstream_idle_timeout_s` of silence from the replica (504 before the head;
 after it, the client's connection is aborted so it sees a truncated response).
 """
@@ -21,10 +23,10 @@ after it, the client's connection is aborted so it sees a truncated response).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+import enum
+from typing import Protocol
 
-from ..core import REQUEST_ID, forwarded_block, may_retry, request_id, returned_block
-from ..errors import (
+from ..core.errors import (
     MalformedBody,
     PayloadTooLarge,
     ProxyError,
@@ -32,33 +34,73 @@ from ..errors import (
     UpstreamFailed,
     UpstreamTimeout,
 )
-from ..hold import HEADER as SCALE_UP_TIMEOUT
-from ..metrics import CLIENT_CLOSED
-from ..pipeline import PROBE_HEADER, Admission
+from ..core.forwarding import (
+    REQUEST_ID,
+    forwarded_block,
+    may_resend,
+    may_retry,
+    request_id,
+    returned_block,
+)
+from ..core.hold import HEADER as SCALE_UP_TIMEOUT
+from ..core.metrics import CLIENT_CLOSED
+from ..core.pipeline import PROBE_HEADER, Admission, Pipeline
+from ..core.routing import Route, nowhere, route
 from . import wire
-
-if TYPE_CHECKING:
-    from .client import ClientProtocol
-    from .upstream import UpstreamConnection
+from .upstream import Pool, UpstreamConnection
 
 SMALL_BODY_BYTES = 64 * 1024  # read whole before sending: one write upstream, and a retry can resend it
 BUFFER_BEFORE_PAUSE = 256 * 1024  # body bytes kept while no replica takes them yet; then the client is paused
 NO_BODY_STATUSES = frozenset({204, 304})
 
 
+class After(enum.Enum):
+    """What becomes of the client's connection once an exchange has ended."""
+
+    KEEP = "keep"  # the next request, unless the client or the server asked to close
+    CLOSE = "close"  # closed once what is written has gone (after a linger if the body is unread)
+    ABORT = "abort"  # reset at once: a response cut short must not look complete
+
+
+class Client(Protocol):
+    """The client connection an exchange answers on (proxy/raw/client.py ClientProtocol)."""
+
+    pipeline: Pipeline
+    pool: Pool
+    loop: asyncio.AbstractEventLoop
+    remote: str
+    scheme: str
+    closing: bool
+
+    def loop_time(self) -> float: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def pause(self, reason: str) -> None: ...
+
+    def unpause(self, reason: str) -> None: ...
+
+    def exchange_ended(self, exchange: Exchange, after: After) -> None: ...
+
+    def log_cut(self, rid: str, key: str, reason: str) -> None: ...
+
+    def internal_error(self, error: BaseException, exchange: Exchange) -> None: ...
+
+
 class Exchange:
     __slots__ = (
-        "client", "pipeline", "method", "target", "headers", "version", "keep_alive", "body_length", "chunked",
+        "client", "pipeline", "route", "method", "target", "headers", "version", "keep_alive", "body_length", "chunked",
         "host", "rid", "forwarded", "admission", "task", "upstream", "replica", "tried", "body", "body_seen",
         "body_done", "body_sent", "response_started", "status", "out", "out_chunked", "done", "timer",
         "_start_deadline", "_idle_deadline", "_last_active", "_retried_reused", "expect_continue", "head_only",
         "close_after", "_response_close", "_until_close",
     )
 
-    def __init__(self, client: ClientProtocol, method: str, target: str, headers: dict[str, str],
+    def __init__(self, client: Client, found: Route | None, method: str, target: str, headers: dict[str, str],
                  triples: list[tuple[bytes, bytes, bytes]], version: str, keep_alive: bool, body_length: int | None, chunked: bool):
         self.client = client
         self.pipeline = client.pipeline
+        self.route = found  # None: routed when it starts
         self.method = method
         self.target = target
         self.headers = headers  # lower-cased name -> first value, for the decisions
@@ -109,20 +151,22 @@ class Exchange:
             pipeline.refused(error)
             self._refuse(error)
             return
-        fields = dict(
-            host=self.host, raw_path=self.target, authorization=headers.get("authorization"),
-            scale_up_timeout=headers.get(SCALE_UP_TIMEOUT.lower()), content_length=self.body_length,
-            probe=headers.get(PROBE_HEADER.lower()),
-        )
+        found = self.route
+        if found is None:  # queued behind pipelined requests: routed now, as the route table is now
+            found = route(pipeline.control, self.host, self.target) or Route(None, self.target, nowhere(self.target))
         try:
-            admission = pipeline.admit_now(**fields)
+            admitted = pipeline.admit(
+                found, authorization=headers.get("authorization"),
+                scale_up_timeout=headers.get(SCALE_UP_TIMEOUT.lower()), content_length=self.body_length,
+                probe=headers.get(PROBE_HEADER.lower()),
+            )
         except ProxyError as error:
             self._refuse(error)
             return
-        if admission is not None:
-            self._admitted(admission)
+        if isinstance(admitted, Admission):
+            self._admitted(admitted)
             return
-        self.task = asyncio.get_running_loop().create_task(pipeline.admit(**fields))
+        self.task = asyncio.get_running_loop().create_task(admitted)
         self.task.add_done_callback(self._admit_settled)
 
     def _admit_settled(self, task: asyncio.Task) -> None:
@@ -143,8 +187,9 @@ class Exchange:
 
     def _admitted(self, admission: Admission) -> None:
         self.admission = admission
-        if self.body_seen > self.pipeline.config.max_body_bytes:
-            self._fail(self.pipeline.too_large())
+        too_large = self.pipeline.over_limit(self.body_seen)
+        if too_large is not None:
+            self._fail(too_large)
             return
         if self.expect_continue and not self.body_done and not self.body:
             self.client.write(wire.CONTINUE)
@@ -167,9 +212,10 @@ class Exchange:
         if self.done:
             return
         self.body_seen += len(data)
-        if self.body_seen > self.pipeline.config.max_body_bytes:
+        too_large = self.pipeline.over_limit(self.body_seen)
+        if too_large is not None:
             if self.admission is not None:
-                self._fail(self.pipeline.too_large())
+                self._fail(too_large)
             return  # before admission: refused once admitted (the count must not be skipped)
         upstream = self.upstream
         if upstream is not None:
@@ -359,14 +405,14 @@ class Exchange:
         self.upstream = None
         if upstream is not None:
             upstream.detach(reusable=keep_alive and self.body_done and not self.head_only)
-        self._end(self.status, close=self._response_close)
+        self._end(self.status, After.CLOSE if self._response_close else After.KEEP)
 
     def upstream_lost(self, connection: UpstreamConnection, exc: BaseException | None) -> None:
         if self.done or connection is not self.upstream:
             return
         self.upstream = None
-        if not self.response_started and not connection.got_bytes and connection.reused \
-                and not self._retried_reused and not self.body_sent:
+        if may_resend(reused=connection.reused, got_bytes=connection.got_bytes, response_started=self.response_started,
+                      resent=self._retried_reused, body_sent=self.body_sent):
             # A pooled connection the replica had closed as we sent on it: nothing was read, so
             # the request is sent again once, on a new connection to the same replica.
             self._retried_reused = True
@@ -376,7 +422,7 @@ class Exchange:
             if self.out_chunked:  # a body delimited by the close: it is complete
                 self.out.append(wire.LAST_CHUNK)
             self.flush()
-            self._end(self.status, close=self._response_close)
+            self._end(self.status, After.CLOSE if self._response_close else After.KEEP)
             return
         reason = f"the connection closed ({exc})" if exc else "the connection closed"
         self.upstream_broke(reason)
@@ -420,14 +466,14 @@ class Exchange:
         close = (self.close_after or error.closes_connection or isinstance(error, PayloadTooLarge)
                  or (not self.body_done and not self.small_rest()) or self.client.closing)
         self.client.write(wire.error_bytes(error, self.rid, close, self.target))
-        self._end(error.status, close=close)
+        self._end(error.status, After.CLOSE if close else After.KEEP)
 
     def _cut(self, code: int, reason: str | None) -> None:
         """The response had started when it broke: abort, so the client sees it truncated."""
         if reason is not None:
             key = self.admission.entry.key if self.admission else "?"
             self.client.log_cut(self.rid, key, reason)
-        self._end(code, close=True, abort=True)
+        self._end(code, After.ABORT)
 
     def client_gone(self) -> None:
         """The client's connection is lost: cancel what is under way and uncount."""
@@ -440,9 +486,10 @@ class Exchange:
         self.upstream = None
         if upstream is not None:
             upstream.close()  # the replica sees the disconnect: its handler is cancelled
-        self._end(CLIENT_CLOSED, close=True, notify=False)
+        self._end(CLIENT_CLOSED, None)
 
-    def _end(self, code: int | str, close: bool, abort: bool = False, notify: bool = True) -> None:
+    def _end(self, code: int | str, after: After | None) -> None:
+        """`after`: None when the client's connection is gone (nobody to tell)."""
         if self.done:
             return
         self.done = True
@@ -461,5 +508,5 @@ class Exchange:
         self.client.unpause("body")
         if self.admission is not None:
             self.admission.finish(code)
-        if notify:
-            self.client.exchange_ended(self, close=close, abort=abort)
+        if after is not None:
+            self.client.exchange_ended(self, after)

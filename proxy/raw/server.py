@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from ..config import ProxyConfig
-from ..connections import ConnectionCap
-from ..pipeline import Pipeline
+from ..core.cap import ConnectionCap
+from ..core.config import ProxyConfig
+from ..core.pipeline import Pipeline
 from .client import ClientProtocol
 from .upstream import Pool
 
@@ -39,9 +39,17 @@ class RawServer:
         """Give a connection whose request is not for the data plane, with the bytes read of it,
         to the app's aiohttp protocol in this process (a worker replaces this: proxy/workers/)."""
         handler = self.aiohttp_protocol()
+        handler.hand_back = self.take_back  # type: ignore[attr-defined]  # a ClientConnection (proxy/management/connections.py)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         handler.data_received(data)
+
+    def take_back(self, transport: asyncio.Transport, data: bytes) -> None:
+        """A connection handed off earlier, at the first bytes of its next request."""
+        protocol = ClientProtocol(self)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(data)
 
     def close(self) -> None:
         """Close the idle upstream connections (at shutdown, once the clients are gone)."""

@@ -21,23 +21,41 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import httptools
-
-if TYPE_CHECKING:
-    from .exchange import Exchange
 
 log = logging.getLogger("endpointd.proxy")
 
 # Keep-alive to replicas: long enough to outlive gaps between requests, short enough that a
-# replica's restart does not leave many dead pooled sockets behind (as the aiohttp path's pool).
+# replica's restart does not leave many dead pooled sockets behind.
 UPSTREAM_KEEPALIVE_S = 30.0
 # Idle connections kept per replica: enough for the concurrency one replica sees; beyond it a
 # returned connection is closed (its descriptor must not be held for nothing).
 MAX_IDLE_PER_REPLICA = 1024
 SWEEP_INTERVAL_S = 10.0
 WRITE_HIGH_WATER = 64 * 1024  # a request body pauses the client beyond this much unsent
+
+
+class Receiver(Protocol):
+    """Who a connection reports its response to while it serves a request (proxy/raw/exchange.py
+    Exchange): the head, the body as it comes, its end, or the connection's loss."""
+
+    def upstream_active(self) -> None: ...
+
+    def upstream_full(self, full: bool) -> None: ...
+
+    def response_head(self, status: int, reason_bytes: bytes, raw: list[tuple[bytes, bytes]]) -> None: ...
+
+    def response_body(self, data: bytes) -> None: ...
+
+    def response_done(self, keep_alive: bool) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def upstream_broke(self, reason: str) -> None: ...
+
+    def upstream_lost(self, connection: UpstreamConnection, exc: BaseException | None) -> None: ...
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -51,7 +69,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.address = address
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.exchange: Exchange | None = None
+        self.exchange: Receiver | None = None
         self.closed = False
         self.lost: BaseException | None = None  # why the connection was lost, when it was
         self.idle_since = 0.0

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from ..core import REQUEST_ID
-from ..errors import ProxyError, to_http
+from ..core.errors import ProxyError, to_http
+from ..core.forwarding import REQUEST_ID
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 LAST_CHUNK = b"0\r\n\r\n"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from prometheus_client.metrics_core import Metric
 
-from ..control import AuthType, Identity, Replica, RouteEntry, RouteState
-from ..metrics import Answers
-from ..pending import PendingSnapshot
+from ..core.control import AuthType, Identity, Replica, RouteEntry, RouteState
+from ..core.metrics import Answers
+from ..core.pending import PendingSnapshot
 
 
 def entry_out(entry: RouteEntry) -> dict:

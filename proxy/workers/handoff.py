@@ -25,7 +25,7 @@ import socket
 import struct
 from collections import deque
 
-from ..errors import Unavailable
+from ..core.errors import Unavailable
 from ..raw import wire
 from ..raw.server import RawServer
 

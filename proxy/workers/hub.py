@@ -16,9 +16,9 @@ import itertools
 import logging
 import os
 
-from ..config import ProxyConfig
-from ..control import RouteEntry
-from ..pipeline import Pipeline
+from ..core.config import ProxyConfig
+from ..core.control import RouteEntry
+from ..core.pipeline import Pipeline
 from ..raw.server import RawServer
 from . import channel, codec
 from .handoff import Receiver

@@ -14,8 +14,8 @@ import asyncio
 import itertools
 import logging
 
-from ..control import Identity, RouteTable
-from ..pipeline import Pipeline
+from ..core.control import Identity, RouteTable
+from ..core.pipeline import Pipeline
 from . import channel, codec
 
 log = logging.getLogger("endpointd.proxy")

@@ -16,8 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..config import ProxyConfig
-from ..pipeline import Pipeline
+from ..core.config import ProxyConfig
+from ..core.pipeline import Pipeline
 from ..raw.server import RawServer
 from .hub import WorkerHub
 

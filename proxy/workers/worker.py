@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import uvloop
 
-from ..app import PIPELINE, make_app
-from ..config import ProxyConfig
+from ..core.config import ProxyConfig
+from ..management.app import PIPELINE, make_app
 from ..server import listen
 from . import channel, codec
 from .handoff import Sender

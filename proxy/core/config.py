@@ -1,6 +1,6 @@
 """The proxy's configuration: one frozen object; ranges live in field metadata, checked at load.
 
-Client connections (see proxy/connections.py), each default with its reason beside it:
+Client connections (see proxy/management/connections.py), each default with its reason beside it:
 
     header_read_timeout_s   30     a connection must deliver a complete request head within this
                                    many seconds of opening (or of its first byte after a response):
@@ -14,15 +14,16 @@ Client connections (see proxy/connections.py), each default with its reason besi
 
 The server (see proxy/server.py):
 
-    http                    raw    the data plane's HTTP server: "raw" (uvloop protocols and
-                                   httptools, proxy/raw/) or "aiohttp" (proxy/forward.py); the
-                                   management API and the dashboard are on aiohttp either way
     workers                 0      data-plane processes on the port (SO_REUSEPORT), the control
                                    plane in the first; 0 = one per core this process may run on, at
-                                   most AUTO_WORKERS_MAX; always 1 with http = aiohttp (the aiohttp
-                                   path carries the control plane) and with TLS (for now: a TLS
+                                   most AUTO_WORKERS_MAX; always 1 with TLS (for now: a TLS
                                    connection cannot be passed to the main process once a worker
                                    has terminated it)
+
+The data plane has one HTTP server, the raw one (uvloop protocols and httptools, proxy/raw/); the
+management API and the dashboard are on aiohttp, which the raw server hands their connections to.
+`http` was the choice of an aiohttp data plane; it is retired (REMOVED: a config file or
+environment that still sets it fails at start, saying so).
 
 Listeners (see proxy/server.py):
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 import os
 import resource
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 # File descriptors kept out of the automatic connection cap: the listeners, the store, the Docker
 # socket, log files, the upstream pool's idle sockets, the interpreter's own.
@@ -136,31 +138,19 @@ class ProxyConfig:
     workers: int = setting(
         0, min=0, max=MAX_WORKERS,
         help="data-plane processes sharing the port (SO_REUSEPORT), the control plane in the first; "
-        f"0: one per core, at most {AUTO_WORKERS_MAX}; 1 with --http aiohttp or TLS",
-    )
-    http: str = setting(
-        # raw: about five times the requests per core of any aiohttp proxy (loadtests/bench_proxy.py);
-        # aiohttp stays selectable while the raw server is new.
-        "raw", help="the data plane's HTTP server: raw (uvloop protocols + httptools) or aiohttp",
+        f"0: one per core, at most {AUTO_WORKERS_MAX}; 1 with TLS",
     )
 
-
-HTTP_SERVERS = ("raw", "aiohttp")
-
-
-class ConfigError(ValueError):
-    """A setting that cannot be used; the sentence names the key, the value and what is valid."""
-
-
-def check(config: ProxyConfig) -> None:
-    """What field ranges cannot say; raises ConfigError."""
-    if config.http not in HTTP_SERVERS:
-        raise ConfigError(f"proxy.http = {config.http!r} is invalid: it must be one of {', '.join(HTTP_SERVERS)}")
+    # Keys that were settings once: a config file or environment that still sets one fails at start
+    # with this sentence (autoscaler/model/settings.py `load`), rather than being ignored.
+    REMOVED: ClassVar[dict[str, str]] = {
+        "http": "the aiohttp data plane was retired; the raw server (proxy/raw/) is the only one: remove the setting",
+    }
 
 
 def worker_count(config: ProxyConfig) -> int:
     """How many processes serve the data plane, this one included."""
-    if config.http != "raw" or (config.tls_cert and config.tls_key):
+    if config.tls_cert and config.tls_key:
         return 1
     if config.workers:
         return config.workers

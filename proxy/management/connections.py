@@ -5,9 +5,8 @@ aiohttp's `web.Server` is the protocol factory a listening socket calls for ever
 makes one `RequestHandler` (the asyncio protocol that parses requests and runs handlers) each.
 `GuardedServer` makes a `ClientConnection` instead, a RequestHandler that adds:
 
-- **the cap** (`ConnectionCap`): counted in `connection_made`; past the limit a connection gets a
-  ready-made 503 and is closed before aiohttp ever sees it, and one log line (at most every
-  REFUSAL_LOG_INTERVAL_S) says how many were refused. Under TLS the count starts once the
+- **the cap** (`ConnectionCap`, proxy/core/cap.py): counted in `connection_made`; past the limit
+  a connection gets a ready-made 503 and is closed before aiohttp ever sees it. Under TLS the count starts once the
   handshake is done; the handshake itself is bounded by `header_read_timeout_s` (server.py).
 - **the head-read deadline**: a timer armed when the connection opens and again at the first byte
   of each later request; cancelled when the parser has a whole request head. If it fires while
@@ -21,8 +20,13 @@ makes one `RequestHandler` (the asyncio protocol that parses requests and runs h
   logged as one debug line, never a traceback; a request target that is not a path ('*', an
   absolute URL) is a 400 before any route sees it.
 
+- **the hand-back**: a connection the raw server handed over (its request was not for the data
+  plane) goes back to it when the first bytes of its next request arrive, so every request for an
+  endpoint is served by the raw server; a request pipelined behind one of aiohttp's stays here.
+
 It uses a few of RequestHandler's attributes that are not public API (`_request_count`,
-`_request_in_progress`, `_messages`, `_current_request`, `_lingering_time`, `_close`): a test in
+`_request_in_progress`, `_messages`, `_current_request`, `_lingering_time`, `_close`,
+`_force_close`, `_upgraded`): a test in
 tests/test_proxy_connections.py fails if an aiohttp release renames them. Also a fix for an
 aiohttp gap: a body that breaks its framing mid-stream ends the handler's body with the error
 (a 400 at once) instead of leaving it waiting.
@@ -31,9 +35,7 @@ aiohttp gap: a body that breaks its framing mid-stream ends the handler's body w
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import HttpVersion11 as HTTP11
@@ -41,70 +43,22 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
-from .errors import ERROR_MESSAGE, BadRequest, HeadersTooLarge, ProxyError, header_safe, quoted, shown, to_http
+from ..core.cap import ConnectionCap
+from ..core.errors import (
+    MAX_HEADERS,
+    MAX_LINE_BYTES,
+    ProxyError,
+    chunked_http10,
+    head_too_large,
+    not_a_path,
+    not_http,
+    to_http,
+)
 
 log = logging.getLogger("endpointd.proxy")
 
-REFUSAL_LOG_INTERVAL_S = 10.0  # one line per interval however many connections are refused
-# aiohttp's parser limits (its defaults, set explicitly): a longer line or more headers is a 431.
-MAX_LINE_BYTES = 8190
-MAX_HEADERS = 128
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-
-
-class ConnectionCap:
-    """The open connections of one listener, at most `limit`."""
-
-    def __init__(self, limit: int, listener: str, clock: Callable[[], float] = time.monotonic):
-        self.limit = limit
-        self.listener = listener
-        self.open: set[ClientConnection] = set()
-        self.refused_total = 0
-        self._clock = clock
-        self._unlogged = 0
-        self._logged_at: float | None = None
-        self._empty: asyncio.Event | None = None
-        body = json.dumps({"error": self.refusal}).encode()
-        self.refusal_bytes = (
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nRetry-After: 1\r\n{ERROR_MESSAGE}: {header_safe(self.refusal)}\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode() + body
-
-    @property
-    def refusal(self) -> str:
-        return f"this server already has {self.limit} open connections, its limit; retry later"
-
-    def admit(self, connection: ClientConnection) -> bool:
-        if len(self.open) >= self.limit:
-            self.refused_total += 1
-            self._unlogged += 1
-            now = self._clock()
-            if self._logged_at is None or now - self._logged_at >= REFUSAL_LOG_INTERVAL_S:
-                since = "" if self._logged_at is None else f" in the last {now - self._logged_at:.0f} s"
-                log.warning(
-                    "refusing new connections on %s: %d open, the limit (max_client_connections); %d refused%s. "
-                    "Raise the limit (and the open-files limit, ulimit -n), or find who holds idle connections",
-                    self.listener, len(self.open), self._unlogged, since,
-                )
-                self._logged_at = now
-                self._unlogged = 0
-            return False
-        self.open.add(connection)
-        return True
-
-    def release(self, connection: ClientConnection) -> None:
-        self.open.discard(connection)
-        if not self.open and self._empty is not None:
-            self._empty.set()
-
-    async def wait_empty(self) -> None:
-        if not self.open:
-            return
-        if self._empty is None or self._empty.is_set():
-            self._empty = asyncio.Event()
-        await self._empty.wait()
 
 
 def _parse_error(exc: BaseException | None) -> ProxyError:
@@ -112,23 +66,17 @@ def _parse_error(exc: BaseException | None) -> ProxyError:
     if isinstance(exc, LineTooLong) or (
         isinstance(exc, HttpProcessingError) and "too many headers" in exc.message.lower()
     ):
-        return HeadersTooLarge(
-            f"the request head is too large: at most {MAX_HEADERS} headers of at most "
-            f"{MAX_LINE_BYTES} bytes each, and a request line of at most {MAX_LINE_BYTES} bytes"
-        )
+        return head_too_large()
     reason = ""
     if isinstance(exc, HttpProcessingError) and exc.message:
         reason = exc.message.strip().splitlines()[0].rstrip(":")
-    return BadRequest(
-        "the request is not valid HTTP/1.1" + (f" ({shown(reason, 200)})" if reason else "")
-        + "; fix the client or what sits between it and this server"
-    )
+    return not_http(reason)
 
 
 class ClientConnection(RequestHandler):
     """One client connection: aiohttp's protocol, with the cap, the head deadline and JSON errors."""
 
-    __slots__ = ("_cap", "_head_timeout_s", "_head_timer", "_admitted")
+    __slots__ = ("_cap", "_head_timeout_s", "_head_timer", "_admitted", "hand_back", "_last_body")
 
     def __init__(self, manager: GuardedServer, *, cap: ConnectionCap, head_timeout_s: float, **kwargs):
         super().__init__(manager, **kwargs)
@@ -136,6 +84,10 @@ class ClientConnection(RequestHandler):
         self._head_timeout_s = head_timeout_s
         self._head_timer: asyncio.TimerHandle | None = None
         self._admitted = False
+        # Set by the raw server that handed this connection over (proxy/raw/server.py): given the
+        # transport and the first bytes of the connection's next request, it takes it back.
+        self.hand_back: Callable[[asyncio.Transport, bytes], None] | None = None
+        self._last_body = None  # the body stream of the last request parsed
 
     # -- the cap ---------------------------------------------------------------------------
 
@@ -167,9 +119,13 @@ class ClientConnection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return
+        if self.hand_back is not None and self._between_requests():
+            self._give_back(data)
+            return
         heads = self._request_count
         super().data_received(data)
         if self._request_count != heads:
+            self._last_body = self._messages[-1][1] if self._messages else None
             self._disarm()  # a whole head arrived (or one the parser refused: answered, then closed)
             self._end_broken_body()
         elif self._head_timer is None and self.waiting_for_head:
@@ -188,6 +144,23 @@ class ClientConnection(RequestHandler):
             reason = exc.message.strip().splitlines()[0].rstrip(":") if exc.message else type(exc).__name__
             request.content.set_exception(RequestPayloadError(reason))
             self.end_after_response()  # a lingering read of the rest would meet the same error
+
+    def _between_requests(self) -> bool:
+        """Whether the connection is between requests: one served, its response written and its
+        body read to the end, nothing parsed of a next one, and not closing."""
+        return (
+            self._request_count > 0 and not self._request_in_progress and not self._messages
+            and not self._close and not self._force_close and not self._upgraded and self.transport is not None
+            and (self._last_body is None or self._last_body.is_eof())
+        )
+
+    def _give_back(self, data: bytes) -> None:
+        """The connection's next request begins with `data`: the connection goes back to the raw
+        server, open, with the cap's count passed on; aiohttp's handler for it ends."""
+        transport = self.transport
+        self.transport = None  # aiohttp's teardown below must leave the connection open
+        self.connection_lost(None)
+        self.hand_back(transport, data)
 
     def end_after_response(self) -> None:
         """Close the connection once the current response is sent, without aiohttp's lingering
@@ -255,10 +228,7 @@ def screened(handler: Handler) -> Handler:
     async def handle(request: web.BaseRequest) -> web.StreamResponse:
         if request.raw_path[:1] == "/" and (request.version >= HTTP11 or "Transfer-Encoding" not in request.headers):
             return await handler(request)
-        if request.raw_path[:1] != "/":
-            error = BadRequest(f"the request target {quoted(request.raw_path)} is not a path: send a path starting with '/'")
-        else:
-            error = BadRequest("an HTTP/1.0 request cannot have Transfer-Encoding; send Content-Length, or use HTTP/1.1")
+        error = not_a_path(request.raw_path) if request.raw_path[:1] != "/" else chunked_http10()
         code, headers, body = to_http(error)
         response = web.Response(status=code, headers=headers, body=body)
         response.force_close()

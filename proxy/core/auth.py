@@ -73,13 +73,33 @@ def plausible_token(token: str) -> bool:
     return len(token) <= MAX_TOKEN_CHARS and token.isascii() and token.isprintable()
 
 
-async def identify(authorization: str | None, tokens: TokenCache, needed_for: str) -> Identity:
-    """The caller's identity; Unauthorized without a token, or with one we do not know (a
-    malformed one included: the same 401, without a store lookup)."""
+class Lookup:
+    """The verdict on a token the cache does not hold: only the store can tell (`identity`)."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str):
+        self.token = token
+
+    async def identity(self, tokens: TokenCache) -> Identity:
+        identity = await tokens.identity(self.token)
+        if identity is None:
+            raise Unauthorized(INVALID_TOKEN)
+        return identity
+
+
+def identify(authorization: str | None, tokens: TokenCache, needed_for: str) -> Identity | Lookup:
+    """The caller's identity, or a Lookup when only the store knows the token. Unauthorized
+    without a token, or with one we do not know (a malformed one included: the same 401, without
+    a store lookup)."""
     token = bearer_token(authorization)
     if token is None:
         raise Unauthorized(f"{needed_for} needs a token: send the header 'Authorization: Bearer <token>'")
-    identity = await tokens.identity(token) if plausible_token(token) else None
+    if not plausible_token(token):
+        raise Unauthorized(INVALID_TOKEN)
+    hit, identity = tokens.cached(token)
+    if not hit:
+        return Lookup(token)
     if identity is None:
         raise Unauthorized(INVALID_TOKEN)
     return identity
@@ -87,7 +107,8 @@ async def identify(authorization: str | None, tokens: TokenCache, needed_for: st
 
 async def authorize_scope(authorization: str | None, tokens: TokenCache, scope: str, what: str) -> Identity:
     """Raise Unauthorized/Forbidden unless the caller is an admin or holds `scope`."""
-    identity = await identify(authorization, tokens, what)
+    found = identify(authorization, tokens, what)
+    identity = await found.identity(tokens) if isinstance(found, Lookup) else found
     if not identity.has_scope(scope):
         raise Forbidden(
             f"{what} needs an admin token or a token with the {scope!r} scope; user {identity.user}'s token "
@@ -96,30 +117,14 @@ async def authorize_scope(authorization: str | None, tokens: TokenCache, scope: 
     return identity
 
 
-async def authorize(entry: RouteEntry, authorization: str | None, tokens: TokenCache) -> Identity | None:
-    """Raise Unauthorized/Forbidden unless the caller may use `entry`; runs before anything else."""
+def authorize(entry: RouteEntry, authorization: str | None, tokens: TokenCache) -> Identity | None | Lookup:
+    """Who may call `entry`: None for a public endpoint, the caller's identity, or a Lookup when
+    the token's verdict is not cached (then `check_access` on what the store says). Raises
+    Unauthorized/Forbidden; runs before anything else."""
     if entry.auth is AuthType.PUBLIC:
         return None
-    return check_access(entry, await identify(authorization, tokens, f"endpoint {entry.key}"))
-
-
-NEEDS_LOOKUP = object()  # authorize_now's answer when only the store can tell
-
-
-def authorize_now(entry: RouteEntry, authorization: str | None, tokens: TokenCache) -> Identity | None | object:
-    """`authorize` without waiting: the same verdicts, or NEEDS_LOOKUP when the token's verdict
-    is not cached (the caller then takes the async path)."""
-    if entry.auth is AuthType.PUBLIC:
-        return None
-    token = bearer_token(authorization)
-    if token is None or not plausible_token(token):
-        return NEEDS_LOOKUP  # the async path raises the same 401 at no store cost
-    hit, identity = tokens.cached(token)
-    if not hit:
-        return NEEDS_LOOKUP
-    if identity is None:
-        raise Unauthorized(INVALID_TOKEN)
-    return check_access(entry, identity)
+    found = identify(authorization, tokens, f"endpoint {entry.key}")
+    return found if isinstance(found, Lookup) else check_access(entry, found)
 
 
 def check_access(entry: RouteEntry, identity: Identity) -> Identity:

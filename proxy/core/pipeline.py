@@ -1,12 +1,20 @@
-"""The decisions on a request's path — route, authenticate, count, hold or refuse, pick a replica —
-free of any HTTP framework, so the server under them can be swapped for a faster one.
+"""The decisions on a request's path — authenticate, count, hold or refuse, pick a replica — free
+of any HTTP framework.
 
-    admission = await pipeline.admit(...)      # raises ProxyError to refuse
+    admitted = pipeline.admit(route, ...)      # raises ProxyError to refuse
+    if not isinstance(admitted, Admission):    # a token lookup or a cold start: a coroutine
+        admitted = await admitted
     try:
         replica = admission.choose()           # least pending; counted against it
         ... forward, stream back ...
     finally:
         admission.finish(status)               # uncount, record metrics
+
+One admission: decided at once when it can be (a ready replica, and a public endpoint or a cached
+token verdict), else the coroutine that finishes it (waits for the store's verdict on the token, or
+holds through a cold start) without deciding anything twice. Each request is counted once, when
+it is admitted or starts to wait. The body's size limit is here too (`over_limit`), for the size
+announced and for the bytes as they arrive.
 
 A request carrying the control plane's probe secret in `X-Endpointd-Probe` is routed and
 authenticated like any other but is not demand: it is in no count, and it neither wakes nor
@@ -17,9 +25,10 @@ from __future__ import annotations
 
 import hmac
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
+from typing import Any
 
-from .auth import NEEDS_LOOKUP, TokenCache, authorize, authorize_now
+from .auth import Lookup, TokenCache, authorize, check_access
 from .balancer import pick
 from .config import ProxyConfig
 from .control import ControlPlane, Replica, RouteEntry
@@ -27,7 +36,7 @@ from .errors import PayloadTooLarge, ProxyError
 from .hold import ReadinessGate, parse_scale_up_timeout, refuse_unless_serving
 from .metrics import NO_ENDPOINT, NO_REPLICA, ProxyMetrics
 from .pending import PendingCounter, Ticket
-from .routing import resolve
+from .routing import Route
 
 PROBE_HEADER = "X-Endpointd-Probe"
 
@@ -103,81 +112,87 @@ class Pipeline:
         # /metrics merges them with this process's.
         self.remote_families: Callable[[], Awaitable[list]] | None = None
 
-    async def admit(
+    def admit(
         self,
+        route: Route,
         *,
-        host: str | None,
-        raw_path: str,
         authorization: str | None,
         scale_up_timeout: str | None,
         content_length: int | None,
         probe: str | None = None,
-    ) -> Admission:
-        """`probe` is the request's X-Endpointd-Probe header, if any."""
+    ) -> Admission | Coroutine[Any, Any, Admission]:
+        """Admit a request for `route` (proxy/core/routing.py `route`): the Admission when it can
+        be decided at once, else a coroutine to await for it. Raises ProxyError to refuse (so does
+        the coroutine); every refusal is counted. `probe` is the request's X-Endpointd-Probe
+        header, if any."""
         started = self.clock()
         key = NO_ENDPOINT
         try:
-            entry, upstream_path = resolve(self.control, host, raw_path)
+            if route.entry is None:
+                assert route.refusal is not None
+                raise route.refusal
+            entry = route.entry
             key = entry.key
-            await authorize(entry, authorization, self.tokens)
-            hold_s, ticket = self._checked_ticket(key, scale_up_timeout, content_length, probe)
-            try:
-                if entry.replicas:
-                    refuse_unless_serving(entry)
-                else:
-                    entry = await self.gate.ready_entry(entry, hold_s, demand=ticket.demand)
-                    self.metrics.cold_start_wait.labels(key).observe(self.clock() - started)
-            except BaseException:
-                ticket.close()
-                raise
+            demand = probe is None or not self._is_probe(probe)
+            verdict = authorize(entry, authorization, self.tokens)
+            if isinstance(verdict, Lookup):
+                return self._after_lookup(verdict, entry, route.upstream_path, scale_up_timeout, content_length,
+                                          demand, started)
+            hold_s = self._checked(scale_up_timeout, content_length)
+            return self._counted(entry, route.upstream_path, hold_s, demand, started)
         except ProxyError as error:
             self.refused(error, key)
             raise
-        return Admission(self, entry, upstream_path, ticket, started)
 
-    def admit_now(
-        self,
-        *,
-        host: str | None,
-        raw_path: str,
-        authorization: str | None,
-        scale_up_timeout: str | None,
-        content_length: int | None,
-        probe: str | None = None,
-    ) -> Admission | None:
-        """`admit` without waiting, for the hot path (no coroutine per request): the same verdict
-        and the same counts when it can be reached at once, a ready replica and a public endpoint
-        or a cached token; None when only `admit` can tell (a token lookup, a cold start), which
-        the caller then awaits. Raises ProxyError to refuse, as `admit` does."""
-        started = self.clock()
-        key = NO_ENDPOINT
-        try:
-            entry, upstream_path = resolve(self.control, host, raw_path)
-            if not entry.replicas:
-                return None
-            key = entry.key
-            if authorize_now(entry, authorization, self.tokens) is NEEDS_LOOKUP:
-                return None
-            _, ticket = self._checked_ticket(key, scale_up_timeout, content_length, probe)
-            try:
-                refuse_unless_serving(entry)
-            except BaseException:
-                ticket.close()
-                raise
-        except ProxyError as error:
-            self.refused(error, key)
-            raise
-        return Admission(self, entry, upstream_path, ticket, started)
-
-    def _checked_ticket(self, key: str, scale_up_timeout: str | None, content_length: int | None,
-                        probe: str | None):
-        """The checks `admit` and `admit_now` share once the caller may call: the hold time asked
-        for, the body's declared size; then the request is counted. (hold seconds, its ticket)."""
+    def _checked(self, scale_up_timeout: str | None, content_length: int | None) -> float | None:
+        """What is checked once the caller may call: the hold time asked for, the body's
+        declared size. The hold seconds."""
         hold_s = parse_scale_up_timeout(scale_up_timeout, self.config.max_scale_up_timeout_s)
-        if content_length is not None and content_length > self.config.max_body_bytes:
-            raise self.too_large()
-        demand = probe is None or not self._is_probe(probe)
-        return hold_s, self.counter.track(key, demand).__enter__()
+        too_large = self.over_limit(content_length or 0)
+        if too_large is not None:
+            raise too_large
+        return hold_s
+
+    def _counted(self, entry: RouteEntry, upstream_path: str, hold_s: float | None, demand: bool,
+                 started: float) -> Admission | Coroutine[Any, Any, Admission]:
+        """Count the request; admitted at once when a replica is ready, else the hold."""
+        if not entry.replicas:
+            return self._held(entry, upstream_path, hold_s, demand, started)
+        ticket = self.counter.track(entry.key, demand).__enter__()
+        try:
+            refuse_unless_serving(entry)
+        except BaseException:
+            ticket.close()
+            raise
+        return Admission(self, entry, upstream_path, ticket, started)
+
+    async def _after_lookup(self, lookup: Lookup, entry: RouteEntry, upstream_path: str, scale_up_timeout: str | None,
+                            content_length: int | None, demand: bool, started: float) -> Admission:
+        """The rest of `admit` once the store has said who the token is."""
+        try:
+            check_access(entry, await lookup.identity(self.tokens))
+            hold_s = self._checked(scale_up_timeout, content_length)
+            admitted = self._counted(entry, upstream_path, hold_s, demand, started)
+        except ProxyError as error:
+            self.refused(error, entry.key)
+            raise
+        return admitted if isinstance(admitted, Admission) else await admitted
+
+    async def _held(self, entry: RouteEntry, upstream_path: str, hold_s: float | None, demand: bool,
+                    started: float) -> Admission:
+        """No replica is ready: count the request (here, so that a wait cancelled before it ran
+        counts nothing), wake the endpoint and hold it, or refuse it (proxy/core/hold.py)."""
+        key = entry.key
+        ticket = self.counter.track(key, demand).__enter__()
+        try:
+            entry = await self.gate.ready_entry(entry, hold_s, demand=ticket.demand)
+            self.metrics.cold_start_wait.labels(key).observe(self.clock() - started)
+        except BaseException as error:
+            ticket.close()
+            if isinstance(error, ProxyError):
+                self.refused(error, key)
+            raise
+        return Admission(self, entry, upstream_path, ticket, started)
 
     @property
     def probe_secret(self) -> str | None:
@@ -189,7 +204,11 @@ class Pipeline:
         # was not valid UTF-8 still encodes, and matches nothing.
         return secret is not None and hmac.compare_digest(value.encode(errors="surrogatepass"), secret)
 
-    def too_large(self) -> PayloadTooLarge:
+    def over_limit(self, body_bytes: int) -> PayloadTooLarge | None:
+        """The refusal of a request body of `body_bytes` (announced, or received so far), or None
+        while it is within `max_body_bytes`."""
+        if body_bytes <= self.config.max_body_bytes:
+            return None
         return PayloadTooLarge(
             f"the request body is larger than {self.config.max_body_bytes} bytes, the limit of this server"
         )

@@ -1,9 +1,9 @@
-"""The forwarding rules, free of any HTTP framework, shared by both servers (proxy/forward.py on
-aiohttp, proxy/raw/ on protocols): which headers cross the proxy, the request id, the
-X-Forwarded-* fields, and when a failed upstream attempt may be retried on another replica.
+"""The forwarding rules, free of any HTTP framework: which headers cross the proxy, the request
+id, the X-Forwarded-* fields, and when a failed upstream attempt may be retried on another
+replica.
 
-Headers are given as (name, value) pairs of str; undecodable bytes arrive as surrogates
-(surrogateescape), as aiohttp hands them over, so the same checks serve both servers.
+Headers are given as raw bytes, as the raw server (proxy/raw/) parsed them; the few values the
+decisions read come as str, undecodable bytes as surrogates (surrogateescape).
 """
 
 from __future__ import annotations
@@ -47,13 +47,6 @@ def request_id(incoming: str | None) -> str:
     return f"{_ID_PREFIX}{next(_id_counter):016x}"
 
 
-def drop_set(connection: str | None, always: frozenset[str]) -> frozenset[str]:
-    """`always` plus the fields the Connection header (its value given) names (RFC 9110 §7.6.1)."""
-    if not connection:
-        return always
-    return always | {h.strip().lower() for h in connection.split(",")}
-
-
 def require_utf8(name: str, value: str) -> None:
     """A surrogate is a byte that was not UTF-8: such a value cannot be sent on as it came."""
     try:
@@ -62,30 +55,6 @@ def require_utf8(name: str, value: str) -> None:
         raise BadRequest(
             f"the value of the header {shown(name)} is not valid UTF-8; send header values as ASCII"
         ) from None
-
-
-def forwarded_pairs(
-    pairs: Iterable[tuple[str, str]], connection: str | None, *, remote: str, scheme: str, host: str | None,
-    prior_forwarded_for: str | None, rid: str,
-) -> list[tuple[str, str]]:
-    """The headers the replica gets (without any replica's API key), in the caller's order, then
-    X-Forwarded-For/-Proto/-Host and X-Request-Id. Raises BadRequest for a value that cannot be
-    forwarded; called before admission, so such a request is never held."""
-    drop = drop_set(connection, _SET_AGAIN)
-    out = [(k, v) for k, v in pairs if k.lower() not in drop]
-    for name, value in out:
-        if not value.isascii():
-            require_utf8(name, value)
-    if prior_forwarded_for and not prior_forwarded_for.isascii():
-        require_utf8("X-Forwarded-For", prior_forwarded_for)
-    out.append(("X-Forwarded-For", f"{prior_forwarded_for}, {remote}" if prior_forwarded_for else remote))
-    out.append(("X-Forwarded-Proto", scheme))
-    if host:
-        if not host.isascii():
-            require_utf8("Host", host)
-        out.append(("X-Forwarded-Host", host))
-    out.append((REQUEST_ID, rid))
-    return out
 
 
 _SET_AGAIN_BYTES = frozenset(h.encode() for h in _SET_AGAIN)
@@ -102,8 +71,10 @@ def forwarded_block(
     triples: Iterable[tuple[bytes, bytes, bytes]], connection: str | None, *, remote: str, scheme: str,
     host: str | None, prior_forwarded_for: str | None, rid: str,
 ) -> bytes:
-    """`forwarded_pairs` on raw header bytes, for the raw server: the same headers in the same
-    order, as one block of `Name: value` lines. `triples`: (name, lower-cased name, value)."""
+    """The headers the replica gets (without any replica's API key), in the caller's order, then
+    X-Forwarded-For/-Proto/-Host and X-Request-Id, as one block of `Name: value` lines; `triples`:
+    (name, lower-cased name, value). Raises BadRequest for a value that cannot be forwarded (not
+    UTF-8); called before admission, so such a request is never held."""
     drop = _SET_AGAIN_BYTES | _named_by(connection) if connection else _SET_AGAIN_BYTES
     out = []
     for name, lower, value in triples:
@@ -125,8 +96,9 @@ def forwarded_block(
 
 
 def returned_block(pairs: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | None, bool]:
-    """`returned_pairs` on raw header bytes, for the raw server: (the block of lines the caller
-    gets, the replica's Content-Length value or None, whether it sent Transfer-Encoding)."""
+    """The replica's response headers the caller gets (framing is the server's own business):
+    (the block of lines, the replica's Content-Length value or None, whether it sent
+    Transfer-Encoding)."""
     connection = None
     length = None
     chunked = False
@@ -146,12 +118,14 @@ def returned_block(pairs: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | Non
     return b"".join(out), length, chunked
 
 
-def returned_pairs(pairs: Iterable[tuple[str, str]], connection: str | None) -> list[tuple[str, str]]:
-    """The replica's response headers the caller gets (framing is the server's own business)."""
-    drop = drop_set(connection, NOT_RETURNED)
-    return [(k, v) for k, v in pairs if k.lower() not in drop]
-
-
 def may_retry(attempts: int, body_started: bool) -> bool:
     """After a failed connection (no byte of the request sent): whether to try another replica."""
     return attempts < MAX_CONNECT_ATTEMPTS and not body_started
+
+
+def may_resend(*, reused: bool, got_bytes: bool, response_started: bool, resent: bool, body_sent: bool) -> bool:
+    """After a connection lost under a request: whether to send the request again, once, on a new
+    connection to the same replica. Only for a pooled connection the replica had closed as the
+    request went out: nothing was read back, and no byte of a streamed body is gone (a body read
+    whole is kept for this)."""
+    return reused and not got_bytes and not response_started and not resent and not body_sent

@@ -3,6 +3,7 @@
     ProxyError                  root; `status`, `cause` (metric label) and a sentence for the caller
       BadRequest          400   e.g. a malformed X-Scale-Up-Timeout
         MalformedBody     400   the request body broke its own framing (closes the connection)
+        Pipelined         400   a request pipelined behind one the other server serves (closes)
       EndpointPaused      400   paused by a user; only `resume` brings it back (reference behaviour)
       Unauthorized        401   no token, or one we do not know (with WWW-Authenticate: Bearer)
       Forbidden           403   a valid token without access to the endpoint's namespace
@@ -61,6 +62,20 @@ class MalformedBody(BadRequest):
     closes_connection = True
 
 
+class Pipelined(BadRequest):
+    """The raw server serves the data plane and aiohttp the server's own routes; a connection
+    passes between them only between requests, so one pipelined behind a request of the other
+    kind cannot be served."""
+
+    closes_connection = True
+
+
+def pipelined(what: str, behind: str) -> Pipelined:
+    return Pipelined(
+        f"{what} cannot be pipelined behind {behind}: send it on its own connection, or wait for the previous response"
+    )
+
+
 class EndpointPaused(ProxyError):
     status, cause = 400, "paused"
 
@@ -100,6 +115,37 @@ class Unavailable(ProxyError):
 
 class UpstreamTimeout(ProxyError):
     status, cause = 504, "upstream_timeout"
+
+
+# The HTTP parsers' limits (aiohttp's defaults, set explicitly, and the raw server's): a longer line
+# or more headers is a 431.
+MAX_LINE_BYTES = 8190
+MAX_HEADERS = 128
+
+
+# The refusals of what an HTTP parser or the first look at a head cannot accept, one sentence each
+# whichever server (proxy/raw/ for the data plane, aiohttp for the rest) met it.
+
+def head_too_large() -> HeadersTooLarge:
+    return HeadersTooLarge(
+        f"the request head is too large: at most {MAX_HEADERS} headers of at most "
+        f"{MAX_LINE_BYTES} bytes each, and a request line of at most {MAX_LINE_BYTES} bytes"
+    )
+
+
+def not_http(reason: str) -> BadRequest:
+    return BadRequest(
+        "the request is not valid HTTP/1.1" + (f" ({shown(reason, 200)})" if reason else "")
+        + "; fix the client or what sits between it and this server"
+    )
+
+
+def not_a_path(target: str) -> BadRequest:
+    return BadRequest(f"the request target {quoted(target)} is not a path: send a path starting with '/'")
+
+
+def chunked_http10() -> BadRequest:
+    return BadRequest("an HTTP/1.0 request cannot have Transfer-Encoding; send Content-Length, or use HTTP/1.1")
 
 
 def header_safe(text: str, limit: int = MAX_HEADER_MESSAGE) -> str:
