@@ -1,5 +1,5 @@
 """A fake replica that dies at a chosen phase of each exchange, for the crash tests of the raw
-data plane (tests/test_raw_upstream_death.py). Raw TCP, so that it can die where an HTTP server
+data plane (tests/e2e/test_raw_upstream_death.py). Raw TCP, so that it can die where an HTTP server
 never would: with a reset (SO_LINGER 0) or a plain close, as a crashed engine's kernel does. It
 runs on its own event loop in its own thread, as an engine runs beside the proxy: its deaths come
 while the proxy's loop is busy, not between two of its turns.

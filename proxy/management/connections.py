@@ -27,7 +27,7 @@ makes one `RequestHandler` (the asyncio protocol that parses requests and runs h
 It uses a few of RequestHandler's attributes that are not public API (`_request_count`,
 `_request_in_progress`, `_messages`, `_current_request`, `_lingering_time`, `_close`,
 `_force_close`, `_upgraded`): a test in
-tests/test_proxy_connections.py fails if an aiohttp release renames them. Also a fix for an
+tests/unit/test_proxy_connections.py fails if an aiohttp release renames them. Also a fix for an
 aiohttp gap: a body that breaks its framing mid-stream ends the handler's body with the error
 (a 400 at once) instead of leaving it waiting.
 """
