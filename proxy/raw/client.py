@@ -95,7 +95,11 @@ class ClientProtocol(asyncio.Protocol):
         self.loop_time = self.loop.time
         self.transport: asyncio.Transport | None = None
         self.remote = ""
-        self.parser = httptools.HttpRequestParser(self)
+        # Its callbacks are this protocol's bound methods, a reference cycle: dropped when the
+        # connection ends or is handed off, so that the connection is freed at once, not left to
+        # the cyclic collector (a full collection walking thousands of closed connections stalled
+        # the loop for ~100 ms: README, "The SSE delay's tail").
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self.exchanges: deque[Exchange] = deque()  # in order; the first is being answered
         self.closing = False  # no request after the current one (a drain, or an error)
         self._admitted = False
@@ -142,6 +146,7 @@ class ClientProtocol(asyncio.Protocol):
         self._arm(self.server.head_timeout_s, "head")
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.parser = None  # the cycle (see __init__); no byte is parsed after the loss
         if not self._admitted:
             return
         self._admitted = False
@@ -280,6 +285,7 @@ class ClientProtocol(asyncio.Protocol):
                 self._parse_failed(cause.error)
             elif not isinstance(cause, _HandedOff):
                 self._bug(cause or error)
+            del cause  # its traceback holds this frame: a cycle (a collection's work) if kept
         except httptools.HttpParserUpgrade:
             # An Upgrade request (not proxied: Upgrade is hop-by-hop): its response closes the connection.
             self.closing = True
@@ -471,6 +477,7 @@ class ClientProtocol(asyncio.Protocol):
         self._admitted = False
         self.cap.release(self)  # whoever takes the connection counts it
         self.transport = None
+        self.parser = None  # the cycle (see __init__): this protocol is done; feed_data holds the parser until it returns
         if self._paused:
             self._paused.clear()
             transport.resume_reading()

@@ -115,6 +115,9 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.lost = exc
+        # The parser's callbacks are this protocol's bound methods, a reference cycle: broken here
+        # so a closed connection is freed at once, not left for the cyclic collector.
+        self.parser = None
         self.pool.forget(self)
         exchange = self.exchange
         if exchange is not None:
