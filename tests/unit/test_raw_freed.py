@@ -13,8 +13,8 @@ from aiohttp import web
 from proxy.raw.client import ClientProtocol
 from proxy.raw.upstream import UpstreamConnection
 
-from .proxy_harness import Harness, until
-from .test_raw_server import EP, connect, get, read_one
+from tests.proxy_harness import Harness, until
+from tests.test_raw_server import EP, connect, get, read_one
 
 TRACKED = (ClientProtocol, UpstreamConnection, httptools.HttpRequestParser, httptools.HttpResponseParser)
 
