@@ -230,3 +230,34 @@ async def closed_by_server(reader: asyncio.StreamReader, timeout_s: float = 10.0
         except ConnectionResetError:
             pass
     return data
+
+
+# Raw-socket helpers of the raw server's tests.
+EP = "/endpoints/acme/e1"
+
+
+async def connect(h):
+    return await asyncio.open_connection("127.0.0.1", h.proxy.port)
+
+
+async def read_one(reader) -> tuple[dict, bytes, int]:
+    """One response of known length or chunked, on a keep-alive connection: (headers, body, status)."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    response = parse_response(head)
+    if "content-length" in response.headers:
+        body = await asyncio.wait_for(reader.readexactly(int(response.headers["content-length"])), 10)
+    elif response.headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            size = int((await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)).strip(), 16)
+            data = await asyncio.wait_for(reader.readexactly(size + 2), 10)
+            if size == 0:
+                break
+            body += data[:-2]
+    else:
+        body = await closed_by_server(reader)
+    return response.headers, body, response.status
+
+
+def get(path: str, *extra: bytes) -> bytes:
+    return b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + b"".join(e + b"\r\n" for e in extra) + b"\r\n"

@@ -14,7 +14,7 @@ from proxy.raw.client import ClientProtocol
 from proxy.raw.upstream import UpstreamConnection
 
 from tests.proxy_harness import Harness, until
-from tests.test_raw_server import EP, connect, get, read_one
+from tests.proxy_harness import EP, connect, get, read_one
 
 TRACKED = (ClientProtocol, UpstreamConnection, httptools.HttpRequestParser, httptools.HttpResponseParser)
 
@@ -30,7 +30,7 @@ async def test_closed_connections_leave_nothing_to_the_cyclic_collector():
         await asyncio.sleep(3600)  # until the proxy cuts it (a cancellation)
         return response
 
-    h = Harness("raw")
+    h = Harness()
     up = await h.upstream()
     streaming = await h.upstream(stream)
     h.endpoint(upstreams=(up,))
