@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from huggingface_hub import snapshot_download
+from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.utils import tqdm  # its subclass: snapshot_download names its bars only for those
 from huggingface_hub.errors import (
     GatedRepoError,
@@ -39,6 +39,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from engines.progress import download_key
 from engines.runtime import Mount
 
 log = logging.getLogger("endpointd.artifacts")
@@ -135,8 +136,6 @@ def progress_bar(tell: Progress, loop: asyncio.AbstractEventLoop) -> type[tqdm]:
     into its bar named "huggingface_hub.snapshot_download"; each file adds its size to that bar's
     total as it starts. Its other bars (files fetched, bytes transferred) are not followed. Told
     again only when the whole percent (or the total) changes: a status is not rewritten per chunk."""
-    from .progress import download_key
-
     lock = threading.Lock()  # the download threads of several files update one bar
     told: list[tuple[int, int]] = []
 
@@ -317,8 +316,6 @@ def cached_facts(repository: str, revision: str | None, cache_dir: Path) -> Repo
 
 
 def _hub_model_info(repository: str, revision: str | None, token: str | None) -> Any:
-    from huggingface_hub import HfApi
-
     return HfApi().model_info(repository, revision=revision, files_metadata=True, timeout=HUB_TIMEOUT_S,
                               token=token)
 

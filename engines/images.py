@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .docker import DockerRuntime
+from .gpus import read_inventory
 from .pinned import LLAMA_CPP_BUILD, LLAMA_CPP_SOURCE, FetchError, fetch
 from .presets import DEFAULT_IMAGES, LOCAL_IMAGES
 from .runtime import RuntimeError_
@@ -252,8 +253,6 @@ IMAGE_NAMES = ("echo", "toolkit", "llamacpp", "endpointd")
 
 
 def host_has_gpus() -> bool:
-    from .gpus import read_inventory
-
     return bool(read_inventory())
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import openai_embeddings
+from . import handlers, openai_embeddings
 from .tasks import HANDLER_FILE, BadRequest, ToolkitError, parse_request, plan
 
 log = logging.getLogger("toolkit")
@@ -115,7 +115,7 @@ class Toolkit:
                         self.settings.framework, self.settings.repository)
         loader = self._loader
         if loader is None:
-            from .handlers import load as loader
+            loader = handlers.load
         return loader(self.settings.repository, chosen, self.settings.handler_file)
 
 
