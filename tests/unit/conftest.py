@@ -3,6 +3,7 @@ starts a process fails at once, naming what it tried, so the tier stays what it 
 
 import asyncio
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -26,7 +27,11 @@ def no_processes(monkeypatch):
     monkeypatch.setattr(asyncio, "create_subprocess_shell", _refuse_async)
 
 
+UNIT = Path(__file__).parent
+
+
 def pytest_collection_modifyitems(items):
+    # A hook of this conftest sees every collected item, not only this folder's.
     for item in items:
-        if item.get_closest_marker("docker"):
+        if UNIT in Path(item.path).parents and item.get_closest_marker("docker"):
             raise pytest.UsageError(f"{item.nodeid} needs Docker: it belongs in tests/e2e")
