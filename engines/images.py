@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .docker import DockerRuntime
+from .errors import EndpointdError
 from .pinned import LLAMA_CPP_BUILD, LLAMA_CPP_SOURCE, FetchError, fetch
 from .presets import DEFAULT_IMAGES, LOCAL_IMAGES
 from .runtime import RuntimeError_
@@ -90,7 +91,7 @@ def project_files(root: Path = PROJECT_ROOT) -> list[Path]:
     return found
 
 
-class BuildError(Exception):
+class BuildError(EndpointdError):
     """An image could not be built; the message says which step failed and why."""
 
 

@@ -19,6 +19,8 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Protocol
 
+from engines.errors import EndpointdError
+
 # Labels put on every container endpointd starts; a restarted endpointd finds its replicas by them.
 LABEL_MANAGED = "endpointd.managed"
 LABEL_INSTANCE = "endpointd.instance"  # which endpointd (data directory) owns the container
@@ -165,7 +167,7 @@ class ReplicaEvent:
 ProgressCallback = Callable[[str], None]
 
 
-class RuntimeError_(Exception):
+class RuntimeError_(EndpointdError):
     """A runtime operation failed. The message names the operation and the container or image."""
 
     def __init__(self, operation: str, target: str, detail: str) -> None:

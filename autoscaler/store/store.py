@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 import aiosqlite
 
+from engines.errors import EndpointdError
 from proxy.core.control import Identity
 
 from autoscaler.model import events as events_mod
@@ -166,16 +167,16 @@ MIGRATIONS = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(EndpointdError):
     pass
 
 
 class NotFound(StoreError):
-    pass
+    status = 404
 
 
 class Conflict(StoreError):
-    pass
+    status = 409
 
 
 class Stale(Conflict):
