@@ -43,6 +43,7 @@ from .runtime import (
     LABEL_REPLICA,
     LABEL_REVISION,
     ContainerSpec,
+    ContainerStatus,
     EndpointKey,
     EventKind,
     ImagePullFailed,
@@ -51,7 +52,6 @@ from .runtime import (
     ReplicaEvent,
     ReplicaInfo,
     ReplicaNotFound,
-    ReplicaStatus,
     RuntimeError_,
     Usage,
     container_name,
@@ -109,7 +109,7 @@ DOCKERENV = Path("/.dockerenv")
 _SHORT_ID = re.compile(r"[0-9a-f]{12}")
 # Docker's container states as ours; any other ("exited", "dead", "removing") is EXITED. A paused
 # container's process is alive, only frozen: it is RUNNING, and its health probe tells it hangs.
-CONTAINER_STATUS = {"created": ReplicaStatus.CREATED, "running": ReplicaStatus.RUNNING, "paused": ReplicaStatus.RUNNING}
+CONTAINER_STATUS = {"created": ContainerStatus.CREATED, "running": ContainerStatus.RUNNING, "paused": ContainerStatus.RUNNING}
 
 
 class _NetworkChanged(Exception):
@@ -246,11 +246,11 @@ def replica_info(data: Mapping[str, Any], by_name: bool = False) -> ReplicaInfo:
     name and port on its network (endpointd in a container), else its published port's."""
     labels = data["Config"]["Labels"] or {}
     state = data["State"]
-    status = CONTAINER_STATUS.get(state.get("Status", ""), ReplicaStatus.EXITED)
+    status = CONTAINER_STATUS.get(state.get("Status", ""), ContainerStatus.EXITED)
     address = None
-    if status is ReplicaStatus.RUNNING and by_name:
+    if status is ContainerStatus.RUNNING and by_name:
         address = f"{data['Name'].lstrip('/')}:{labels.get(LABEL_PORT, '80')}"
-    elif status is ReplicaStatus.RUNNING:
+    elif status is ContainerStatus.RUNNING:
         bindings = (data["NetworkSettings"].get("Ports") or {}).get(f"{labels.get(LABEL_PORT, '80')}/tcp") or []
         if bindings:
             host = bindings[0]["HostIp"]
@@ -264,7 +264,7 @@ def replica_info(data: Mapping[str, Any], by_name: bool = False) -> ReplicaInfo:
         status=status,
         address=address,
         health_route=labels.get(LABEL_HEALTH_ROUTE, "/health"),
-        exit_code=state.get("ExitCode") if status is ReplicaStatus.EXITED else None,
+        exit_code=state.get("ExitCode") if status is ContainerStatus.EXITED else None,
         gpus=tuple(
             device
             for request in (data.get("HostConfig") or {}).get("DeviceRequests") or ()

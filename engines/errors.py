@@ -15,8 +15,8 @@ The rest keep 500: they stop a command or a start (the CLI prints the sentence),
 turned into a refusal where they happen (a CatalogError is a 404 or a 400 depending on the call).
 
 A leaf: it imports nothing, so that engines/, proxy/ and autoscaler/ may all import it. It lives in
-engines/, the package with the most errors of its own; proxy/core/errors.py is its one importer
-outside engines/ and autoscaler/.
+engines/, the package with the most errors of its own; this module is the only thing proxy/ imports
+from engines/ (placed in proxy/, it would be imported from a dozen engines/ modules).
 """
 
 

@@ -20,6 +20,7 @@ from .runtime import (
     LABEL_NAME,
     LABEL_NAMESPACE,
     ContainerSpec,
+    ContainerStatus,
     EndpointKey,
     EventKind,
     ImagePullFailed,
@@ -28,7 +29,6 @@ from .runtime import (
     ReplicaEvent,
     ReplicaInfo,
     ReplicaNotFound,
-    ReplicaStatus,
     RuntimeError_,
     Usage,
     container_name,
@@ -89,7 +89,7 @@ class FakeEngine:
 
     def exited(self, container: _Container, exit_code: int) -> None:
         """The container's process ended: a DIED event to the runtimes that can see it."""
-        container.info = replace(container.info, status=ReplicaStatus.EXITED, address=None, exit_code=exit_code)
+        container.info = replace(container.info, status=ContainerStatus.EXITED, address=None, exit_code=exit_code)
         _changed(container)
         event = ReplicaEvent(EventKind.DIED, container.info.replica_id, container.info.endpoint, exit_code)
         for instance, queue in self._subscribers:
@@ -106,7 +106,7 @@ class FakeEngine:
     def remove_network(self, name: str) -> bool:
         """Remove the network unless a live container is on it, as Docker refuses one with active
         endpoints (an exited container does not hold it); whether it is gone."""
-        if any(c.network == name and c.info.status is not ReplicaStatus.EXITED for c in self.containers.values()):
+        if any(c.network == name and c.info.status is not ContainerStatus.EXITED for c in self.containers.values()):
             return False
         self.networks.pop(name, None)
         return True
@@ -205,7 +205,7 @@ class FakeRuntime:
             raise RuntimeError_("start container", name, f"the container name {name} is already in use")
         info = ReplicaInfo(
             replica_id, endpoint, revision, self.engine.next_container_id(), name,
-            ReplicaStatus.CREATED, None, spec.health_route, gpus=spec.gpu_device_ids, api_key=spec.api_key,
+            ContainerStatus.CREATED, None, spec.health_route, gpus=spec.gpu_device_ids, api_key=spec.api_key,
         )
         container = _Container(info, spec, self.instance, [], network=network.name)
         self.engine.containers[info.container_id] = container
@@ -221,7 +221,7 @@ class FakeRuntime:
             # A failed or cancelled start leaves no container behind. It never ran: no DIED event.
             self.engine.remove(container)
             raise
-        container.info = replace(info, status=ReplicaStatus.RUNNING, address=self._address(replica_id))
+        container.info = replace(info, status=ContainerStatus.RUNNING, address=self._address(replica_id))
         container.lines.append(f"{spec.image} started")
         if self._start_exit is not None:
             (exit_code, lines), self._start_exit = self._start_exit, None
@@ -234,10 +234,10 @@ class FakeRuntime:
         after grace_s. Then it is removed; an exited (or never started) one is only removed."""
         self.calls.append(("stop", replica_id))
         container = self._get("stop container", replica_id)
-        if container.info.status is ReplicaStatus.RUNNING:
+        if container.info.status is ContainerStatus.RUNNING:
             if container.ignores_sigterm:
                 await self._sleep(grace_s)
-                if container.info.status is ReplicaStatus.RUNNING:  # not ended meanwhile
+                if container.info.status is ContainerStatus.RUNNING:  # not ended meanwhile
                     self.engine.exited(container, SIGKILL_EXIT_CODE)
             else:
                 self.engine.exited(container, 0)
@@ -274,7 +274,7 @@ class FakeRuntime:
                 sent += 1
                 yield container.lines[sent - 1]
             gone = container.info.container_id not in self.engine.containers
-            if gone or container.info.status is ReplicaStatus.EXITED:
+            if gone or container.info.status is ContainerStatus.EXITED:
                 return
             await changed.wait()
 

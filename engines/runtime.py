@@ -117,7 +117,11 @@ class ContainerSpec:
         return f"ContainerSpec({', '.join(shown)})"
 
 
-class ReplicaStatus(enum.StrEnum):
+class ContainerStatus(enum.StrEnum):
+    """The status of a replica's container as the runtime reports it (Docker's states folded to
+    three). RUNNING says the process runs, not that it serves: the owner's Phase and the user's
+    ReplicaState stay starting/initializing until the engine passes its readiness check."""
+
     CREATED = "created"
     RUNNING = "running"
     EXITED = "exited"
@@ -132,7 +136,7 @@ class ReplicaInfo:
     revision: str
     container_id: str
     container_name: str
-    status: ReplicaStatus
+    status: ContainerStatus
     address: str | None  # "127.0.0.1:PORT" where the engine's port is published; None if not running
     health_route: str
     exit_code: int | None = None
@@ -153,6 +157,8 @@ class Usage:
 
 
 class EventKind(enum.StrEnum):
+    """What the runtime reports of a container unasked (its event stream): that it died."""
+
     DIED = "died"
 
 

@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from engines.capacity import HostCapacity
 from engines.gpus import AdoptConflict
-from engines.runtime import EndpointKey, ReplicaInfo, ReplicaNotFound, ReplicaStatus, Runtime, RuntimeError_
+from engines.runtime import EndpointKey, ReplicaInfo, ReplicaNotFound, ContainerStatus, Runtime, RuntimeError_
 from proxy.core.control import RouteTable
 
 from autoscaler.model.events import EventLog
@@ -435,7 +435,7 @@ class Controller:
         """Whether `adopt` keeps a container found at start: running, of a revision up to the
         owner's, healthy, and its GPUs, CPUs and memory taken in the host's capacity."""
         keep = (
-            info.status is ReplicaStatus.RUNNING
+            info.status is ContainerStatus.RUNNING
             and 0 < _revision(info) <= owner.intent.revision
             and info.address is not None
             and await self.launcher.healthy(info)

@@ -33,7 +33,7 @@ from engines.runtime import (
     EndpointKey,
     ReplicaInfo,
     ReplicaNotFound,
-    ReplicaStatus,
+    ContainerStatus,
     Runtime,
     RuntimeError_,
 )
@@ -281,7 +281,7 @@ class Collector:
             # Docker ends the stream of a container that is created but not started yet, too:
             # only an exited (or removed) container's log is read to its end.
             try:
-                done = (await self.runtime.inspect(info.replica_id)).status is ReplicaStatus.EXITED
+                done = (await self.runtime.inspect(info.replica_id)).status is ContainerStatus.EXITED
             except ReplicaNotFound:
                 done = True
             except RuntimeError_:
@@ -345,7 +345,7 @@ class Collector:
             return
         try:
             async with asyncio.timeout(CAPTURE_TIMEOUT_S):
-                if info.status is ReplicaStatus.EXITED:
+                if info.status is ContainerStatus.EXITED:
                     assert tail.task is not None  # _begin starts the task of every tail it makes
                     await asyncio.shield(tail.task)
                 else:

@@ -14,7 +14,7 @@ import pytest
 from engines import docker as docker_module
 from engines.docker import DockerRuntime, create_config, replica_info, translate_path
 from engines.images import ECHO_IMAGE
-from engines.runtime import ContainerSpec, EndpointKey, Mount, ReplicaStatus, RuntimeError_, network_name
+from engines.runtime import ContainerSpec, EndpointKey, Mount, ContainerStatus, RuntimeError_, network_name
 
 from tests.docker_fixtures import docker_cli
 
@@ -105,7 +105,7 @@ async def test_in_container_mode_replicas_are_unpublished_and_endpointds_contain
 
         spec = ContainerSpec(image=ECHO_IMAGE, mounts=(Mount(source="/models/m", target="/repository"),))
         info = await runtime.start(docker_key, "r1", "1", spec)
-        assert info.status is ReplicaStatus.RUNNING
+        assert info.status is ContainerStatus.RUNNING
         assert info.address == f"{info.container_name}:80"
         replica = json.loads(await docker_cli("inspect", info.container_name))[0]
         assert not any(replica["NetworkSettings"]["Ports"].values())  # nothing on the host

@@ -12,7 +12,7 @@ from autoscaler.model.intent import Signals
 from autoscaler.control.owner import MAX_START_FAILURES
 from autoscaler.control.planner import Phase
 from autoscaler.model.state import State
-from engines.runtime import EndpointKey, ReplicaInfo, ReplicaStatus
+from engines.runtime import EndpointKey, ReplicaInfo, ContainerStatus
 from proxy.core.control import RouteState
 
 from tests.control_world import KEY, World, intent
@@ -393,8 +393,8 @@ async def test_11_gpus_are_adopted_after_a_restart():
     w.launcher.gpus_per_replica = 1
     w.controller.apply(intent(revision=2))
     found = [
-        ReplicaInfo("keep", KEY, "2", "c1", "n1", ReplicaStatus.RUNNING, "127.0.0.1:9", "/health", gpus=("GPU-0",)),
-        ReplicaInfo("twice", KEY, "2", "c2", "n2", ReplicaStatus.RUNNING, "127.0.0.1:9", "/health", gpus=("GPU-0",)),
+        ReplicaInfo("keep", KEY, "2", "c1", "n1", ContainerStatus.RUNNING, "127.0.0.1:9", "/health", gpus=("GPU-0",)),
+        ReplicaInfo("twice", KEY, "2", "c2", "n2", ContainerStatus.RUNNING, "127.0.0.1:9", "/health", gpus=("GPU-0",)),
     ]
     assert await w.controller.adopt(found) == ["keep"]
     assert w.allocator.holders == {"GPU-0": "keep"}
@@ -407,10 +407,10 @@ async def test_adopt_keeps_healthy_containers_up_to_the_current_revision_and_sto
     w = world
     w.controller.apply(intent(revision=2, min_replicas=1, max_replicas=1))
 
-    def info(rid, revision, endpoint=KEY, status=ReplicaStatus.RUNNING):
+    def info(rid, revision, endpoint=KEY, status=ContainerStatus.RUNNING):
         return ReplicaInfo(rid, endpoint, str(revision), "c", "n", status, "127.0.0.1:9999", "/health")
 
-    found = [info("keep", 2), info("sick", 2), info("old", 1), info("dead", 2, status=ReplicaStatus.EXITED),
+    found = [info("keep", 2), info("sick", 2), info("old", 1), info("dead", 2, status=ContainerStatus.EXITED),
              info("orphan", 2, endpoint=EndpointKey("acme", "gone")), info("future", 3), info("odd", "²")]
     w.launcher.unhealthy.add("sick")
     stopped = []
