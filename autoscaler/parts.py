@@ -91,7 +91,7 @@ def scaling_of(intent: Intent | None) -> Scaling | None:
         return None
     s = intent.spec.compute.scaling
     return Scaling(
-        min_replicas=s.min_replica, max_replicas=s.max_replica, metric=str(s.measure.metric),
+        min_replicas=s.min_replica, max_replicas=s.max_replica, metric=s.measure.metric,
         threshold=s.measure.threshold,
         idle_timeout_min=(s.scale_to_zero_timeout_min or DEFAULT_IDLE_MIN) if s.min_replica == 0 else None,
     )

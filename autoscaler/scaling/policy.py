@@ -20,9 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-PENDING = "pendingRequests"
-HARDWARE = "hardwareUsage"
-ENGINE = "engineQueue"
+from autoscaler.model.spec import ScalingMetric
 
 
 @dataclass(frozen=True)
@@ -41,7 +39,7 @@ class Scaling:
 
     min_replicas: int
     max_replicas: int
-    metric: str = PENDING
+    metric: ScalingMetric = ScalingMetric.PENDING_REQUESTS
     threshold: float = 1.5
     idle_timeout_min: float | None = None  # None: never to zero (min > 0)
 
@@ -96,7 +94,7 @@ def decide(snapshot: Snapshot, scaling: Scaling, config: PolicyConfig, state: Po
     inputs: dict = {"pending": snapshot.pending, "ready": snapshot.ready, "current": current, "per_ready": round(per_ready, 3)}
 
     # 1. What the metric asks for (a recommendation, before bounds and stabilization).
-    if scaling.metric == HARDWARE:
+    if scaling.metric is ScalingMetric.HARDWARE_USAGE:
         utils = [u for t, _, u, _ in samples if u is not None and t > now - config.hardware_window_s]
         util = _mean(utils)
         inputs["utilization"] = round(util, 1)
@@ -109,7 +107,7 @@ def decide(snapshot: Snapshot, scaling: Scaling, config: PolicyConfig, state: Po
             reason = f"utilization {util:.0f}% < {scaling.threshold:g}%"
             state = replace(state, last_down_at=now)
     else:
-        engine = scaling.metric == ENGINE
+        engine = scaling.metric is ScalingMetric.ENGINE_QUEUE
         window = [load if engine else p for t, p, _, load in samples if t > now - config.window_s]
         average = _mean(window)
         what = "engine running + waiting" if engine else "pending"
