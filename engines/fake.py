@@ -29,7 +29,7 @@ from .runtime import (
     ReplicaEvent,
     ReplicaInfo,
     ReplicaNotFound,
-    RuntimeError_,
+    RuntimeFailure,
     Usage,
     container_name,
     network_labels,
@@ -149,7 +149,7 @@ class FakeRuntime:
     # --- what a test tells the fake --------------------------------------------------------
 
     def fail_next_start(self, detail: str) -> None:
-        """The next start raises RuntimeError_ with this detail after its start delay (as when
+        """The next start raises RuntimeFailure with this detail after its start delay (as when
         Docker creates the container but cannot start it); its container is removed."""
         self._start_failure = detail
 
@@ -198,11 +198,11 @@ class FakeRuntime:
         network = self.engine.ensure_network(self.instance, endpoint)  # first, as the Docker runtime does
         # What Docker refuses at create time, before any container exists.
         if self.images is not None and spec.image not in self.images:
-            raise RuntimeError_("start container", name, f"No such image: {spec.image}")
+            raise RuntimeFailure("start container", name, f"No such image: {spec.image}")
         if any(c.info.replica_id == replica_id for c in self._own()):
-            raise RuntimeError_("start container", name, "a container of this replica id already exists")
+            raise RuntimeFailure("start container", name, "a container of this replica id already exists")
         if any(c.info.container_name == name for c in self.engine.containers.values()):
-            raise RuntimeError_("start container", name, f"the container name {name} is already in use")
+            raise RuntimeFailure("start container", name, f"the container name {name} is already in use")
         info = ReplicaInfo(
             replica_id, endpoint, revision, self.engine.next_container_id(), name,
             ContainerStatus.CREATED, None, spec.health_route, gpus=spec.gpu_device_ids, api_key=spec.api_key,
@@ -213,10 +213,10 @@ class FakeRuntime:
             if self.start_delay_s:
                 await self._sleep(self.start_delay_s)
             if self.engine.containers.get(info.container_id) is not container:
-                raise RuntimeError_("start container", name, f"No such container: {info.container_id}")
+                raise RuntimeFailure("start container", name, f"No such container: {info.container_id}")
             if self._start_failure is not None:
                 detail, self._start_failure = self._start_failure, None
-                raise RuntimeError_("start container", name, detail)
+                raise RuntimeFailure("start container", name, detail)
         except BaseException:
             # A failed or cancelled start leaves no container behind. It never ran: no DIED event.
             self.engine.remove(container)

@@ -23,7 +23,7 @@ from .docker import DockerRuntime
 from .errors import EndpointdError
 from .pinned import LLAMA_CPP_BUILD, LLAMA_CPP_SOURCE, FetchError, fetch
 from .presets import DEFAULT_IMAGES, LOCAL_IMAGES
-from .runtime import RuntimeError_
+from .runtime import RuntimeFailure
 
 BASE_IMAGE = "endpointd/base:bookworm"
 ECHO_IMAGE = "endpointd/echo:latest"
@@ -324,7 +324,7 @@ def main(force: bool = False, only: Iterable[str] | None = None, cuda: bool | No
 
     try:
         asyncio.run(build_all(force, progress, only, cuda))
-    except (BuildError, FetchError, RuntimeError_, OSError) as error:
+    except (BuildError, FetchError, RuntimeFailure, OSError) as error:
         print(f"endpointd images: {error}", file=sys.stderr)
         return 1
     progress("done")

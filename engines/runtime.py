@@ -3,8 +3,8 @@
 Only `engines/docker.py` talks to Docker (through aiodocker); everything else holds a `Runtime`,
 which the in-memory `engines/fake.py` also implements for unit tests.
 
-Errors, one root:
-    RuntimeError_          any failure of the runtime, naming the operation and the container
+Errors, one root (an EndpointdError, engines/errors.py):
+    RuntimeFailure         any failure of the runtime, naming the operation and the container
       ImagePullFailed      an image is neither local nor pullable
       ReplicaNotFound      no container of ours under that replica id
 """
@@ -173,7 +173,7 @@ class ReplicaEvent:
 ProgressCallback = Callable[[str], None]
 
 
-class RuntimeError_(EndpointdError):
+class RuntimeFailure(EndpointdError):
     """A runtime operation failed. The message names the operation and the container or image."""
 
     def __init__(self, operation: str, target: str, detail: str) -> None:
@@ -183,11 +183,11 @@ class RuntimeError_(EndpointdError):
         self.detail = detail
 
 
-class ImagePullFailed(RuntimeError_):
+class ImagePullFailed(RuntimeFailure):
     pass
 
 
-class ReplicaNotFound(RuntimeError_):
+class ReplicaNotFound(RuntimeFailure):
     pass
 
 

@@ -35,7 +35,7 @@ from engines.runtime import (
     ReplicaNotFound,
     ContainerStatus,
     Runtime,
-    RuntimeError_,
+    RuntimeFailure,
 )
 
 from autoscaler.observe.log_mask import Masker, clean
@@ -165,7 +165,7 @@ class Collector:
         while True:
             try:
                 await self.tick()
-            except RuntimeError_ as error:
+            except RuntimeFailure as error:
                 log.warning("cannot list containers to collect their logs: %s; trying again", error)
             except Exception:
                 log.exception("a log collection round failed")
@@ -184,7 +184,7 @@ class Collector:
                 async with aclosing(self.runtime.events()) as events:
                     async for _ in events:
                         self._kick.set()
-            except RuntimeError_ as error:
+            except RuntimeFailure as error:
                 log.warning("log collection: the runtime's event stream failed: %s", error)
             await asyncio.sleep(self.poll_interval_s)
 
@@ -268,7 +268,7 @@ class Collector:
                     while len(self._buffer) >= MAX_BUFFERED_LINES and not self.closed:
                         await self._wait_written()
             ended = True
-        except RuntimeError_ as error:
+        except RuntimeFailure as error:
             if not isinstance(error, ReplicaNotFound):
                 log.warning("following the log of replica %s failed: %s; trying again", info.replica_id, error)
         finally:
@@ -284,7 +284,7 @@ class Collector:
                 done = (await self.runtime.inspect(info.replica_id)).status is ContainerStatus.EXITED
             except ReplicaNotFound:
                 done = True
-            except RuntimeError_:
+            except RuntimeFailure:
                 done = False
             if done:
                 self._done.add(cid)
@@ -336,7 +336,7 @@ class Collector:
             return
         try:
             info = await self.runtime.inspect(replica_id)
-        except RuntimeError_:
+        except RuntimeFailure:
             return
         if info.container_id in self._done:
             return

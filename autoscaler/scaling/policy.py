@@ -34,8 +34,9 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
-class Scaling:
-    """One endpoint's scaling settings, from its spec."""
+class PolicyScaling:
+    """One endpoint's scaling settings as the policy reads them (parts.scaling_of makes them from
+    the spec's model.spec.Scaling: plural counts, the idle timeout resolved)."""
 
     min_replicas: int
     max_replicas: int
@@ -81,7 +82,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def decide(snapshot: Snapshot, scaling: Scaling, config: PolicyConfig, state: PolicyState, now: float) -> tuple[Decision, PolicyState]:
+def decide(snapshot: Snapshot, scaling: PolicyScaling, config: PolicyConfig, state: PolicyState, now: float) -> tuple[Decision, PolicyState]:
     started = state.started_at if state.started_at is not None else now
     active = snapshot.pending > 0 or (state.last_arrivals is not None and snapshot.arrivals != state.last_arrivals)
     last_active = now if active or state.last_active_at is None else state.last_active_at

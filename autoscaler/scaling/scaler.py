@@ -24,7 +24,7 @@ from proxy.core.pending import PendingSnapshot
 from autoscaler.control.controller import Controller
 from autoscaler.model.events import EventLog
 from autoscaler.model.spec import ScalingMetric
-from autoscaler.scaling.policy import Decision, PolicyConfig, PolicyState, Scaling, Snapshot, decide
+from autoscaler.scaling.policy import Decision, PolicyConfig, PolicyState, PolicyScaling, Snapshot, decide
 
 log = logging.getLogger("endpointd.scaler")
 
@@ -47,7 +47,7 @@ class Scaler:
         pending: Callable[[], PendingSnapshot],
         *,
         config: PolicyConfig,
-        scaling_of: Callable[[EndpointKey], Scaling | None],
+        scaling_of: Callable[[EndpointKey], PolicyScaling | None],
         utilization: Callable[[EndpointKey], Awaitable[float | None]] | None = None,
         engine_load: Callable[[EndpointKey], float | None] | None = None,
         events: EventLog | None = None,

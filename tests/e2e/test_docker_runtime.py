@@ -33,7 +33,7 @@ from engines.runtime import (
     RegistryAuth,
     ReplicaNotFound,
     ContainerStatus,
-    RuntimeError_,
+    RuntimeFailure,
     Usage,
     network_name,
 )
@@ -220,16 +220,16 @@ def test_registry_auth_header_is_base64url_json(image, server):
 async def test_an_unreachable_engine_is_a_runtime_error_naming_the_operation(tmp_path):
     runtime = DockerRuntime(url=f"unix://{tmp_path}/no-docker.sock")
     try:
-        with pytest.raises(RuntimeError_, match="list containers: cannot reach the Docker engine"):
+        with pytest.raises(RuntimeFailure, match="list containers: cannot reach the Docker engine"):
             await runtime.list()
-        with pytest.raises(RuntimeError_, match="stop container replica r1: cannot reach the Docker engine"):
+        with pytest.raises(RuntimeFailure, match="stop container replica r1: cannot reach the Docker engine"):
             await runtime.stop("r1", 1)
         key = EndpointKey("ns", "e")
-        with pytest.raises(RuntimeError_, match=f"create network {network_name(None, key)}: cannot reach the Docker engine"):
+        with pytest.raises(RuntimeFailure, match=f"create network {network_name(None, key)}: cannot reach the Docker engine"):
             await runtime.start(key, "r1", "1", ContainerSpec(image="img"))
-        with pytest.raises(RuntimeError_, match=f"remove network {network_name(None, key)}: cannot reach the Docker engine"):
+        with pytest.raises(RuntimeFailure, match=f"remove network {network_name(None, key)}: cannot reach the Docker engine"):
             await runtime.remove_network(key)
-        with pytest.raises(RuntimeError_, match="list networks: cannot reach the Docker engine"):
+        with pytest.raises(RuntimeFailure, match="list networks: cannot reach the Docker engine"):
             await runtime.networks()
     finally:
         await runtime.close()
@@ -357,7 +357,7 @@ async def test_a_pull_failure_names_the_image_and_a_local_image_is_not_pulled(do
 @pytest.mark.docker
 async def test_docker_errors_name_the_operation_and_the_container(docker_runtime, docker_key):
     rid = new_id()
-    with pytest.raises(RuntimeError_, match=f"start container endpointd-{docker_key.namespace}-echo-{rid}: .*no-such-image"):
+    with pytest.raises(RuntimeFailure, match=f"start container endpointd-{docker_key.namespace}-echo-{rid}: .*no-such-image"):
         await docker_runtime.start(docker_key, rid, "1", ContainerSpec(image="no-such-image:never"))
     assert await docker_runtime.list(docker_key) == []  # nothing half-created left behind
     for operation, call in [
@@ -375,7 +375,7 @@ async def test_a_failing_build_names_the_step_and_its_output(docker_runtime, tmp
         f"FROM {ECHO_IMAGE}\nRUN echo about to fail && exit 7\n"
     )
     tag = f"endpointd/test-broken:{uuid.uuid4().hex[:8]}"
-    with pytest.raises(RuntimeError_, match=f"(?s)build image {tag}: .*non-zero code: 7 \\(at Step 2/2 : RUN .*about to fail"):
+    with pytest.raises(RuntimeFailure, match=f"(?s)build image {tag}: .*non-zero code: 7 \\(at Step 2/2 : RUN .*about to fail"):
         await docker_runtime.build_image(tmp_path, tag)
     assert not await docker_runtime.image_exists(tag)
 
@@ -440,6 +440,6 @@ async def test_the_gpus_of_a_found_container_are_read_back_from_it(docker_runtim
 async def test_a_start_the_engine_cannot_give_its_gpus_leaves_no_container(docker_runtime, docker_key):
     rid = new_id()
     spec = ContainerSpec(image=ECHO_IMAGE, gpu_device_ids=("GPU-none",))
-    with pytest.raises(RuntimeError_, match=f"start container endpointd-{docker_key.namespace}-echo-{rid}: .*device"):
+    with pytest.raises(RuntimeFailure, match=f"start container endpointd-{docker_key.namespace}-echo-{rid}: .*device"):
         await docker_runtime.start(docker_key, rid, "1", spec)  # created, then refused at start
     assert await engine_containers(docker_key) == []

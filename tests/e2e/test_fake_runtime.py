@@ -23,7 +23,7 @@ from engines.runtime import (
     ReplicaInfo,
     ReplicaNotFound,
     ContainerStatus,
-    RuntimeError_,
+    RuntimeFailure,
     Usage,
     network_name,
 )
@@ -57,13 +57,13 @@ async def test_errors_are_the_docker_runtimes():
     rt = FakeRuntime(images={"img:1"})
     with pytest.raises(ImagePullFailed, match="pull image img:2"):
         await rt.ensure_image("img:2")
-    with pytest.raises(RuntimeError_, match="start container endpointd-acme-e1-r1: No such image: img:2"):
+    with pytest.raises(RuntimeFailure, match="start container endpointd-acme-e1-r1: No such image: img:2"):
         await rt.start(KEY, "r1", "1", ContainerSpec(image="img:2"))
     await rt.start(KEY, "r1", "1", SPEC)
-    with pytest.raises(RuntimeError_, match="already exists"):
+    with pytest.raises(RuntimeFailure, match="already exists"):
         await rt.start(KEY, "r1", "1", SPEC)
     rt.fail_next_start("out of disk")
-    with pytest.raises(RuntimeError_, match="start container endpointd-acme-e1-r2: out of disk"):
+    with pytest.raises(RuntimeFailure, match="start container endpointd-acme-e1-r2: out of disk"):
         await rt.start(KEY, "r2", "1", SPEC)
     await rt.start(KEY, "r2", "1", SPEC)  # only the next start failed
     for operation, call in [
@@ -152,7 +152,7 @@ async def test_a_failed_start_fails_after_its_delay_and_removes_its_container():
     await until_asked(sleeps)
     assert len(await rt.list()) == 1  # created: Docker refuses at start, not at create
     sleeps.wake.set()
-    with pytest.raises(RuntimeError_, match="start container endpointd-acme-e1-r1: could not select device driver"):
+    with pytest.raises(RuntimeFailure, match="start container endpointd-acme-e1-r1: could not select device driver"):
         await starting
     assert await rt.list() == []
 
@@ -165,7 +165,7 @@ async def test_a_container_removed_while_created_fails_its_start():
     await until_asked(sleeps)
     await rt.stop("r1", 1)  # a sweep of containers nothing owns, say
     sleeps.wake.set()
-    with pytest.raises(RuntimeError_, match="start container endpointd-acme-e1-r1: No such container"):
+    with pytest.raises(RuntimeFailure, match="start container endpointd-acme-e1-r1: No such container"):
         await starting
     assert await rt.list() == []
 
@@ -218,7 +218,7 @@ async def test_runtimes_of_one_engine_see_only_their_own_instance():
     await b.start(EndpointKey("acme", "e2"), "r1", "1", SPEC)  # the same replica id, another name
     assert [i.endpoint for i in await a.list()] == [KEY] and list(a.containers) == ["r1"]
     assert [i.endpoint.name for i in await everything.list()] == ["e1", "e2"]
-    with pytest.raises(RuntimeError_, match="name endpointd-acme-e1-r1 is already in use"):
+    with pytest.raises(RuntimeFailure, match="name endpointd-acme-e1-r1 is already in use"):
         await FakeRuntime(engine=engine, instance="c").start(KEY, "r1", "1", SPEC)  # names are engine-wide, as in Docker
     for helper in (b.kill, b.hang, b.ignore_sigterm, b.is_hung):
         with pytest.raises(ReplicaNotFound):

@@ -19,7 +19,7 @@ from autoscaler.store.sealing import SealingError
 from engines.artifacts import ArtifactError, HubUnreachable
 from engines.hardware import HardwareError
 from engines.model_roots import RootsError
-from engines.runtime import RuntimeError_
+from engines.runtime import RuntimeFailure
 from engines.spec_rules import PresetError
 from engines.suggest import SuggestError
 from proxy.core.config import ProxyConfig
@@ -51,7 +51,7 @@ SHOWN = [  # what the caller gets: (the error, its status); the sentence is the 
 HIDDEN = [  # an internal error: 500, the sentence logged and not shown
     store.StoreError("schema version 9"),
     CatalogError("no recipe x"),
-    RuntimeError_("start", "replica-1", "the daemon refused"),
+    RuntimeFailure("start", "replica-1", "the daemon refused"),
     ValueError("a bug"),
 ]
 

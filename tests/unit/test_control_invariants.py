@@ -34,7 +34,7 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 from autoscaler.control.planner import SURGE
 from autoscaler.control.planner import Phase
 from engines.fake import FakeRuntime
-from engines.runtime import EndpointKey, ContainerStatus, RuntimeError_
+from engines.runtime import EndpointKey, ContainerStatus, RuntimeFailure
 
 from proxy.core.control import RouteState
 from proxy.core.errors import ProxyError
@@ -56,7 +56,7 @@ class BrokenRuntime:
 
     def __getattr__(self, name):
         async def fail(*args, **kwargs):
-            raise RuntimeError_(name, "runtime", "the process is gone")
+            raise RuntimeFailure(name, "runtime", "the process is gone")
 
         return fail
 

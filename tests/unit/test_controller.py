@@ -273,7 +273,7 @@ async def test_2_a_draining_replica_is_reclaimed_before_a_new_one_starts(world):
 
 
 async def test_3_requests_draining_on_the_old_replica_are_not_new_demand():
-    from autoscaler.scaling.policy import PolicyConfig, Scaling
+    from autoscaler.scaling.policy import PolicyConfig, PolicyScaling
     from autoscaler.scaling.scaler import Scaler
     from proxy.core.pending import PendingCounter
 
@@ -281,7 +281,7 @@ async def test_3_requests_draining_on_the_old_replica_are_not_new_demand():
     counter = PendingCounter()
     w.controller._in_flight = counter.replica_loads
     scaler = Scaler(w.controller, counter.snapshot, config=PolicyConfig(window_s=2, stabilization_s=0),
-                    scaling_of=lambda key: Scaling(0, 2, idle_timeout_min=15), clock=lambda: w.now)
+                    scaling_of=lambda key: PolicyScaling(0, 2, idle_timeout_min=15), clock=lambda: w.now)
     await running(w, min_replicas=0)
     streams = [counter.track("acme/e1").__enter__() for _ in range(3)]
     for ticket in streams:
