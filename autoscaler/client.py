@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from engines.errors import EndpointdError
+
 TIMEOUT_S = 30.0
 
 
-class ClientError(Exception):
+class ClientError(EndpointdError):
     """The server could not be reached or refused; the message says what it answered."""
 
 

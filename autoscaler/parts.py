@@ -29,13 +29,13 @@ from autoscaler.control.host_names import names_of_this_host, normal
 from autoscaler.control.journal import Journal
 from autoscaler.control.launcher import EngineLauncher
 from autoscaler.control.owner import Failure
-from autoscaler.control.plane import StoreControlPlane
+from autoscaler.control.plane import ServeControlPlane
 from autoscaler.model.catalog import load_catalog
 from autoscaler.model.intent import Intent
 from autoscaler.observe.analytics import Analytics, AnalyticsConfig
 from autoscaler.observe.logs import Collecting, LogsConfig, LogService
 from autoscaler.observe.loops import Loops
-from autoscaler.scaling.policy import Scaling
+from autoscaler.scaling.policy import PolicyScaling
 from autoscaler.scaling.scaler import Scaler
 from autoscaler.startup import (
     STORE_FILE,
@@ -85,13 +85,13 @@ def own_names(proxy: ProxyConfig, serve: ServeConfig) -> frozenset[str]:
     return frozenset(normal(name) for name in names)
 
 
-def scaling_of(intent: Intent | None) -> Scaling | None:
+def scaling_of(intent: Intent | None) -> PolicyScaling | None:
     """The policy's view of an endpoint's `compute.scaling`."""
     if intent is None or intent.spec is None:
         return None
     s = intent.spec.compute.scaling
-    return Scaling(
-        min_replicas=s.min_replica, max_replicas=s.max_replica, metric=str(s.measure.metric),
+    return PolicyScaling(
+        min_replicas=s.min_replica, max_replicas=s.max_replica, metric=s.measure.metric,
         threshold=s.measure.threshold,
         idle_timeout_min=(s.scale_to_zero_timeout_min or DEFAULT_IDLE_MIN) if s.min_replica == 0 else None,
     )
@@ -260,7 +260,7 @@ async def build_parts(
             return internal
         return await store.verify_token(token)
 
-    plane = StoreControlPlane(verify)
+    plane = ServeControlPlane(verify)
     probe_secret = secrets.token_urlsafe(32)  # marks the controller's probes: never counted as demand
     pipeline = Pipeline(proxy_config, plane, probe_secret=probe_secret)
     loops = Loops(pipeline.metrics.registry)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engines.runtime import EndpointKey, ReplicaInfo, RuntimeError_, network_name
+from engines.runtime import EndpointKey, ReplicaInfo, RuntimeFailure, network_name
 
 from autoscaler.store import datadir
 from autoscaler.startup import INSTANCE_FILE
@@ -88,7 +88,7 @@ async def _left_behind(instance: str, data_dir: Path, remove: bool, say: Callabl
             say(f"removed network {network_name(instance, key)} ({key})")
         say("nothing of it is left running")
         return 0
-    except RuntimeError_ as error:
+    except RuntimeFailure as error:
         say(f"could not ask Docker what it left running: {error}")
         return 1
     finally:

@@ -39,6 +39,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from engines.errors import EndpointdError
 from engines.progress import download_key
 from engines.runtime import Mount
 
@@ -77,8 +78,10 @@ class _Download:
 _inflight: dict[tuple[str, str | None, str, tuple[str, ...] | None], _Download] = {}
 
 
-class ArtifactError(Exception):
+class ArtifactError(EndpointdError):
     """The model's files could not be had. The message names the repository and the cause."""
+
+    status = 400
 
 
 def is_local(repository: str) -> bool:
@@ -238,6 +241,8 @@ LOCAL_REVISION_PREFIX = "sha256:"
 
 class HubUnreachable(ArtifactError):
     """The Hub did not answer and the cache does not hold the repository: a 502, not the caller's fault."""
+
+    status = 502
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from engines.runtime import RuntimeError_
+from engines.runtime import RuntimeFailure
 
 log = logging.getLogger("endpointd.images")
 
@@ -37,7 +37,7 @@ class Verdict:
 
 
 class ImageInventory:
-    """`present(image) -> bool` (the engine has it; may raise RuntimeError_) and `in_registry(image)
+    """`present(image) -> bool` (the engine has it; may raise RuntimeFailure) and `in_registry(image)
     -> None | str` (None: the registry has it; else why it cannot be pulled)."""
 
     def __init__(self, present: Callable[[str], Awaitable[bool]],
@@ -52,7 +52,7 @@ class ImageInventory:
     async def check(self, image: str) -> Verdict:
         try:
             present = await self._present(image)
-        except RuntimeError_ as error:
+        except RuntimeFailure as error:
             log.warning("could not tell whether image %s is on this host: %s", image, error)
             return Verdict(image, None)
         if present:

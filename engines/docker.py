@@ -1,6 +1,6 @@
 """The Docker runtime: the only module that imports aiodocker.
 
-Every aiodocker error (and every failure to reach the engine) is wrapped here into `RuntimeError_`
+Every aiodocker error (and every failure to reach the engine) is wrapped here into `RuntimeFailure`
 (or a subclass) naming the operation and the container or image, so nothing above this module
 knows Docker's error types. It also holds the image-building primitives `engines/images.py` uses.
 """
@@ -43,6 +43,7 @@ from .runtime import (
     LABEL_REPLICA,
     LABEL_REVISION,
     ContainerSpec,
+    ContainerStatus,
     EndpointKey,
     EventKind,
     ImagePullFailed,
@@ -51,8 +52,7 @@ from .runtime import (
     ReplicaEvent,
     ReplicaInfo,
     ReplicaNotFound,
-    ReplicaStatus,
-    RuntimeError_,
+    RuntimeFailure,
     Usage,
     container_name,
     network_labels,
@@ -109,7 +109,7 @@ DOCKERENV = Path("/.dockerenv")
 _SHORT_ID = re.compile(r"[0-9a-f]{12}")
 # Docker's container states as ours; any other ("exited", "dead", "removing") is EXITED. A paused
 # container's process is alive, only frozen: it is RUNNING, and its health probe tells it hangs.
-CONTAINER_STATUS = {"created": ReplicaStatus.CREATED, "running": ReplicaStatus.RUNNING, "paused": ReplicaStatus.RUNNING}
+CONTAINER_STATUS = {"created": ContainerStatus.CREATED, "running": ContainerStatus.RUNNING, "paused": ContainerStatus.RUNNING}
 
 
 class _NetworkChanged(Exception):
@@ -128,7 +128,7 @@ def _network_changed(error: aiodocker.DockerError) -> bool:
 
 @asynccontextmanager
 async def _wrapped(
-    operation: str, target: str, error: type[RuntimeError_] = RuntimeError_, *, replica: bool = False
+    operation: str, target: str, error: type[RuntimeFailure] = RuntimeFailure, *, replica: bool = False
 ) -> AsyncIterator[None]:
     """Docker's and the transport's errors, as `error(operation, target, detail)`; with `replica`,
     a 404 (the container is gone) is ReplicaNotFound."""
@@ -246,11 +246,11 @@ def replica_info(data: Mapping[str, Any], by_name: bool = False) -> ReplicaInfo:
     name and port on its network (endpointd in a container), else its published port's."""
     labels = data["Config"]["Labels"] or {}
     state = data["State"]
-    status = CONTAINER_STATUS.get(state.get("Status", ""), ReplicaStatus.EXITED)
+    status = CONTAINER_STATUS.get(state.get("Status", ""), ContainerStatus.EXITED)
     address = None
-    if status is ReplicaStatus.RUNNING and by_name:
+    if status is ContainerStatus.RUNNING and by_name:
         address = f"{data['Name'].lstrip('/')}:{labels.get(LABEL_PORT, '80')}"
-    elif status is ReplicaStatus.RUNNING:
+    elif status is ContainerStatus.RUNNING:
         bindings = (data["NetworkSettings"].get("Ports") or {}).get(f"{labels.get(LABEL_PORT, '80')}/tcp") or []
         if bindings:
             host = bindings[0]["HostIp"]
@@ -264,7 +264,7 @@ def replica_info(data: Mapping[str, Any], by_name: bool = False) -> ReplicaInfo:
         status=status,
         address=address,
         health_route=labels.get(LABEL_HEALTH_ROUTE, "/health"),
-        exit_code=state.get("ExitCode") if status is ReplicaStatus.EXITED else None,
+        exit_code=state.get("ExitCode") if status is ContainerStatus.EXITED else None,
         gpus=tuple(
             device
             for request in (data.get("HostConfig") or {}).get("DeviceRequests") or ()
@@ -309,13 +309,13 @@ def _context_tarball(context_dir: Path, into: Path) -> None:
 
 def translate_path(path: str, mounts: list[tuple[str, str]]) -> str:
     """`path` inside a container as a host path, through its mounts ((destination, source) pairs,
-    longest destination first); RuntimeError_ when none holds it."""
+    longest destination first); RuntimeFailure when none holds it."""
     for destination, source in mounts:
         if destination == "/":
             return source.rstrip("/") + path
         if path == destination or path.startswith(destination + "/"):
             return source + path[len(destination):]
-    raise RuntimeError_(
+    raise RuntimeFailure(
         "start container", path,
         "endpointd runs in a container and this directory is on none of its volumes, so Docker cannot mount it "
         "into a replica: put the data dir and the model roots on volumes (see docs/compose.yaml)",
@@ -386,7 +386,7 @@ class DockerRuntime:
                 except aiodocker.DockerError as error:
                     if error.status != 404:
                         raise
-            raise RuntimeError_(
+            raise RuntimeFailure(
                 "inspect", f"endpointd's own container {setting}",
                 f"the Docker engine has no such container: set {SELF_CONTAINER_ENV} to endpointd's container "
                 "name or id, or to \"host\"",
@@ -404,7 +404,7 @@ class DockerRuntime:
     def host_path(self, path: str) -> str:
         """Where `path` of endpointd's own container lies on the host (container mode): a bind
         mount's source is a path of the host, not of the container that asks for it. Raises
-        RuntimeError_ when no volume of endpointd's container holds it."""
+        RuntimeFailure when no volume of endpointd's container holds it."""
         if self._self_id is None:
             return path
         return translate_path(path, self._self_mounts)
@@ -552,7 +552,7 @@ class DockerRuntime:
                         return await self._create_and_start_once(name, config)
                 except _NetworkChanged as changed:
                     if attempt == NETWORK_ATTEMPTS:
-                        raise RuntimeError_("start container", name, f"{changed} (Docker status {changed.status})") from None
+                        raise RuntimeFailure("start container", name, f"{changed} (Docker status {changed.status})") from None
                     log.info("the network of %s changed during its start (%s); trying again", name, changed)
         raise AssertionError("unreachable")  # the loop returns or raises
 
@@ -599,12 +599,12 @@ class DockerRuntime:
                     log.info("created network %s for %s", name, endpoint)
                 except aiodocker.DockerError as error:
                     if POOLS_SPENT in str(error.message):
-                        raise RuntimeError_("create network", name, f"{error.message}{POOLS_HINT}") from None
+                        raise RuntimeFailure("create network", name, f"{error.message}{POOLS_HINT}") from None
                     if error.status != 409:  # 409: one of this name exists (another runtime made it just now)
                         raise
                 found = await self._endpoint_networks(endpoint)
                 if not found:
-                    raise RuntimeError_(
+                    raise RuntimeFailure(
                         "create network", name,
                         "a network of this name exists that endpointd did not make for this endpoint: remove it "
                         f"(`docker network rm {name}`)",
@@ -656,7 +656,7 @@ class DockerRuntime:
             async with _wrapped("remove container", name):
                 with _unless_gone():
                     await self._docker.containers.container(data["Id"]).delete(force=True)
-        except RuntimeError_ as error:
+        except RuntimeFailure as error:
             log.error("%s; the container of a cancelled start is left behind", error)
             return
         log.info("removed %s: its start was cancelled", name)
@@ -745,7 +745,7 @@ class DockerRuntime:
                                 int(code) if code is not None else None,
                             )
                 log.warning("the Docker event stream ended; reconnecting in %g s", EVENTS_RECONNECT_S)
-            except RuntimeError_ as error:
+            except RuntimeFailure as error:
                 log.warning("%s; reconnecting in %g s", error, EVENTS_RECONNECT_S)
             await asyncio.sleep(EVENTS_RECONNECT_S)
 
@@ -758,7 +758,7 @@ class DockerRuntime:
             async with _wrapped("import image", tag), aclosing(lines):
                 async for line in lines:
                     if "error" in line:
-                        raise RuntimeError_("import image", tag, line["error"])
+                        raise RuntimeFailure("import image", tag, line["error"])
 
     async def build_image(
         self, context_dir: Path, tag: str, dockerfile: str = "Dockerfile", progress: ProgressCallback | None = None,
@@ -784,7 +784,7 @@ class DockerRuntime:
                     async for line in lines:
                         if "error" in line:
                             where = f" (at {step})" if step else ""
-                            raise RuntimeError_("build image", tag, f"{line['error'].strip()}{where}\n" + "\n".join(output))
+                            raise RuntimeFailure("build image", tag, f"{line['error'].strip()}{where}\n" + "\n".join(output))
                         for text in line.get("stream", "").splitlines():
                             if text.startswith("Step "):
                                 step = text

@@ -20,6 +20,7 @@ from .runtime import (
     LABEL_NAME,
     LABEL_NAMESPACE,
     ContainerSpec,
+    ContainerStatus,
     EndpointKey,
     EventKind,
     ImagePullFailed,
@@ -28,8 +29,7 @@ from .runtime import (
     ReplicaEvent,
     ReplicaInfo,
     ReplicaNotFound,
-    ReplicaStatus,
-    RuntimeError_,
+    RuntimeFailure,
     Usage,
     container_name,
     network_labels,
@@ -89,7 +89,7 @@ class FakeEngine:
 
     def exited(self, container: _Container, exit_code: int) -> None:
         """The container's process ended: a DIED event to the runtimes that can see it."""
-        container.info = replace(container.info, status=ReplicaStatus.EXITED, address=None, exit_code=exit_code)
+        container.info = replace(container.info, status=ContainerStatus.EXITED, address=None, exit_code=exit_code)
         _changed(container)
         event = ReplicaEvent(EventKind.DIED, container.info.replica_id, container.info.endpoint, exit_code)
         for instance, queue in self._subscribers:
@@ -106,7 +106,7 @@ class FakeEngine:
     def remove_network(self, name: str) -> bool:
         """Remove the network unless a live container is on it, as Docker refuses one with active
         endpoints (an exited container does not hold it); whether it is gone."""
-        if any(c.network == name and c.info.status is not ReplicaStatus.EXITED for c in self.containers.values()):
+        if any(c.network == name and c.info.status is not ContainerStatus.EXITED for c in self.containers.values()):
             return False
         self.networks.pop(name, None)
         return True
@@ -149,7 +149,7 @@ class FakeRuntime:
     # --- what a test tells the fake --------------------------------------------------------
 
     def fail_next_start(self, detail: str) -> None:
-        """The next start raises RuntimeError_ with this detail after its start delay (as when
+        """The next start raises RuntimeFailure with this detail after its start delay (as when
         Docker creates the container but cannot start it); its container is removed."""
         self._start_failure = detail
 
@@ -198,14 +198,14 @@ class FakeRuntime:
         network = self.engine.ensure_network(self.instance, endpoint)  # first, as the Docker runtime does
         # What Docker refuses at create time, before any container exists.
         if self.images is not None and spec.image not in self.images:
-            raise RuntimeError_("start container", name, f"No such image: {spec.image}")
+            raise RuntimeFailure("start container", name, f"No such image: {spec.image}")
         if any(c.info.replica_id == replica_id for c in self._own()):
-            raise RuntimeError_("start container", name, "a container of this replica id already exists")
+            raise RuntimeFailure("start container", name, "a container of this replica id already exists")
         if any(c.info.container_name == name for c in self.engine.containers.values()):
-            raise RuntimeError_("start container", name, f"the container name {name} is already in use")
+            raise RuntimeFailure("start container", name, f"the container name {name} is already in use")
         info = ReplicaInfo(
             replica_id, endpoint, revision, self.engine.next_container_id(), name,
-            ReplicaStatus.CREATED, None, spec.health_route, gpus=spec.gpu_device_ids, api_key=spec.api_key,
+            ContainerStatus.CREATED, None, spec.health_route, gpus=spec.gpu_device_ids, api_key=spec.api_key,
         )
         container = _Container(info, spec, self.instance, [], network=network.name)
         self.engine.containers[info.container_id] = container
@@ -213,15 +213,15 @@ class FakeRuntime:
             if self.start_delay_s:
                 await self._sleep(self.start_delay_s)
             if self.engine.containers.get(info.container_id) is not container:
-                raise RuntimeError_("start container", name, f"No such container: {info.container_id}")
+                raise RuntimeFailure("start container", name, f"No such container: {info.container_id}")
             if self._start_failure is not None:
                 detail, self._start_failure = self._start_failure, None
-                raise RuntimeError_("start container", name, detail)
+                raise RuntimeFailure("start container", name, detail)
         except BaseException:
             # A failed or cancelled start leaves no container behind. It never ran: no DIED event.
             self.engine.remove(container)
             raise
-        container.info = replace(info, status=ReplicaStatus.RUNNING, address=self._address(replica_id))
+        container.info = replace(info, status=ContainerStatus.RUNNING, address=self._address(replica_id))
         container.lines.append(f"{spec.image} started")
         if self._start_exit is not None:
             (exit_code, lines), self._start_exit = self._start_exit, None
@@ -234,10 +234,10 @@ class FakeRuntime:
         after grace_s. Then it is removed; an exited (or never started) one is only removed."""
         self.calls.append(("stop", replica_id))
         container = self._get("stop container", replica_id)
-        if container.info.status is ReplicaStatus.RUNNING:
+        if container.info.status is ContainerStatus.RUNNING:
             if container.ignores_sigterm:
                 await self._sleep(grace_s)
-                if container.info.status is ReplicaStatus.RUNNING:  # not ended meanwhile
+                if container.info.status is ContainerStatus.RUNNING:  # not ended meanwhile
                     self.engine.exited(container, SIGKILL_EXIT_CODE)
             else:
                 self.engine.exited(container, 0)
@@ -274,7 +274,7 @@ class FakeRuntime:
                 sent += 1
                 yield container.lines[sent - 1]
             gone = container.info.container_id not in self.engine.containers
-            if gone or container.info.status is ReplicaStatus.EXITED:
+            if gone or container.info.status is ContainerStatus.EXITED:
                 return
             await changed.wait()
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
+from engines.errors import EndpointdError
+
 log = logging.getLogger(__name__)
 
 # Words in NVML product names that say how a card is packaged or how much memory it has, not
@@ -40,11 +42,11 @@ class Gpu:
     compute_capability: tuple[int, int] | None = None  # (8, 0) for an A100; None when NVML cannot say
 
 
-class NoCapacity(Exception):
+class NoCapacity(EndpointdError):
     """Not enough free GPUs of the requested type for a replica right now."""
 
 
-class AdoptConflict(ValueError):
+class AdoptConflict(EndpointdError, ValueError):
     """A container found after a restart names a GPU that is unknown or held by another replica."""
 
 

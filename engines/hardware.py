@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
+from engines.errors import EndpointdError
 from engines.gpus import Gpu
 
 CPU = "cpu"
@@ -39,8 +40,10 @@ DEFAULT_CPU_INSTANCE_TYPE = "intel-icl"
 _SIZE = re.compile(r"x([1-9][0-9]*)")
 
 
-class HardwareError(ValueError):
+class HardwareError(EndpointdError, ValueError):
     """The requested hardware is not available on this host; the message names the valid values."""
+
+    status = 400
 
 
 @dataclass(frozen=True)

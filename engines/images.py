@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .docker import DockerRuntime
+from .errors import EndpointdError
 from .gpus import read_inventory
 from .pinned import LLAMA_CPP_BUILD, LLAMA_CPP_SOURCE, FetchError, fetch
 from .presets import DEFAULT_IMAGES, LOCAL_IMAGES
-from .runtime import RuntimeError_
+from .runtime import RuntimeFailure
 
 BASE_IMAGE = "endpointd/base:bookworm"
 ECHO_IMAGE = "endpointd/echo:latest"
@@ -91,7 +92,7 @@ def project_files(root: Path = PROJECT_ROOT) -> list[Path]:
     return found
 
 
-class BuildError(Exception):
+class BuildError(EndpointdError):
     """An image could not be built; the message says which step failed and why."""
 
 
@@ -322,7 +323,7 @@ def main(force: bool = False, only: Iterable[str] | None = None, cuda: bool | No
 
     try:
         asyncio.run(build_all(force, progress, only, cuda))
-    except (BuildError, FetchError, RuntimeError_, OSError) as error:
+    except (BuildError, FetchError, RuntimeFailure, OSError) as error:
         print(f"endpointd images: {error}", file=sys.stderr)
         return 1
     progress("done")

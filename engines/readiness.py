@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from .runtime import ReplicaInfo, ReplicaStatus, Runtime, RuntimeError_
+from .runtime import ContainerStatus, ReplicaInfo, Runtime, RuntimeFailure
 
 # Fast enough that a replica serves within ~0.15 s of being ready (held requests wait on this),
 # slow enough to be negligible load on an engine that is loading weights.
@@ -28,7 +28,7 @@ LOG_LINES_ON_FAILURE = 20
 TCP_SETTLE_S = 0.25
 
 
-class ReplicaStartFailed(RuntimeError_):
+class ReplicaStartFailed(RuntimeFailure):
     """The container exited during start-up."""
 
     def __init__(self, replica_id: str, exit_code: int | None, last_lines: list[str]) -> None:
@@ -40,7 +40,7 @@ class ReplicaStartFailed(RuntimeError_):
         self.last_lines = last_lines
 
 
-class ReplicaStartTimeout(RuntimeError_):
+class ReplicaStartTimeout(RuntimeFailure):
     """The health route did not answer 200 before the start-up deadline."""
 
     def __init__(self, replica_id: str, health_route: str, deadline_s: float, tcp: bool = False) -> None:
@@ -114,7 +114,7 @@ async def wait_ready(
             except (aiohttp.ClientError, TimeoutError):
                 pass  # not listening yet, or busy: the next round tells
         info = await runtime.inspect(replica.replica_id)
-        if info.status is ReplicaStatus.EXITED:
+        if info.status is ContainerStatus.EXITED:
             lines = await runtime.logs(replica.replica_id, tail=LOG_LINES_ON_FAILURE)
             raise ReplicaStartFailed(replica.replica_id, info.exit_code, lines)
         if clock() >= give_up:

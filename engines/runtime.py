@@ -3,8 +3,8 @@
 Only `engines/docker.py` talks to Docker (through aiodocker); everything else holds a `Runtime`,
 which the in-memory `engines/fake.py` also implements for unit tests.
 
-Errors, one root:
-    RuntimeError_          any failure of the runtime, naming the operation and the container
+Errors, one root (an EndpointdError, engines/errors.py):
+    RuntimeFailure         any failure of the runtime, naming the operation and the container
       ImagePullFailed      an image is neither local nor pullable
       ReplicaNotFound      no container of ours under that replica id
 """
@@ -18,6 +18,8 @@ import re
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Protocol
+
+from engines.errors import EndpointdError
 
 # Labels put on every container endpointd starts; a restarted endpointd finds its replicas by them.
 LABEL_MANAGED = "endpointd.managed"
@@ -115,7 +117,11 @@ class ContainerSpec:
         return f"ContainerSpec({', '.join(shown)})"
 
 
-class ReplicaStatus(enum.StrEnum):
+class ContainerStatus(enum.StrEnum):
+    """The status of a replica's container as the runtime reports it (Docker's states folded to
+    three). RUNNING says the process runs, not that it serves: the owner's Phase and the user's
+    ReplicaState stay starting/initializing until the engine passes its readiness check."""
+
     CREATED = "created"
     RUNNING = "running"
     EXITED = "exited"
@@ -130,7 +136,7 @@ class ReplicaInfo:
     revision: str
     container_id: str
     container_name: str
-    status: ReplicaStatus
+    status: ContainerStatus
     address: str | None  # "127.0.0.1:PORT" where the engine's port is published; None if not running
     health_route: str
     exit_code: int | None = None
@@ -151,6 +157,8 @@ class Usage:
 
 
 class EventKind(enum.StrEnum):
+    """What the runtime reports of a container unasked (its event stream): that it died."""
+
     DIED = "died"
 
 
@@ -165,7 +173,7 @@ class ReplicaEvent:
 ProgressCallback = Callable[[str], None]
 
 
-class RuntimeError_(Exception):
+class RuntimeFailure(EndpointdError):
     """A runtime operation failed. The message names the operation and the container or image."""
 
     def __init__(self, operation: str, target: str, detail: str) -> None:
@@ -175,11 +183,11 @@ class RuntimeError_(Exception):
         self.detail = detail
 
 
-class ImagePullFailed(RuntimeError_):
+class ImagePullFailed(RuntimeFailure):
     pass
 
 
-class ReplicaNotFound(RuntimeError_):
+class ReplicaNotFound(RuntimeFailure):
     pass
 
 

@@ -15,6 +15,8 @@ import json
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from engines.errors import EndpointdError
+
 MISSING: Any = object()  # a key the body does not have; messages say "got nothing (the key is missing)"
 # The variants of the Inference Endpoints API, in the order its client lists them (hf_api.py:9291).
 VARIANTS = ("vLLM", "sGLang", "tgi", "tei", "llamacpp", "hfServe", "custom", "huggingface")
@@ -23,8 +25,10 @@ TOOLKIT_VARIANTS = ("huggingface", "hfServe")
 HEALTH_ROUTE_KEYS = ("healthRoute", "health_route")  # health_route: the 2023 spec's spelling
 
 
-class PresetError(ValueError):
+class PresetError(EndpointdError, ValueError):
     """The settings cannot be turned into a container; the message says what to fix."""
+
+    status = 400
 
 
 def show(value: Any) -> str:

@@ -26,6 +26,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from engines.artifacts import SPLIT_GGUF, RepoFacts
+from engines.errors import EndpointdError
 
 # The GGUF quantization chosen when none is asked for: Q4_K_M is what llama.cpp's own docs and the
 # reference's catalog default to (a good size/quality trade-off). Without one, the smallest file.
@@ -54,8 +55,10 @@ SENTENCE_TRANSFORMERS_FILES = ("modules.json", "config_sentence_transformers.jso
 MMPROJ = re.compile(r"(^|/)mmproj[^/]*\.gguf$", re.IGNORECASE)
 
 
-class SuggestError(ValueError):
+class SuggestError(EndpointdError, ValueError):
     """The suggestion cannot honour a parameter; the message says what to send instead."""
+
+    status = 400
 
 
 @dataclass(frozen=True)

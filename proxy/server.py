@@ -41,6 +41,8 @@ from dataclasses import dataclass, replace
 import uvloop
 from aiohttp import web
 
+from engines.errors import EndpointdError
+
 from .core.cap import ConnectionCap
 from .core.config import ProxyConfig, connection_cap, worker_count
 from .management.app import PIPELINE, make_metrics_app
@@ -61,7 +63,7 @@ CANCEL_GRACE_S = 1.0
 METRICS_MAX_CONNECTIONS = 16
 
 
-class ListenError(Exception):
+class ListenError(EndpointdError):
     """An address that cannot be listened on; the sentence names it."""
 
 

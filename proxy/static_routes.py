@@ -15,11 +15,13 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from engines.errors import EndpointdError
+
 from .core.auth import SCOPES
 from .core.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry
 
 
-class RoutesError(ValueError):
+class RoutesError(EndpointdError, ValueError):
     pass
 
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import ssl
 
+from engines.errors import EndpointdError
+
 from .core.config import ProxyConfig
 
 
-class TlsConfigError(ValueError):
+class TlsConfigError(EndpointdError, ValueError):
     """The TLS settings cannot be used; the sentence names the keys and files."""
 
 

@@ -9,7 +9,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from autoscaler.api.app import add_api
 from autoscaler.api.base import Limits
 from autoscaler.api.endpoints import ManagementApi
-from autoscaler.control.plane import StoreControlPlane
+from autoscaler.control.plane import ServeControlPlane
 from autoscaler.store.sealing import Sealer
 from autoscaler.store.store import Store
 from engines.gpus import GpuAllocator
@@ -38,7 +38,7 @@ class ApiWorld:
             "bob": (await self.store.create_token("bob"))[0],
             "admin": await self.store.ensure_admin(None),
         }
-        plane = StoreControlPlane(self.store.verify_token)
+        plane = ServeControlPlane(self.store.verify_token)
         self.world = World(routes=plane)
         self.world.launcher.auto = True
         self.api = ManagementApi(

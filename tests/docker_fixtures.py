@@ -21,7 +21,7 @@ from aiohttp import web
 
 from engines.docker import DockerRuntime
 from engines.images import ECHO_IMAGE
-from engines.runtime import EndpointKey, RuntimeError_
+from engines.runtime import EndpointKey, RuntimeFailure
 
 # tests/run sets it: in CI a missing engine or image fails the tests instead of skipping them.
 REQUIRE_DOCKER = "ENDPOINTD_REQUIRE_DOCKER"
@@ -36,7 +36,7 @@ async def docker_problem() -> str | None:
     try:
         if not await runtime.image_exists(ECHO_IMAGE):
             return f"the image {ECHO_IMAGE} is missing: run `endpointd images build`"
-    except RuntimeError_ as error:
+    except RuntimeFailure as error:
         return f"no Docker engine ({error}): is dockerd running?"
     finally:
         await runtime.close()

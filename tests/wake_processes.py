@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from autoscaler.control.plane import StoreControlPlane
+from autoscaler.control.plane import ServeControlPlane
 from engines.runtime import EndpointKey
 from proxy.core.control import RouteEntry, RouteTable
 from proxy.core.hold import ReadinessGate
@@ -49,7 +49,7 @@ class Processes:
     main process's wakes go (the controller's wake, or a test's wrapper of it)."""
 
     def __init__(self, workers: int, clock, wall) -> None:
-        self.main = StoreControlPlane(no_token)
+        self.main = ServeControlPlane(no_token)
         self.gate = gate_on(self.main, clock, wall)
         self.workers = [Worker(clock, wall) for _ in range(workers)]
         self.main.subscribe(self._on_change)

@@ -1,10 +1,10 @@
 """What every route family of the management API needs: its errors and how they reach a caller,
 the request body as JSON, the app key of the API object, and the operator's limits.
 
-Errors, one root, mapped to HTTP by `errors_middleware` (its test is a table):
-    ApiError         status + a sentence that says what to fix
-      Unauthenticated 401, Forbidden 403, NotFound 404, Conflict 409, Invalid 400
-    artifacts.HubUnreachable 502 (the Hub did not answer), artifacts.ArtifactError 400
+Errors reach a caller through `errors_middleware`: an EndpointdError (engines/errors.py, the one
+error-to-status table) as its `status` and its sentence, anything else as a 500 whose traceback is
+logged. The API's own refusals, each with a sentence that says what to fix:
+    Invalid 400, Unauthenticated 401, Forbidden 403, NotFound 404, Conflict 409
 """
 
 from __future__ import annotations
@@ -17,17 +17,14 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from engines import artifacts, hardware
-from engines.model_roots import ModelRoots, RootsError
-from engines.presets import PresetError
-from engines.suggest import SuggestError
+from engines.errors import EndpointdError
+from engines.model_roots import ModelRoots
 from proxy.management.app import handle, routed_by_host
 from proxy.core.errors import ERROR_MESSAGE, header_safe
 from proxy.core.forwarding import REQUEST_ID, request_id
 
 from autoscaler.model import wire
 from autoscaler.store import store as store_mod
-from autoscaler.store.sealing import SealingError
 
 log = logging.getLogger("endpointd.api")
 
@@ -42,31 +39,23 @@ API: web.AppKey[ApiObject] = web.AppKey("management_api", ApiObject)
 MAX_JSON_DEPTH = 32
 
 
-class ApiError(Exception):
-    status = 500
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-
-class Invalid(ApiError):
+class Invalid(EndpointdError):
     status = 400
 
 
-class Unauthenticated(ApiError):
+class Unauthenticated(EndpointdError):
     status = 401
 
 
-class Forbidden(ApiError):
+class Forbidden(EndpointdError):
     status = 403
 
 
-class NotFound(ApiError):
+class NotFound(EndpointdError):
     status = 404
 
 
-class Conflict(ApiError):
+class Conflict(EndpointdError):
     status = 409
 
 
@@ -87,25 +76,13 @@ async def errors_middleware(request: web.Request, handler):
     rid = request_id(request.headers.get(REQUEST_ID))
     try:
         return await handler(request)
-    except ApiError as error:
-        return error_body(error.status, error.message, rid)
-    except (wire.WireError, hardware.HardwareError, PresetError) as error:
-        return error_body(400, str(error), rid)
-    except (RootsError, SealingError, SuggestError) as error:
-        return error_body(400, str(error), rid)
-    except artifacts.HubUnreachable as error:
-        return error_body(502, str(error), rid)
-    except artifacts.ArtifactError as error:
-        return error_body(400, str(error), rid)
-    except store_mod.NotFound as error:
-        return error_body(404, str(error), rid)
-    except store_mod.Conflict as error:
-        return error_body(409, str(error), rid)
     except web.HTTPException as error:
         if error.status >= 400 and error.content_type != "application/json":
             return error_body(error.status, f"{error.reason}: {request.method} {request.path}", rid)
         raise
-    except Exception:
+    except Exception as error:
+        if isinstance(error, EndpointdError) and error.status != 500:
+            return error_body(error.status, str(error), rid)
         log.exception("management call %s %s failed (request id %s)", request.method, request.path, rid)
         return error_body(500, f"internal error; quote request id {rid} when reporting it", rid)
 

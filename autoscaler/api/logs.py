@@ -19,11 +19,11 @@ import aiohttp
 from aiohttp import web
 
 from autoscaler.api import access
-from autoscaler.api.base import ApiError, Invalid
+from autoscaler.api.base import Invalid
 from autoscaler.model import times
-from autoscaler.observe.log_follow import FollowersFull
 from autoscaler.observe.log_line import format_line
 from autoscaler.observe.logs import DEFAULT_TAIL, LogService
+from engines.errors import EndpointdError
 
 TAIL_MAX = 10_000
 LINE_MAX_LENGTH_MAX = 65_536
@@ -36,10 +36,6 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",  # a reverse proxy in front (nginx) must not hold events back
 }
 KEEPALIVE = b": keep-alive\n\n"
-
-
-class TooManyFollowers(ApiError):
-    status = 429
 
 
 @dataclass(frozen=True)
@@ -117,10 +113,7 @@ def add_routes(router: web.UrlDispatcher, api: Any, logs: LogService) -> None:
         the endpoint is deleted or `until` has passed."""
         uid = await endpoint_uid(request)
         q = parse_query(request.query)
-        try:
-            follow = logs.follow(uid, replica=q.replica, tail=q.tail, since_ms=q.since_ms, until_ms=q.until_ms)
-        except FollowersFull as error:
-            raise TooManyFollowers(str(error)) from None
+        follow = logs.follow(uid, replica=q.replica, tail=q.tail, since_ms=q.since_ms, until_ms=q.until_ms)
         async with follow:
             response = web.StreamResponse(headers=SSE_HEADERS)
             await response.prepare(request)
@@ -216,7 +209,7 @@ async def stream_lines(
                 yield line[len("data: "):]
 
 
-class LogsRequestFailed(Exception):
+class LogsRequestFailed(EndpointdError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"{status}: {message}")
         self.status = status

@@ -1,5 +1,5 @@
-"""The analytics routes of the management API, on the `/v2` sub-app (its error middleware maps
-ApiError to JSON):
+"""The analytics routes of the management API, on the `/v2` sub-app (its error middleware answers an
+EndpointdError with its status):
 
     GET /v2/endpoint/{ns}/{name}/open-metrics   the endpoint's metrics in OpenMetrics text, for a
                                                 Prometheus scrape with a bearer token
@@ -20,7 +20,7 @@ from aiohttp import web
 from engines.runtime import EndpointKey
 
 from autoscaler.api import access
-from autoscaler.api.base import Invalid, NotFound
+from autoscaler.api.base import NotFound
 from autoscaler.model import times
 from autoscaler.observe.analytics import MAX_POINTS, MAX_STEP_S, Analytics, QueryError
 from autoscaler.observe.analytics_series import CLASSES, COUNTS, GAUGES, QUANTILES, REPLICA_GAUGES
@@ -41,13 +41,10 @@ def add_routes(router: web.UrlDispatcher, api: Any, analytics: Analytics) -> Non
     async def series(request: web.Request) -> web.Response:
         key = await _endpoint(request, api)
         query = request.query
-        try:
-            start = parse_time(query.get("from"), "from")
-            end = parse_time(query.get("to"), "to")
-            step = parse_step(query.get("step"))
-            found = await analytics.series(key, start, end, step)
-        except QueryError as error:
-            raise Invalid(str(error)) from None
+        start = parse_time(query.get("from"), "from")  # a QueryError is a 400
+        end = parse_time(query.get("to"), "to")
+        step = parse_step(query.get("step"))
+        found = await analytics.series(key, start, end, step)
         if found is None:
             raise _not_found(key)
         return web.json_response(found)

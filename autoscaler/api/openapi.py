@@ -10,6 +10,8 @@ from aiohttp import web
 from autoscaler.api import access
 from autoscaler.api.logs import OPENAPI_PATHS as LOGS_PATHS
 from autoscaler.api.metrics import OPENAPI_PATHS as METRICS_PATHS
+from autoscaler.model.state import State
+from autoscaler.model.timelines import ReplicaState
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 ENDPOINT = {"$ref": "#/components/schemas/EndpointWithStatus"}
@@ -74,7 +76,7 @@ SCHEMAS: dict[str, Any] = {
     "EndpointWithStatus": {"allOf": [{"$ref": "#/components/schemas/Endpoint"}, {"type": "object", "required": ["healthRoute", "status"], "properties": {
         "healthRoute": {"type": "string"},
         "status": {"type": "object", "required": ["state", "createdAt", "updatedAt"], "properties": {
-            "state": {"enum": ["pending", "initializing", "updating", "updateFailed", "running", "paused", "failed", "scaledToZero"]},
+            "state": {"enum": [state.value for state in State]},
             "message": {"type": "string"}, "url": {"type": "string"}, "createdAt": {"type": "string", "format": "date-time"},
             "updatedAt": {"type": "string", "format": "date-time"}, "readyReplica": {"type": "integer"},
             "targetReplica": {"type": "integer"},
@@ -88,7 +90,7 @@ WHOAMI = {"type": "object", "required": ["type", "name", "orgs"], "properties": 
     "orgs": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}}}},
 }}
 PROVIDER = {"type": "object", "required": ["vendors"], "properties": {"vendors": {"type": "array"}}}
-STATES = ["pending", "initializing", "running", "draining", "stopped", "failed"]
+STATES = [state.value for state in ReplicaState]
 REPLICAS = {"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {
     "type": "object", "required": ["id", "state", "revision", "createdAt", "timeline"], "properties": {
         "id": {"type": "string"}, "state": {"enum": STATES}, "revision": {"type": "integer"},

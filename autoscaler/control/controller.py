@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 from engines.capacity import HostCapacity
 from engines.gpus import AdoptConflict
-from engines.runtime import EndpointKey, ReplicaInfo, ReplicaNotFound, ReplicaStatus, Runtime, RuntimeError_
+from engines.runtime import EndpointKey, ReplicaInfo, ReplicaNotFound, ContainerStatus, Runtime, RuntimeFailure
 from proxy.core.control import RouteTable
 
 from autoscaler.model.events import EventLog
@@ -334,7 +334,7 @@ class Controller:
     async def _remove_network(self, key: EndpointKey) -> None:
         try:
             await self.runtime.remove_network(key)
-        except RuntimeError_ as error:
+        except RuntimeFailure as error:
             log.warning("could not remove the network of %s: %s", key, error)
 
     async def run(self) -> None:
@@ -387,7 +387,7 @@ class Controller:
                         info.container_name, info.replica_id, info.endpoint)
             try:
                 await self.runtime.stop(info.replica_id, 0.0)
-            except RuntimeError_ as error:
+            except RuntimeFailure as error:
                 log.warning("could not stop orphan %s: %s", info.replica_id, error)
         live = set(self._owners) | {owner.intent.key for owner in self._retired}
         for key in await self.runtime.networks():
@@ -424,7 +424,7 @@ class Controller:
                 continue
             try:
                 await self.runtime.stop(info.replica_id, 0.0)
-            except RuntimeError_ as error:
+            except RuntimeFailure as error:
                 log.warning("could not stop replica %s found at start: %s", info.replica_id, error)
         await self.tick()
         for owner in self._owners.values():  # what the journal kept and was not adopted is stopped
@@ -435,7 +435,7 @@ class Controller:
         """Whether `adopt` keeps a container found at start: running, of a revision up to the
         owner's, healthy, and its GPUs, CPUs and memory taken in the host's capacity."""
         keep = (
-            info.status is ReplicaStatus.RUNNING
+            info.status is ContainerStatus.RUNNING
             and 0 < _revision(info) <= owner.intent.revision
             and info.address is not None
             and await self.launcher.healthy(info)
@@ -460,7 +460,7 @@ class Controller:
         except TimeoutError:
             log.warning("what deleted endpoints left was not all removed within %g s; the next start removes it",
                         EXIT_REMOVAL_S)
-        except RuntimeError_ as error:
+        except RuntimeFailure as error:
             log.warning("could not remove what deleted endpoints left (the next start does): %s", error)
 
     async def _remove_deleted(self) -> None:
@@ -469,7 +469,7 @@ class Controller:
         doomed = [slot_id for owner in self._retired for slot_id in owner.slots]
         results = await asyncio.gather(*(self.runtime.stop(rid, 0.0) for rid in doomed), return_exceptions=True)
         for rid, result in zip(doomed, results, strict=True):
-            if isinstance(result, RuntimeError_) and not isinstance(result, ReplicaNotFound):
+            if isinstance(result, RuntimeFailure) and not isinstance(result, ReplicaNotFound):
                 log.warning("could not remove replica %s of a deleted endpoint: %s", rid, result)
         for key in await self.runtime.networks():
             if key not in self._owners:

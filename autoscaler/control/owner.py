@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from engines.capacity import Need
-from engines.runtime import ReplicaInfo, ReplicaNotFound, Runtime, RuntimeError_
+from engines.runtime import ReplicaInfo, ReplicaNotFound, Runtime, RuntimeFailure
 from proxy.core.control import Replica, RouteEntry, RouteState, RouteTable
 
 from autoscaler.model.events import EventLog
@@ -589,7 +589,7 @@ class Owner:
             await self.host.runtime.stop(replica_id, 0.0)
         except ReplicaNotFound:
             return True
-        except RuntimeError_ as error:
+        except RuntimeFailure as error:
             log.warning("could not remove replica %s: %s", replica_id, error)
             return False
         return True
@@ -608,7 +608,7 @@ class Owner:
             await self.host.runtime.stop(replica_id, grace_s)
         except ReplicaNotFound:
             pass
-        except RuntimeError_ as error:
+        except RuntimeFailure as error:
             self.post(StopFailed(replica_id, str(error)))
             return
         self.post(Stopped(replica_id))

@@ -9,7 +9,10 @@ from engines.runtime import EndpointKey
 from proxy.core.control import Identity, RouteTable
 
 
-class StoreControlPlane(RouteTable):
+class ServeControlPlane(RouteTable):
+    """The control plane the proxy of `endpointd serve` reads: the route table the controller fills,
+    tokens verified by `verify` (the store), wakes passed to the controller once it is bound."""
+
     def __init__(self, verify: Callable[[str], Awaitable[Identity | None]]) -> None:
         super().__init__()
         self._verify = verify

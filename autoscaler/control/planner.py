@@ -22,6 +22,12 @@ from dataclasses import dataclass
 
 
 class Phase(enum.Enum):
+    """The phase of one replica slot as the owner handles it: the planner's input, never shown.
+    Users see it as the replica's ReplicaState (owner.slot_state): STARTING as initializing, READY
+    as running, DRAINING and STOPPING as draining; a slot's end (stopped, failed) is a ReplicaState
+    only, the slot being gone by then. Not the container's ContainerStatus: a STARTING slot's
+    container may already be running while its engine loads the model."""
+
     STARTING = "starting"  # its launch task runs: artifacts, image, container, readiness
     READY = "ready"  # in the route table, taking requests
     DRAINING = "draining"  # out of the route table, finishing its requests; may be reclaimed

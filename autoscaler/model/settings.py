@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from engines.errors import EndpointdError
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -20,7 +22,7 @@ T = TypeVar("T", bound="DataclassInstance")
 ENV_PREFIX = "ENDPOINTD_"
 
 
-class SettingsError(ValueError):
+class SettingsError(EndpointdError, ValueError):
     pass
 
 

@@ -14,7 +14,7 @@ DEFAULT_HEALTH_ROUTE = "/health"
 
 
 class ScalingMetric(enum.StrEnum):
-    """What `compute.scaling.measure` is keyed by."""
+    """What `compute.scaling.measure` is keyed by: the metric the scaling policy reads."""
 
     PENDING_REQUESTS = "pendingRequests"  # requests in flight or held, per replica
     HARDWARE_USAGE = "hardwareUsage"  # percent of the accelerator in use

@@ -5,6 +5,10 @@ from dataclasses import dataclass
 
 
 class State(enum.StrEnum):
+    """The state of a whole endpoint, as the wire's `status.state` spells it: derived by its owner
+    from the intent and the Phases of its slots (owner.status). The proxy gets its own share of it,
+    a RouteState: PAUSED when paused, FAILED when failed with no replica ready, SERVING otherwise."""
+
     PENDING = "pending"
     INITIALIZING = "initializing"
     UPDATING = "updating"

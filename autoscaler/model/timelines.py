@@ -23,6 +23,9 @@ MAX_TIMELINE = 50
 
 
 class ReplicaState(enum.StrEnum):
+    """The state of one replica on its timeline, as users see it (`GET …/replica`): PENDING before
+    its slot is placed, then its slot's Phase (owner.slot_state), then STOPPED or FAILED (DONE)."""
+
     PENDING = "pending"  # wanted, not yet placed or started
     INITIALIZING = "initializing"  # its container is being made and loads the model
     RUNNING = "running"

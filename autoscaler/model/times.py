@@ -12,13 +12,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
+from engines.errors import EndpointdError
+
 MAX_UNIX_S = 253_402_300_799  # 9999-12-31T23:59:59Z: the last second RFC 3339 (and datetime) can write
 MAX_LENGTH = 40  # characters; the longest RFC 3339 time with nanoseconds and an offset is 35
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 LAST = datetime.fromtimestamp(MAX_UNIX_S, UTC)
 
 
-class BadTime(ValueError):
+class BadTime(EndpointdError, ValueError):
     """The text is not a time the API takes."""
 
 

@@ -14,6 +14,7 @@ from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 from engines import spec_rules
+from engines.errors import EndpointdError
 from engines.hardware import ACCELERATORS, ComputeOffer
 from proxy.core.control import AuthType
 
@@ -65,8 +66,10 @@ MAX_NAME_CHARS = 256
 MAX_DOWNLOAD_PATTERNS, MAX_PATTERN_CHARS = 64, 256
 
 
-class WireError(ValueError):
+class WireError(EndpointdError, ValueError):
     """A request body that cannot be accepted; the message names the JSON path, the bad value and what to send."""
+
+    status = 400
 
 
 class ChangeKind(enum.StrEnum):

@@ -40,6 +40,7 @@ import aiohttp
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from engines.errors import EndpointdError
 from engines.runtime import EndpointKey, Usage
 from proxy.core.config import setting
 from proxy.core.control import Replica, RouteEntry
@@ -160,8 +161,10 @@ class GpuReadings(Protocol):
     def memory_used(self, ids: Iterable[str]) -> dict[str, int]: ...
 
 
-class QueryError(ValueError):
+class QueryError(EndpointdError, ValueError):
     """A series query the service cannot answer as asked; the message says what to change."""
+
+    status = 400
 
 
 # --- CPU, memory, GPU: the usage poller ----------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 import aiosqlite
 
 from autoscaler.observe.analytics_series import Aggregate
+from engines.errors import EndpointdError
 
 FILE = "analytics.db"
 SCHEMA_VERSION = 1
@@ -36,7 +37,7 @@ CREATE INDEX IF NOT EXISTS steps_by_t ON steps (t);
 """
 
 
-class HistoryError(Exception):
+class HistoryError(EndpointdError):
     pass
 
 

@@ -33,9 +33,9 @@ from engines.runtime import (
     EndpointKey,
     ReplicaInfo,
     ReplicaNotFound,
-    ReplicaStatus,
+    ContainerStatus,
     Runtime,
-    RuntimeError_,
+    RuntimeFailure,
 )
 
 from autoscaler.observe.log_mask import Masker, clean
@@ -165,7 +165,7 @@ class Collector:
         while True:
             try:
                 await self.tick()
-            except RuntimeError_ as error:
+            except RuntimeFailure as error:
                 log.warning("cannot list containers to collect their logs: %s; trying again", error)
             except Exception:
                 log.exception("a log collection round failed")
@@ -184,7 +184,7 @@ class Collector:
                 async with aclosing(self.runtime.events()) as events:
                     async for _ in events:
                         self._kick.set()
-            except RuntimeError_ as error:
+            except RuntimeFailure as error:
                 log.warning("log collection: the runtime's event stream failed: %s", error)
             await asyncio.sleep(self.poll_interval_s)
 
@@ -268,7 +268,7 @@ class Collector:
                     while len(self._buffer) >= MAX_BUFFERED_LINES and not self.closed:
                         await self._wait_written()
             ended = True
-        except RuntimeError_ as error:
+        except RuntimeFailure as error:
             if not isinstance(error, ReplicaNotFound):
                 log.warning("following the log of replica %s failed: %s; trying again", info.replica_id, error)
         finally:
@@ -281,10 +281,10 @@ class Collector:
             # Docker ends the stream of a container that is created but not started yet, too:
             # only an exited (or removed) container's log is read to its end.
             try:
-                done = (await self.runtime.inspect(info.replica_id)).status is ReplicaStatus.EXITED
+                done = (await self.runtime.inspect(info.replica_id)).status is ContainerStatus.EXITED
             except ReplicaNotFound:
                 done = True
-            except RuntimeError_:
+            except RuntimeFailure:
                 done = False
             if done:
                 self._done.add(cid)
@@ -336,7 +336,7 @@ class Collector:
             return
         try:
             info = await self.runtime.inspect(replica_id)
-        except RuntimeError_:
+        except RuntimeFailure:
             return
         if info.container_id in self._done:
             return
@@ -345,7 +345,7 @@ class Collector:
             return
         try:
             async with asyncio.timeout(CAPTURE_TIMEOUT_S):
-                if info.status is ReplicaStatus.EXITED:
+                if info.status is ContainerStatus.EXITED:
                     assert tail.task is not None  # _begin starts the task of every tail it makes
                     await asyncio.shield(tail.task)
                 else:

@@ -12,6 +12,7 @@ from typing import Protocol, Self
 
 from autoscaler.observe.log_line import LogLine
 from autoscaler.observe.log_store import LogStore
+from engines.errors import EndpointdError
 
 # A follower's queue of new lines; beyond it the queue is dropped and the follower reads what it
 # missed from the store, in chunks of FOLLOW_CHUNK.
@@ -34,8 +35,10 @@ class Source(Protocol):
     def newest_ms(self) -> int: ...
 
 
-class FollowersFull(Exception):
+class FollowersFull(EndpointdError):
     """An endpoint already has as many live followers as allowed."""
+
+    status = 429
 
     def __init__(self, uid: str, limit: int) -> None:
         super().__init__(f"this endpoint's logs already have {limit} live followers, the most allowed; close one first")

@@ -20,9 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-PENDING = "pendingRequests"
-HARDWARE = "hardwareUsage"
-ENGINE = "engineQueue"
+from autoscaler.model.spec import ScalingMetric
 
 
 @dataclass(frozen=True)
@@ -36,12 +34,13 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
-class Scaling:
-    """One endpoint's scaling settings, from its spec."""
+class PolicyScaling:
+    """One endpoint's scaling settings as the policy reads them (parts.scaling_of makes them from
+    the spec's model.spec.Scaling: plural counts, the idle timeout resolved)."""
 
     min_replicas: int
     max_replicas: int
-    metric: str = PENDING
+    metric: ScalingMetric = ScalingMetric.PENDING_REQUESTS
     threshold: float = 1.5
     idle_timeout_min: float | None = None  # None: never to zero (min > 0)
 
@@ -83,7 +82,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def decide(snapshot: Snapshot, scaling: Scaling, config: PolicyConfig, state: PolicyState, now: float) -> tuple[Decision, PolicyState]:
+def decide(snapshot: Snapshot, scaling: PolicyScaling, config: PolicyConfig, state: PolicyState, now: float) -> tuple[Decision, PolicyState]:
     started = state.started_at if state.started_at is not None else now
     active = snapshot.pending > 0 or (state.last_arrivals is not None and snapshot.arrivals != state.last_arrivals)
     last_active = now if active or state.last_active_at is None else state.last_active_at
@@ -96,7 +95,7 @@ def decide(snapshot: Snapshot, scaling: Scaling, config: PolicyConfig, state: Po
     inputs: dict = {"pending": snapshot.pending, "ready": snapshot.ready, "current": current, "per_ready": round(per_ready, 3)}
 
     # 1. What the metric asks for (a recommendation, before bounds and stabilization).
-    if scaling.metric == HARDWARE:
+    if scaling.metric is ScalingMetric.HARDWARE_USAGE:
         utils = [u for t, _, u, _ in samples if u is not None and t > now - config.hardware_window_s]
         util = _mean(utils)
         inputs["utilization"] = round(util, 1)
@@ -109,7 +108,7 @@ def decide(snapshot: Snapshot, scaling: Scaling, config: PolicyConfig, state: Po
             reason = f"utilization {util:.0f}% < {scaling.threshold:g}%"
             state = replace(state, last_down_at=now)
     else:
-        engine = scaling.metric == ENGINE
+        engine = scaling.metric is ScalingMetric.ENGINE_QUEUE
         window = [load if engine else p for t, p, _, load in samples if t > now - config.window_s]
         average = _mean(window)
         what = "engine running + waiting" if engine else "pending"

@@ -23,7 +23,8 @@ from proxy.core.pending import PendingSnapshot
 
 from autoscaler.control.controller import Controller
 from autoscaler.model.events import EventLog
-from autoscaler.scaling.policy import ENGINE, HARDWARE, Decision, PolicyConfig, PolicyState, Scaling, Snapshot, decide
+from autoscaler.model.spec import ScalingMetric
+from autoscaler.scaling.policy import Decision, PolicyConfig, PolicyState, PolicyScaling, Snapshot, decide
 
 log = logging.getLogger("endpointd.scaler")
 
@@ -46,7 +47,7 @@ class Scaler:
         pending: Callable[[], PendingSnapshot],
         *,
         config: PolicyConfig,
-        scaling_of: Callable[[EndpointKey], Scaling | None],
+        scaling_of: Callable[[EndpointKey], PolicyScaling | None],
         utilization: Callable[[EndpointKey], Awaitable[float | None]] | None = None,
         engine_load: Callable[[EndpointKey], float | None] | None = None,
         events: EventLog | None = None,
@@ -102,8 +103,8 @@ class Scaler:
             self._states.pop(key, None)
             return None
         name = str(key)
-        util = await self._utilization(key) if self._utilization and scaling.metric == HARDWARE else None
-        load = self._engine_load(key) if self._engine_load and scaling.metric == ENGINE else None
+        util = await self._utilization(key) if self._utilization and scaling.metric is ScalingMetric.HARDWARE_USAGE else None
+        load = self._engine_load(key) if self._engine_load and scaling.metric is ScalingMetric.ENGINE_QUEUE else None
         on_leaving = counts.replicas.get(name, {})
         leaving = sum(on_leaving.get(rid, 0) for rid in self._controller.leaving_ids(key))
         current = self._controller.wanted(key)

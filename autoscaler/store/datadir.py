@@ -18,10 +18,12 @@ import fcntl
 import os
 from pathlib import Path
 
+from engines.errors import EndpointdError
+
 LOCK_FILE = "serve.lock"
 
 
-class DataDirLocked(Exception):
+class DataDirLocked(EndpointdError):
     pass
 
 

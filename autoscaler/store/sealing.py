@@ -17,12 +17,14 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from engines.errors import EndpointdError
+
 KEY_FILE = "secrets.key"
 SEALED = "sealed"
 
 
-class SealingError(Exception):
-    pass
+class SealingError(EndpointdError):
+    status = 400
 
 
 def _secret_slots(spec: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:

@@ -32,12 +32,14 @@ from typing import Any, Literal
 
 import aiosqlite
 
+from engines.errors import EndpointdError
 from proxy.core.control import Identity
 
 from autoscaler.model import events as events_mod
 from autoscaler.model import timelines as replicas_mod
 from autoscaler.store import tokens
 from autoscaler.model.events import Event
+from autoscaler.model.state import State
 from autoscaler.model.times import wire_time
 
 ADMIN = "admin"
@@ -166,16 +168,16 @@ MIGRATIONS = [
 ]
 
 
-class StoreError(Exception):
+class StoreError(EndpointdError):
     pass
 
 
 class NotFound(StoreError):
-    pass
+    status = 404
 
 
 class Conflict(StoreError):
-    pass
+    status = 409
 
 
 class Stale(Conflict):
@@ -534,7 +536,7 @@ class Store:
     # --- endpoints -----------------------------------------------------------------------------
 
     async def create_endpoint(
-        self, namespace: str, name: str, spec: dict[str, Any], *, state: str = "pending", domain: str | None = None
+        self, namespace: str, name: str, spec: dict[str, Any], *, state: str = State.PENDING.value, domain: str | None = None
     ) -> EndpointRecord:
         now = self._stamp()
         async with self._transaction():

@@ -21,7 +21,9 @@ class AuthType(enum.StrEnum):
 
 
 class RouteState(enum.StrEnum):
-    """What the proxy must do with a request, derived from the endpoint's lifecycle state."""
+    """What the proxy must do with a request for an endpoint: the proxy's share of the endpoint's
+    State (autoscaler/model/state.py), set by its owner: PAUSED for paused, FAILED for failed with
+    no replica ready, SERVING for every other state (a cold one is woken)."""
 
     SERVING = "serving"  # forward to a ready replica, or wake the endpoint and hold
     PAUSED = "paused"  # refuse: a user paused it, only `resume` brings it back

@@ -29,6 +29,8 @@ from __future__ import annotations
 import json
 import re
 
+from engines.errors import EndpointdError
+
 ERROR_MESSAGE = "X-Error-Message"
 MAX_HEADER_MESSAGE = 500
 MAX_QUOTED_INPUT = 100
@@ -38,7 +40,7 @@ _UNSAFE = re.compile(r"[^\x20-\x7e]")
 _OPENAI_ROUTE = re.compile(r"(?:/endpoints/[^/?#]+/[^/?#]+)?/v1(?:[/?#]|$)")
 
 
-class ProxyError(Exception):
+class ProxyError(EndpointdError):
     status = 500
     cause = "internal"
     # Whether the connection must close after the answer: what is left of the request on it

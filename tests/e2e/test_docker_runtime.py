@@ -32,8 +32,8 @@ from engines.runtime import (
     Mount,
     RegistryAuth,
     ReplicaNotFound,
-    ReplicaStatus,
-    RuntimeError_,
+    ContainerStatus,
+    RuntimeFailure,
     Usage,
     network_name,
 )
@@ -154,17 +154,17 @@ PUBLISHED = {"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "32768"}]}
 @pytest.mark.parametrize(
     "data, status, address, exit_code, gpus",
     [
-        (_inspected("created"), ReplicaStatus.CREATED, None, None, ()),  # not started: no port yet
-        (_inspected("running", ports=PUBLISHED), ReplicaStatus.RUNNING, "127.0.0.1:32768", None, ()),
-        (_inspected("paused", ports=PUBLISHED), ReplicaStatus.RUNNING, "127.0.0.1:32768", None, ()),  # frozen, alive
-        (_inspected("exited", exit_code=3), ReplicaStatus.EXITED, None, 3, ()),
-        (_inspected("dead", exit_code=137), ReplicaStatus.EXITED, None, 137, ()),
-        (_inspected("running", ports={"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "1"}]}), ReplicaStatus.RUNNING, "127.0.0.1:1", None, ()),
+        (_inspected("created"), ContainerStatus.CREATED, None, None, ()),  # not started: no port yet
+        (_inspected("running", ports=PUBLISHED), ContainerStatus.RUNNING, "127.0.0.1:32768", None, ()),
+        (_inspected("paused", ports=PUBLISHED), ContainerStatus.RUNNING, "127.0.0.1:32768", None, ()),  # frozen, alive
+        (_inspected("exited", exit_code=3), ContainerStatus.EXITED, None, 3, ()),
+        (_inspected("dead", exit_code=137), ContainerStatus.EXITED, None, 137, ()),
+        (_inspected("running", ports={"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "1"}]}), ContainerStatus.RUNNING, "127.0.0.1:1", None, ()),
         # As `create_config` asks, and as `docker create --gpus` stores them (Driver ""): both read back.
         (_inspected("created", device_requests=[{"Driver": "nvidia", "DeviceIDs": ["GPU-a", "GPU-b"], "Capabilities": [["gpu"]]}]),
-         ReplicaStatus.CREATED, None, None, ("GPU-a", "GPU-b")),
+         ContainerStatus.CREATED, None, None, ("GPU-a", "GPU-b")),
         (_inspected("running", device_requests=[{"Driver": "", "Count": 0, "DeviceIDs": ["GPU-c"]}, {"DeviceIDs": None}]),
-         ReplicaStatus.RUNNING, None, None, ("GPU-c",)),
+         ContainerStatus.RUNNING, None, None, ("GPU-c",)),
     ],
 )
 def test_replica_info_reads_the_state_the_address_and_the_gpus(data, status, address, exit_code, gpus):
@@ -220,16 +220,16 @@ def test_registry_auth_header_is_base64url_json(image, server):
 async def test_an_unreachable_engine_is_a_runtime_error_naming_the_operation(tmp_path):
     runtime = DockerRuntime(url=f"unix://{tmp_path}/no-docker.sock")
     try:
-        with pytest.raises(RuntimeError_, match="list containers: cannot reach the Docker engine"):
+        with pytest.raises(RuntimeFailure, match="list containers: cannot reach the Docker engine"):
             await runtime.list()
-        with pytest.raises(RuntimeError_, match="stop container replica r1: cannot reach the Docker engine"):
+        with pytest.raises(RuntimeFailure, match="stop container replica r1: cannot reach the Docker engine"):
             await runtime.stop("r1", 1)
         key = EndpointKey("ns", "e")
-        with pytest.raises(RuntimeError_, match=f"create network {network_name(None, key)}: cannot reach the Docker engine"):
+        with pytest.raises(RuntimeFailure, match=f"create network {network_name(None, key)}: cannot reach the Docker engine"):
             await runtime.start(key, "r1", "1", ContainerSpec(image="img"))
-        with pytest.raises(RuntimeError_, match=f"remove network {network_name(None, key)}: cannot reach the Docker engine"):
+        with pytest.raises(RuntimeFailure, match=f"remove network {network_name(None, key)}: cannot reach the Docker engine"):
             await runtime.remove_network(key)
-        with pytest.raises(RuntimeError_, match="list networks: cannot reach the Docker engine"):
+        with pytest.raises(RuntimeFailure, match="list networks: cannot reach the Docker engine"):
             await runtime.networks()
     finally:
         await runtime.close()
@@ -292,7 +292,7 @@ async def test_a_new_runtime_adopts_running_replicas_from_their_labels(docker_ru
     finally:
         await fresh.close()
     assert [(f.replica_id, f.revision, f.address, f.status, f.health_route, f.container_id) for f in found] == [
-        (rid, "3", info.address, ReplicaStatus.RUNNING, "/health", info.container_id)
+        (rid, "3", info.address, ContainerStatus.RUNNING, "/health", info.container_id)
     ]
 
 
@@ -318,7 +318,7 @@ async def test_a_crash_arrives_as_a_death_event_with_its_exit_code(docker_runtim
         died.cancel()
         await events.aclose()
     assert (event.kind, event.replica_id, event.endpoint, event.exit_code) == (EventKind.DIED, rid, docker_key, 3)
-    assert (await docker_runtime.inspect(rid)).status is ReplicaStatus.EXITED
+    assert (await docker_runtime.inspect(rid)).status is ContainerStatus.EXITED
 
 
 @pytest.mark.docker
@@ -357,7 +357,7 @@ async def test_a_pull_failure_names_the_image_and_a_local_image_is_not_pulled(do
 @pytest.mark.docker
 async def test_docker_errors_name_the_operation_and_the_container(docker_runtime, docker_key):
     rid = new_id()
-    with pytest.raises(RuntimeError_, match=f"start container endpointd-{docker_key.namespace}-echo-{rid}: .*no-such-image"):
+    with pytest.raises(RuntimeFailure, match=f"start container endpointd-{docker_key.namespace}-echo-{rid}: .*no-such-image"):
         await docker_runtime.start(docker_key, rid, "1", ContainerSpec(image="no-such-image:never"))
     assert await docker_runtime.list(docker_key) == []  # nothing half-created left behind
     for operation, call in [
@@ -375,7 +375,7 @@ async def test_a_failing_build_names_the_step_and_its_output(docker_runtime, tmp
         f"FROM {ECHO_IMAGE}\nRUN echo about to fail && exit 7\n"
     )
     tag = f"endpointd/test-broken:{uuid.uuid4().hex[:8]}"
-    with pytest.raises(RuntimeError_, match=f"(?s)build image {tag}: .*non-zero code: 7 \\(at Step 2/2 : RUN .*about to fail"):
+    with pytest.raises(RuntimeFailure, match=f"(?s)build image {tag}: .*non-zero code: 7 \\(at Step 2/2 : RUN .*about to fail"):
         await docker_runtime.build_image(tmp_path, tag)
     assert not await docker_runtime.image_exists(tag)
 
@@ -431,7 +431,7 @@ async def test_the_gpus_of_a_found_container_are_read_back_from_it(docker_runtim
         "create", *(f"--label={k}={v}" for k, v in labels.items()), "--gpus", '"device=GPU-a,GPU-b"', ECHO_IMAGE
     )
     [found] = await docker_runtime.list(docker_key)
-    assert (found.replica_id, found.status, found.address, found.gpus) == (rid, ReplicaStatus.CREATED, None, ("GPU-a", "GPU-b"))
+    assert (found.replica_id, found.status, found.address, found.gpus) == (rid, ContainerStatus.CREATED, None, ("GPU-a", "GPU-b"))
     await docker_runtime.stop(rid, grace_s=1)  # a never started container is removed too
     assert await engine_containers(docker_key) == []
 
@@ -440,6 +440,6 @@ async def test_the_gpus_of_a_found_container_are_read_back_from_it(docker_runtim
 async def test_a_start_the_engine_cannot_give_its_gpus_leaves_no_container(docker_runtime, docker_key):
     rid = new_id()
     spec = ContainerSpec(image=ECHO_IMAGE, gpu_device_ids=("GPU-none",))
-    with pytest.raises(RuntimeError_, match=f"start container endpointd-{docker_key.namespace}-echo-{rid}: .*device"):
+    with pytest.raises(RuntimeFailure, match=f"start container endpointd-{docker_key.namespace}-echo-{rid}: .*device"):
         await docker_runtime.start(docker_key, rid, "1", spec)  # created, then refused at start
     assert await engine_containers(docker_key) == []

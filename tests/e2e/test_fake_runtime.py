@@ -22,8 +22,8 @@ from engines.runtime import (
     ImagePullFailed,
     ReplicaInfo,
     ReplicaNotFound,
-    ReplicaStatus,
-    RuntimeError_,
+    ContainerStatus,
+    RuntimeFailure,
     Usage,
     network_name,
 )
@@ -44,7 +44,7 @@ async def test_start_list_stop_and_recorded_calls():
     await rt.ensure_image("img:1")
     info = await rt.start(KEY, "r1", "2", SPEC)
     other = await rt.start(EndpointKey("acme", "e2"), "r2", "1", SPEC)
-    assert (info.container_name, info.status, info.revision) == ("endpointd-acme-e1-r1", ReplicaStatus.RUNNING, "2")
+    assert (info.container_name, info.status, info.revision) == ("endpointd-acme-e1-r1", ContainerStatus.RUNNING, "2")
     assert info.address != other.address and info.address.startswith("127.0.0.1:")
     assert [i.replica_id for i in await rt.list(KEY)] == ["r1"]
     assert [i.replica_id for i in await rt.list()] == ["r1", "r2"]
@@ -57,13 +57,13 @@ async def test_errors_are_the_docker_runtimes():
     rt = FakeRuntime(images={"img:1"})
     with pytest.raises(ImagePullFailed, match="pull image img:2"):
         await rt.ensure_image("img:2")
-    with pytest.raises(RuntimeError_, match="start container endpointd-acme-e1-r1: No such image: img:2"):
+    with pytest.raises(RuntimeFailure, match="start container endpointd-acme-e1-r1: No such image: img:2"):
         await rt.start(KEY, "r1", "1", ContainerSpec(image="img:2"))
     await rt.start(KEY, "r1", "1", SPEC)
-    with pytest.raises(RuntimeError_, match="already exists"):
+    with pytest.raises(RuntimeFailure, match="already exists"):
         await rt.start(KEY, "r1", "1", SPEC)
     rt.fail_next_start("out of disk")
-    with pytest.raises(RuntimeError_, match="start container endpointd-acme-e1-r2: out of disk"):
+    with pytest.raises(RuntimeFailure, match="start container endpointd-acme-e1-r2: out of disk"):
         await rt.start(KEY, "r2", "1", SPEC)
     await rt.start(KEY, "r2", "1", SPEC)  # only the next start failed
     for operation, call in [
@@ -108,10 +108,10 @@ async def test_a_start_is_a_created_container_without_address_until_its_delay_en
     starting = asyncio.create_task(rt.start(KEY, "r1", "1", ContainerSpec(image="img:1", gpu_device_ids=("GPU-a",))))
     await until_asked(sleeps)
     [created] = await rt.list(KEY)
-    assert (created.status, created.address, created.gpus) == (ReplicaStatus.CREATED, None, ("GPU-a",))
+    assert (created.status, created.address, created.gpus) == (ContainerStatus.CREATED, None, ("GPU-a",))
     sleeps.wake.set()
     info = await starting
-    assert (info.status, info.container_id, info.gpus) == (ReplicaStatus.RUNNING, created.container_id, ("GPU-a",))
+    assert (info.status, info.container_id, info.gpus) == (ContainerStatus.RUNNING, created.container_id, ("GPU-a",))
     assert info.address.startswith("127.0.0.1:") and await rt.list(KEY) == [info]
 
 
@@ -131,7 +131,7 @@ async def test_a_cancelled_start_removes_its_container_before_cancelled_error(po
     starting = asyncio.create_task(rt.start(KEY, "r1", "1", SPEC))
     if point == "while created":
         await until_asked(sleeps)
-        assert [i.status for i in await rt.list()] == [ReplicaStatus.CREATED]
+        assert [i.status for i in await rt.list()] == [ContainerStatus.CREATED]
     starting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await starting
@@ -152,7 +152,7 @@ async def test_a_failed_start_fails_after_its_delay_and_removes_its_container():
     await until_asked(sleeps)
     assert len(await rt.list()) == 1  # created: Docker refuses at start, not at create
     sleeps.wake.set()
-    with pytest.raises(RuntimeError_, match="start container endpointd-acme-e1-r1: could not select device driver"):
+    with pytest.raises(RuntimeFailure, match="start container endpointd-acme-e1-r1: could not select device driver"):
         await starting
     assert await rt.list() == []
 
@@ -165,7 +165,7 @@ async def test_a_container_removed_while_created_fails_its_start():
     await until_asked(sleeps)
     await rt.stop("r1", 1)  # a sweep of containers nothing owns, say
     sleeps.wake.set()
-    with pytest.raises(RuntimeError_, match="start container endpointd-acme-e1-r1: No such container"):
+    with pytest.raises(RuntimeFailure, match="start container endpointd-acme-e1-r1: No such container"):
         await starting
     assert await rt.list() == []
 
@@ -205,7 +205,7 @@ async def test_a_hung_replica_keeps_running_answers_nothing_and_is_still_stopped
     await rt.start(KEY, "r1", "1", SPEC)
     assert not rt.is_hung("r1")
     rt.hang("r1")
-    assert rt.is_hung("r1") and (await rt.inspect("r1")).status is ReplicaStatus.RUNNING
+    assert rt.is_hung("r1") and (await rt.inspect("r1")).status is ContainerStatus.RUNNING
     await rt.stop("r1", 1)
     assert await rt.list() == []
 
@@ -218,7 +218,7 @@ async def test_runtimes_of_one_engine_see_only_their_own_instance():
     await b.start(EndpointKey("acme", "e2"), "r1", "1", SPEC)  # the same replica id, another name
     assert [i.endpoint for i in await a.list()] == [KEY] and list(a.containers) == ["r1"]
     assert [i.endpoint.name for i in await everything.list()] == ["e1", "e2"]
-    with pytest.raises(RuntimeError_, match="name endpointd-acme-e1-r1 is already in use"):
+    with pytest.raises(RuntimeFailure, match="name endpointd-acme-e1-r1 is already in use"):
         await FakeRuntime(engine=engine, instance="c").start(KEY, "r1", "1", SPEC)  # names are engine-wide, as in Docker
     for helper in (b.kill, b.hang, b.ignore_sigterm, b.is_hung):
         with pytest.raises(ReplicaNotFound):
@@ -248,7 +248,7 @@ async def test_a_kill_is_a_death_event_to_every_listener_and_stop_is_one_too():
         event = await anext(events)
         assert (event.kind, event.replica_id, event.endpoint, event.exit_code) == (EventKind.DIED, "r1", KEY, 137)
     info = await rt.inspect("r1")
-    assert (info.status, info.exit_code, info.address) == (ReplicaStatus.EXITED, 137, None)
+    assert (info.status, info.exit_code, info.address) == (ContainerStatus.EXITED, 137, None)
     assert (await rt.logs("r1", tail=1)) == ["Killed"]
 
     await rt.start(KEY, "r2", "1", SPEC)
@@ -403,7 +403,7 @@ async def test_a_started_replica_runs_and_a_stop_is_sigterm_then_removal(subject
     events = rt.events()
     try:
         info = await subject.start(rt, "r1")
-        assert (info.status, info.gpus) == (ReplicaStatus.RUNNING, ())
+        assert (info.status, info.gpus) == (ContainerStatus.RUNNING, ())
         assert info.address.startswith("127.0.0.1:") and await rt.list(subject.key) == [info]
         await rt.stop("r1", grace_s=30)
         event = await death_of(events, "r1")
@@ -433,7 +433,7 @@ async def test_a_stop_of_an_exited_replica_removes_it(subject):
         assert (await death_of(events, "r1")).exit_code == 3
     finally:
         await events.aclose()
-    assert ((await rt.inspect("r1")).status, (await rt.inspect("r1")).exit_code) == (ReplicaStatus.EXITED, 3)
+    assert ((await rt.inspect("r1")).status, (await rt.inspect("r1")).exit_code) == (ContainerStatus.EXITED, 3)
     await rt.stop("r1", grace_s=1)
     assert await subject.leftovers() == []
 
@@ -443,7 +443,7 @@ async def test_a_hung_replica_still_runs_and_is_stopped_and_removed(subject):
     info = await subject.start(rt, "r1")
     await subject.hang(rt, info)  # docker pause: the process frozen, its port still published
     hung = await rt.inspect("r1")
-    assert (hung.status, hung.address) == (ReplicaStatus.RUNNING, info.address)
+    assert (hung.status, hung.address) == (ContainerStatus.RUNNING, info.address)
     await rt.stop("r1", grace_s=1)
     assert await subject.leftovers() == []
     with pytest.raises(ReplicaNotFound, match="inspect replica r1"):
@@ -473,7 +473,7 @@ async def test_instances_never_see_nor_stop_each_others_replicas(subject):
         assert sorted(i.replica_id for i in await unscoped.list(subject.key)) == ["r1", "r2"]  # no instance: all
         with pytest.raises(ReplicaNotFound):
             await other.stop("r1", 1)
-        assert (await mine.inspect("r1")).status is ReplicaStatus.RUNNING
+        assert (await mine.inspect("r1")).status is ContainerStatus.RUNNING
         # The other's death comes first; mine is the first my stream gives, so the other's never reached it.
         await other.stop("r2", 1)
         await mine.stop("r1", 1)
@@ -509,7 +509,7 @@ async def test_remove_network_removes_an_unused_network_keeps_a_used_one_and_ign
     info = await subject.start(rt, "r1")
     await rt.remove_network(subject.key)  # a running replica still uses it: kept
     assert await subject.networks() == [network_name(rt.instance, subject.key)]
-    assert (await rt.inspect("r1")).status is ReplicaStatus.RUNNING and info.address
+    assert (await rt.inspect("r1")).status is ContainerStatus.RUNNING and info.address
     await rt.stop("r1", grace_s=1)
     await rt.remove_network(subject.key)
     assert await subject.networks() == [] and await rt.networks() == []

@@ -14,7 +14,7 @@ import pytest
 from engines import docker as docker_module
 from engines.docker import DockerRuntime, create_config, replica_info, translate_path
 from engines.images import ECHO_IMAGE
-from engines.runtime import ContainerSpec, EndpointKey, Mount, ReplicaStatus, RuntimeError_, network_name
+from engines.runtime import ContainerSpec, EndpointKey, Mount, ContainerStatus, RuntimeFailure, network_name
 
 from tests.docker_fixtures import docker_cli
 
@@ -62,7 +62,7 @@ def test_a_path_of_endpointds_container_is_its_volumes_host_path(path, host):
 
 @pytest.mark.parametrize("path", ["/datafile/x", "/etc/passwd", "/modelsx"])
 def test_a_path_on_no_volume_cannot_be_mounted_and_says_why(path):
-    with pytest.raises(RuntimeError_, match="on none of its volumes.*docs/compose.yaml"):
+    with pytest.raises(RuntimeFailure, match="on none of its volumes.*docs/compose.yaml"):
         translate_path(path, MOUNTS)
 
 
@@ -81,7 +81,7 @@ async def test_the_host_mode_stays_where_no_container_of_the_engine_is_ours(dock
             await runtime.close()
     runtime = DockerRuntime(self_container="no-such-endpointd-container")
     try:
-        with pytest.raises(RuntimeError_, match="has no such container: set ENDPOINTD_SELF_CONTAINER"):
+        with pytest.raises(RuntimeFailure, match="has no such container: set ENDPOINTD_SELF_CONTAINER"):
             await runtime.own_container()
     finally:
         await runtime.close()
@@ -105,7 +105,7 @@ async def test_in_container_mode_replicas_are_unpublished_and_endpointds_contain
 
         spec = ContainerSpec(image=ECHO_IMAGE, mounts=(Mount(source="/models/m", target="/repository"),))
         info = await runtime.start(docker_key, "r1", "1", spec)
-        assert info.status is ReplicaStatus.RUNNING
+        assert info.status is ContainerStatus.RUNNING
         assert info.address == f"{info.container_name}:80"
         replica = json.loads(await docker_cli("inspect", info.container_name))[0]
         assert not any(replica["NetworkSettings"]["Ports"].values())  # nothing on the host

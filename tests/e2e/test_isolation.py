@@ -24,7 +24,7 @@ from engines.images import ECHO_IMAGE
 from engines.runtime import (
     ContainerSpec,
     EndpointKey,
-    RuntimeError_,
+    RuntimeFailure,
     network_labels,
     network_name,
 )
@@ -220,7 +220,7 @@ async def test_two_runtimes_starting_one_endpoint_at_once_share_its_network(dock
 async def test_a_network_of_the_endpoints_name_that_endpointd_did_not_make_is_never_joined(docker_runtime, docker_key):
     name = network_name(None, docker_key)
     await docker_cli("network", "create", "--label", f"endpointd.namespace={docker_key.namespace}", name)
-    with pytest.raises(RuntimeError_, match=f"create network {name}: a network of this name exists that endpointd did not make"):
+    with pytest.raises(RuntimeFailure, match=f"create network {name}: a network of this name exists that endpointd did not make"):
         await docker_runtime.start(docker_key, f"{docker_key.namespace}-f1", "1", ContainerSpec(image=ECHO_IMAGE))
     assert await docker_runtime.list(docker_key) == []
     await docker_runtime.remove_network(docker_key)  # not ours: left alone

@@ -11,7 +11,7 @@ import pytest
 
 from engines import readiness
 from engines.images import ECHO_IMAGE
-from engines.runtime import ContainerSpec, ReplicaStatus
+from engines.runtime import ContainerSpec, ContainerStatus
 
 from tests.docker_fixtures import docker_cli
 
@@ -74,7 +74,7 @@ NO_HEALTH = (
 async def test_an_image_without_health_route_is_ready_once_its_port_listens(docker_runtime, docker_key):
     spec = ContainerSpec(image=ECHO_IMAGE, port=8000, entrypoint=("python3", "-c"), args=(NO_HEALTH,))
     info = await docker_runtime.start(docker_key, "r1", "rev", spec)
-    assert info.status is ReplicaStatus.RUNNING and info.address is not None
+    assert info.status is ContainerStatus.RUNNING and info.address is not None
     # Published on 127.0.0.1: docker-proxy accepts, finds nothing behind, and closes.
     assert not await readiness.accepts_connections(info.address)
     async with aiohttp.ClientSession() as session:

@@ -34,7 +34,7 @@ from autoscaler.config import ScalingConfig, ServeConfig
 from autoscaler.observe.engine_metrics import EngineSignals, Scraped
 from autoscaler.model.intent import Intent
 from engines.gpus import GpuAllocator, GpuSampler, read_inventory
-from engines.runtime import EndpointKey, RuntimeError_, Usage
+from engines.runtime import EndpointKey, RuntimeFailure, Usage
 from proxy.core import metrics as proxy_metrics
 from proxy.management.app import PIPELINE
 from proxy.core.config import ProxyConfig
@@ -420,7 +420,7 @@ async def test_a_recreated_endpoint_starts_empty(world):
 
 async def test_docker_stats_that_fail_or_hang_give_no_reading_and_old_ones_age_out(world):
     poller = UsagePoller(lambda: ["r1", "r2", "r3"], world.runtime, interval_s=10.0, timeout_s=0.01, clock=world.mono)
-    world.runtime.usages = {"r1": Usage(10.0, 5, None), "r2": RuntimeError_("stats", "replica r2", "gone")}
+    world.runtime.usages = {"r1": Usage(10.0, 5, None), "r2": RuntimeFailure("stats", "replica r2", "gone")}
     await poller.poll()  # r3 hangs: the timeout ends it
     assert {rid: r.cpu_percent for rid, r in poller.latest().items()} == {"r1": 10.0}
     world.runtime.usages = {}

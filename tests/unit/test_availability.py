@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from engines.availability import ImageInventory
-from engines.runtime import RuntimeError_
+from engines.runtime import RuntimeFailure
 
 
 class Inventory:
@@ -20,7 +20,7 @@ class Inventory:
     async def is_present(self, image):
         self.asked_present.append(image)
         if image == "broken":
-            raise RuntimeError_("inspect image", image, "cannot reach the Docker engine")
+            raise RuntimeFailure("inspect image", image, "cannot reach the Docker engine")
         return image in self.present
 
     async def in_registry(self, image):

@@ -34,7 +34,7 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 from autoscaler.control.planner import SURGE
 from autoscaler.control.planner import Phase
 from engines.fake import FakeRuntime
-from engines.runtime import EndpointKey, ReplicaStatus, RuntimeError_
+from engines.runtime import EndpointKey, ContainerStatus, RuntimeFailure
 
 from proxy.core.control import RouteState
 from proxy.core.errors import ProxyError
@@ -56,7 +56,7 @@ class BrokenRuntime:
 
     def __getattr__(self, name):
         async def fail(*args, **kwargs):
-            raise RuntimeError_(name, "runtime", "the process is gone")
+            raise RuntimeFailure(name, "runtime", "the process is gone")
 
         return fail
 
@@ -335,7 +335,7 @@ class ControlPlane(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def replica_dies(self, data):
-        running = [c for c in self.containers() if c.status is ReplicaStatus.RUNNING]
+        running = [c for c in self.containers() if c.status is ContainerStatus.RUNNING]
         if running:
             victim = data.draw(st.sampled_from(sorted(running, key=lambda c: c.replica_id)))
             self.world.runtime.kill(victim.replica_id, 137)
@@ -353,7 +353,7 @@ class ControlPlane(RuleBasedStateMachine):
     @rule(data=st.data())
     def stubborn(self, data):
         """A replica's engine ignores SIGTERM: its stop takes the whole grace period."""
-        running = [c for c in self.containers() if c.status is ReplicaStatus.RUNNING]
+        running = [c for c in self.containers() if c.status is ContainerStatus.RUNNING]
         if running:
             victim = data.draw(st.sampled_from(sorted(c.replica_id for c in running)))
             self.world.runtime.ignore_sigterm(victim)
@@ -386,7 +386,7 @@ class ControlPlane(RuleBasedStateMachine):
         """endpointd stops (SIGTERM, or killed: then its tasks clean nothing up) and starts again
         from what the store holds, adopting what it finds."""
         old = self.world
-        running = {c.replica_id for c in self.containers() if c.status is ReplicaStatus.RUNNING}
+        running = {c.replica_id for c in self.containers() if c.status is ContainerStatus.RUNNING}
         # A user's scale-to-zero that is stored but not yet carried out is carried out by the
         # restart: those endpoints are not counted as serving.
         serving = {key: {s.id for s in old.controller._owners[key].slots_in(Phase.READY)} & running

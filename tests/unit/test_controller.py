@@ -12,7 +12,7 @@ from autoscaler.model.intent import Signals
 from autoscaler.control.owner import MAX_START_FAILURES
 from autoscaler.control.planner import Phase
 from autoscaler.model.state import State
-from engines.runtime import EndpointKey, ReplicaInfo, ReplicaStatus
+from engines.runtime import EndpointKey, ReplicaInfo, ContainerStatus
 from proxy.core.control import RouteState
 
 from tests.control_world import KEY, World, intent
@@ -273,7 +273,7 @@ async def test_2_a_draining_replica_is_reclaimed_before_a_new_one_starts(world):
 
 
 async def test_3_requests_draining_on_the_old_replica_are_not_new_demand():
-    from autoscaler.scaling.policy import PolicyConfig, Scaling
+    from autoscaler.scaling.policy import PolicyConfig, PolicyScaling
     from autoscaler.scaling.scaler import Scaler
     from proxy.core.pending import PendingCounter
 
@@ -281,7 +281,7 @@ async def test_3_requests_draining_on_the_old_replica_are_not_new_demand():
     counter = PendingCounter()
     w.controller._in_flight = counter.replica_loads
     scaler = Scaler(w.controller, counter.snapshot, config=PolicyConfig(window_s=2, stabilization_s=0),
-                    scaling_of=lambda key: Scaling(0, 2, idle_timeout_min=15), clock=lambda: w.now)
+                    scaling_of=lambda key: PolicyScaling(0, 2, idle_timeout_min=15), clock=lambda: w.now)
     await running(w, min_replicas=0)
     streams = [counter.track("acme/e1").__enter__() for _ in range(3)]
     for ticket in streams:
@@ -393,8 +393,8 @@ async def test_11_gpus_are_adopted_after_a_restart():
     w.launcher.gpus_per_replica = 1
     w.controller.apply(intent(revision=2))
     found = [
-        ReplicaInfo("keep", KEY, "2", "c1", "n1", ReplicaStatus.RUNNING, "127.0.0.1:9", "/health", gpus=("GPU-0",)),
-        ReplicaInfo("twice", KEY, "2", "c2", "n2", ReplicaStatus.RUNNING, "127.0.0.1:9", "/health", gpus=("GPU-0",)),
+        ReplicaInfo("keep", KEY, "2", "c1", "n1", ContainerStatus.RUNNING, "127.0.0.1:9", "/health", gpus=("GPU-0",)),
+        ReplicaInfo("twice", KEY, "2", "c2", "n2", ContainerStatus.RUNNING, "127.0.0.1:9", "/health", gpus=("GPU-0",)),
     ]
     assert await w.controller.adopt(found) == ["keep"]
     assert w.allocator.holders == {"GPU-0": "keep"}
@@ -407,10 +407,10 @@ async def test_adopt_keeps_healthy_containers_up_to_the_current_revision_and_sto
     w = world
     w.controller.apply(intent(revision=2, min_replicas=1, max_replicas=1))
 
-    def info(rid, revision, endpoint=KEY, status=ReplicaStatus.RUNNING):
+    def info(rid, revision, endpoint=KEY, status=ContainerStatus.RUNNING):
         return ReplicaInfo(rid, endpoint, str(revision), "c", "n", status, "127.0.0.1:9999", "/health")
 
-    found = [info("keep", 2), info("sick", 2), info("old", 1), info("dead", 2, status=ReplicaStatus.EXITED),
+    found = [info("keep", 2), info("sick", 2), info("old", 1), info("dead", 2, status=ContainerStatus.EXITED),
              info("orphan", 2, endpoint=EndpointKey("acme", "gone")), info("future", 3), info("odd", "²")]
     w.launcher.unhealthy.add("sick")
     stopped = []

@@ -2,10 +2,11 @@
 
 import pytest
 
-from autoscaler.scaling.policy import HARDWARE, PolicyConfig, PolicyState, Scaling, Snapshot, decide
+from autoscaler.model.spec import ScalingMetric
+from autoscaler.scaling.policy import PolicyConfig, PolicyScaling, PolicyState, Snapshot, decide
 
 CFG = PolicyConfig()  # the reference defaults: 20 s window, 300 s stabilization, 60 s minutes
-PENDING_1_3 = Scaling(min_replicas=1, max_replicas=3, threshold=1.5)
+PENDING_1_3 = PolicyScaling(min_replicas=1, max_replicas=3, threshold=1.5)
 
 
 def one(pending, ready, current, scaling=PENDING_1_3, **snap):
@@ -73,7 +74,7 @@ def test_no_scale_down_before_a_full_window_after_a_restart():
     assert decision.replicas == 1
 
 
-ZERO = Scaling(min_replicas=0, max_replicas=2, threshold=1.5, idle_timeout_min=15)
+ZERO = PolicyScaling(min_replicas=0, max_replicas=2, threshold=1.5, idle_timeout_min=15)
 
 
 def test_scale_to_zero_after_the_idle_timeout_and_an_open_stream_is_not_idle():
@@ -101,7 +102,7 @@ def test_a_new_arrival_resets_the_idle_clock():
         assert decision.replicas == expected, (t, decision.reason)
 
 
-HW = Scaling(min_replicas=1, max_replicas=4, metric=HARDWARE, threshold=80.0)
+HW = PolicyScaling(min_replicas=1, max_replicas=4, metric=ScalingMetric.HARDWARE_USAGE, threshold=80.0)
 
 
 @pytest.mark.parametrize(
@@ -144,7 +145,7 @@ def test_every_decision_has_a_kind_for_metrics(snapshot, state, now, kind):
     assert decision.kind == kind, decision.reason
 
 
-ENGINE_1_3 = Scaling(min_replicas=1, max_replicas=3, metric="engineQueue", threshold=2.0)
+ENGINE_1_3 = PolicyScaling(min_replicas=1, max_replicas=3, metric=ScalingMetric.ENGINE_QUEUE, threshold=2.0)
 
 
 @pytest.mark.parametrize(
@@ -167,4 +168,4 @@ def test_the_three_measures_decide_differently_on_the_same_load():
     load = dict(utilization=50.0, engine_load=2.0)
     assert one(4, 1, 1, PENDING_1_3, **load) == 3  # ceil(4 / 1.5)
     assert one(4, 1, 1, ENGINE_1_3, **load) == 1  # 2 / 2 = 1: enough
-    assert one(4, 1, 1, Scaling(1, 3, metric=HARDWARE, threshold=80.0), **load) == 1  # 50 % < 80 %
+    assert one(4, 1, 1, PolicyScaling(1, 3, metric=ScalingMetric.HARDWARE_USAGE, threshold=80.0), **load) == 1  # 50 % < 80 %

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from autoscaler.scaling.policy import PolicyConfig, Scaling
+from autoscaler.scaling.policy import PolicyConfig, PolicyScaling
 from autoscaler.scaling.scaler import Scaler
 from engines.runtime import EndpointKey
 from proxy.core.pending import PendingCounter
@@ -19,7 +19,7 @@ CONFIG = PolicyConfig(window_s=5, stabilization_s=30, minute_s=1)
 class ScaledWorld(World):
     """The control world with the scaler on top, replicas ready as soon as they start."""
 
-    def __init__(self, scaling: Scaling, gpus: int = 0, scaling_of=None):
+    def __init__(self, scaling: PolicyScaling, gpus: int = 0, scaling_of=None):
         super().__init__(gpus=gpus)
         self.launcher.auto = True
         self.counter = PendingCounter()
@@ -67,7 +67,7 @@ async def world():
 
 
 async def test_up_under_load_steady_without_flapping_then_down_after_stabilization(world):
-    w = world(Scaling(min_replicas=1, max_replicas=3, threshold=1.5))
+    w = world(PolicyScaling(min_replicas=1, max_replicas=3, threshold=1.5))
     assert await w.step(1, pending=0) == 1
     assert await w.step(10, pending=6) == 3, w.changes  # 6 pending / 1.5 = 4 wanted, max 3
     assert await w.step(40, pending=3) == 3  # 3 / 1.5 = 2 recommended, 3 within the window: steady
@@ -79,7 +79,7 @@ async def test_up_under_load_steady_without_flapping_then_down_after_stabilizati
 
 
 async def test_to_zero_after_idle_and_back_on_a_wake(world):
-    w = world(Scaling(min_replicas=0, max_replicas=2, threshold=1.5, idle_timeout_min=3))  # 3 s
+    w = world(PolicyScaling(min_replicas=0, max_replicas=2, threshold=1.5, idle_timeout_min=3))  # 3 s
     assert await w.step(2, pending=1) == 1  # a long request: not idle
     assert await w.step(4, pending=1) == 1
     assert await w.step(10, pending=0) == 0  # idle 3 s after the last request
@@ -91,14 +91,14 @@ async def test_to_zero_after_idle_and_back_on_a_wake(world):
 
 
 async def test_capacity_bounds_scale_up(world):
-    w = world(Scaling(min_replicas=1, max_replicas=4, threshold=1.0), gpus=2)
+    w = world(PolicyScaling(min_replicas=1, max_replicas=4, threshold=1.0), gpus=2)
     w.launcher.gpus_per_replica = 1
     assert await w.step(5, pending=10) == 2  # wanted 4, but the host has GPUs for two
     assert "wants 4 replicas, waiting for capacity: no free GPUs" in w.status().message  # what is missing
 
 
 async def test_paused_endpoints_are_left_alone(world):
-    w = world(Scaling(min_replicas=1, max_replicas=3, threshold=1.5))
+    w = world(PolicyScaling(min_replicas=1, max_replicas=3, threshold=1.5))
     w.change(paused=True)
     await w.settle()
     assert await w.step(5, pending=9) == 0
@@ -106,8 +106,8 @@ async def test_paused_endpoints_are_left_alone(world):
 
 
 async def test_a_round_that_fails_for_one_endpoint_skips_only_that_one(world):
-    good = Scaling(min_replicas=1, max_replicas=3, threshold=1.5)
-    bad = Scaling(min_replicas=1, max_replicas=3, threshold=math.nan)  # what a NaN threshold did
+    good = PolicyScaling(min_replicas=1, max_replicas=3, threshold=1.5)
+    bad = PolicyScaling(min_replicas=1, max_replicas=3, threshold=math.nan)  # what a NaN threshold did
     other = EndpointKey("acme", "broken")
 
     def scaling_of(key):
