@@ -127,10 +127,11 @@ async def test_a_replica_coming_or_ready_wins_over_no_capacity():
 
 
 def test_workers_get_the_reason_too():
-    from proxy.workers.codec import entry_in, entry_out
+    from proxy.workers.codec import encode, to_worker
+    from proxy.workers.messages import RouteChanged
 
     entry = replace(ENTRY, no_capacity=NO_CPU)
-    assert entry_in(entry_out(entry)) == entry
+    assert to_worker(encode(RouteChanged(entry))) == RouteChanged(entry)
 
 
 # --- whatever the order of events -----------------------------------------------------------------
