@@ -30,11 +30,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engines import spec_rules
 from engines.artifacts import REPOSITORY_TARGET, repository_mounts
 from engines.hardware import Resources
 from engines.pinned import LLAMA_CPP_BUILD
 from engines.runtime import ContainerSpec, RegistryAuth
-from engines import spec_rules
 from engines.spec_rules import PresetError
 
 GIB = 1024**3

@@ -13,13 +13,12 @@ from datetime import datetime
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 
-from engines import spec_rules
-from engines.hardware import ACCELERATORS, ComputeOffer
-from proxy.core.control import AuthType
-
 from autoscaler.model.spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
 from autoscaler.model.state import State
 from autoscaler.model.times import wire_time
+from engines import spec_rules
+from engines.hardware import ACCELERATORS, ComputeOffer
+from proxy.core.control import AuthType
 
 # One rule for every key of a body, create or update:
 # - absent: on create the default, or `WireError` for the keys the client always sends; on update, unchanged;

@@ -16,7 +16,6 @@ from engines.runtime import EndpointKey
 from proxy.core.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
 from proxy.core.errors import Unavailable
 from proxy.core.hold import ReadinessGate
-
 from tests.control_world import World, intent
 from tests.proxy_harness import until
 
@@ -141,7 +140,7 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: E402
 
 from autoscaler.control.planner import Phase  # noqa: E402
-from tests.examples import examples
+from tests.examples import examples  # noqa: E402
 
 KEYS = [A, B, C]
 CPUS = 2
