@@ -30,11 +30,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from engines import spec_rules
 from engines.artifacts import REPOSITORY_TARGET, repository_mounts
 from engines.hardware import Resources
 from engines.pinned import LLAMA_CPP_BUILD
 from engines.runtime import ContainerSpec, RegistryAuth
-from engines import spec_rules
 from engines.spec_rules import PresetError
 
 GIB = 1024**3
@@ -532,6 +532,8 @@ def build_container_spec(
                     f"(and the proxy sends it); remove the flag"
                 )
     secret_env = dict(secrets)
+    entrypoint: tuple[str, ...] | None
+    final_args: tuple[str, ...] | None
     if command is not None:
         entrypoint, final_args = tuple(command), tuple(args or ())
     else:
@@ -545,8 +547,12 @@ def build_container_spec(
         final_args = (*(final_args or ()), engine.key_flag, api_key)  # last: the parser keeps the last value
         given_key = api_key
 
+    if url is None:
+        # Only the custom preset has no image key, and spec_rules.image requires its url.
+        assert engine.image_key is not None
+        url = images[engine.image_key]
     return ContainerSpec(
-        image=url if url is not None else images[engine.image_key],
+        image=url,
         port=port,
         health_route=health_route,
         entrypoint=entrypoint,

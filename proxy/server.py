@@ -148,12 +148,14 @@ async def _listener(app: web.Application, config: ProxyConfig, host: str, port: 
         shutdown_timeout=CANCEL_GRACE_S,
     )
     await runner.setup()  # the app's startup
+    app_server = runner.server
+    assert app_server is not None  # made by setup()
     raw_server = None
     if raw:
-        raw_server = RawServer(app[PIPELINE], config, cap, "https" if context else "http", runner.server)
+        raw_server = RawServer(app[PIPELINE], config, cap, "https" if context else "http", app_server)
     try:
         server = await asyncio.get_running_loop().create_server(
-            raw_server or runner.server, host, port, backlog=BACKLOG, ssl=context, reuse_port=reuse_port or None,
+            raw_server or app_server, host, port, backlog=BACKLOG, ssl=context, reuse_port=reuse_port or None,
             ssl_handshake_timeout=config.header_read_timeout_s if context else None,
         )
     except BaseException as error:
@@ -211,6 +213,7 @@ async def _serve(app: web.Application | Awaitable[web.Application], config: Prox
     workers = None
     if count > 1:
         main = listening.listeners[0]
+        assert main.raw is not None  # an app with a proxy (the only one with workers) listens raw
         workers = await start_workers(app[PIPELINE], config, main.raw, main.port, count - 1)
         log.info("the data plane runs in %d processes (workers = %d): this one and %s", count, config.workers,
                  ", ".join(str(p) for p in workers.pids()))
@@ -242,7 +245,11 @@ def run(
     one line on stderr and status 2. The old form `run(app, host, port, drain_timeout_s)` still
     works but leaves every other setting (TLS, metrics_port, timeouts, cap) at its default."""
     if isinstance(config, str):
-        config = replace(ProxyConfig(), host=config, port=port, drain_timeout_s=drain_timeout_s)
+        config = replace(ProxyConfig(), host=config)
+        if port is not None:
+            config = replace(config, port=port)
+        if drain_timeout_s is not None:
+            config = replace(config, drain_timeout_s=drain_timeout_s)
     try:
         server_context(config)  # checked before the app is built: a bad TLS setting stops at once
     except TlsConfigError as error:

@@ -13,6 +13,7 @@ from engines.runtime import EndpointKey
 from proxy.core.control import RouteEntry, RouteTable
 from proxy.core.hold import ReadinessGate
 from proxy.workers import codec
+from proxy.workers.messages import RouteChanged, RouteRemoved
 
 NEVER_RETRY_S = 1e9  # no time-based retry of a wake: only the re-arming may wake again
 
@@ -41,7 +42,7 @@ class Worker:
     def __init__(self, clock, wall) -> None:
         self.routes = WorkerRoutes()
         self.gate = gate_on(self.routes, clock, wall)
-        self.inbox: list[dict] = []  # the hub's route messages not yet read
+        self.inbox: list[bytes] = []  # the hub's route messages, encoded, not yet read
 
 
 class Processes:
@@ -60,9 +61,9 @@ class Processes:
     def _on_change(self, entry: RouteEntry) -> None:
         """hub.py's _on_change: every change to every worker."""
         if self.main.lookup(entry.namespace, entry.name) is None:
-            message = {"op": "remove", "namespace": entry.namespace, "name": entry.name}
+            message = codec.encode(RouteRemoved(entry.namespace, entry.name))
         else:
-            message = {"op": "route", "entry": codec.entry_out(entry)}
+            message = codec.encode(RouteChanged(entry))
         for worker in self.workers:
             worker.inbox.append(message)
 
@@ -77,11 +78,14 @@ class Processes:
         """The worker reads the next `n` route messages (all when None), as worker.py does."""
         worker = self.workers[index - 1]
         count = len(worker.inbox) if n is None else min(n, len(worker.inbox))
-        for message in worker.inbox[:count]:
-            if message["op"] == "route":
-                worker.routes.put(codec.entry_in(message["entry"]))
-            else:
-                worker.routes.remove(message["namespace"], message["name"])
+        for data in worker.inbox[:count]:
+            match codec.to_worker(data):
+                case RouteChanged(entry):
+                    worker.routes.put(entry)
+                case RouteRemoved(namespace, name):
+                    worker.routes.remove(namespace, name)
+                case other:
+                    raise AssertionError(f"the hub sent {other} as a route change")
         del worker.inbox[:count]
 
     def deliver_wakes(self, index: int, n: int | None = None) -> None:

@@ -13,14 +13,13 @@ from datetime import datetime
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 
+from autoscaler.model.spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
+from autoscaler.model.state import State
+from autoscaler.model.times import wire_time
 from engines import spec_rules
 from engines.errors import EndpointdError
 from engines.hardware import ACCELERATORS, ComputeOffer
 from proxy.core.control import AuthType
-
-from autoscaler.model.spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
-from autoscaler.model.state import State
-from autoscaler.model.times import wire_time
 
 # One rule for every key of a body, create or update:
 # - absent: on create the default, or `WireError` for the keys the client always sends; on update, unchanged;
@@ -291,7 +290,7 @@ def _scaling(body: dict[str, Any], base: Scaling | None) -> Scaling:
         timeout = base.scale_to_zero_timeout_min
     else:
         timeout = DEFAULT_SCALE_TO_ZERO_MIN
-    return Scaling(min_replica, max_replica, timeout, _scaling_measure(body, base and base.measure))
+    return Scaling(min_replica, max_replica, timeout, _scaling_measure(body, None if base is None else base.measure))
 
 
 def _accelerator(value: Any, path: str) -> str:
@@ -312,8 +311,8 @@ def _compute(body: dict[str, Any], base: Compute | None) -> Compute:
         accelerator=_take(body, "accelerator", "compute", _accelerator, k("accelerator")),
         instance_type=_take(body, "instanceType", "compute", _text, k("instance_type")),
         instance_size=_take(body, "instanceSize", "compute", _size, k("instance_size")),
-        scaling=_take(body, "scaling", "compute", lambda v, p: _scaling(_object(v, p), base and base.scaling),
-                      k("scaling")),
+        scaling=_take(body, "scaling", "compute",
+                      lambda v, p: _scaling(_object(v, p), None if base is None else base.scaling), k("scaling")),
     )
 
 
@@ -364,12 +363,14 @@ def _spec(body: dict[str, Any], base: EndpointSpec | None) -> EndpointSpec:
     return EndpointSpec(
         name=_take(body, "name", "", _name, k("name")),
         type=_take(body, "type", "", _type, k("type")),
-        provider=_take(body, "provider", "", lambda v, p: _provider(_object(v, p), base and base.provider),
-                       k("provider")),
-        compute=_take(body, "compute", "", lambda v, p: _compute(_object(v, p), base and base.compute),
-                      k("compute")),
-        model=_take(body, "model", "", lambda v, p: _model(_object(v, p), base and base.model), k("model")),
-        route=_take(body, "route", "", lambda v, p: _route(_object(v, p), base and base.route), k("route"), Route()),
+        provider=_take(body, "provider", "",
+                       lambda v, p: _provider(_object(v, p), None if base is None else base.provider), k("provider")),
+        compute=_take(body, "compute", "",
+                      lambda v, p: _compute(_object(v, p), None if base is None else base.compute), k("compute")),
+        model=_take(body, "model", "",
+                    lambda v, p: _model(_object(v, p), None if base is None else base.model), k("model")),
+        route=_take(body, "route", "",
+                    lambda v, p: _route(_object(v, p), None if base is None else base.route), k("route"), Route()),
         private_service=_take(body, "privateService", "", lambda v, p: copy.deepcopy(_object(v, p)),
                               k("private_service"), None),
         cache_http_responses=_take(body, "cacheHttpResponses", "", _flag, k("cache_http_responses"), None),

@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 import resource
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 # File descriptors kept out of the automatic connection cap: the listeners, the store, the Docker
 # socket, log files, the upstream pool's idle sockets, the interpreter's own.
@@ -51,7 +51,10 @@ AUTO_WORKERS_MAX = 8
 MAX_WORKERS = 64
 
 
-def setting(default, *, min=None, max=None, help: str):  # noqa: A002 - names read well at call sites
+T = TypeVar("T")
+
+
+def setting(default: T, *, min: float | None = None, max: float | None = None, help: str) -> T:  # noqa: A002 - names read well at call sites
     return field(default=default, metadata={"min": min, "max": max, "help": help})
 
 

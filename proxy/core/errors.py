@@ -181,6 +181,7 @@ def to_http(error: ProxyError, path: str | None = None) -> tuple[int, dict[str, 
         headers["WWW-Authenticate"] = 'Bearer realm="endpointd"'
     if error.retry_after_s is not None:
         headers["Retry-After"] = str(error.retry_after_s)
+    body: dict[str, object]
     if openai_route(path):
         body = {"error": {"message": error.message, "type": error.cause, "code": error.status}}
     else:

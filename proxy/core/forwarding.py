@@ -76,7 +76,7 @@ def forwarded_block(
     (name, lower-cased name, value). Raises BadRequest for a value that cannot be forwarded (not
     UTF-8); called before admission, so such a request is never held."""
     drop = _SET_AGAIN_BYTES | _named_by(connection) if connection else _SET_AGAIN_BYTES
-    out = []
+    out: list[bytes] = []
     for name, lower, value in triples:
         if lower in drop:
             continue
@@ -111,7 +111,7 @@ def returned_block(pairs: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes | Non
         elif lower == b"transfer-encoding":
             chunked = True
     drop = _NOT_RETURNED_BYTES | _named_by(connection) if connection else _NOT_RETURNED_BYTES
-    out = []
+    out: list[bytes] = []
     for name, value in pairs:
         if name.lower() not in drop:
             out += (name, b": ", value, b"\r\n")

@@ -16,6 +16,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from .pending import PendingCounter
@@ -31,6 +32,9 @@ COLD_START_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600)
 TAP_LIMIT = 100_000
 
 Answer = tuple[str, str, float | None]  # (replica id or NO_REPLICA, status code, duration_s or None)
+# A metric family as data: (name, help, type, unit, samples as (name, labels, value)); what a worker
+# sends of its registry, for the main process's /metrics (proxy/workers/).
+Family = tuple[str, str, str, str, list[tuple[str, dict[str, str], float]]]
 
 
 @dataclass(slots=True)
@@ -46,7 +50,7 @@ class _Gauges(Collector):
         self._counter = counter
         self._held = held
 
-    def collect(self):
+    def collect(self) -> list[Metric]:
         # This process's own counts: /metrics adds the workers' own gauges to them (proxy/workers/).
         snap = self._counter.local_snapshot()
         pending = GaugeMetricFamily(
@@ -79,7 +83,7 @@ class _ConnectionGauges(Collector):
     def __init__(self) -> None:
         self.source: ConnectionStats = list
 
-    def collect(self):
+    def collect(self) -> list[Metric]:
         open_ = GaugeMetricFamily(
             "endpointd_proxy_client_connections", "Open client connections, by listener", labels=["listener"],
         )

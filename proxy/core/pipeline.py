@@ -34,7 +34,7 @@ from .config import ProxyConfig
 from .control import ControlPlane, Replica, RouteEntry
 from .errors import PayloadTooLarge, ProxyError
 from .hold import ReadinessGate, parse_scale_up_timeout, refuse_unless_serving
-from .metrics import NO_ENDPOINT, NO_REPLICA, ProxyMetrics
+from .metrics import NO_ENDPOINT, NO_REPLICA, Family, ProxyMetrics
 from .pending import PendingCounter, Ticket
 from .routing import Route
 
@@ -110,7 +110,7 @@ class Pipeline:
         self.metrics = ProxyMetrics(self.counter, lambda: self.gate.held)
         # The workers' metric families, when this process has workers (proxy/workers/hub.py):
         # /metrics merges them with this process's.
-        self.remote_families: Callable[[], Awaitable[list]] | None = None
+        self.remote_families: Callable[[], Awaitable[list[list[Family]]]] | None = None
 
     def admit(
         self,

@@ -26,7 +26,7 @@ from ..core.errors import NotFound, ProxyError, pipelined, to_http
 from ..core.forwarding import REQUEST_ID, request_id
 from ..core.pipeline import Pipeline
 from ..core.routing import resolve
-from ..workers.codec import families_out, merge_families
+from ..workers.families import families_of, merge_families
 
 log = logging.getLogger("endpointd.proxy")
 
@@ -79,7 +79,7 @@ async def metrics_response(request: web.Request, pipeline: Pipeline) -> web.Stre
     if pipeline.remote_families is None:
         body = generate_latest(pipeline.metrics.registry)
     else:  # this process's families and every worker's, added up
-        sets = [families_out(pipeline.metrics.registry), *await pipeline.remote_families()]
+        sets = [families_of(pipeline.metrics.registry), *await pipeline.remote_families()]
         body = generate_latest(_Merged(merge_families(sets)))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST, REQUEST_ID: rid})
 

@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import HttpVersion11 as HTTP11
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from ..core.cap import ConnectionCap
@@ -87,7 +88,7 @@ class ClientConnection(RequestHandler):
         # Set by the raw server that handed this connection over (proxy/raw/server.py): given the
         # transport and the first bytes of the connection's next request, it takes it back.
         self.hand_back: Callable[[asyncio.Transport, bytes], None] | None = None
-        self._last_body = None  # the body stream of the last request parsed
+        self._last_body: StreamReader | None = None  # the body stream of the last request parsed
 
     # -- the cap ---------------------------------------------------------------------------
 
@@ -119,8 +120,9 @@ class ClientConnection(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return
-        if self.hand_back is not None and self._between_requests():
-            self._give_back(data)
+        hand_back, transport = self.hand_back, self.transport
+        if hand_back is not None and transport is not None and self._between_requests():
+            self._give_back(hand_back, transport, data)
             return
         heads = self._request_count
         super().data_received(data)
@@ -146,21 +148,21 @@ class ClientConnection(RequestHandler):
             self.end_after_response()  # a lingering read of the rest would meet the same error
 
     def _between_requests(self) -> bool:
-        """Whether the connection is between requests: one served, its response written and its
-        body read to the end, nothing parsed of a next one, and not closing."""
+        """Whether the connection (open) is between requests: one served, its response written and
+        its body read to the end, nothing parsed of a next one, and not closing."""
         return (
             self._request_count > 0 and not self._request_in_progress and not self._messages
-            and not self._close and not self._force_close and not self._upgraded and self.transport is not None
+            and not self._close and not self._force_close and not self._upgraded
             and (self._last_body is None or self._last_body.is_eof())
         )
 
-    def _give_back(self, data: bytes) -> None:
+    def _give_back(self, hand_back: Callable[[asyncio.Transport, bytes], None], transport: asyncio.Transport,
+                   data: bytes) -> None:
         """The connection's next request begins with `data`: the connection goes back to the raw
         server, open, with the cap's count passed on; aiohttp's handler for it ends."""
-        transport = self.transport
         self.transport = None  # aiohttp's teardown below must leave the connection open
         self.connection_lost(None)
-        self.hand_back(transport, data)
+        hand_back(transport, data)
 
     def end_after_response(self) -> None:
         """Close the connection once the current response is sent, without aiohttp's lingering
@@ -277,8 +279,11 @@ class GuardedAppRunner(web.AppRunner):
     def __init__(self, app: web.Application, *, cap: ConnectionCap, head_timeout_s: float, keepalive_timeout_s: float,
                  shutdown_timeout: float):
         super().__init__(app, handle_signals=False, access_log=None, shutdown_timeout=shutdown_timeout)
-        self._guard = {"cap": cap, "head_timeout_s": head_timeout_s, "keepalive_timeout_s": keepalive_timeout_s}
+        self._cap = cap
+        self._head_timeout_s = head_timeout_s
+        self._keepalive_timeout_s = keepalive_timeout_s
 
     async def _make_server(self) -> web.Server:
         plain = await super()._make_server()  # runs the app's startup, gives its handler and request factory
-        return GuardedServer(plain.request_handler, request_factory=plain.request_factory, **self._guard)
+        return GuardedServer(plain.request_handler, request_factory=plain.request_factory, cap=self._cap,
+                             head_timeout_s=self._head_timeout_s, keepalive_timeout_s=self._keepalive_timeout_s)

@@ -98,9 +98,9 @@ class ClientProtocol(asyncio.Protocol):
         # Its callbacks are this protocol's bound methods, a reference cycle: dropped when the
         # connection ends or is handed off, so that the connection is freed at once, not left to
         # the cyclic collector (a full collection walking thousands of closed connections stalled
-        # the loop for ~100 ms: README, "The SSE delay's tail").
+        # the loop for ~100 ms: README, "The SSE delay's tail"). None: no byte is parsed any more.
         self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
-        self.exchanges: deque[Exchange] = deque()  # in order; the first is being answered
+        self.exchanges: deque[Exchange | _Refusal] = deque()  # in order; the first is being answered
         self.closing = False  # no request after the current one (a drain, or an error)
         self._admitted = False
         # One lazy timer: `_deadline` (loop time) is what counts; the timer handle may be set for
@@ -129,6 +129,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if not self.cap.admit(self):
+            self.parser = None  # the cycle (see __init__): never parsed
             transport.write(self.cap.refusal_bytes)  # type: ignore[attr-defined]
             transport.close()
             return
@@ -241,10 +242,9 @@ class ClientProtocol(asyncio.Protocol):
                 log.debug("closing a client connection that sent no complete request head in time")
             self.transport.abort()
 
-    def _linger(self) -> None:
+    def _linger(self, transport: asyncio.Transport) -> None:
         """Close once the client has stopped sending (or after LINGER_S): the answer written
         just now must reach it, not be destroyed by a reset."""
-        transport = self.transport
         self._lingering = True
         self.closing = True
         self.unpause("body")
@@ -263,7 +263,8 @@ class ClientProtocol(asyncio.Protocol):
     # -- reading -----------------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if not self._admitted or self._lingering:
+        parser = self.parser  # None unless admitted (and neither lost nor handed off)
+        if parser is None or self._lingering:
             return
         if not self._in_message:
             if self._timer_kind != "head" and not self.exchanges:
@@ -278,7 +279,7 @@ class ClientProtocol(asyncio.Protocol):
                 return
         self._chunk = data
         try:
-            self.parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserCallbackError as error:
             cause = error.__context__
             if isinstance(cause, _Refused):
@@ -323,7 +324,7 @@ class ClientProtocol(asyncio.Protocol):
             return
         if self.transport is not None:
             self.transport.write(wire.error_bytes(error, None, True))
-            self._linger()
+            self._linger(self.transport)
 
     # httptools callbacks
 
@@ -355,6 +356,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _head_done(self, buffer: list[bytes] | None) -> None:
         parser = self.parser
+        assert parser is not None  # a parser callback: parsing runs only while the parser is there
         version = parser.get_http_version()
         method = parser.get_method().decode("ascii", "replace")
         url = self._url
@@ -428,7 +430,7 @@ class ClientProtocol(asyncio.Protocol):
 
     # -- the end of a response ------------------------------------------------------------------
 
-    def exchange_ended(self, exchange: Exchange, after: After) -> None:
+    def exchange_ended(self, exchange: Exchange | _Refusal, after: After) -> None:
         if self.transport is None:
             return
         if after is After.ABORT:
@@ -438,18 +440,18 @@ class ClientProtocol(asyncio.Protocol):
             self.exchanges.popleft()
         elif exchange in self.exchanges:
             self.exchanges.remove(exchange)
-        unread = self._current is exchange  # answered before its body was all read
-        if unread:
+        unread = self._current if self._current is exchange else None  # answered before its body was all read
+        if unread is not None:
             self._current = None
         if after is After.CLOSE or exchange.close_after or (self.closing and not self.exchanges) \
-                or (unread and not exchange.small_rest()):
+                or (unread is not None and not unread.small_rest()):
             self.closing = True
-            if unread or self._in_message:
-                self._linger()
+            if unread is not None or self._in_message:
+                self._linger(self.transport)
             else:
                 self.transport.close()  # after what is buffered is written
             return
-        if unread:
+        if unread is not None:
             # Read the small rest of the body and drop it, then serve the next request.
             self._discarding = True
             self._arm(self.server.head_timeout_s, "discard")
@@ -470,6 +472,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def _hand_off(self, buffer: list[bytes]) -> None:
         transport = self.transport
+        assert transport is not None  # called from a parser callback: parsing runs only while connected
         self._disarm()
         if self._timer is not None:
             self._timer.cancel()

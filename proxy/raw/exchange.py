@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Sequence
 from typing import Protocol
 
+from ..core.control import Replica
 from ..core.errors import (
     MalformedBody,
     PayloadTooLarge,
@@ -90,7 +92,7 @@ class Client(Protocol):
 class Exchange:
     __slots__ = (
         "client", "pipeline", "route", "method", "target", "headers", "version", "keep_alive", "body_length", "chunked",
-        "host", "rid", "forwarded", "admission", "task", "upstream", "replica", "tried", "body", "body_seen",
+        "host", "rid", "triples", "forwarded", "admission", "task", "upstream", "replica", "tried", "body", "body_seen",
         "body_done", "body_sent", "response_started", "status", "out", "out_chunked", "done", "timer",
         "_start_deadline", "_idle_deadline", "_last_active", "_retried_reused", "expect_continue", "head_only",
         "close_after", "_response_close", "_until_close",
@@ -110,11 +112,13 @@ class Exchange:
         self.chunked = chunked
         self.host = headers.get("host")
         self.rid = request_id(headers.get("x-request-id"))
-        self.forwarded = triples  # the caller's headers, until `start` makes them the block replicas get
+        # The caller's headers, until `start` makes them `forwarded`, the block replicas get.
+        self.triples: Sequence[tuple[bytes, bytes, bytes]] = triples
+        self.forwarded: bytes  # set by `start`, before any replica is reached
         self.admission: Admission | None = None
         self.task: asyncio.Task | None = None
         self.upstream: UpstreamConnection | None = None
-        self.replica = None
+        self.replica: Replica | None = None
         self.tried: set[str] = set()
         self.body: list[bytes] = []  # received, not yet sent upstream
         self.body_seen = 0
@@ -142,9 +146,10 @@ class Exchange:
         pipeline = self.pipeline
         headers = self.headers
         client = self.client
+        triples, self.triples = self.triples, ()
         try:
             self.forwarded = forwarded_block(
-                self.forwarded, headers.get("connection"), remote=client.remote, scheme=client.scheme,
+                triples, headers.get("connection"), remote=client.remote, scheme=client.scheme,
                 host=self.host, prior_forwarded_for=headers.get("x-forwarded-for"), rid=self.rid,
             )
         except ProxyError as error:
@@ -197,7 +202,7 @@ class Exchange:
             timeout_s = self.pipeline.config.header_read_timeout_s
             self.timer = asyncio.get_running_loop().call_later(timeout_s, self._small_body_late, timeout_s)
             return  # `body_complete` sends it
-        self._send()
+        self._send(admission)
 
     def _small_body_late(self, timeout_s: float) -> None:
         self.timer = None
@@ -239,7 +244,7 @@ class Exchange:
         if self.admission is not None and self.timer is not None:  # the small body it waited for
             self.timer.cancel()
             self.timer = None
-            self._send()
+            self._send(self.admission)
 
     def body_broken(self, reason: str) -> None:
         """The client's body broke its framing (a bad chunk): a 400, and the connection closes."""
@@ -248,8 +253,7 @@ class Exchange:
 
     # -- choosing and reaching a replica --------------------------------------------------------
 
-    def _send(self, refused: UpstreamFailed | None = None) -> None:
-        admission = self.admission
+    def _send(self, admission: Admission, refused: UpstreamFailed | None = None) -> None:
         replica = admission.choose(self.tried)
         if replica is None:
             self._fail(refused or UpstreamFailed(f"endpoint {admission.entry.key} has no replica to send to"))
@@ -258,7 +262,7 @@ class Exchange:
         self.replica = replica
         connection = self.client.pool.take_idle(replica.address)
         if connection is not None:
-            self._attach(connection)
+            self._attach(connection, admission, replica)
             return
         self.task = self.client.pool.connect(replica.address, self._connected)
 
@@ -268,28 +272,28 @@ class Exchange:
             if connection is not None:
                 connection.detach(reusable=True)
             return
+        admission, replica = self.admission, self.replica
+        assert admission is not None and replica is not None  # a connection is asked for by `_send`, after both
         if connection is not None:
-            self._attach(connection)
+            self._attach(connection, admission, replica)
             return
-        admission = self.admission
         detail = getattr(error, "strerror", None) or str(error) or type(error).__name__
         if isinstance(error, TimeoutError):
             detail = f"no connection within {self.pipeline.config.upstream_connect_timeout_s:g} s"
         refused = UpstreamFailed(
-            f"could not connect to replica {self.replica.id} of endpoint {admission.entry.key}: {detail}",
+            f"could not connect to replica {replica.id} of endpoint {admission.entry.key}: {detail}",
             cause="upstream_connect",
         )
         if not may_retry(len(self.tried), self.body_sent):
             self._fail(refused)
             return
         admission.refresh()
-        self._send(refused)
+        self._send(admission, refused)
 
-    def _attach(self, connection: UpstreamConnection) -> None:
+    def _attach(self, connection: UpstreamConnection, admission: Admission, replica: Replica) -> None:
         self.upstream = connection
         connection.exchange = self
-        replica = self.replica
-        head = [f"{self.method} {self.admission.upstream_path} HTTP/1.1\r\nHost: {replica.address}\r\n".encode(),
+        head = [f"{self.method} {admission.upstream_path} HTTP/1.1\r\nHost: {replica.address}\r\n".encode(),
                 self.forwarded]
         if replica.api_key is not None:
             head.append(f"Authorization: Bearer {replica.api_key}\r\n".encode())
@@ -338,19 +342,21 @@ class Exchange:
         now = self.client.loop_time()
         config = self.pipeline.config
         idle_at = self._last_active + config.upstream_idle_timeout_s
-        key = self.admission.entry.key
+        admission, replica = self.admission, self.replica
+        assert admission is not None and replica is not None  # a connection is attached after both
+        key = admission.entry.key
         if not self.response_started and now >= self._start_deadline:
             self._fail(UpstreamTimeout(
-                f"replica {self.replica.id} of endpoint {key} sent no response headers within "
+                f"replica {replica.id} of endpoint {key} sent no response headers within "
                 f"{config.upstream_response_start_timeout_s:g} s"
             ))
             return
         if now >= idle_at:
             if self.response_started:
-                self._cut(502, f"replica {self.replica.id} sent nothing for {config.upstream_idle_timeout_s:g} s")
+                self._cut(502, f"replica {replica.id} sent nothing for {config.upstream_idle_timeout_s:g} s")
             else:
                 self._fail(UpstreamTimeout(
-                    f"replica {self.replica.id} of endpoint {key} sent nothing for {config.upstream_idle_timeout_s:g} s"
+                    f"replica {replica.id} of endpoint {key} sent nothing for {config.upstream_idle_timeout_s:g} s"
                 ))
             return
         nxt = idle_at if self.response_started else min(idle_at, self._start_deadline)
@@ -416,6 +422,7 @@ class Exchange:
             # A pooled connection the replica had closed as we sent on it: nothing was read, so
             # the request is sent again once, on a new connection to the same replica.
             self._retried_reused = True
+            assert self.replica is not None  # a connection is attached after its replica is chosen
             self.task = self.client.pool.connect(self.replica.address, self._connected)
             return
         if self.response_started and self._until_close and exc is None:
@@ -430,15 +437,17 @@ class Exchange:
     def upstream_broke(self, reason: str) -> None:
         if self.done:
             return
+        admission, replica = self.admission, self.replica
+        assert admission is not None and replica is not None  # told by a connection, attached after both
         upstream = self.upstream
         self.upstream = None
         if upstream is not None:
             upstream.close()
         if self.response_started:
             self.flush()
-            self._cut(502, f"replica {self.replica.id} broke the response: {reason}")
+            self._cut(502, f"replica {replica.id} broke the response: {reason}")
             return
-        self._fail(UpstreamFailed(f"replica {self.replica.id} of endpoint {self.admission.entry.key} failed: {reason}"))
+        self._fail(UpstreamFailed(f"replica {replica.id} of endpoint {admission.entry.key} failed: {reason}"))
 
     # -- the ends --------------------------------------------------------------------------------
 

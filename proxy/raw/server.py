@@ -31,13 +31,16 @@ class RawServer:
         self.keepalive_timeout_s = config.keepalive_timeout_s
         self.pool = Pool(config.upstream_connect_timeout_s)
         self.loop = asyncio.get_running_loop()
+        # Where a connection whose request is not for the data plane goes, with the bytes read of
+        # it: this process's aiohttp protocol, or in a worker the main process (proxy/workers/).
+        self.hand_off: Callable[[asyncio.Transport, bytes], None] = self.hand_to_app
 
     def __call__(self) -> ClientProtocol:
         return ClientProtocol(self)
 
-    def hand_off(self, transport: asyncio.Transport, data: bytes) -> None:
+    def hand_to_app(self, transport: asyncio.Transport, data: bytes) -> None:
         """Give a connection whose request is not for the data plane, with the bytes read of it,
-        to the app's aiohttp protocol in this process (a worker replaces this: proxy/workers/)."""
+        to the app's aiohttp protocol in this process."""
         handler = self.aiohttp_protocol()
         handler.hand_back = self.take_back  # type: ignore[attr-defined]  # a ClientConnection (proxy/management/connections.py)
         transport.set_protocol(handler)

@@ -67,8 +67,8 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, pool: Pool, address: str):
         self.pool = pool
         self.address = address
-        self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport  # set by connection_made, before the pool hands the connection to anyone
+        self.parser = httptools.HttpResponseParser(self)  # deleted when the connection is lost
         self.exchange: Receiver | None = None
         self.closed = False
         self.lost: BaseException | None = None  # why the connection was lost, when it was
@@ -117,7 +117,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.lost = exc
         # The parser's callbacks are this protocol's bound methods, a reference cycle: broken here
         # so a closed connection is freed at once, not left for the cyclic collector.
-        self.parser = None
+        del self.parser
         self.pool.forget(self)
         exchange = self.exchange
         if exchange is not None:
@@ -176,7 +176,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def close(self) -> None:
         self.exchange = None
-        if self.transport is not None and not self.closed:
+        if not self.closed:
             self.closed = True
             self.transport.abort()  # nothing of ours is left to send on it
         self.pool.forget(self)
@@ -263,7 +263,7 @@ class Pool:
     def _sweep(self) -> None:
         self._sweeper = None
         horizon = self._clock() - UPSTREAM_KEEPALIVE_S
-        for address, idle in list(self._idle.items()):
+        for idle in list(self._idle.values()):
             old = [c for c in idle if c.idle_since <= horizon]
             for connection in old:
                 connection.close()

@@ -1,8 +1,10 @@
 """Data-plane worker processes: `workers` processes serve the same port (SO_REUSEPORT), the
 control plane stays in the main one.
 
-    channel.py   length-prefixed JSON messages over a unix socket
-    codec.py     route entries, identities, counts, metrics and answers as JSON
+    messages.py  what the processes tell each other: one frozen dataclass per kind
+    codec.py     those messages as JSON and back (the one place that knows their wire shape)
+    channel.py   length-prefixed messages over a unix socket; a broken peer closes it
+    families.py  metric families as data, and every process's added up for /metrics
     hub.py       the main process's side: routes out; token checks, wakes, counts, answers in;
                  /metrics merged; connections handed over for the management API
     remote.py    a worker's side: a ControlPlane fed by the hub, and what it reports back

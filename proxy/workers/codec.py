@@ -1,16 +1,135 @@
-"""The proxy's data as JSON for the channel: route entries, identities, pending snapshots,
-metric families and tapped answers."""
+"""The channel's messages (messages.py) as JSON and back: the one place that knows their wire
+shape, `{"op": KIND, ...fields}`. Both ends run the same code, so the shape only has to agree
+with itself; what does not decode is a broken peer (`Malformed`)."""
 
 from __future__ import annotations
 
-from prometheus_client.metrics_core import Metric
+import dataclasses
+import json
+from typing import Any
 
+from ..core.config import ProxyConfig
 from ..core.control import AuthType, Identity, Replica, RouteEntry, RouteState
-from ..core.metrics import Answers
+from ..core.metrics import Answers, Family
 from ..core.pending import PendingSnapshot
+from .messages import (
+    AskFamilies,
+    Counts,
+    Families,
+    Hello,
+    Message,
+    Ready,
+    RouteChanged,
+    RouteRemoved,
+    TappedAnswers,
+    ToMain,
+    ToWorker,
+    Verified,
+    Verify,
+    Wake,
+    Welcome,
+)
 
 
-def entry_out(entry: RouteEntry) -> dict:
+class Malformed(ValueError):
+    """A message that is not JSON, of no kind this side takes, or without the fields of its kind."""
+
+
+def encode(message: Message) -> bytes:
+    return json.dumps(_fields(message), separators=(",", ":")).encode()
+
+
+def _fields(message: Message) -> dict[str, object]:
+    match message:
+        case Hello(worker):
+            return {"op": "hello", "worker": worker}
+        case Ready():
+            return {"op": "ready"}
+        case Counts(snap):
+            return {"op": "counts", "endpoints": snap.endpoints, "replicas": snap.replicas, "arrivals": snap.arrivals}
+        case Verify(request, token):
+            return {"op": "verify", "id": request, "token": token}
+        case Wake(namespace, name):
+            return {"op": "wake", "namespace": namespace, "name": name}
+        case TappedAnswers(answers):
+            return {"op": "answers", "answers": {
+                key: {"kept": a.kept, "beyond": [[r, c, n] for (r, c), n in a.beyond.items()]}
+                for key, a in answers.items()
+            }}
+        case Families(request, families):
+            return {"op": "families", "id": request, "families": families}
+        case Welcome(config, port, probe_secret, entries, tap, handoff):
+            return {"op": "welcome", "config": dataclasses.asdict(config), "port": port, "probe_secret": probe_secret,
+                    "entries": [_entry_out(e) for e in entries], "tap": tap, "handoff": handoff}
+        case RouteChanged(entry):
+            return {"op": "route", "entry": _entry_out(entry)}
+        case RouteRemoved(namespace, name):
+            return {"op": "remove", "namespace": namespace, "name": name}
+        case Verified(request, identity):
+            return {"op": "verified", "id": request, "identity": _identity_out(identity)}
+        case AskFamilies(request):
+            return {"op": "metrics", "id": request}
+
+
+def to_main(data: bytes) -> ToMain:
+    """A message a worker sent."""
+    fields = _loaded(data)
+    try:
+        match fields.get("op"):
+            case "hello":
+                return Hello(str(fields["worker"]))
+            case "ready":
+                return Ready()
+            case "counts":
+                return Counts(PendingSnapshot(fields["endpoints"], fields["replicas"], fields["arrivals"]))
+            case "verify":
+                return Verify(fields["id"], fields["token"])
+            case "wake":
+                return Wake(fields["namespace"], fields["name"])
+            case "answers":
+                return TappedAnswers({
+                    key: Answers([tuple(k) for k in a["kept"]], {(r, c): n for r, c, n in a["beyond"]})
+                    for key, a in fields["answers"].items()
+                })
+            case "families":
+                return Families(fields["id"], [_family_in(f) for f in fields["families"]])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise Malformed(f"a {fields.get('op')!r} message without its fields ({error!r})") from None
+    raise Malformed(f"an unknown message {fields.get('op')!r}")
+
+
+def to_worker(data: bytes) -> ToWorker:
+    """A message the main process sent."""
+    fields = _loaded(data)
+    try:
+        match fields.get("op"):
+            case "welcome":
+                return Welcome(ProxyConfig(**fields["config"]), fields["port"], fields["probe_secret"],
+                               tuple(_entry_in(e) for e in fields["entries"]), fields["tap"], fields["handoff"])
+            case "route":
+                return RouteChanged(_entry_in(fields["entry"]))
+            case "remove":
+                return RouteRemoved(fields["namespace"], fields["name"])
+            case "verified":
+                return Verified(fields["id"], _identity_in(fields["identity"]))
+            case "metrics":
+                return AskFamilies(fields["id"])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise Malformed(f"a {fields.get('op')!r} message without its fields ({error!r})") from None
+    raise Malformed(f"an unknown message {fields.get('op')!r}")
+
+
+def _loaded(data: bytes) -> dict[str, Any]:
+    try:
+        fields = json.loads(data)
+    except ValueError as error:
+        raise Malformed(f"not JSON ({error})") from None
+    if not isinstance(fields, dict):
+        raise Malformed(f"not a JSON object but {type(fields).__name__}")
+    return fields
+
+
+def _entry_out(entry: RouteEntry) -> dict[str, object]:
     return {
         "namespace": entry.namespace, "name": entry.name, "auth": entry.auth.value, "state": entry.state.value,
         "replicas": [[r.id, r.address, r.api_key] for r in entry.replicas], "coming": entry.coming,
@@ -19,7 +138,7 @@ def entry_out(entry: RouteEntry) -> dict:
     }
 
 
-def entry_in(data: dict) -> RouteEntry:
+def _entry_in(data: dict[str, Any]) -> RouteEntry:
     return RouteEntry(
         namespace=data["namespace"], name=data["name"], auth=AuthType(data["auth"]), state=RouteState(data["state"]),
         replicas=tuple(Replica(i, a, k) for i, a, k in data["replicas"]), coming=data["coming"],
@@ -28,65 +147,19 @@ def entry_in(data: dict) -> RouteEntry:
     )
 
 
-def identity_out(identity: Identity | None) -> dict | None:
+def _identity_out(identity: Identity | None) -> dict[str, object] | None:
     if identity is None:
         return None
     return {"user": identity.user, "orgs": sorted(identity.orgs), "is_admin": identity.is_admin,
             "scopes": sorted(identity.scopes)}
 
 
-def identity_in(data: dict | None) -> Identity | None:
+def _identity_in(data: dict[str, Any] | None) -> Identity | None:
     if data is None:
         return None
     return Identity(data["user"], frozenset(data["orgs"]), data["is_admin"], frozenset(data["scopes"]))
 
 
-def snapshot_out(snap: PendingSnapshot) -> dict:
-    return {"endpoints": snap.endpoints, "replicas": snap.replicas, "arrivals": snap.arrivals}
-
-
-def snapshot_in(data: dict) -> PendingSnapshot:
-    return PendingSnapshot(data["endpoints"], data["replicas"], data["arrivals"])
-
-
-def families_out(registry) -> list:
-    return [
-        [m.name, m.documentation, m.type, m.unit, [[s.name, s.labels, s.value] for s in m.samples]]
-        for m in registry.collect()
-    ]
-
-
-def merge_families(sets: list[list]) -> list[Metric]:
-    """Families of several processes as one: values of the same sample (name and labels) added,
-    but the earliest of `_created` timestamps kept."""
-    merged: dict[str, Metric] = {}
-    values: dict[str, dict[tuple, float]] = {}
-    for families in sets:
-        for name, documentation, kind, unit, samples in families:
-            if name not in merged:
-                merged[name] = Metric(name, documentation, kind, unit)
-                values[name] = {}
-            into = values[name]
-            for sample_name, labels, value in samples:
-                key = (sample_name, tuple(sorted(labels.items())))
-                if key not in into:
-                    into[key] = value
-                elif sample_name.endswith("_created"):
-                    into[key] = min(into[key], value)
-                else:
-                    into[key] += value
-    for name, metric in merged.items():
-        for (sample_name, labels), value in values[name].items():
-            metric.add_sample(sample_name, dict(labels), value)
-    return list(merged.values())
-
-
-def answers_out(taken: dict[str, Answers]) -> dict:
-    return {key: {"kept": a.kept, "beyond": [[r, c, n] for (r, c), n in a.beyond.items()]} for key, a in taken.items()}
-
-
-def answers_in(data: dict) -> dict[str, Answers]:
-    return {
-        key: Answers([tuple(k) for k in a["kept"]], {(r, c): n for r, c, n in a["beyond"]})
-        for key, a in data.items()
-    }
+def _family_in(data: list[Any]) -> Family:
+    name, documentation, kind, unit, samples = data
+    return name, documentation, kind, unit, [(s, labels, value) for s, labels, value in samples]

@@ -24,7 +24,9 @@ import logging
 import socket
 import struct
 from collections import deque
+from typing import Protocol, cast
 
+from ..core.cap import Connection
 from ..core.errors import Unavailable
 from ..raw import wire
 from ..raw.server import RawServer
@@ -229,6 +231,13 @@ class _Channel:
         self._receiver.closed(self)
 
 
+class _Served(Connection, Protocol):
+    """A protocol of the listener: the raw server's (proxy/raw/client.py) or the app's aiohttp one
+    it passed the connection on to (proxy/management/connections.py)."""
+
+    def eof_received(self) -> bool | None: ...
+
+
 class _Adopted(asyncio.Protocol):
     """The first protocol of an adopted connection. uvloop starts reading a transport as soon as
     its protocol is connected, before `connect_accepted_socket` returns: bytes that arrive
@@ -269,11 +278,12 @@ class _Adopted(asyncio.Protocol):
         transport.resume_reading()
         protocol.data_received(b"".join(self._held))
         self._held = []
-        current = transport.get_protocol()  # the app's aiohttp protocol, once the raw one passed it on
+        # the app's aiohttp protocol, once the raw one passed it on
+        current = cast(_Served, transport.get_protocol())
         if self._eof and not transport.is_closing() and not current.eof_received():
             transport.close()
         if draining and not transport.is_closing():
-            current.close_when_idle()  # type: ignore[attr-defined]
+            current.close_when_idle()
 
 
 class Receiver:

@@ -11,17 +11,32 @@ arrive on a unix SEQPACKET socket beside it (handoff.py), one connection per wor
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import itertools
 import logging
 import os
 
 from ..core.config import ProxyConfig
 from ..core.control import RouteEntry
+from ..core.metrics import Family
 from ..core.pipeline import Pipeline
 from ..raw.server import RawServer
 from . import channel, codec
 from .handoff import Receiver
+from .messages import (
+    AskFamilies,
+    Counts,
+    Families,
+    Hello,
+    Ready,
+    RouteChanged,
+    RouteRemoved,
+    TappedAnswers,
+    ToMain,
+    Verified,
+    Verify,
+    Wake,
+    Welcome,
+)
 
 log = logging.getLogger("endpointd.proxy")
 
@@ -40,8 +55,8 @@ class WorkerHub:
         self._writers: dict[str, asyncio.StreamWriter] = {}
         self.ready: dict[str, asyncio.Event] = {}
         self._ids = itertools.count(1)
-        self._families: dict[int, asyncio.Future] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._families: dict[int, asyncio.Future[list[Family]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.AbstractServer | None = None
         self._receiver: Receiver | None = None
         pipeline.control.subscribe(self._on_change)
@@ -67,17 +82,18 @@ class WorkerHub:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         worker = None
         try:
-            hello = await channel.receive(reader)
-            worker = str(hello["worker"])
-            entries = getattr(self.pipeline.control, "entries", {})
-            channel.send(writer, {
-                "op": "hello", "config": dataclasses.asdict(self.config), "port": self.port,
-                "probe_secret": self._probe_secret, "entries": [codec.entry_out(e) for e in entries.values()],
-                "tap": self.pipeline.metrics.tapped, "handoff": self.handoff_path,
-            })
+            hello = await channel.receive(reader, codec.to_main)
+            if not isinstance(hello, Hello):
+                raise channel.BrokenPeer(f"{type(hello).__name__} before Hello")
+            worker = hello.worker
+            entries: dict[str, RouteEntry] = getattr(self.pipeline.control, "entries", {})
+            channel.send(writer, Welcome(self.config, self.port, self._probe_secret, tuple(entries.values()),
+                                         self.pipeline.metrics.tapped, self.handoff_path))
             self._writers[worker] = writer
             while True:
-                self._dispatch(worker, writer, await channel.receive(reader))
+                self._dispatch(worker, writer, await channel.receive(reader, codec.to_main))
+        except channel.BrokenPeer as error:
+            log.warning("worker %s broke its channel: %s", worker, error)
         except channel.ChannelClosed:
             pass
         except Exception:
@@ -88,52 +104,53 @@ class WorkerHub:
                 self.pipeline.counter.drop_remote(worker)
             writer.close()
 
-    def _dispatch(self, worker: str, writer: asyncio.StreamWriter, message: dict) -> None:
-        op = message.get("op")
-        if op == "counts":
-            self.pipeline.counter.set_remote(worker, codec.snapshot_in(message["snapshot"]))
-        elif op == "verify":
-            task = asyncio.get_running_loop().create_task(self._verify(writer, message["id"], message["token"]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        elif op == "wake":
-            entry = self.pipeline.control.lookup(message["namespace"], message["name"])
-            if entry is not None:
-                self.pipeline.gate.wake(entry)
-        elif op == "answers":
-            self.pipeline.metrics.add_answers(codec.answers_in(message["data"]))
-        elif op == "families":
-            future = self._families.get(message["id"])
-            if future is not None and not future.done():
-                future.set_result(message["families"])
-        elif op == "ready":
-            self.ready.setdefault(worker, asyncio.Event()).set()
-        else:
-            log.warning("worker %s sent an unknown message %r", worker, op)
+    def _dispatch(self, worker: str, writer: asyncio.StreamWriter, message: ToMain) -> None:
+        match message:
+            case Counts(snapshot):
+                self.pipeline.counter.set_remote(worker, snapshot)
+            case Verify(request, token):
+                task = asyncio.get_running_loop().create_task(self._verify(writer, request, token))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            case Wake(namespace, name):
+                entry = self.pipeline.control.lookup(namespace, name)
+                if entry is not None:
+                    self.pipeline.gate.wake(entry)
+            case TappedAnswers(answers):
+                self.pipeline.metrics.add_answers(answers)
+            case Families(request, families):
+                future = self._families.get(request)
+                if future is not None and not future.done():
+                    future.set_result(families)
+            case Ready():
+                self.ready.setdefault(worker, asyncio.Event()).set()
+            case Hello():
+                log.warning("worker %s sent a second Hello", worker)
 
     async def _verify(self, writer: asyncio.StreamWriter, request: int, token: str) -> None:
         identity = await self.pipeline.tokens.identity(token)  # this process's cache, then the store
         if not writer.is_closing():
-            channel.send(writer, {"op": "verified", "id": request, "identity": codec.identity_out(identity)})
+            channel.send(writer, Verified(request, identity))
 
     # -- to every worker ---------------------------------------------------------------------------
 
     def _on_change(self, entry: RouteEntry) -> None:
+        message: RouteChanged | RouteRemoved
         if self.pipeline.control.lookup(entry.namespace, entry.name) is None:
-            message = {"op": "remove", "namespace": entry.namespace, "name": entry.name}
+            message = RouteRemoved(entry.namespace, entry.name)
         else:
-            message = {"op": "route", "entry": codec.entry_out(entry)}
+            message = RouteChanged(entry)
         for writer in self._writers.values():
             channel.send(writer, message)
 
-    async def families(self) -> list[list]:
+    async def families(self) -> list[list[Family]]:
         """Every connected worker's metric families (those that answer in time)."""
         loop = asyncio.get_running_loop()
         asked = []
         for worker, writer in list(self._writers.items()):
             request = next(self._ids)
             future = self._families[request] = loop.create_future()
-            channel.send(writer, {"op": "metrics", "id": request})
+            channel.send(writer, AskFamilies(request))
             asked.append((worker, request, future))
         sets = []
         for worker, request, future in asked:

@@ -16,7 +16,9 @@ import logging
 
 from ..core.control import Identity, RouteTable
 from ..core.pipeline import Pipeline
-from . import channel, codec
+from . import channel
+from .families import families_of
+from .messages import Counts, Families, TappedAnswers, Verify, Wake
 
 log = logging.getLogger("endpointd.proxy")
 
@@ -33,14 +35,14 @@ class RemoteControlPlane(RouteTable):
         super().__init__()
         self._writer = writer
         self._ids = itertools.count(1)
-        self._verifying: dict[int, asyncio.Future] = {}
+        self._verifying: dict[int, asyncio.Future[Identity | None]] = {}
 
     async def verify_token(self, token: str) -> Identity | None:
         request = next(self._ids)
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Identity | None] = asyncio.get_running_loop().create_future()
         self._verifying[request] = future
         try:
-            channel.send(self._writer, {"op": "verify", "id": request, "token": token})
+            channel.send(self._writer, Verify(request, token))
             async with asyncio.timeout(VERIFY_TIMEOUT_S):
                 return await future
         except TimeoutError:
@@ -55,7 +57,7 @@ class RemoteControlPlane(RouteTable):
             future.set_result(identity)
 
     def wake(self, namespace: str, name: str) -> None:
-        channel.send(self._writer, {"op": "wake", "namespace": namespace, "name": name})
+        channel.send(self._writer, Wake(namespace, name))
 
 
 class Reporter:
@@ -67,7 +69,7 @@ class Reporter:
         self._sent_at_change = -1
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
-        self._answers: asyncio.TimerHandle | None = None
+        self._answers: asyncio.Handle | None = None
         self._answers_sent_at = 0.0
         pipeline.counter.on_first_bind = self.counts_now
 
@@ -80,7 +82,7 @@ class Reporter:
     def counts_now(self) -> None:
         counter = self._pipeline.counter
         self._sent_at_change = counter.changes
-        channel.send(self._writer, {"op": "counts", "snapshot": codec.snapshot_out(counter.local_snapshot())})
+        channel.send(self._writer, Counts(counter.local_snapshot()))
 
     def _tick(self) -> None:
         if self._pipeline.counter.changes != self._sent_at_change:
@@ -99,11 +101,10 @@ class Reporter:
         self._answers_sent_at = self._loop.time()
         taken = self._pipeline.metrics.take_answers()
         if taken:
-            channel.send(self._writer, {"op": "answers", "data": codec.answers_out(taken)})
+            channel.send(self._writer, TappedAnswers(taken))
 
     def families(self, request: int) -> None:
-        channel.send(self._writer, {"op": "families", "id": request,
-                                    "families": codec.families_out(self._pipeline.metrics.registry)})
+        channel.send(self._writer, Families(request, families_of(self._pipeline.metrics.registry)))
 
     def stop(self) -> None:
         for timer in (self._timer, self._answers):

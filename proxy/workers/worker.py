@@ -15,11 +15,11 @@ from dataclasses import replace
 
 import uvloop
 
-from ..core.config import ProxyConfig
 from ..management.app import PIPELINE, make_app
 from ..server import listen
 from . import channel, codec
 from .handoff import Sender
+from .messages import AskFamilies, Hello, Ready, RouteChanged, RouteRemoved, Verified, Welcome
 from .remote import RemoteControlPlane, Reporter
 
 log = logging.getLogger("endpointd.proxy")
@@ -28,20 +28,24 @@ HANDOFF_FLUSH_S = 5.0  # the main process takes passed connections in millisecon
 
 async def serve(directory: str, worker: str) -> None:
     reader, writer = await asyncio.open_unix_connection(f"{directory}/control")
-    channel.send(writer, {"op": "hello", "worker": worker})
-    hello = await channel.receive(reader)
-    config = replace(ProxyConfig(**hello["config"]), port=hello["port"], metrics_port=0)
+    channel.send(writer, Hello(worker))
+    welcome = await channel.receive(reader, codec.to_worker)
+    if not isinstance(welcome, Welcome):
+        raise channel.BrokenPeer(f"the main process sent {type(welcome).__name__} before Welcome")
+    config = replace(welcome.config, port=welcome.port, metrics_port=0)
     control = RemoteControlPlane(writer)
-    for data in hello["entries"]:
-        control.put(codec.entry_in(data))
-    app = make_app(config, control, probe_secret=hello["probe_secret"])
+    for entry in welcome.entries:
+        control.put(entry)
+    app = make_app(config, control, probe_secret=welcome.probe_secret)
     pipeline = app[PIPELINE]
     listening = await listen(app, config, reuse_port=True)
-    sender = Sender(hello["handoff"])
-    listening.listeners[0].raw.hand_off = sender
+    sender = Sender(welcome.handoff)
+    raw = listening.listeners[0].raw
+    assert raw is not None  # the app has a proxy: its main listener is the raw server
+    raw.hand_off = sender
     reporter = Reporter(pipeline, writer)
-    reporter.start(hello["tap"])
-    channel.send(writer, {"op": "ready"})
+    reporter.start(welcome.tap)
+    channel.send(writer, Ready())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -50,18 +54,22 @@ async def serve(directory: str, worker: str) -> None:
     async def listen_to_hub() -> None:
         try:
             while True:
-                message = await channel.receive(reader)
-                op = message.get("op")
-                if op == "route":
-                    control.put(codec.entry_in(message["entry"]))
-                    reporter.counts_now()  # the main process knows our counts as of this route
-                elif op == "remove":
-                    control.remove(message["namespace"], message["name"])
-                    reporter.counts_now()
-                elif op == "verified":
-                    control.verified(message["id"], codec.identity_in(message["identity"]))
-                elif op == "metrics":
-                    reporter.families(message["id"])
+                match await channel.receive(reader, codec.to_worker):
+                    case RouteChanged(entry):
+                        control.put(entry)
+                        reporter.counts_now()  # the main process knows our counts as of this route
+                    case RouteRemoved(namespace, name):
+                        control.remove(namespace, name)
+                        reporter.counts_now()
+                    case Verified(request, identity):
+                        control.verified(request, identity)
+                    case AskFamilies(request):
+                        reporter.families(request)
+                    case Welcome():
+                        log.warning("worker %s: the main process sent a second Welcome", worker)
+        except channel.BrokenPeer as error:
+            log.warning("worker %s: the main process broke the channel (%s); stopping", worker, error)
+            stop.set()
         except channel.ChannelClosed:
             log.warning("worker %s: the main process is gone; stopping", worker)
             stop.set()

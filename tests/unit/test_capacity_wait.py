@@ -16,7 +16,6 @@ from engines.runtime import EndpointKey
 from proxy.core.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
 from proxy.core.errors import Unavailable
 from proxy.core.hold import ReadinessGate
-
 from tests.control_world import World, intent
 from tests.proxy_harness import until
 
@@ -127,10 +126,11 @@ async def test_a_replica_coming_or_ready_wins_over_no_capacity():
 
 
 def test_workers_get_the_reason_too():
-    from proxy.workers.codec import entry_in, entry_out
+    from proxy.workers.codec import encode, to_worker
+    from proxy.workers.messages import RouteChanged
 
     entry = replace(ENTRY, no_capacity=NO_CPU)
-    assert entry_in(entry_out(entry)) == entry
+    assert to_worker(encode(RouteChanged(entry))) == RouteChanged(entry)
 
 
 # --- whatever the order of events -----------------------------------------------------------------
@@ -140,7 +140,7 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule  # noqa: E402
 
 from autoscaler.control.planner import Phase  # noqa: E402
-from tests.examples import examples
+from tests.examples import examples  # noqa: E402
 
 KEYS = [A, B, C]
 CPUS = 2

@@ -1,0 +1,113 @@
+"""The worker channel's messages (proxy/workers/messages.py) through the real codec and channel
+framing, in memory: every kind comes out as it went in, on the side that takes it, and what no
+peer of ours sends (not JSON, an unknown or misdirected kind, missing fields, a length over the
+limit) is a broken peer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from proxy.core.config import ProxyConfig
+from proxy.core.control import AuthType, Identity, Replica, RouteEntry, RouteState
+from proxy.core.metrics import Answers
+from proxy.core.pending import PendingSnapshot
+from proxy.workers import channel, codec
+from proxy.workers.messages import (
+    AskFamilies,
+    Counts,
+    Families,
+    Hello,
+    Ready,
+    RouteChanged,
+    RouteRemoved,
+    TappedAnswers,
+    Verified,
+    Verify,
+    Wake,
+    Welcome,
+)
+
+ENTRY = RouteEntry(
+    namespace="alice", name="chat", auth=AuthType.PRIVATE, state=RouteState.SERVING,
+    replicas=(Replica("r1", "127.0.0.1:9001", "key-1"), Replica("r2", "127.0.0.1:9002", None)),
+    coming=1, domain="chat.example", message="", asleep_since=12.5, no_capacity="",
+)
+
+TO_MAIN = [
+    Hello("3"),
+    Ready(),
+    Counts(PendingSnapshot({"alice/chat": 2}, {"alice/chat": {"r1": 2}}, {"alice/chat": 40})),
+    Verify(7, "secret-token"),
+    Wake("alice", "chat"),
+    TappedAnswers({"alice/chat": Answers([("r1", "200", 0.25), ("", "503", None)], {("r1", "200"): 4})}),
+    Families(9, [("endpointd_proxy_requests", "Requests", "counter", "",
+                  [("endpointd_proxy_requests_total", {"code": "200"}, 3.0)])]),
+]
+TO_WORKER = [
+    Welcome(ProxyConfig(port=8443, workers=3), 8443, "probe", (ENTRY,), True, "/tmp/x/handoff"),
+    RouteChanged(ENTRY),
+    RouteRemoved("alice", "chat"),
+    Verified(7, Identity("alice", frozenset({"acme"}), False, frozenset({"metrics"}))),
+    Verified(8, None),
+    AskFamilies(9),
+]
+
+
+@pytest.mark.parametrize("message", TO_MAIN, ids=lambda m: type(m).__name__)
+def test_what_a_worker_sends_the_main_process_reads(message):
+    assert codec.to_main(codec.encode(message)) == message
+
+
+@pytest.mark.parametrize("message", TO_WORKER, ids=lambda m: type(m).__name__)
+def test_what_the_main_process_sends_a_worker_reads(message):
+    assert codec.to_worker(codec.encode(message)) == message
+
+
+@pytest.mark.parametrize("message", TO_MAIN, ids=lambda m: type(m).__name__)
+def test_a_worker_does_not_take_what_only_workers_send(message):
+    with pytest.raises(codec.Malformed):
+        codec.to_worker(codec.encode(message))
+
+
+@pytest.mark.parametrize("message", TO_WORKER, ids=lambda m: type(m).__name__)
+def test_the_main_process_does_not_take_what_only_it_sends(message):
+    with pytest.raises(codec.Malformed):
+        codec.to_main(codec.encode(message))
+
+
+@pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b'{"op": "nothing"}', b'{"op": "verify", "id": 1}',
+                                  b'{"no": "op"}', b'{"op": "counts", "endpoints": {}}'])
+def test_what_does_not_decode_is_malformed(data):
+    with pytest.raises(codec.Malformed):
+        codec.to_main(data)
+
+
+def framed(message_bytes: bytes, length: int | None = None) -> bytes:
+    return (len(message_bytes) if length is None else length).to_bytes(4, "big") + message_bytes
+
+
+async def test_the_channel_reads_messages_in_order_and_ends_at_eof():
+    reader = asyncio.StreamReader()
+    reader.feed_data(framed(codec.encode(Hello("1"))) + framed(codec.encode(Ready())))
+    reader.feed_eof()
+    assert await channel.receive(reader, codec.to_main) == Hello("1")
+    assert await channel.receive(reader, codec.to_main) == Ready()
+    with pytest.raises(channel.ChannelClosed) as closed:
+        await channel.receive(reader, codec.to_main)
+    assert not isinstance(closed.value, channel.BrokenPeer)
+
+
+async def test_a_message_over_the_limit_is_a_broken_peer():
+    reader = asyncio.StreamReader()
+    reader.feed_data(framed(b"", channel.MAX_MESSAGE_BYTES + 1))
+    with pytest.raises(channel.BrokenPeer, match="over the limit"):
+        await channel.receive(reader, codec.to_main)
+
+
+async def test_a_message_that_does_not_decode_is_a_broken_peer():
+    reader = asyncio.StreamReader()
+    reader.feed_data(framed(b'{"op": "route"}'))
+    with pytest.raises(channel.BrokenPeer, match="route"):
+        await channel.receive(reader, codec.to_worker)
