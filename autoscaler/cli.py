@@ -11,12 +11,11 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
-from proxy.core.config import ProxyConfig
-
-from autoscaler.model import settings
 from autoscaler.config import ScalingConfig, ServeConfig
-from autoscaler.store.store import SCOPES
+from autoscaler.model import settings
 from autoscaler.model.times import wire_time
+from autoscaler.store.store import SCOPES
+from proxy.core.config import ProxyConfig
 
 # `endpointd stop` waits this long by default: serve's drain_timeout_s (30) and its 5 s of clean-up.
 STOP_TIMEOUT_S = 60.0
@@ -49,9 +48,8 @@ def _engines(args: argparse.Namespace):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from proxy.server import run
-
     from autoscaler.serve import build_app
+    from proxy.server import run
 
     proxy, serve, scaling, logs, analytics = _load(args)
     run(build_app(proxy, serve, scaling, logs, analytics, _engines(args)), proxy)
@@ -401,13 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engines.model_roots import RootsError
-    from proxy.static_routes import RoutesError
-
     from autoscaler.client import ClientError
     from autoscaler.store.datadir import DataDirLocked
     from autoscaler.store.sealing import SealingError
     from autoscaler.store.store import StoreError
+    from engines.model_roots import RootsError
+    from proxy.static_routes import RoutesError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)

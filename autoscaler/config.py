@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy.core.config import setting
-
 from autoscaler.model import settings
 from autoscaler.scaling.policy import PolicyConfig
+from proxy.core.config import setting
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     data_dir: str = setting("./endpointd-data", help="where the SQLite store, the admin token and model files live")

@@ -12,8 +12,8 @@ from autoscaler.config import EnginesConfig, ScalingConfig, ServeConfig
 from autoscaler.observe.analytics import AnalyticsConfig
 from autoscaler.observe.logs import LogsConfig
 from autoscaler.parts import build_parts
-from proxy.management.app import add_proxy
 from proxy.core.config import ProxyConfig
+from proxy.management.app import add_proxy
 
 
 async def build_app(

@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from engines.runtime import EndpointKey, ReplicaInfo, RuntimeFailure, network_name
-
-from autoscaler.store import datadir
 from autoscaler.startup import INSTANCE_FILE
+from autoscaler.store import datadir
+from engines.runtime import EndpointKey, ReplicaInfo, RuntimeFailure, network_name
 
 POLL_S = 0.1
 STOP_GRACE_S = 10.0  # what a replica gets to finish when removed, as when serve stops one

@@ -30,7 +30,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from huggingface_hub import HfApi, snapshot_download
-from huggingface_hub.utils import tqdm  # its subclass: snapshot_download names its bars only for those
 from huggingface_hub.errors import (
     GatedRepoError,
     HFValidationError,
@@ -38,6 +37,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.utils import tqdm  # its subclass: snapshot_download names its bars only for those
 
 from engines.errors import EndpointdError
 from engines.progress import download_key

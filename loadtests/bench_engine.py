@@ -35,7 +35,9 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_proxy import free_port, percentile as pct  # noqa: E402 - beside this file
+from bench_proxy import free_port  # noqa: E402 - beside this file
+from bench_proxy import percentile as pct
+
 from engines import images, models  # noqa: E402
 
 DOCKER = "/usr/bin/docker"
@@ -106,7 +108,7 @@ async def one_stream(session: aiohttp.ClientSession, url: str, headers: dict[str
                 times.append(time.perf_counter())
     if not times:
         raise RuntimeError("no content events")
-    return Stream(times[0] - sent, [b - a for a, b in zip(times, times[1:])], len(times), times[-1] - sent)
+    return Stream(times[0] - sent, [b - a for a, b in itertools.pairwise(times)], len(times), times[-1] - sent)
 
 
 async def load(url: str, headers: dict[str, str], concurrency: int, per_client: int) -> Figures:
@@ -124,7 +126,7 @@ async def load(url: str, headers: dict[str, str], concurrency: int, per_client: 
             for _ in range(per_client):
                 try:
                     figures.streams.append(await one_stream(session, url, headers, next(COUNTER)))
-                except (aiohttp.ClientError, asyncio.TimeoutError, RuntimeError) as error:
+                except (TimeoutError, aiohttp.ClientError, RuntimeError) as error:
                     figures.failures += 1
                     figures.errors.append(f"{type(error).__name__}: {error}"[:200])
 

@@ -25,9 +25,9 @@ import asyncio
 import gc
 import math
 import os
-import resource
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -416,7 +416,8 @@ async def open_streams(url: str, n: int, events: int, gap_ms: float, counter: li
         if stagger_s:
             await until(start + k * stagger_s / n)
         event = asyncio.Event()
-        _, reader = await loop.create_connection(lambda: SseReader(request, counter, delays, event, expected), host, port)
+        _, reader = await loop.create_connection(lambda event=event: SseReader(request, counter, delays, event, expected),
+                                                 host, port)
         readers.append(reader)
         opened.append(event)
     try:

@@ -14,9 +14,9 @@ from autoscaler.store.sealing import Sealer
 from autoscaler.store.store import Store
 from engines.gpus import GpuAllocator
 from engines.model_roots import ModelRoots
-from proxy.management.app import add_proxy
 from proxy.core.config import ProxyConfig
 from proxy.core.pipeline import Pipeline
+from proxy.management.app import add_proxy
 
 from .control_world import World
 

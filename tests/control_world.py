@@ -8,9 +8,9 @@ import itertools
 from dataclasses import replace
 
 from autoscaler.control.controller import Clocks, Collaborators, Controller, Records, Timings
-from autoscaler.model.intent import Intent, Signals
 from autoscaler.control.owner import Failure
 from autoscaler.control.planner import Phase
+from autoscaler.model.intent import Intent, Signals
 from autoscaler.model.state import Status
 from engines.capacity import HostCapacity, Need
 from engines.fake import FakeRuntime

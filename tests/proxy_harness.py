@@ -14,10 +14,10 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.management.app import PIPELINE, make_app
 from proxy.core.config import ProxyConfig
 from proxy.core.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry
 from proxy.core.pipeline import Pipeline
+from proxy.management.app import PIPELINE, make_app
 from proxy.server import Listening, listen
 from proxy.workers.spawn import Workers, start_workers
 

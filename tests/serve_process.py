@@ -8,10 +8,9 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
-
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 ENDPOINTD = [sys.executable, "-m", "autoscaler.cli"]
 

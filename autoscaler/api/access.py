@@ -9,11 +9,10 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.core.auth import bearer_token, plausible_token
-
 from autoscaler.api.base import API, Conflict, Forbidden, Unauthenticated
 from autoscaler.store import store as store_mod
 from autoscaler.store.store import Store
+from proxy.core.auth import bearer_token, plausible_token
 
 IDENTITY = web.RequestKey("identity", object)  # who the middleware found the caller to be
 _PUBLIC = "endpointd_needs_no_token"  # the attribute that marks a handler public

@@ -17,14 +17,13 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from engines.errors import EndpointdError
-from engines.model_roots import ModelRoots
-from proxy.management.app import handle, routed_by_host
-from proxy.core.errors import ERROR_MESSAGE, header_safe
-from proxy.core.forwarding import REQUEST_ID, request_id
-
 from autoscaler.model import wire
 from autoscaler.store import store as store_mod
+from engines.errors import EndpointdError
+from engines.model_roots import ModelRoots
+from proxy.core.errors import ERROR_MESSAGE, header_safe
+from proxy.core.forwarding import REQUEST_ID, request_id
+from proxy.management.app import handle, routed_by_host
 
 log = logging.getLogger("endpointd.api")
 

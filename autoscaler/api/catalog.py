@@ -14,15 +14,14 @@ from typing import Any, Literal, overload
 
 from aiohttp import web
 
+from autoscaler.api import access
+from autoscaler.api.base import Invalid, NotFound, read_json
+from autoscaler.control.catalog_host import RecipeChecks, image_for
+from autoscaler.model import wire
+from autoscaler.model.catalog import CannotDeploy, CatalogError, endpoint_name
 from engines import artifacts, hardware
 from engines.availability import Verdict
 from engines.suggest import REPLACEABLE, suggest
-
-from autoscaler.api import access
-from autoscaler.api.base import Invalid, NotFound, read_json
-from autoscaler.model import wire
-from autoscaler.model.catalog import CannotDeploy, CatalogError, endpoint_name
-from autoscaler.control.catalog_host import RecipeChecks, image_for
 
 # Query and body strings are short words, ids and paths; longer is refused.
 MAX_PARAM_CHARS = 256

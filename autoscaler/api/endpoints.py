@@ -24,13 +24,6 @@ from typing import Any
 import huggingface_hub.constants
 from aiohttp import web
 
-from engines import artifacts, hardware, presets
-from engines.availability import ImageInventory
-from engines.capacity import Need
-from engines.gpus import Gpu, GpuAllocator
-from engines.runtime import EndpointKey
-from proxy.core.forwarding import REQUEST_ID, request_id
-
 from autoscaler.api import access
 from autoscaler.api.base import Conflict, Invalid, Limits, NotFound, read_json
 from autoscaler.control.controller import Controller
@@ -43,6 +36,12 @@ from autoscaler.model.state import State
 from autoscaler.store import store as store_mod
 from autoscaler.store.sealing import Sealer
 from autoscaler.store.store import Store
+from engines import artifacts, hardware, presets
+from engines.availability import ImageInventory
+from engines.capacity import Need
+from engines.gpus import Gpu, GpuAllocator
+from engines.runtime import EndpointKey
+from proxy.core.forwarding import REQUEST_ID, request_id
 
 # A write that another process's write (e.g. the CLI's) got ahead of is re-applied to a fresh read
 # this many times before a 409; writes from this process take turns and never race each other.

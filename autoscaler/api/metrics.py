@@ -17,14 +17,13 @@ from typing import Any
 
 from aiohttp import web
 
-from engines.runtime import EndpointKey
-
 from autoscaler.api import access
 from autoscaler.api.base import NotFound
 from autoscaler.model import times
 from autoscaler.observe.analytics import MAX_POINTS, MAX_STEP_S, Analytics, QueryError
 from autoscaler.observe.analytics_series import CLASSES, COUNTS, GAUGES, QUANTILES, REPLICA_GAUGES
 from autoscaler.observe.openmetrics import CONTENT_TYPE
+from engines.runtime import EndpointKey
 
 
 def add_routes(router: web.UrlDispatcher, api: Any, analytics: Analytics) -> None:

@@ -8,10 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from engines.runtime import EndpointKey
-
 from autoscaler.api import access, query
 from autoscaler.model.times import wire_time
+from engines.runtime import EndpointKey
 
 MAX_EVENTS = 1000
 MAX_AUDIT_PAGE = 500

@@ -22,12 +22,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from autoscaler.model import wire
+from autoscaler.model.catalog import CatalogError, Recipe
 from engines import artifacts, hardware, presets
 from engines.availability import Verdict
 from engines.model_roots import RootsError
-
-from autoscaler.model import wire
-from autoscaler.model.catalog import CatalogError, Recipe
 
 TTL_S = 60.0
 MAX_CACHED = 10_000  # catalog.MAX_RECIPES

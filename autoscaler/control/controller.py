@@ -33,17 +33,27 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from engines.capacity import HostCapacity
-from engines.gpus import AdoptConflict
-from engines.runtime import EndpointKey, ReplicaInfo, ReplicaNotFound, ContainerStatus, Runtime, RuntimeFailure
-from proxy.core.control import RouteTable
-
+from autoscaler.control.owner import (
+    Adopted,
+    Delete,
+    Died,
+    Failure,
+    Launcher,
+    Liveness,
+    NewIntent,
+    Owner,
+    Recommend,
+    Wake,
+)
+from autoscaler.control.planner import Phase
 from autoscaler.model.events import EventLog
 from autoscaler.model.intent import Intent, Signals
-from autoscaler.control.owner import Adopted, Delete, Died, Failure, Launcher, Liveness, NewIntent, Owner, Recommend, Wake
-from autoscaler.control.planner import Phase
-from autoscaler.model.timelines import ReplicaHistory, ReplicaRecord
 from autoscaler.model.state import Status
+from autoscaler.model.timelines import ReplicaHistory, ReplicaRecord
+from engines.capacity import HostCapacity
+from engines.gpus import AdoptConflict
+from engines.runtime import ContainerStatus, EndpointKey, ReplicaInfo, ReplicaNotFound, Runtime, RuntimeFailure
+from proxy.core.control import RouteTable
 
 log = logging.getLogger("endpointd.controller")
 

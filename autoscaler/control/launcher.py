@@ -12,15 +12,14 @@ from pathlib import Path
 
 import aiohttp
 
-from engines import artifacts, hardware, presets, readiness
-from engines.downloads import hub_cache
-from engines.progress import download_message
-from engines.capacity import Need
-from engines.gpus import Gpu, GpuAllocator, GpuSampler
-from engines.runtime import ReplicaInfo, Runtime
-
 from autoscaler.model.intent import Intent
 from autoscaler.model.spec import EndpointSpec
+from engines import artifacts, hardware, presets, readiness
+from engines.capacity import Need
+from engines.downloads import hub_cache
+from engines.gpus import Gpu, GpuAllocator, GpuSampler
+from engines.progress import download_message
+from engines.runtime import ReplicaInfo, Runtime
 
 log = logging.getLogger("endpointd.launcher")
 

@@ -26,15 +26,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
+from autoscaler.control.planner import Cancel, Drain, Phase, Reclaim, SlotView, Start, View, plan
+from autoscaler.model.events import EventLog
+from autoscaler.model.intent import Intent, Signals, asleep, asleep_since, wanted
+from autoscaler.model.state import State, Status
+from autoscaler.model.timelines import ReplicaHistory, ReplicaState
 from engines.capacity import Need
 from engines.runtime import ReplicaInfo, ReplicaNotFound, Runtime, RuntimeFailure
 from proxy.core.control import Replica, RouteEntry, RouteState, RouteTable
-
-from autoscaler.model.events import EventLog
-from autoscaler.model.intent import Intent, Signals, asleep, asleep_since, wanted
-from autoscaler.control.planner import Cancel, Drain, Phase, Reclaim, SlotView, Start, View, plan
-from autoscaler.model.timelines import ReplicaHistory, ReplicaState
-from autoscaler.model.state import State, Status
 
 log = logging.getLogger("endpointd.controller")
 

@@ -22,11 +22,10 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, overload
 
-from engines import hardware, presets
-
 from autoscaler.model import wire
 from autoscaler.model.settings import SettingsError
 from autoscaler.model.times import wire_time
+from engines import hardware, presets
 
 SHIPPED = Path(__file__).with_name("catalog.toml")
 MODEL_ROOT = "{model_root}"  # in `repository`: the first model root of this endpointd

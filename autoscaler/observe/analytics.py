@@ -40,22 +40,21 @@ import aiohttp
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from autoscaler.model.intent import Intent
+from autoscaler.model.settings import SettingsError
+from autoscaler.observe import openmetrics
+from autoscaler.observe.analytics_series import COUNTS, Aggregate, Ring, Sample, Sketch, rebucket, render, status_class
+from autoscaler.observe.analytics_store import FILE as HISTORY_FILE
+from autoscaler.observe.analytics_store import History
+from autoscaler.observe.engine_metrics import EngineScraper, EngineSignals
+from autoscaler.observe.loops import Loops
+from autoscaler.observe.openmetrics import ReplicaFigures  # a method named openmetrics hides the module in the class
 from engines.errors import EndpointdError
 from engines.runtime import EndpointKey, Usage
 from proxy.core.config import setting
 from proxy.core.control import Replica, RouteEntry
 from proxy.core.metrics import Answers
 from proxy.core.pending import PendingSnapshot
-
-from autoscaler.observe import openmetrics
-from autoscaler.observe.openmetrics import ReplicaFigures  # a method named openmetrics hides the module in the class
-from autoscaler.observe.analytics_series import COUNTS, Aggregate, Ring, Sample, Sketch, rebucket, render, status_class
-from autoscaler.observe.analytics_store import FILE as HISTORY_FILE
-from autoscaler.observe.analytics_store import History
-from autoscaler.observe.engine_metrics import EngineScraper, EngineSignals
-from autoscaler.observe.loops import Loops
-from autoscaler.model.intent import Intent
-from autoscaler.model.settings import SettingsError
 
 log = logging.getLogger("endpointd.analytics")
 

@@ -165,7 +165,7 @@ class Sample:
                 sketch.merge_packed(part)
         merged = Sample.__new__(Sample)
         merged.t = self.t
-        merged.counts = tuple(a + b for a, b in zip(self.counts, newer.counts))
+        merged.counts = tuple(a + b for a, b in zip(self.counts, newer.counts, strict=True))
         merged.latency = sketch.pack() if sketch.count else None
         merged.gauges = newer.gauges
         merged.replicas = newer.replicas

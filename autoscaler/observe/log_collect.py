@@ -29,17 +29,16 @@ from collections.abc import Callable, Iterable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
+from autoscaler.observe.log_mask import Masker, clean
+from autoscaler.observe.log_store import Cursor, StoredState
 from engines.runtime import (
+    ContainerStatus,
     EndpointKey,
     ReplicaInfo,
     ReplicaNotFound,
-    ContainerStatus,
     Runtime,
     RuntimeFailure,
 )
-
-from autoscaler.observe.log_mask import Masker, clean
-from autoscaler.observe.log_store import Cursor, StoredState
 
 log = logging.getLogger("endpointd.logs")
 

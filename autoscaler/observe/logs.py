@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from engines.runtime import EndpointKey, Runtime
-from proxy.core.config import setting
-
 from autoscaler.observe.log_collect import Collector
 from autoscaler.observe.log_follow import Follow, Followers
 from autoscaler.observe.log_line import LogLine
 from autoscaler.observe.log_store import LogStore
 from autoscaler.observe.loops import Loops
+from engines.runtime import EndpointKey, Runtime
+from proxy.core.config import setting
 
 log = logging.getLogger("endpointd.logs")
 

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
 
-from engines.runtime import EndpointKey
-from proxy.core.pending import PendingSnapshot
-
 from autoscaler.control.controller import Controller
 from autoscaler.model.events import EventLog
 from autoscaler.model.spec import ScalingMetric
-from autoscaler.scaling.policy import Decision, PolicyConfig, PolicyState, PolicyScaling, Snapshot, decide
+from autoscaler.scaling.policy import Decision, PolicyConfig, PolicyScaling, PolicyState, Snapshot, decide
+from engines.runtime import EndpointKey
+from proxy.core.pending import PendingSnapshot
 
 log = logging.getLogger("endpointd.scaler")
 

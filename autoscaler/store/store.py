@@ -32,15 +32,14 @@ from typing import Any, Literal
 
 import aiosqlite
 
-from engines.errors import EndpointdError
-from proxy.core.control import Identity
-
 from autoscaler.model import events as events_mod
 from autoscaler.model import timelines as replicas_mod
-from autoscaler.store import tokens
 from autoscaler.model.events import Event
 from autoscaler.model.state import State
 from autoscaler.model.times import wire_time
+from autoscaler.store import tokens
+from engines.errors import EndpointdError
+from proxy.core.control import Identity
 
 ADMIN = "admin"
 ADMIN_ENV = "ENDPOINTD_ADMIN_TOKEN"

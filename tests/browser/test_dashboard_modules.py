@@ -230,7 +230,7 @@ def test_the_playground_calls_the_routes_each_engine_serves(page, image, task, m
         return { modes, routes: modes.map((m) => MODES[m].route), bodies: modes.map((m) => MODES[m].body('hi', 'e1')) };
     }""", {"model": {"image": image, "task": task}})
     assert (got["modes"], got["routes"]) == (modes, routes)
-    for mode, body in zip(modes, got["bodies"]):
+    for mode, body in zip(modes, got["bodies"], strict=True):
         if mode.startswith("toolkit"):
             assert body["inputs"] == "hi" and set(body) <= {"inputs", "parameters"}  # what the toolkit takes
 

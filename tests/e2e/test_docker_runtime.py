@@ -26,18 +26,17 @@ from engines.docker import (
 from engines.images import ECHO_IMAGE
 from engines.runtime import (
     ContainerSpec,
+    ContainerStatus,
     EndpointKey,
     EventKind,
     ImagePullFailed,
     Mount,
     RegistryAuth,
     ReplicaNotFound,
-    ContainerStatus,
     RuntimeFailure,
     Usage,
     network_name,
 )
-
 from tests.docker_fixtures import docker_cli, engine_containers, gated_engine
 
 SECRET = "s3cret-value"

@@ -13,7 +13,6 @@ import pytest
 from huggingface_hub import HfApi
 
 from engines.hardware import host_cpu_count
-
 from tests.serve_process import Serve, wait_for
 
 pytestmark = pytest.mark.docker

@@ -17,7 +17,6 @@ from huggingface_hub import HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
 from engines.presets import DEFAULT_IMAGES
-
 from tests.serve_process import Serve
 
 pytestmark = pytest.mark.docker

@@ -18,6 +18,7 @@ from huggingface_hub.errors import BadRequestError
 
 from tests.fake_hub import COMMIT, FakeHub, Repo
 from tests.serve_process import Serve, wait_for
+
 from .test_e2e_security import http, inspect, running
 
 # The echo engine under another name: endpointd treats it as a user's image, which reads its model

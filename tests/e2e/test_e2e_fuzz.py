@@ -33,8 +33,8 @@ def test_generated_requests_find_no_server_error(tmp_path, docker_engine):
     s.start()
     config = tmp_path / "schemathesis.toml"
     config.write_text(CONFIG)
-    from huggingface_hub import HfApi
     import huggingface_hub.constants as hub_constants
+    from huggingface_hub import HfApi
 
     hub_constants.INFERENCE_ENDPOINTS_ENDPOINT = f"{s.url}/v2"
     HfApi(endpoint=s.url, token=s.admin_token).create_inference_endpoint(

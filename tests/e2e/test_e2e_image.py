@@ -17,7 +17,6 @@ import pytest
 from huggingface_hub import HfApi
 
 from engines.images import CONTEXT_LABEL, ECHO_IMAGE, ENDPOINTD_IMAGE, endpointd_digest
-
 from tests.serve_process import free_port, wait_for
 
 pytestmark = pytest.mark.docker

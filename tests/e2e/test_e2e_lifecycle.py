@@ -98,7 +98,7 @@ def test_1_2_lifecycle_calls_during_starts_leave_no_container_and_never_exceed_m
         for i in range(6):
             name = f"drill{i}"
             endpoint = create(serve, name, env=slow_start)
-            wait_for(lambda: containers(serve, name), 60, f"{name}'s container to be created")
+            wait_for(lambda name=name: containers(serve, name), 60, f"{name}'s container to be created")
             action = i % 3
             if action == 0:
                 endpoint.delete()

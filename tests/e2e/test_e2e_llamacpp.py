@@ -23,7 +23,6 @@ from huggingface_hub import HfApi, InferenceClient
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from engines import images, models
-
 from tests.serve_process import Serve, wait_for
 
 pytestmark = pytest.mark.docker

@@ -126,8 +126,8 @@ def test_a_request_shows_up_and_tail_and_replica_filter(serve):
     assert replica in replicas
     for rid in replicas:
         own = logs(serve, "logs1", replica=rid, tail=1000)
-        assert own and {fields(l)[1] for l in own} == {rid}
-    assert any(marker in l for l in logs(serve, "logs1", replica=replica, tail=1000))
+        assert own and {fields(line_)[1] for line_ in own} == {rid}
+    assert any(marker in line_ for line_ in logs(serve, "logs1", replica=replica, tail=1000))
     assert logs(serve, "logs1", replica="nosuch") == []
 
     status, _, body = http(serve, f"/v2/endpoint/{ADMIN}/logs1/logs", serve.admin_token, {"tail": "0"})
@@ -166,7 +166,7 @@ def test_a_replicas_logs_survive_its_scale_down_and_go_with_the_delete(serve):
     api.scale_to_zero_inference_endpoint("logs3")
     wait_for(lambda: not serve.containers("label=endpointd.name=logs3", all_states=True), 60,
              "the replica's container to be gone")
-    assert any(marker in l for l in logs(serve, "logs3", replica=replica, tail=1000))
+    assert any(marker in line_ for line_ in logs(serve, "logs3", replica=replica, tail=1000))
 
     api.delete_inference_endpoint("logs3")
     status, _, body = http(serve, f"/v2/endpoint/{ADMIN}/logs3/logs", serve.admin_token)
@@ -178,7 +178,7 @@ def test_a_replicas_logs_survive_its_scale_down_and_go_with_the_delete(serve):
         db.close()
     running(serve, "logs3")  # the same name again: a new endpoint, with none of the old lines
     wait_for(lambda: logs(serve, "logs3"), 60, "the new endpoint's first lines")
-    assert not any(marker in l for l in logs(serve, "logs3", tail=10_000))
+    assert not any(marker in line_ for line_ in logs(serve, "logs3", tail=10_000))
 
 
 def test_a_secret_value_never_appears(serve):
@@ -186,7 +186,7 @@ def test_a_secret_value_never_appears(serve):
     assert call(serve, "logs4", f"/leak/{SECRET}") == 404  # the engine logs the path, secret and all
     (line,) = logged(serve, "logs4", "/leak/")
     assert fields(line)[2] == "POST /leak/*** 404"
-    assert not any(SECRET in l for l in logs(serve, "logs4", tail=10_000))
+    assert not any(SECRET in line_ for line_ in logs(serve, "logs4", tail=10_000))
     stored = b"".join(p.read_bytes() for p in serve.data_dir.glob("logs.db*"))
     assert SECRET.encode() not in stored
 
@@ -226,10 +226,10 @@ def test_the_cli_prints_and_follows_the_logs(serve):
     call(serve, "logs6", f"/{marker}")
     logged(serve, "logs6", marker)
     printed = serve.cli("logs", f"{ADMIN}/logs6", "--tail", "1000").splitlines()
-    (line,) = [l for l in printed if marker in l]
+    (line,) = [line_ for line_ in printed if marker in line_]
     replica = fields(line)[1]
     assert len(serve.cli("logs", f"{ADMIN}/logs6", "--tail", "2").splitlines()) == 2
-    assert all(fields(l)[1] == replica for l in serve.cli("logs", f"{ADMIN}/logs6", "--replica", replica).splitlines())
+    assert all(fields(line_)[1] == replica for line_ in serve.cli("logs", f"{ADMIN}/logs6", "--replica", replica).splitlines())
 
     follower = subprocess.Popen([*ENDPOINTD, "logs", f"{ADMIN}/logs6", "-f", "--tail", "1"], env=serve.env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -193,9 +193,8 @@ def test_setting_the_admin_token_rotates_a_generated_one_out(tmp_path, docker_en
 def test_an_older_store_with_plain_secrets_is_sealed_at_start(tmp_path, docker_engine):
     import asyncio
 
-    from autoscaler.store.store import Store
-
     from autoscaler.model import wire
+    from autoscaler.store.store import Store
     s = Serve(tmp_path / "data", admin_token="test-admin-token")
     spec = wire.spec_to_json(wire.parse_create({
         "name": "old", "type": "private", "provider": {"vendor": "local", "region": "local"},

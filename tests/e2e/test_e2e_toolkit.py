@@ -27,7 +27,6 @@ from huggingface_hub import HfApi
 
 from engines import images
 from engines.images import TOOLKIT_IMAGE
-
 from tests.serve_process import Serve, wait_for
 
 pytestmark = pytest.mark.docker

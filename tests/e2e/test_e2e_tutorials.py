@@ -10,13 +10,16 @@ import os
 import shutil
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
 from tests.serve_process import Serve
-from .test_e2e_llamacpp import create as create_smollm2, require_llamacpp_image, serve  # noqa: F401 - fixture
-from .test_e2e_toolkit import MINILM_DIM, create as create_toolkit, minilm_files, require_toolkit_image
+
+from .test_e2e_llamacpp import create as create_smollm2  # noqa: F401 - fixture
+from .test_e2e_toolkit import MINILM_DIM, minilm_files, require_toolkit_image
+from .test_e2e_toolkit import create as create_toolkit
 
 pytestmark = pytest.mark.docker
 
@@ -51,7 +54,7 @@ def test_the_chat_application_tutorial_runs_as_written(serve):
         assert isinstance(text, str) and text.strip(), (name, text)
     for name, partials in answers["streamed"].items():
         assert len(partials) > 1, (name, partials)  # the answer grew token by token
-        assert all(later.startswith(earlier) for earlier, later in zip(partials, partials[1:])), name
+        assert all(later.startswith(earlier) for earlier, later in pairwise(partials)), name
 
 
 def test_the_embedding_pipeline_tutorial_runs_as_written(serve):
@@ -70,4 +73,4 @@ def test_the_embedding_pipeline_tutorial_runs_as_written(serve):
     assert len(vectors) == 2 and all(len(v) == MINILM_DIM for v in vectors)
     # The same vectors as the toolkit's own route gives for these texts (floats through base64).
     direct = endpoint.client.feature_extraction(contexts[0])
-    assert max(abs(a - b) for a, b in zip(vectors[0], list(direct.reshape(-1)))) < 1e-5
+    assert max(abs(a - b) for a, b in zip(vectors[0], list(direct.reshape(-1)), strict=True)) < 1e-5

@@ -17,17 +17,16 @@ from engines.fake import FakeEngine, FakeRuntime
 from engines.images import ECHO_IMAGE
 from engines.runtime import (
     ContainerSpec,
+    ContainerStatus,
     EndpointKey,
     EventKind,
     ImagePullFailed,
     ReplicaInfo,
     ReplicaNotFound,
-    ContainerStatus,
     RuntimeFailure,
     Usage,
     network_name,
 )
-
 from tests.docker_fixtures import (
     docker_cli,
     docker_inspect,

@@ -5,7 +5,6 @@ presets and the tests run."""
 from __future__ import annotations
 
 import re
-
 import shutil
 
 import pytest
@@ -98,12 +97,10 @@ def _settings_names() -> set[str]:
     """Every ENDPOINTD_* variable endpointd reads: its settings' names, and the few read directly."""
     import dataclasses
 
-    from autoscaler.config import ServeConfig
+    from autoscaler.config import ENGINE_ENV_PREFIX, ServeConfig
     from autoscaler.model.settings import env_name
-    from proxy.core.config import ProxyConfig
-
-    from autoscaler.config import ENGINE_ENV_PREFIX
     from engines.presets import DEFAULT_IMAGES
+    from proxy.core.config import ProxyConfig
 
     names = {env_name(f.name) for config in (ServeConfig, ProxyConfig) for f in dataclasses.fields(config)}
     engines = {ENGINE_ENV_PREFIX + key.upper().replace("-", "_") for key in DEFAULT_IMAGES}

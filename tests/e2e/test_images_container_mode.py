@@ -14,8 +14,7 @@ import pytest
 from engines import docker as docker_module
 from engines.docker import DockerRuntime, create_config, replica_info, translate_path
 from engines.images import ECHO_IMAGE
-from engines.runtime import ContainerSpec, EndpointKey, Mount, ContainerStatus, RuntimeFailure, network_name
-
+from engines.runtime import ContainerSpec, ContainerStatus, EndpointKey, Mount, RuntimeFailure, network_name
 from tests.docker_fixtures import docker_cli
 
 KEY = EndpointKey("ns", "e1")

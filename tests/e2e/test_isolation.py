@@ -28,7 +28,6 @@ from engines.runtime import (
     network_labels,
     network_name,
 )
-
 from tests.docker_fixtures import docker_cli, docker_inspect, engine_networks
 
 KEY_A, KEY_B = EndpointKey("acme", "a"), EndpointKey("globex", "b")

@@ -13,7 +13,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engines.progress import PullProgress, download_key, download_message, percent, size
-
 from tests.docker_fixtures import docker_key, docker_runtime  # noqa: F401 - fixtures
 
 MIB = 1 << 20

@@ -20,7 +20,6 @@ import pytest
 from proxy.core.config import ProxyConfig
 from proxy.server import CLEANUP_GRACE_S
 from proxy.tls import TlsConfigError, server_context
-
 from tests.proxy_harness import bearer, closed_by_server, free_port
 from tests.serve_process import wait_for
 

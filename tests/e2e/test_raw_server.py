@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 
 from proxy.core.control import AuthType
-
 from tests.proxy_harness import EP, Harness, bearer, closed_by_server, connect, get, parse_response, read_one, until
+
 
 @pytest.fixture
 async def raw():

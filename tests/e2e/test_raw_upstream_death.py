@@ -14,7 +14,7 @@ import pytest
 import uvloop
 
 from tests.dying_replica import PHASES, RESPONSE_PHASES, DyingReplica
-from tests.proxy_harness import Harness, free_port, parse_response, until
+from tests.proxy_harness import Harness, free_port, parse_response
 
 CLIENT_TIMEOUT_S = 10.0
 N = 8  # requests per case, each on its own connection (so that they spread over the processes)
@@ -103,7 +103,7 @@ def test_a_replica_dying_at_every_phase_answers_every_request_at_once(processes,
             bodies = {name: UPLOAD_BYTES if name.startswith("upload") else 100 for name in names}
             answers = await asyncio.gather(*(ask_all(port, post(name, bodies[name])) for name in names),
                                            ask_all(port, post("refused")))
-            outcomes.update(zip([*names, "refused"], answers))
+            outcomes.update(zip([*names, "refused"], answers, strict=True))
         finally:
             await h.close()
             for replica in replicas:
@@ -169,7 +169,7 @@ def test_a_replica_that_dies_before_anything_is_sent_is_retried_on_another(proce
             await h.start(processes=processes, **TIMEOUTS)
             port = h.proxy.port
             names = ("reset", "close", "refused")
-            got.update(zip(names, await asyncio.gather(*(ask_all(port, post(n), 2 * N) for n in names))))
+            got.update(zip(names, await asyncio.gather(*(ask_all(port, post(n), 2 * N) for n in names)), strict=True))
         finally:
             await h.close()
             for replica in dying:

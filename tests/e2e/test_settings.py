@@ -2,8 +2,8 @@
 
 import pytest
 
-from autoscaler.model import settings
 from autoscaler.cli import build_parser, main
+from autoscaler.model import settings
 from proxy.core.config import ProxyConfig
 from proxy.static_routes import RoutesError, parse
 

@@ -12,7 +12,6 @@ import pytest
 from engines import readiness
 from engines.images import ECHO_IMAGE
 from engines.runtime import ContainerSpec, ContainerStatus
-
 from tests.docker_fixtures import docker_cli
 
 

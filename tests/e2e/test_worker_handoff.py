@@ -21,6 +21,7 @@ import asyncio
 import json
 import signal
 import socket
+from itertools import pairwise
 
 import pytest
 
@@ -104,7 +105,7 @@ async def call(port: int, i: int) -> tuple[str, str]:
                 pieces = [body[:len(body) // 2], body[len(body) // 2:]]
             else:
                 bounds = [0, *cuts_for(i, len(data)), len(data)]
-                pieces = [data[a:b] for a, b in zip(bounds, bounds[1:])]
+                pieces = [data[a:b] for a, b in pairwise(bounds)]
             for piece in pieces:
                 writer.write(piece)
                 await writer.drain()

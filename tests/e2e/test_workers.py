@@ -21,10 +21,9 @@ from aiohttp import web
 
 from proxy.core.config import AUTO_WORKERS_MAX, ProxyConfig, worker_count
 from proxy.core.control import AuthType, Replica
-
+from tests.e2e.test_proxy_listeners import ROOT, accepts
 from tests.proxy_harness import Harness, bearer, free_port, until
 from tests.serve_process import wait_for
-from tests.e2e.test_proxy_listeners import ROOT, accepts
 
 EP = "/endpoints/acme/e1"
 N = 20

@@ -22,27 +22,39 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families
 from autoscaler.api import metrics as api_metrics
 from autoscaler.api.base import API, errors_middleware
 from autoscaler.api.endpoints import ManagementApi
+from autoscaler.config import ScalingConfig, ServeConfig
 from autoscaler.model import settings
+from autoscaler.model.intent import Intent
 from autoscaler.observe.analytics import (
-    MAX_POINTS, Analytics, AnalyticsConfig, QueryError, UsagePoller, plan_query,
+    MAX_POINTS,
+    Analytics,
+    AnalyticsConfig,
+    QueryError,
+    UsagePoller,
+    plan_query,
 )
 from autoscaler.observe.analytics_series import (
-    GAMMA, RELATIVE_ACCURACY, Aggregate, Ring, Sample, Sketch, rebucket, render, status_class,
+    GAMMA,
+    RELATIVE_ACCURACY,
+    Aggregate,
+    Ring,
+    Sample,
+    Sketch,
+    rebucket,
+    render,
+    status_class,
 )
 from autoscaler.observe.analytics_store import History
-from autoscaler.config import ScalingConfig, ServeConfig
 from autoscaler.observe.engine_metrics import EngineSignals, Scraped
-from autoscaler.model.intent import Intent
 from engines.gpus import GpuAllocator, GpuSampler, read_inventory
 from engines.runtime import EndpointKey, RuntimeFailure, Usage
 from proxy.core import metrics as proxy_metrics
-from proxy.management.app import PIPELINE
 from proxy.core.config import ProxyConfig
 from proxy.core.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry
 from proxy.core.metrics import ProxyMetrics
 from proxy.core.pending import PendingCounter
 from proxy.core.pipeline import Pipeline
-
+from proxy.management.app import PIPELINE
 from tests.unit.test_gpus import HOST, FakeNVML, _Memory
 
 KEY = EndpointKey("alice", "llm")

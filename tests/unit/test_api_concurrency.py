@@ -8,7 +8,6 @@ import asyncio
 import pytest
 
 from autoscaler.control.keyed_locks import KeyedLocks
-
 from tests.api_harness import ApiWorld
 
 PUTS = 200

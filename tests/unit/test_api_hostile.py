@@ -8,7 +8,6 @@ import json
 import pytest
 
 from engines.artifacts import RepoFacts
-
 from tests.api_harness import ApiWorld
 
 

@@ -9,10 +9,10 @@ from aiohttp.test_utils import TestServer
 
 from autoscaler.api.app import add_api
 from autoscaler.api.endpoints import ManagementApi
-from proxy.management.app import add_proxy
 from proxy.core.config import ProxyConfig
 from proxy.core.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
 from proxy.core.pipeline import Pipeline
+from proxy.management.app import add_proxy
 from proxy.server import listen
 
 

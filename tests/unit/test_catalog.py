@@ -15,7 +15,6 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from autoscaler.model.catalog import SHIPPED, CatalogError, endpoint_name, load_catalog
 from autoscaler.model.wire import NAME
-
 from tests.api_harness import ApiWorld
 
 ECHO_RECIPE = '''
@@ -292,11 +291,9 @@ def shipped(api, tmp_path, monkeypatch):
     registry reachable, the Hub unreachable and nothing in the model cache."""
     from functools import partial
 
-    from engines.artifacts import describe
+    from engines.artifacts import describe, hub_facts
     from engines.availability import ImageInventory
     from engines.presets import DEFAULT_IMAGES
-
-    from engines.artifacts import hub_facts
 
     def unreachable(repository, revision, token):
         raise OSError("Name or service not known")

@@ -31,17 +31,14 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 
-from autoscaler.control.planner import SURGE
-from autoscaler.control.planner import Phase
+from autoscaler.control.planner import SURGE, Phase
 from engines.fake import FakeRuntime
-from engines.runtime import EndpointKey, ContainerStatus, RuntimeFailure
-
+from engines.runtime import ContainerStatus, EndpointKey, RuntimeFailure
 from proxy.core.control import RouteState
 from proxy.core.errors import ProxyError
-
 from tests.control_world import World, intent
-from tests.wake_processes import Processes
 from tests.examples import examples
+from tests.wake_processes import Processes
 
 KEYS = [EndpointKey("acme", "a"), EndpointKey("team", "b")]
 GPUS = 3
@@ -403,7 +400,7 @@ class ControlPlane(RuleBasedStateMachine):
         self.demand.clear()  # requests (and wakes on their way) end with the processes
         self.close(old)
         new = self.new_world(old.runtime, old)
-        for key, declared in self.declared.items():
+        for declared in self.declared.values():
             new.controller.apply(declared, old.saved.get(declared.uid), failure=old.failures.get(declared.uid))
         self.world = new
         new.runtime.slow = False  # adopt() awaits its stops, and no time passes during a rule

@@ -8,13 +8,12 @@ import asyncio
 
 import pytest
 
-from autoscaler.model.intent import Signals
 from autoscaler.control.owner import MAX_START_FAILURES
 from autoscaler.control.planner import Phase
+from autoscaler.model.intent import Signals
 from autoscaler.model.state import State
-from engines.runtime import EndpointKey, ReplicaInfo, ContainerStatus
+from engines.runtime import ContainerStatus, EndpointKey, ReplicaInfo
 from proxy.core.control import RouteState
-
 from tests.control_world import KEY, World, intent
 
 

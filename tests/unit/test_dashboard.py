@@ -15,10 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from autoscaler.api.dashboard import CSP, STATIC, add_dashboard
-from proxy.management.app import add_proxy
 from proxy.core.config import ProxyConfig
 from proxy.core.control import InMemoryControlPlane
 from proxy.core.pipeline import Pipeline
+from proxy.management.app import add_proxy
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted(p for p in STATIC.rglob("*.js") if "vendor" not in p.parts)

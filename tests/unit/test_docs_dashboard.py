@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from autoscaler.model.events import EventLog
 from autoscaler.observe.analytics import Analytics, AnalyticsConfig
 from autoscaler.observe.loops import Loops
-from autoscaler.model.events import EventLog
 from autoscaler.scaling.policy import PolicyConfig
 from autoscaler.scaling.scaler import Scaler
 from proxy.core.config import ProxyConfig

@@ -15,7 +15,6 @@ from engines.artifacts import fetch, repository_mounts
 from engines.downloads import downloads_dir, hub_cache, move_old_downloads
 from engines.model_roots import ModelRoots, RootsError
 from engines.progress import download_message
-
 from tests.fake_hub import COMMIT, FakeHub, Repo
 
 MIB = 1 << 20

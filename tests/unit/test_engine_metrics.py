@@ -14,7 +14,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from autoscaler.observe.engine_metrics import (
-    NO_METRICS_RETRY_S, STALE_AFTER, EngineScraper, EngineSignals, parse, signals,
+    NO_METRICS_RETRY_S,
+    STALE_AFTER,
+    EngineScraper,
+    EngineSignals,
+    parse,
+    signals,
 )
 from engines.echo.server import Settings, make_app
 from engines.runtime import EndpointKey

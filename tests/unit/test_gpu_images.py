@@ -10,7 +10,6 @@ from engines.gpu_images import TEI_REPOSITORY, gpu_images, tei_image
 from engines.gpus import read_inventory
 from engines.hardware import Resources
 from engines.presets import DEFAULT_IMAGES, LOCAL_IMAGES, PresetError, build_container_spec
-
 from tests.unit.test_gpus import FakeNVML
 
 

@@ -22,10 +22,9 @@ import uvloop
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
-from tests.examples import examples
 
 from proxy.workers.handoff import PIECE_BYTES, Receiver, Sender
-
+from tests.examples import examples
 from tests.serve_process import wait_for
 
 

@@ -8,7 +8,6 @@ import pytest
 from proxy.core.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
 from proxy.core.errors import Unavailable
 from proxy.core.hold import ReadinessGate
-
 from tests.proxy_harness import until
 
 KEY = "acme/e1"

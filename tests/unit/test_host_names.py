@@ -13,7 +13,6 @@ from autoscaler.config import ServeConfig
 from autoscaler.control.host_names import local_addresses, names_of_this_host
 from autoscaler.parts import own_names
 from proxy.core.config import ProxyConfig
-
 from tests.api_harness import ApiWorld
 
 

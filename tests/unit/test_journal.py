@@ -13,11 +13,18 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from autoscaler.control.journal import Journal
 from autoscaler.model import events as events_mod
 from autoscaler.model.events import Event
-from autoscaler.control.journal import Journal
 from autoscaler.model.timelines import (
-    MAX_STOPPED, MAX_TIMELINE, KEEP_STOPPED_S, ReplicaHistory, ReplicaRecord, ReplicaState, from_json, to_json,
+    KEEP_STOPPED_S,
+    MAX_STOPPED,
+    MAX_TIMELINE,
+    ReplicaHistory,
+    ReplicaRecord,
+    ReplicaState,
+    from_json,
+    to_json,
 )
 from autoscaler.store.store import Store
 from tests.examples import examples

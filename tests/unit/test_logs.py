@@ -14,19 +14,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from autoscaler.model import settings
 from autoscaler.api.base import API, errors_middleware
 from autoscaler.api.logs import OPENAPI_PATHS, add_routes, parse_query, parse_time
+from autoscaler.model import settings
 from autoscaler.observe.log_follow import MAX_QUEUED_PER_FOLLOWER, FollowersFull
 from autoscaler.observe.log_line import LogLine, format_line, format_time
 from autoscaler.observe.log_mask import MASK, clean
 from autoscaler.observe.logs import LOGS_FILE, Collecting, LogsConfig, LogService
 from engines.fake import FakeRuntime
 from engines.runtime import ContainerSpec, EndpointKey
-from proxy.management.app import add_proxy
 from proxy.core.config import ProxyConfig
 from proxy.core.pipeline import Pipeline
-
+from proxy.management.app import add_proxy
 from tests.api_harness import ApiWorld
 
 KEY = EndpointKey("acme", "e1")

@@ -10,7 +10,6 @@ from huggingface_hub import AsyncInferenceClient
 from huggingface_hub.errors import HfHubHTTPError
 
 from proxy.core.control import AuthType
-
 from tests.proxy_harness import free_port
 
 CHAT = [{"role": "user", "content": "hi"}]

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from autoscaler.model.intent import Signals, asleep, wanted
 from autoscaler.control.planner import Cancel, Drain, Phase, Reclaim, SlotView, Start, View, plan
-
+from autoscaler.model.intent import Signals, asleep, wanted
 from tests.control_world import intent
 
 S, R, D, X = Phase.STARTING, Phase.READY, Phase.DRAINING, Phase.STOPPING

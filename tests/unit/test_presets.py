@@ -11,8 +11,8 @@ from engines.presets import (
     PresetError,
     build_container_spec,
 )
-from engines.spec_rules import VARIANTS
 from engines.runtime import Mount, RegistryAuth
+from engines.spec_rules import VARIANTS
 
 MODEL = "/var/lib/endpointd/models/gpt2"
 REPO_MOUNT = (Mount(source=MODEL, target="/repository"),)

@@ -8,7 +8,6 @@ from aiohttp import web
 from proxy.core.auth import TokenCache, authorize_scope
 from proxy.core.control import AuthType, Identity, InMemoryControlPlane, Replica, hash_token
 from proxy.core.errors import Forbidden, Unauthorized
-
 from tests.proxy_harness import bearer, free_port
 
 EP = "/endpoints/acme/e1"

@@ -11,10 +11,9 @@ import pytest
 from aiohttp import web
 
 from proxy.core import config as proxy_config
-from proxy.core.config import ProxyConfig, connection_cap
 from proxy.core.cap import ConnectionCap
+from proxy.core.config import ProxyConfig, connection_cap
 from proxy.management.connections import ClientConnection, GuardedServer
-
 from tests.proxy_harness import closed_by_server, exchange, parse_response, until
 
 EP = "/endpoints/acme/e1"

@@ -10,7 +10,6 @@ from aiohttp import web
 
 from proxy.core.control import AuthType
 from proxy.core.errors import MAX_HEADER_MESSAGE, header_safe, quoted
-
 from tests.proxy_harness import TOKENS, exchange
 
 EP = "/endpoints/acme/e1"

@@ -12,7 +12,6 @@ import pytest
 from aiohttp import web
 
 from proxy.core.control import AuthType, Replica, RouteState
-
 from tests.proxy_harness import TOKENS, bearer, free_port, until
 
 EP = "/endpoints/acme/e1"

@@ -8,7 +8,6 @@ from dataclasses import replace
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.examples import examples
 
 from proxy.core.config import ProxyConfig
 from proxy.core.control import (
@@ -32,7 +31,7 @@ from proxy.core.errors import (
 from proxy.core.forwarding import forwarded_block, may_retry, request_id, returned_block
 from proxy.core.pipeline import Admission, Pipeline
 from proxy.core.routing import route
-
+from tests.examples import examples
 from tests.proxy_harness import until
 
 KW = dict(remote="10.0.0.2", scheme="https", host="h:1", prior_forwarded_for="10.0.0.1", rid="rid-1")

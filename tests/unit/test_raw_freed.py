@@ -12,9 +12,7 @@ from aiohttp import web
 
 from proxy.raw.client import ClientProtocol
 from proxy.raw.upstream import UpstreamConnection
-
-from tests.proxy_harness import Harness, until
-from tests.proxy_harness import EP, connect, get, read_one
+from tests.proxy_harness import EP, Harness, connect, get, read_one, until
 
 TRACKED = (ClientProtocol, UpstreamConnection, httptools.HttpRequestParser, httptools.HttpResponseParser)
 

@@ -14,16 +14,16 @@ import logging
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from tests.examples import examples
 
-from proxy.management.app import PIPELINE, make_app
-from proxy.core.config import ProxyConfig
 from proxy.core.cap import ConnectionCap
+from proxy.core.config import ProxyConfig
 from proxy.core.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
+from proxy.management.app import PIPELINE, make_app
 from proxy.raw.client import ClientProtocol
 from proxy.raw.exchange import SMALL_BODY_BYTES, Exchange
 from proxy.raw.server import RawServer
 from proxy.raw.upstream import Pool, UpstreamConnection
+from tests.examples import examples
 
 KEY = "acme/e1"
 UPLOAD = SMALL_BODY_BYTES + 1000  # streamed to the replica: no retry once any of it is sent

@@ -9,16 +9,21 @@ import json
 import os
 from pathlib import Path
 
-
 import huggingface_hub.constants
 import pytest
 
 from engines import artifacts
 from engines.artifacts import (
-    ArtifactError, HubUnreachable, RepoFacts, cached_facts, content_hash, describe, download_pattern, hub_facts,
+    ArtifactError,
+    HubUnreachable,
+    RepoFacts,
+    cached_facts,
+    content_hash,
+    describe,
+    download_pattern,
+    hub_facts,
     local_facts,
 )
-
 from tests.api_harness import ApiWorld
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

@@ -10,7 +10,6 @@ from autoscaler.scaling.policy import PolicyConfig, PolicyScaling
 from autoscaler.scaling.scaler import Scaler
 from engines.runtime import EndpointKey
 from proxy.core.pending import PendingCounter
-
 from tests.control_world import KEY, World, intent
 
 CONFIG = PolicyConfig(window_s=5, stabilization_s=30, minute_s=1)

@@ -12,7 +12,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from autoscaler.store import store as store_mod
-from autoscaler.store.store import MIGRATIONS, AuditEntry, Conflict, EndpointRecord, NotFound, Stale, Store, StoreError, UserInfo
+from autoscaler.store.store import (
+    MIGRATIONS,
+    AuditEntry,
+    Conflict,
+    EndpointRecord,
+    NotFound,
+    Stale,
+    Store,
+    StoreError,
+    UserInfo,
+)
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 SPEC = {"model": {"repository": "acme/tiny", "image": {"custom": {"url": "echo:1", "port": 8000}}}, "type": "private"}

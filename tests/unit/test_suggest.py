@@ -13,7 +13,6 @@ from engines.artifacts import RepoFacts, describe
 from engines.availability import ImageInventory
 from engines.presets import DEFAULT_IMAGES
 from engines.suggest import SuggestError, gguf_files, pick_gguf, suggest
-
 from tests.api_harness import ApiWorld
 from tests.unit.test_revision import COMMIT, cache_repo
 

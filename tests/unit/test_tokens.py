@@ -11,7 +11,6 @@ import pytest
 from autoscaler.store import tokens
 from autoscaler.store.store import ADMIN, Conflict, NotFound, Store, TokenInfo
 from proxy.core.control import Identity
-
 from tests.unit.test_store import T0, Clock
 
 ALICE = Identity("alice", frozenset({"acme", "beta"}), False)

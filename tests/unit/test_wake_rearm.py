@@ -11,7 +11,6 @@ import asyncio
 import pytest
 
 from proxy.core.errors import EndpointPaused, Unavailable
-
 from tests.control_world import KEY, World, intent
 from tests.wake_processes import Processes
 

@@ -17,7 +17,14 @@ from huggingface_hub.utils._http import default_client_factory
 from autoscaler.model.spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
 from autoscaler.model.state import State
 from autoscaler.model.wire import (
-    ChangeKind, StatusView, WireError, apply_update, parse_create, render_endpoint, render_list, spec_from_json,
+    ChangeKind,
+    StatusView,
+    WireError,
+    apply_update,
+    parse_create,
+    render_endpoint,
+    render_list,
+    spec_from_json,
     spec_to_json,
 )
 from proxy.core.control import AuthType
@@ -447,7 +454,7 @@ def test_a_pending_endpoint_has_no_url_and_no_client():
     assert (endpoint.status, endpoint.url, endpoint.revision, endpoint.task) == ("pending", None, None, None)
     assert "url" not in raw["status"] and "errorMessage" not in raw["status"]
     with pytest.raises(InferenceEndpointError):
-        endpoint.client
+        _ = endpoint.client
 
 
 def test_a_failure_carries_an_error_message():
