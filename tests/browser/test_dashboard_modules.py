@@ -18,8 +18,7 @@ from playwright.sync_api import sync_playwright
 
 from autoscaler.api.dashboard import CSP, STATIC
 from engines.progress import PullProgress, download_message
-
-from .test_e2e_dashboard import CHROMIUM, CHROMIUM_ARGS
+from tests.browser.test_e2e_dashboard import CHROMIUM, CHROMIUM_ARGS
 
 
 class _Files(http.server.SimpleHTTPRequestHandler):

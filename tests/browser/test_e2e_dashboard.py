@@ -320,7 +320,7 @@ def test_the_playground_and_its_snippets_reach_the_inference_toolkit(serve, page
     import huggingface_hub.constants as hub_constants
     from huggingface_hub import HfApi
 
-    from .test_e2e_toolkit import MINILM_DIM, READY_TIMEOUT_S, minilm_files, require_toolkit_image
+    from tests.e2e.test_e2e_toolkit import MINILM_DIM, READY_TIMEOUT_S, minilm_files, require_toolkit_image
 
     require_toolkit_image()
     model = Path(serve.model).parent / "pg-minilm"

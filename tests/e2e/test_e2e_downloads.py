@@ -16,10 +16,9 @@ import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.errors import BadRequestError
 
+from tests.e2e.test_e2e_security import http, inspect, running
 from tests.fake_hub import COMMIT, FakeHub, Repo
 from tests.serve_process import Serve, wait_for
-
-from .test_e2e_security import http, inspect, running
 
 # The echo engine under another name: endpointd treats it as a user's image, which reads its model
 # (the echo image itself reads none, so nothing would be downloaded for it).
