@@ -6,7 +6,8 @@
     tokens = ["s3cret"]             type = "private"        # public | authenticated | private
     scopes = ["metrics"]            replicas = ["127.0.0.1:9000"]
     # optional: "metrics" may       domain = "echo.local"   # optional: Host-based routing
-    # read /metrics
+    # read /metrics                 engine = "vllm"         # optional: vllm | sglang | llamacpp
+                                                            # closes its control routes
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from engines.errors import EndpointdError
 
 from .core.auth import SCOPES
 from .core.control import AuthType, Identity, InMemoryControlPlane, Replica, RouteEntry
+from .core.engine_routes import EngineKind
 
 
 class RoutesError(EndpointdError, ValueError):
@@ -61,6 +63,9 @@ def parse(data: dict[str, Any]) -> InMemoryControlPlane:
         domain = ep.get("domain")
         if domain is not None and not isinstance(domain, str):
             raise RoutesError(f"{where}.domain must be a string; got {domain!r}")
+        engine = ep.get("engine", EngineKind.OTHER.value)
+        if engine not in [kind.value for kind in EngineKind]:
+            raise RoutesError(f"{where}.engine must be one of {', '.join(EngineKind)}; got {engine!r}")
         control.put(
             RouteEntry(
                 namespace=_str(where, ep, "namespace"),
@@ -68,6 +73,7 @@ def parse(data: dict[str, Any]) -> InMemoryControlPlane:
                 auth=auth,
                 replicas=tuple(Replica(f"r{j}", a) for j, a in enumerate(addresses)),
                 domain=domain.lower() if domain else None,
+                engine=EngineKind(engine),
             )
         )
     return control

@@ -180,6 +180,7 @@ class ManagementApi:
             paused=rec.paused,
             zeroed_at=rec.zeroed_at,
             domain=spec.route.domain,
+            engine=spec.model.engine,
             spec=spec,
         )
 

@@ -644,7 +644,7 @@ class Owner:
         entry = RouteEntry(
             namespace=intent.key.namespace, name=intent.key.name, auth=intent.auth, state=state, replicas=ready,
             domain=intent.domain, message=self.last_error, coming=coming, no_capacity=no_capacity,
-            asleep_since=asleep_since(intent, self.signals),
+            asleep_since=asleep_since(intent, self.signals), engine=intent.engine,
         )
         if entry != self._published:
             self._published = entry

@@ -18,6 +18,7 @@ from typing import Any
 
 from engines.runtime import EndpointKey
 from proxy.core.control import AuthType
+from proxy.core.engine_routes import EngineKind
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Intent:
     paused: bool = False
     zeroed_at: float | None = None  # a user's scale-to-zero; holds until a client request after it
     domain: str | None = None
+    engine: EngineKind = EngineKind.OTHER  # its control routes are closed in the proxy
     spec: Any = None  # the endpoint's full spec, read by the launcher only
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from proxy.core.control import AuthType
+from proxy.core.engine_routes import EngineKind
 
 # Every engine this project runs (TGI, TEI, vLLM, SGLang, llama.cpp, the inference toolkit, the
 # echo engine) answers GET /health; the client needs *some* string here.
@@ -43,6 +44,10 @@ class Compute:
     scaling: Scaling
 
 
+# The image variants whose engine serves control routes (proxy/core/engine_routes.py).
+ENGINES = {"vLLM": EngineKind.VLLM, "sGLang": EngineKind.SGLANG, "llamacpp": EngineKind.LLAMACPP}
+
+
 @dataclass(frozen=True, repr=False)
 class Model:
     """The dicts are copies of the request's, owned by this object: read them, never mutate them."""
@@ -63,6 +68,12 @@ class Model:
     @property
     def variant(self) -> str:
         return next(iter(self.image))
+
+    @property
+    def engine(self) -> EngineKind:
+        """What its variant runs, for the proxy to close that engine's control routes; a custom
+        image is OTHER whatever it runs (its routes are its own)."""
+        return ENGINES.get(self.variant, EngineKind.OTHER)
 
     @property
     def public_image(self) -> dict[str, Any]:

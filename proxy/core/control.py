@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from .engine_routes import EngineKind
+
 
 class AuthType(enum.StrEnum):
     PUBLIC = "public"
@@ -58,6 +60,8 @@ class RouteEntry:
     # Why no replica can be placed now (the host's CPUs, memory or GPUs are held by others), when
     # the endpoint has none at all: a wake would only wait, so callers are answered at once.
     no_capacity: str = ""
+    # What serves it: the engine's control routes are refused (proxy/core/engine_routes.py).
+    engine: EngineKind = EngineKind.OTHER
 
     @property
     def key(self) -> str:

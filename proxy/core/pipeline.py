@@ -32,6 +32,7 @@ from .auth import Lookup, TokenCache, authorize, check_access
 from .balancer import pick
 from .config import ProxyConfig
 from .control import ControlPlane, Replica, RouteEntry
+from .engine_routes import closed_route, control_route_refusal
 from .errors import PayloadTooLarge, ProxyError
 from .hold import ReadinessGate, parse_scale_up_timeout, refuse_unless_serving
 from .metrics import NO_ENDPOINT, NO_REPLICA, Family, ProxyMetrics
@@ -138,15 +139,20 @@ class Pipeline:
             if isinstance(verdict, Lookup):
                 return self._after_lookup(verdict, entry, route.upstream_path, scale_up_timeout, content_length,
                                           demand, started)
-            hold_s = self._checked(scale_up_timeout, content_length)
+            hold_s = self._checked(entry, route.upstream_path, scale_up_timeout, content_length)
             return self._counted(entry, route.upstream_path, hold_s, demand, started)
         except ProxyError as error:
             self.refused(error, key)
             raise
 
-    def _checked(self, scale_up_timeout: str | None, content_length: int | None) -> float | None:
-        """What is checked once the caller may call: the hold time asked for, the body's
-        declared size. The hold seconds."""
+    def _checked(self, entry: RouteEntry, upstream_path: str, scale_up_timeout: str | None,
+                 content_length: int | None) -> float | None:
+        """What is checked once the caller may call (so that one who may not learns nothing of
+        the engine), before the request counts or wakes anything: the path is none of the
+        engine's control routes, the hold time asked for, the body's declared size. The hold
+        seconds."""
+        if closed_route(entry.engine, upstream_path):
+            raise control_route_refusal()
         hold_s = parse_scale_up_timeout(scale_up_timeout, self.config.max_scale_up_timeout_s)
         too_large = self.over_limit(content_length or 0)
         if too_large is not None:
@@ -171,7 +177,7 @@ class Pipeline:
         """The rest of `admit` once the store has said who the token is."""
         try:
             check_access(entry, await lookup.identity(self.tokens))
-            hold_s = self._checked(scale_up_timeout, content_length)
+            hold_s = self._checked(entry, upstream_path, scale_up_timeout, content_length)
             admitted = self._counted(entry, upstream_path, hold_s, demand, started)
         except ProxyError as error:
             self.refused(error, entry.key)

@@ -135,6 +135,36 @@ def test_scaled_to_zero_smollm2_wakes_for_a_held_request(serve):
     assert "blue" in answer.choices[0].message.content.lower()
 
 
+def _engine_direct(container: str, path: str) -> int:
+    """The status of `GET path` sent straight to the replica's published port, with its engine key."""
+    [info] = json.loads(subprocess.run([DOCKER, "inspect", container], capture_output=True, text=True, check=True).stdout)
+    key = next(v.partition("=")[2] for v in info["Config"]["Env"] if v.startswith("LLAMA_API_KEY="))
+    [binding] = next(iter(info["NetworkSettings"]["Ports"].values()))
+    request = urllib.request.Request(f"http://127.0.0.1:{binding['HostPort']}{path}", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.status
+
+
+def test_llamacpp_slots_are_not_reachable_through_the_endpoint(serve):
+    endpoint = create(serve, "smol")
+    [container] = serve.containers()
+    assert _engine_direct(container, "/slots") == 200  # the engine serves them: other callers' prompts
+    prefix = endpoint.url.removeprefix(serve.url)
+    for method, tail in [("GET", "/slots"), ("GET", "/slots?fail_on_no_slot=1"), ("GET", "/%73lots"),
+                         ("GET", "//slots/"), ("POST", "/slots/0?action=save"), ("POST", "/slots/0?action=restore"),
+                         ("POST", "/slots/0?action=erase"), ("POST", "/lora-adapters")]:
+        request = urllib.request.Request(f"{serve.url}{prefix}{tail}", method=method, data=b"{}" if method == "POST" else None,
+                                         headers={"Authorization": f"Bearer {serve.alice}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                status, body = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, body = error.code, error.read()
+        assert status == 404 and "control routes" in json.loads(body)["error"], (method, tail, status, body)
+    status, body = http(serve, f"{prefix}/props")  # what clients read of the engine stays open
+    assert status == 200 and "n_ctx" in body.decode(), body
+
+
 async def _stream_until_killed(url: str, token: str, container: str) -> bytes:
     """A long stream, and the replica's container killed once the first tokens arrived."""
     body = {"model": "tgi", "messages": [{"role": "user", "content": "Count from 1 to 500, one number a line."}],
