@@ -69,7 +69,7 @@ class ProxyConfig:
     max_scale_up_timeout_s: float = setting(
         600.0, min=0.001, max=3600.0, help="cap on the X-Scale-Up-Timeout a caller may ask for",
     )
-    retry_after_s: int = setting(5, min=1, max=3600, help="Retry-After sent with a cold-start 503")
+    retry_after_s: int = setting(5, min=1, max=3600, help="Retry-After of a cold-start 503 before any wake was observed, and its cap after")
     held_release_per_replica: int = setting(
         # Enough to keep a batching engine busy; small enough that a burst held through a cold
         # start spreads over the replicas that come up after the first one.

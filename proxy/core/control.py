@@ -62,6 +62,9 @@ class RouteEntry:
     no_capacity: str = ""
     # What serves it: the engine's control routes are refused (proxy/core/engine_routes.py).
     engine: EngineKind = EngineKind.OTHER
+    # The endpoint's observed wake time (the median of its last wakes, in seconds), set by its
+    # owner; None before any wake was measured. A cold-start 503's Retry-After is made of it.
+    wake_s: float | None = None
 
     @property
     def key(self) -> str:

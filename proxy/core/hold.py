@@ -54,6 +54,15 @@ def parse_scale_up_timeout(value: str | None, cap_s: float) -> float | None:
     return min(seconds, cap_s)
 
 
+def retry_after(wake_s: float | None, cap_s: int) -> int:
+    """Retry-After for a request refused while its endpoint wakes: the endpoint's observed wake
+    time rounded up to whole seconds, at least 1 and at most `cap_s` (the configured
+    `retry_after_s`), which is also the answer before any wake was observed."""
+    if wake_s is None or not math.isfinite(wake_s):
+        return cap_s
+    return min(cap_s, max(1, math.ceil(wake_s)))
+
+
 def refuse_unless_serving(entry: RouteEntry) -> None:
     if entry.state is RouteState.PAUSED:
         raise EndpointPaused(f"endpoint {entry.key} is paused; ask a maintainer of {entry.namespace} to resume it")
@@ -183,14 +192,14 @@ class ReadinessGate:
             raise Unavailable(
                 f"endpoint {entry.key} is starting up; retry later, or send '{HEADER}: <seconds>' to wait for it",
                 cause="cold_start",
-                retry_after_s=self._retry_after_s,
+                retry_after_s=retry_after(entry.wake_s, self._retry_after_s),
             )
         key = entry.key
         if self.held.get(key, 0) >= self._max_held:
             raise Unavailable(
                 f"endpoint {entry.key} already holds {self._max_held} requests while it starts; retry later",
                 cause="hold_queue_full",
-                retry_after_s=self._retry_after_s,
+                retry_after_s=retry_after(entry.wake_s, self._retry_after_s),
             )
         self.held[key] = self.held.get(key, 0) + 1
         try:
@@ -213,7 +222,7 @@ class ReadinessGate:
             raise Unavailable(
                 f"endpoint {entry.key} did not become ready within {hold_s:g} s; retry later",
                 cause="hold_timeout",
-                retry_after_s=self._retry_after_s,
+                retry_after_s=retry_after((current or entry).wake_s, self._retry_after_s),
             ) from None
         finally:
             left = self.held[key] - 1

@@ -135,7 +135,7 @@ def _entry_out(entry: RouteEntry) -> dict[str, object]:
         "namespace": entry.namespace, "name": entry.name, "auth": entry.auth.value, "state": entry.state.value,
         "replicas": [[r.id, r.address, r.api_key] for r in entry.replicas], "coming": entry.coming,
         "domain": entry.domain, "message": entry.message, "asleep_since": entry.asleep_since,
-        "no_capacity": entry.no_capacity, "engine": entry.engine.value,
+        "no_capacity": entry.no_capacity, "engine": entry.engine.value, "wake_s": entry.wake_s,
     }
 
 
@@ -144,7 +144,7 @@ def _entry_in(data: dict[str, Any]) -> RouteEntry:
         namespace=data["namespace"], name=data["name"], auth=AuthType(data["auth"]), state=RouteState(data["state"]),
         replicas=tuple(Replica(i, a, k) for i, a, k in data["replicas"]), coming=data["coming"],
         domain=data["domain"], message=data["message"], asleep_since=data["asleep_since"],
-        no_capacity=data["no_capacity"], engine=EngineKind(data["engine"]),
+        no_capacity=data["no_capacity"], engine=EngineKind(data["engine"]), wake_s=data["wake_s"],
     )
 
 

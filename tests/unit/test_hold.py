@@ -7,7 +7,7 @@ import pytest
 
 from proxy.core.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
 from proxy.core.errors import Unavailable
-from proxy.core.hold import ReadinessGate
+from proxy.core.hold import ReadinessGate, retry_after
 from tests.proxy_harness import until
 
 KEY = "acme/e1"
@@ -111,3 +111,22 @@ async def test_a_probe_neither_wakes_nor_holds(control):
     with pytest.raises(Unavailable, match="no ready replica"):
         await gate.ready_entry(control.lookup("acme", "e1"), 30.0, demand=False)
     assert control.wakes == [] and gate.held == {}
+
+
+@pytest.mark.parametrize(
+    ("wake_s", "expected"),
+    [(None, 5), (0.2, 1), (1.0, 1), (1.01, 2), (2.4, 3), (4.9, 5), (60.0, 5), (float("nan"), 5)],
+)
+def test_retry_after_is_the_observed_wake_rounded_up_within_1_and_the_cap(wake_s, expected):
+    assert retry_after(wake_s, 5) == expected
+
+
+async def test_a_cold_start_503_says_to_retry_after_the_endpoints_observed_wake(control):
+    gate = gate_for(control)
+    with pytest.raises(Unavailable, match="starting up") as before:
+        await gate.ready_entry(control.lookup("acme", "e1"), None)
+    assert before.value.retry_after_s == 5  # no wake observed yet: the configured value
+    control.put(replace(control.lookup("acme", "e1"), wake_s=1.3))
+    with pytest.raises(Unavailable, match="starting up") as after:
+        await gate.ready_entry(control.lookup("acme", "e1"), None)
+    assert after.value.retry_after_s == 2
