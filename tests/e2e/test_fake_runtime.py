@@ -554,8 +554,8 @@ async def test_wait_ready_polls_until_200(health_server, session):
         if len(polls) == 3:
             state["status"] = 200
 
-    ready = await readiness.wait_ready(rt, info, session=session, deadline_s=60, sleep=sleep)
-    assert ready.replica_id == "r1" and polls == [readiness.POLL_INTERVAL_S] * 3
+    ready = await readiness.wait_ready(rt, info, session=session, deadline_s=60, sleep=sleep, clock=lambda: 0.0)
+    assert ready.replica_id == "r1" and polls == [readiness.FAST_POLL_S] * 3  # the first seconds: fast
 
 
 async def test_an_exit_during_start_up_names_the_exit_code_and_the_last_lines(health_server, session):
