@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -513,12 +513,15 @@ class DockerRuntime:
                     told = pulled.key()
                     report(pulled.message())
 
-    async def start(self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec) -> ReplicaInfo:
+    async def start(
+        self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec,
+        on_created: Callable[[], None] | None = None,
+    ) -> ReplicaInfo:
         name = container_name(endpoint, replica_id)
         # The work runs in a task of its own that a cancel never cuts short: a create request that
         # reached the engine makes a container whether or not we are still waiting. So on a cancel,
         # wait for the work to end, remove what it made, and only then let CancelledError go.
-        work = asyncio.ensure_future(self._create_and_start(endpoint, name, replica_id, revision, spec))
+        work = asyncio.ensure_future(self._create_and_start(endpoint, name, replica_id, revision, spec, on_created))
         try:
             data = await asyncio.shield(work)
         except asyncio.CancelledError:
@@ -528,7 +531,8 @@ class DockerRuntime:
         return await self._info(data)
 
     async def _create_and_start(
-        self, endpoint: EndpointKey, name: str, replica_id: str, revision: str, spec: ContainerSpec
+        self, endpoint: EndpointKey, name: str, replica_id: str, revision: str, spec: ContainerSpec,
+        on_created: Callable[[], None] | None,
     ) -> dict[str, Any]:
         """Make sure the endpoint's network exists, then create, start and inspect the container on
         it; a failure after the create removes the container. A network that another process's
@@ -549,16 +553,20 @@ class DockerRuntime:
                 try:
                     async with _wrapped("start container", name):
                         await self._join(network_id)  # container mode: endpointd on the network too
-                        return await self._create_and_start_once(name, config)
+                        return await self._create_and_start_once(name, config, on_created)
                 except _NetworkChanged as changed:
                     if attempt == NETWORK_ATTEMPTS:
                         raise RuntimeFailure("start container", name, f"{changed} (Docker status {changed.status})") from None
                     log.info("the network of %s changed during its start (%s); trying again", name, changed)
         raise AssertionError("unreachable")  # the loop returns or raises
 
-    async def _create_and_start_once(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
+    async def _create_and_start_once(
+        self, name: str, config: dict[str, Any], on_created: Callable[[], None] | None
+    ) -> dict[str, Any]:
         container = await self._docker.containers.create(config, name=name)
         try:
+            if on_created is not None:
+                on_created()
             await container.start()
             return await container.show()
         except BaseException as error:

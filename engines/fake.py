@@ -192,7 +192,10 @@ class FakeRuntime:
         if self.images is not None and image not in self.images:
             raise ImagePullFailed("pull image", image, "no registry has it")
 
-    async def start(self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec) -> ReplicaInfo:
+    async def start(
+        self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec,
+        on_created: Callable[[], None] | None = None,
+    ) -> ReplicaInfo:
         self.calls.append(("start", replica_id))
         name = container_name(endpoint, replica_id)
         network = self.engine.ensure_network(self.instance, endpoint)  # first, as the Docker runtime does
@@ -210,6 +213,8 @@ class FakeRuntime:
         container = _Container(info, spec, self.instance, [], network=network.name)
         self.engine.containers[info.container_id] = container
         try:
+            if on_created is not None:
+                on_created()
             if self.start_delay_s:
                 await self._sleep(self.start_delay_s)
             if self.engine.containers.get(info.container_id) is not container:

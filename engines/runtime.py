@@ -220,11 +220,13 @@ class Runtime(Protocol):
         """Use the image if it is local, else pull it; ImagePullFailed names the image."""
 
     async def start(
-        self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec
+        self, endpoint: EndpointKey, replica_id: str, revision: str, spec: ContainerSpec,
+        on_created: Callable[[], None] | None = None,
     ) -> ReplicaInfo:
         """Create and start a container on the endpoint's own network (never Docker's default
         bridge), made by the endpoint's first start; its port is published on 127.0.0.1 at a
-        random host port. Concurrent starts of one endpoint share one network.
+        random host port. Concurrent starts of one endpoint share one network. `on_created` is
+        called once the container exists, before it is started (a wake's phases are timed by it).
 
         Until it is started the container is listed as CREATED, without an address. A failed start
         leaves no container behind. Cancellation-safe: when the task awaiting it is cancelled, at

@@ -41,11 +41,14 @@ class HandLauncher:
             return Need(cpus=self.cpus_per_replica, label=f"x{self.cpus_per_replica}")
         return Need(gpus=self.gpus_per_replica, gpu_type="nvidia-l4") if self.gpus_per_replica else Need()
 
-    async def launch(self, intent, replica_id, gpus, report):
+    async def launch(self, intent, replica_id, gpus, report, mark=lambda point: None):
         self.launched.append(replica_id)
         report(f"starting {replica_id}")
         spec = ContainerSpec(image="echo", gpu_device_ids=tuple(gpus))
-        info = await self.runtime.start(intent.key, replica_id, str(intent.revision), spec)
+        mark("creating")
+        info = await self.runtime.start(intent.key, replica_id, str(intent.revision), spec,
+                                        on_created=lambda: mark("created"))
+        mark("started")
         if not self.auto:
             gate = self.gates[replica_id] = asyncio.get_running_loop().create_future()
             try:

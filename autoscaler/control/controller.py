@@ -46,6 +46,7 @@ from autoscaler.control.owner import (
     Wake,
 )
 from autoscaler.control.planner import Phase
+from autoscaler.control.wakes import WakeRecord
 from autoscaler.model.events import EventLog
 from autoscaler.model.intent import Intent, Signals
 from autoscaler.model.state import Status
@@ -249,7 +250,7 @@ class Controller:
     def wake(self, key: EndpointKey) -> None:
         owner = self._owners.get(key)
         if owner is not None:
-            owner.post(Wake())
+            owner.post(Wake(self.clock()))
 
     def recommend(self, key: EndpointKey, replicas: int, reason: str = "", beyond_capacity: int | None = None) -> None:
         owner = self._owners.get(key)
@@ -298,6 +299,11 @@ class Controller:
         """The endpoint's replicas with their timelines (those stopped in the last 24 h too)."""
         owner = self._owners.get(key)
         return owner.history.items() if owner else []
+
+    def wakes(self, key: EndpointKey) -> list[WakeRecord]:
+        """The endpoint's last wakes from zero, oldest first, each with its phases."""
+        owner = self._owners.get(key)
+        return owner.wakes.items() if owner else []
 
     def status(self, key: EndpointKey) -> Status | None:
         owner = self._owners.get(key)

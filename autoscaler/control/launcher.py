@@ -96,7 +96,8 @@ class EngineLauncher:
         )
 
     async def launch(
-        self, intent: Intent, replica_id: str, gpus: tuple[str, ...], report: Callable[[str], None]
+        self, intent: Intent, replica_id: str, gpus: tuple[str, ...], report: Callable[[str], None],
+        mark: Callable[[str], None] = lambda point: None,
     ) -> ReplicaInfo:
         spec = intent.spec
         compute, model = spec.compute, spec.model
@@ -134,7 +135,10 @@ class EngineLauncher:
         report(f"pulling image {container.image}")
         await self._runtime.ensure_image(container.image, container.registry_auth, report)
         report(f"starting replica {replica_id}")
-        info = await self._runtime.start(intent.key, replica_id, str(intent.revision), container)
+        mark("creating")
+        info = await self._runtime.start(
+            intent.key, replica_id, str(intent.revision), container, on_created=lambda: mark("created"))
+        mark("started")
         report(f"waiting for replica {replica_id} to answer {container.health_route}" if container.health_route
                else f"waiting for replica {replica_id} to accept connections on its port")
         return await readiness.wait_ready(

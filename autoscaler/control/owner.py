@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 from autoscaler.control.planner import Cancel, Drain, Phase, Reclaim, SlotView, Start, View, plan
+from autoscaler.control.wakes import WakeHistory, measure
 from autoscaler.model.events import EventLog
 from autoscaler.model.intent import Intent, Signals, asleep, asleep_since, wanted
 from autoscaler.model.state import State, Status
@@ -60,10 +61,12 @@ class Launcher(Protocol):
         """What one replica holds while it exists: GPUs, CPUs, memory."""
 
     async def launch(
-        self, intent: Intent, replica_id: str, gpus: tuple[str, ...], report: Callable[[str], None]
+        self, intent: Intent, replica_id: str, gpus: tuple[str, ...], report: Callable[[str], None],
+        mark: Callable[[str], None],
     ) -> ReplicaInfo:
         """Prepare (artifacts, image), start the container with these GPUs and wait until it
-        answers its health route; raise on failure. Cancellable at any point."""
+        answers its health route; raise on failure. Cancellable at any point. `mark(point)` at
+        "creating", "created" and "started" (wakes.py times a wake's phases by them)."""
 
     async def healthy(self, replica: ReplicaInfo) -> bool:
         """Whether a running replica answers its health route with 200 now."""
@@ -118,7 +121,9 @@ class NewIntent:
 
 @dataclass(frozen=True)
 class Wake:
-    """A client request found no ready replica."""
+    """A client request found no ready replica; `at`: when the wake reached the controller."""
+
+    at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +143,7 @@ class Progress:
 class Launched:
     id: str
     info: ReplicaInfo
+    marks: tuple[tuple[str, float], ...] = ()  # the launch's points in time (wakes.py), "ready" last
 
 
 @dataclass(frozen=True)
@@ -274,6 +280,9 @@ class Owner:
         self.history = host.new_history(intent.uid)  # each replica's timeline, for GET …/replica
         self._inbox: list[Message] = []
         self._published: RouteEntry | None = None
+        self.wakes = WakeHistory()  # the last wakes' durations and phases
+        self._wake_asked: float | None = None  # a wake from zero not yet answered by a ready replica
+        self._woke: tuple[float, tuple[tuple[str, float], ...]] | None = None  # answered, to measure
         self._status: Status | None = None
         self._status_writer = _LatestWriter(host, lambda s: host.save_status(self.intent.uid, s))
         self._signals_writer = _LatestWriter(host, lambda s: host.save_signals(self.intent.uid, s))
@@ -312,8 +321,21 @@ class Owner:
                 self._stop(slot, 0.0)
         self._carry_out(now, result)
         self._publish()
+        if self._woke is not None:
+            self._measure_wake()
         self._report(now)
         return result
+
+    def _measure_wake(self) -> None:
+        """The wake answered: its replica was just published, which released the held requests."""
+        assert self._woke is not None
+        asked, marks = self._woke
+        self._woke = None
+        record = measure(asked, marks, self.host.clock())
+        self.wakes.add(record)
+        self._event("woke", record.describe(), seconds=round(record.total_s, 3),
+                    phases={name: round(s, 3) for name, s in record.phases})
+        self._publish()  # its observed wake time (the proxy's Retry-After)
 
     def _carry_out(self, now: float, result: StepResult) -> None:
         intent = self.intent
@@ -361,8 +383,8 @@ class Owner:
         match message:
             case NewIntent(intent, resumed):
                 self._new_intent(intent, resumed)
-            case Wake():
-                self._wake("a request arrived")
+            case Wake(at):
+                self._wake("a request arrived", at)
             case Recommend(replicas, reason, beyond):
                 self._recommend(replicas, reason, beyond)
             case Delete():
@@ -381,8 +403,8 @@ class Owner:
                 if slot.phase is Phase.STARTING:
                     self.progress = text
                     self.history.moved(slot.id, ReplicaState.INITIALIZING, text)
-            case Launched(_, info):
-                self._launched(slot, info)
+            case Launched(_, info, marks):
+                self._launched(slot, info, marks)
             case LaunchEnded(_, error, removed):
                 self._launch_ended(slot, error, removed)
             case DrainDone():
@@ -414,6 +436,7 @@ class Owner:
             self._event("revision", f"revision {intent.revision}: rolling the replicas")
         if intent.zeroed_at is not None and intent.zeroed_at != old.zeroed_at:
             self.signals = replace(self.signals, recommendation=None)
+            self._wake_asked = None  # back to zero before the wake was answered: not a wake to time
             self._event("scaled_to_zero", "a user scaled the endpoint to zero; the next request wakes it")
         if intent.paused and not old.paused:
             self._event("paused", "a user paused the endpoint")
@@ -427,10 +450,12 @@ class Owner:
             self.failed_revision = None
             self._failure_writer.put(None)
 
-    def _wake(self, reason: str) -> None:
+    def _wake(self, reason: str, at: float | None = None) -> None:
         intent, signals = self.intent, self.signals
         if self.deleting or intent.paused or not asleep(intent, signals):
             return
+        self._wake_asked = self.host.clock() if at is None else at
+        self._woke = None
         since = max(t for t in (intent.zeroed_at, signals.idle_at) if t is not None)
         self._set_signals(replace(signals, woken_at=max(self.host.wall(), since + AFTER_S), recommendation=None))
         self._event("woken", f"woken from zero: {reason}")
@@ -442,6 +467,7 @@ class Owner:
         if replicas == 0:
             if self.intent.min_replicas == 0:
                 self._set_signals(replace(self.signals, idle_at=self.host.wall(), recommendation=None))
+                self._wake_asked = None
                 self._event("idle", f"scaled to zero: {reason}")
             return
         self.signals = replace(self.signals, recommendation=replicas)
@@ -522,12 +548,14 @@ class Owner:
         self._event("replica_adopted", f"found running after a restart (revision {revision}), answering on {info.address}",
                     self.slots[info.replica_id])
 
-    def _launched(self, slot: Slot, info: ReplicaInfo) -> None:
+    def _launched(self, slot: Slot, info: ReplicaInfo, marks: tuple[tuple[str, float], ...]) -> None:
         slot.task = None
         slot.info = info
         if slot.phase is Phase.STOPPING:  # cancelled after its launch had already finished
             self._stop(slot, 0.0)
             return
+        if self._wake_asked is not None and slot.revision == self.intent.revision:
+            self._woke, self._wake_asked = (self._wake_asked, marks), None  # measured once published
         slot.phase = Phase.READY
         self.history.moved(slot.id, ReplicaState.RUNNING, f"answers {info.health_route or 'on its port'}")
         if slot.revision == self.intent.revision:
@@ -545,6 +573,7 @@ class Owner:
                 self.last_error = error
                 self.retry_at = self.host.clock() + min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (self.failures - 1))
                 if self.failures >= MAX_START_FAILURES:
+                    self._wake_asked = None  # this wake gives no replica: not one to time
                     self.failed_revision = slot.revision
                     self._failure_writer.put(Failure(slot.revision, error))
         slot.phase = Phase.STOPPING
@@ -566,15 +595,21 @@ class Owner:
         def report(message: str) -> None:
             self.post(Progress(slot.id, message))
 
+        marks: list[tuple[str, float]] = []
+
+        def mark(point: str) -> None:
+            marks.append((point, self.host.clock()))
+
         try:
-            info = await self.host.launcher.launch(intent, slot.id, slot.gpus, report)
+            info = await self.host.launcher.launch(intent, slot.id, slot.gpus, report, mark)
         except asyncio.CancelledError:
             self.host.spawn(self._discard(slot.id, None))
             raise
         except Exception as error:  # noqa: BLE001 - every failure of a start is reported the same way
             self.host.spawn(self._discard(slot.id, str(error) or type(error).__name__))
             return
-        self.post(Launched(slot.id, info))
+        mark("ready")
+        self.post(Launched(slot.id, info, tuple(marks)))
 
     async def _discard(self, replica_id: str, error: str | None) -> None:
         """A launch that gave no ready replica: remove what it made, then say so. A task of its
@@ -644,7 +679,7 @@ class Owner:
         entry = RouteEntry(
             namespace=intent.key.namespace, name=intent.key.name, auth=intent.auth, state=state, replicas=ready,
             domain=intent.domain, message=self.last_error, coming=coming, no_capacity=no_capacity,
-            asleep_since=asleep_since(intent, self.signals), engine=intent.engine,
+            asleep_since=asleep_since(intent, self.signals), engine=intent.engine, wake_s=self.wakes.median_s(),
         )
         if entry != self._published:
             self._published = entry
