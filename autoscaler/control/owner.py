@@ -436,7 +436,6 @@ class Owner:
             self._event("revision", f"revision {intent.revision}: rolling the replicas")
         if intent.zeroed_at is not None and intent.zeroed_at != old.zeroed_at:
             self.signals = replace(self.signals, recommendation=None)
-            self._wake_asked = None  # back to zero before the wake was answered: not a wake to time
             self._event("scaled_to_zero", "a user scaled the endpoint to zero; the next request wakes it")
         if intent.paused and not old.paused:
             self._event("paused", "a user paused the endpoint")
@@ -467,7 +466,6 @@ class Owner:
         if replicas == 0:
             if self.intent.min_replicas == 0:
                 self._set_signals(replace(self.signals, idle_at=self.host.wall(), recommendation=None))
-                self._wake_asked = None
                 self._event("idle", f"scaled to zero: {reason}")
             return
         self.signals = replace(self.signals, recommendation=replicas)

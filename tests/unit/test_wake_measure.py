@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from autoscaler.control.owner import MAX_START_FAILURES
 from autoscaler.control.wakes import WakeHistory, measure
+from autoscaler.model.state import State
 from tests.control_world import KEY, World, intent
 
 
@@ -82,3 +84,25 @@ async def test_each_wake_is_an_event_with_its_phases_and_its_median_goes_to_the_
     assert [r.total_s for r in w.controller.wakes(KEY)] == [0.75, 2.0]
     assert w.routes.lookup("acme", "e1").wake_s == pytest.approx(1.375)
 
+
+
+async def test_a_wake_whose_replica_never_came_is_not_timed_by_a_later_start(world):
+    w = world
+    await at_zero(w)
+    w.now = 5.0
+    w.controller.wake(KEY)
+    for _ in range(MAX_START_FAILURES):  # the wake's starts all fail: the endpoint is failed
+        await w.settle()
+        (rid,) = w.launcher.gates
+        w.launcher.fail(rid, RuntimeError("engine crashed"))
+        await w.settle()
+        w.now += 100.0  # past the backoff
+    assert w.status().state == State.FAILED
+    w.change(resumed=True)  # a user's resume starts it again: no request is waiting on this start
+    await w.settle()
+    (rid,) = w.launcher.gates
+    w.launcher.ready(rid)
+    await w.settle()
+    assert w.ready_ids() == [rid]
+    assert woke_events(w) == [] and w.controller.wakes(KEY) == []
+    assert w.routes.lookup("acme", "e1").wake_s is None
