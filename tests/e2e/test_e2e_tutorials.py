@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_e2e_llamacpp import create as create_smollm2  # noqa: F401 - fixture
+from tests.e2e.test_e2e_llamacpp import require_llamacpp_image, serve  # noqa: F401 - fixtures
 from tests.e2e.test_e2e_toolkit import MINILM_DIM, minilm_files, require_toolkit_image
 from tests.e2e.test_e2e_toolkit import create as create_toolkit
 from tests.serve_process import Serve
