@@ -1,4 +1,4 @@
-"""How many examples a property test runs: the full count in `./tests/run` (CI), a fifth of it in
+"""How many examples a property test runs: the full count in `./tests/run` (CI), a tenth of it in
 `./tests/run unit` (ENDPOINTD_TESTS_QUICK=1), the tier a developer runs in seconds while editing."""
 
 import os
@@ -7,4 +7,4 @@ QUICK = os.environ.get("ENDPOINTD_TESTS_QUICK") == "1"
 
 
 def examples(full: int) -> int:
-    return max(5, full // 5) if QUICK else full
+    return max(5, full // 10) if QUICK else full
