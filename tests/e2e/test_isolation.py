@@ -119,9 +119,9 @@ async def test_the_launcher_gives_each_replica_a_key_of_its_own_and_its_probes_s
         engines = launcher(rt, session, tmp_path)
         original_start = rt.start
 
-        async def start(endpoint, replica_id, revision, spec):
+        async def start(endpoint, replica_id, revision, spec, **kw):
             keyed_engine.expected["key"] = spec.api_key  # the engine is configured with the spec's key
-            return await original_start(endpoint, replica_id, revision, spec)
+            return await original_start(endpoint, replica_id, revision, spec, **kw)
 
         rt.start = start
         first = await engines.launch(echo, "r1", (), lambda message: None)
@@ -283,9 +283,9 @@ async def test_an_engine_that_reads_no_model_gets_nothing_fetched_or_mounted(tmp
     specs = []
     original_start = rt.start
 
-    async def start(endpoint, replica_id, revision, spec):
+    async def start(endpoint, replica_id, revision, spec, **kw):
         specs.append(spec)
-        return await original_start(endpoint, replica_id, revision, spec)
+        return await original_start(endpoint, replica_id, revision, spec, **kw)
 
     rt.start = start
     said: list[str] = []
