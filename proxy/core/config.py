@@ -100,6 +100,12 @@ class ProxyConfig:
     token_cache_ttl_s: float = setting(
         5.0, min=0.0, max=300.0, help="how long a token verdict is cached; a revoked token stops within it",
     )
+    implicit_hold_ms: int = setting(
+        # A sleeping engine wakes in well under a second to a few seconds (vLLM's level-1 sleep:
+        # 0.26-2.9 s on a GPU); beyond this the request is answered 503 like a cold start's.
+        10_000, min=0, max=600_000,
+        help="how long a request is held, without X-Scale-Up-Timeout, while its endpoint's sleeping replicas wake; 0: not held (503)",
+    )
     wake_retry_s: float = setting(
         10.0, min=0.1, max=3600.0, help="ask the control plane again if a wake produced no replica by then",
     )

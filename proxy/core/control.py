@@ -65,6 +65,10 @@ class RouteEntry:
     # The endpoint's observed wake time (the median of its last wakes, in seconds), set by its
     # owner; None before any wake was measured. A cold-start 503's Retry-After is made of it.
     wake_s: float | None = None
+    # Replicas whose engine is asleep (the sleeping tier: process alive, model memory released),
+    # out of `replicas` until woken. A request that finds none ready but some asleep is held
+    # without asking (`implicit_hold_ms`): its owner wakes them, and no 503 is answered.
+    sleeping: int = 0
 
     @property
     def key(self) -> str:

@@ -17,6 +17,9 @@ endpoint returns to zero, by whatever path (a start cancelled by a scale-to-zero
 scale-down, a pause), and a request that arrived after that zero but was deduplicated against an
 older wake — this process had not heard of the zero yet — wakes it as soon as the zero is heard.
 Requests that arrived before a scale-to-zero do not undo it; they wait for a later wake.
+An endpoint whose replicas are asleep (`RouteEntry.sleeping`, the sleeping tier) is held without
+`X-Scale-Up-Timeout` too, up to `implicit_hold_s`: its wake is short, and a caller that did not
+ask to wait gets its answer instead of a 503.
 An endpoint with no replica at all that the host has no room for (`RouteEntry.no_capacity`) is
 woken but answered at once, with what is missing: holding would only wait for someone else to
 scale down.
@@ -82,6 +85,7 @@ class ReadinessGate:
         retry_after_s: int,
         wake_retry_s: float,
         release_per_replica: int,
+        implicit_hold_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -91,6 +95,7 @@ class ReadinessGate:
         self._max_held = max_held_per_endpoint
         self._retry_after_s = retry_after_s
         self._wake_retry_s = wake_retry_s
+        self._implicit_hold_s = implicit_hold_s
         self._clock = clock
         self._wall = wall
         self._per_replica = release_per_replica
@@ -188,6 +193,8 @@ class ReadinessGate:
         self._demand_at[entry.key] = self._wall()
         self._wake(entry)
         self._refuse_unless_placeable(entry)
+        if hold_s is None and entry.sleeping and self._implicit_hold_s > 0:
+            hold_s = self._implicit_hold_s  # a sleeping replica wakes fast: no 503 to retry on
         if hold_s is None:
             raise Unavailable(
                 f"endpoint {entry.key} is starting up; retry later, or send '{HEADER}: <seconds>' to wait for it",

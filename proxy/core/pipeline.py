@@ -105,6 +105,7 @@ class Pipeline:
             max_held_per_endpoint=config.max_held_per_endpoint,
             retry_after_s=config.retry_after_s,
             wake_retry_s=config.wake_retry_s,
+            implicit_hold_s=config.implicit_hold_ms / 1000,
             release_per_replica=config.held_release_per_replica,
             clock=clock,
         )

@@ -136,6 +136,7 @@ def _entry_out(entry: RouteEntry) -> dict[str, object]:
         "replicas": [[r.id, r.address, r.api_key] for r in entry.replicas], "coming": entry.coming,
         "domain": entry.domain, "message": entry.message, "asleep_since": entry.asleep_since,
         "no_capacity": entry.no_capacity, "engine": entry.engine.value, "wake_s": entry.wake_s,
+        "sleeping": entry.sleeping,
     }
 
 
@@ -145,6 +146,7 @@ def _entry_in(data: dict[str, Any]) -> RouteEntry:
         replicas=tuple(Replica(i, a, k) for i, a, k in data["replicas"]), coming=data["coming"],
         domain=data["domain"], message=data["message"], asleep_since=data["asleep_since"],
         no_capacity=data["no_capacity"], engine=EngineKind(data["engine"]), wake_s=data["wake_s"],
+        sleeping=data["sleeping"],
     )
 
 

@@ -130,3 +130,29 @@ async def test_a_cold_start_503_says_to_retry_after_the_endpoints_observed_wake(
     with pytest.raises(Unavailable, match="starting up") as after:
         await gate.ready_entry(control.lookup("acme", "e1"), None)
     assert after.value.retry_after_s == 2
+
+
+async def test_a_sleeping_endpoint_holds_a_request_without_the_header_and_wakes_it(control):
+    """The sleeping tier: no 503 to retry on; the request waits for the wake, up to the implicit hold."""
+    woken = []
+    control.wake = lambda namespace, name: woken.append(f"{namespace}/{name}")
+    control.put(replace(control.lookup("acme", "e1"), sleeping=1))
+    gate = ReadinessGate(control, max_held_per_endpoint=10, retry_after_s=5, wake_retry_s=10.0,
+                         release_per_replica=8, implicit_hold_s=30.0)
+    task = asyncio.create_task(gate.ready_entry(control.lookup("acme", "e1"), None))
+    await until(lambda: gate.held.get(KEY) == 1)
+    assert woken == [KEY]
+    publish(control, R0, coming=0)
+    assert (await task).replicas == (R0,)
+
+
+async def test_the_implicit_hold_is_bounded_and_only_for_sleeping_endpoints(control):
+    gate = ReadinessGate(control, max_held_per_endpoint=10, retry_after_s=5, wake_retry_s=10.0,
+                         release_per_replica=8, implicit_hold_s=0.05)
+    with pytest.raises(Unavailable) as cold:  # parked or cold: the reference's 503
+        await gate.ready_entry(control.lookup("acme", "e1"), None)
+    assert cold.value.cause == "cold_start"
+    control.put(replace(control.lookup("acme", "e1"), sleeping=1))
+    with pytest.raises(Unavailable) as late:  # a wake that does not come in time: 503, not a hang
+        await gate.ready_entry(control.lookup("acme", "e1"), None)
+    assert late.value.cause == "hold_timeout"

@@ -32,7 +32,7 @@ from proxy.workers.messages import (
 ENTRY = RouteEntry(
     namespace="alice", name="chat", auth=AuthType.PRIVATE, state=RouteState.SERVING,
     replicas=(Replica("r1", "127.0.0.1:9001", "key-1"), Replica("r2", "127.0.0.1:9002", None)),
-    coming=1, domain="chat.example", message="", asleep_since=12.5, no_capacity="", wake_s=1.25,
+    coming=1, domain="chat.example", message="", asleep_since=12.5, no_capacity="", wake_s=1.25, sleeping=2,
 )
 
 TO_MAIN = [
