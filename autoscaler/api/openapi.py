@@ -45,6 +45,8 @@ SCHEMAS: dict[str, Any] = {
     "Scaling": {"type": "object", "properties": {
         "minReplica": {"type": "integer", "minimum": 0}, "maxReplica": {"type": "integer", "minimum": 1},
         "scaleToZeroTimeout": {"type": ["integer", "null"], "minimum": 1, "maximum": 2880},
+        "sleepAfter": {"type": ["integer", "null"], "minimum": 1, "maximum": 86400,
+                       "description": "idle seconds before the engines sleep (vLLM, sGLang, llamacpp); null: never"},
         "measure": {"type": "object", "description": "{pendingRequests: number}, {hardwareUsage: percent} or {engineQueue: number}"},
     }},
     "Compute": {"type": "object", "required": ["accelerator", "instanceType", "instanceSize"], "properties": {

@@ -34,6 +34,9 @@ class Scaling:
     max_replica: int
     scale_to_zero_timeout_min: int | None  # set exactly when min_replica is 0: idle minutes before scaling to zero
     measure: Measure
+    # Idle seconds before the replicas' engines sleep (process alive, model memory released; the
+    # next request wakes them without a 503); None: never. Only engines in SLEEPERS can.
+    sleep_after_s: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ class Compute:
 
 # The image variants whose engine serves control routes (proxy/core/engine_routes.py).
 ENGINES = {"vLLM": EngineKind.VLLM, "sGLang": EngineKind.SGLANG, "llamacpp": EngineKind.LLAMACPP}
+# The image variants whose engine can sleep (engines/sleep.py): `compute.scaling.sleepAfter` is
+# refused for the others.
+SLEEPERS = frozenset(ENGINES)
 
 
 @dataclass(frozen=True, repr=False)

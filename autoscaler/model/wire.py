@@ -13,7 +13,17 @@ from datetime import datetime
 from functools import partial
 from typing import Any, NoReturn, TypeVar
 
-from autoscaler.model.spec import Compute, EndpointSpec, Measure, Model, Provider, Route, Scaling, ScalingMetric
+from autoscaler.model.spec import (
+    SLEEPERS,
+    Compute,
+    EndpointSpec,
+    Measure,
+    Model,
+    Provider,
+    Route,
+    Scaling,
+    ScalingMetric,
+)
 from autoscaler.model.state import State
 from autoscaler.model.times import wire_time
 from engines import spec_rules
@@ -47,6 +57,8 @@ DEFAULT_SCALE_TO_ZERO_MIN = 15
 # The reference accepts 15-2880 minutes (§12, third-party, UNCONFIRMED). The upper bound is kept; the lower
 # one is 1 because on one's own host a short idle time costs nothing, and tests need to see it happen.
 MIN_SCALE_TO_ZERO_MIN, MAX_SCALE_TO_ZERO_MIN = 1, 2880
+# compute.scaling.sleepAfter, in seconds: llama.cpp's --sleep-idle-seconds takes whole seconds >= 1.
+MIN_SLEEP_AFTER_S, MAX_SLEEP_AFTER_S = 1, 86_400
 LOCAL_PROVIDER = "local"  # vendor and region of this host in GET /v2/provider (§9)
 
 T = TypeVar("T")
@@ -290,7 +302,12 @@ def _scaling(body: dict[str, Any], base: Scaling | None) -> Scaling:
         timeout = base.scale_to_zero_timeout_min
     else:
         timeout = DEFAULT_SCALE_TO_ZERO_MIN
-    return Scaling(min_replica, max_replica, timeout, _scaling_measure(body, None if base is None else base.measure))
+    sleep_after = _take(body, "sleepAfter", path, lambda v, p: _integer(
+        v, p, MIN_SLEEP_AFTER_S, MAX_SLEEP_AFTER_S,
+        f"an integer number of seconds between {MIN_SLEEP_AFTER_S} and {MAX_SLEEP_AFTER_S}, or null for never"),
+        _kept(base, "sleep_after_s"), None)
+    return Scaling(min_replica, max_replica, timeout, _scaling_measure(body, None if base is None else base.measure),
+                   sleep_after)
 
 
 def _accelerator(value: Any, path: str) -> str:
@@ -360,7 +377,7 @@ def _model(body: dict[str, Any], base: Model | None) -> Model:
 
 def _spec(body: dict[str, Any], base: EndpointSpec | None) -> EndpointSpec:
     k = partial(_kept, base)
-    return EndpointSpec(
+    spec = EndpointSpec(
         name=_take(body, "name", "", _name, k("name")),
         type=_take(body, "type", "", _type, k("type")),
         provider=_take(body, "provider", "",
@@ -376,6 +393,16 @@ def _spec(body: dict[str, Any], base: EndpointSpec | None) -> EndpointSpec:
         cache_http_responses=_take(body, "cacheHttpResponses", "", _flag, k("cache_http_responses"), None),
         tags=_take(body, "tags", "", _texts, k("tags"), ()),
     )
+    _check_sleep(spec)
+    return spec
+
+
+def _check_sleep(spec: EndpointSpec) -> None:
+    if spec.compute.scaling.sleep_after_s is not None and spec.model.variant not in SLEEPERS:
+        raise WireError(
+            f"compute.scaling.sleepAfter is {spec.compute.scaling.sleep_after_s}, but the {spec.model.variant} engine "
+            f"cannot sleep: only {', '.join(sorted(SLEEPERS))} can; send sleepAfter null (the endpoint still scales "
+            "to zero after scaleToZeroTimeout)")
 
 
 def parse_create(body: Any) -> EndpointSpec:
@@ -399,9 +426,17 @@ def change_kind(old: EndpointSpec, new: EndpointSpec) -> ChangeKind:
     """What going from `old` to `new` asks of the replicas."""
     if new == old:
         return ChangeKind.NONE
-    if new.model != old.model or _hardware(new) != _hardware(old):
+    if new.model != old.model or _hardware(new) != _hardware(old) or _sleep_args(new) != _sleep_args(old):
         return ChangeKind.ROLL
     return ChangeKind.SCALING_ONLY
+
+
+def _sleep_args(spec: EndpointSpec) -> tuple[bool, int | None]:
+    """What of sleepAfter reaches the engine's arguments: whether its sleep mode is on (vLLM's
+    --enable-sleep-mode, SGLang's --enable-memory-saver) and, for llama.cpp, which sleeps by
+    itself, the seconds (--sleep-idle-seconds): a change of either needs new containers."""
+    after = spec.compute.scaling.sleep_after_s
+    return after is not None, after if spec.model.variant == "llamacpp" else None
 
 
 def _hardware(spec: EndpointSpec) -> tuple[str, str, str]:
@@ -426,6 +461,7 @@ def spec_to_json(spec: EndpointSpec) -> dict[str, Any]:
                 "minReplica": scaling.min_replica,
                 "maxReplica": scaling.max_replica,
                 "scaleToZeroTimeout": scaling.scale_to_zero_timeout_min,
+                "sleepAfter": scaling.sleep_after_s,
                 "measure": {scaling.measure.metric.value: scaling.measure.threshold},
                 "metric": scaling.measure.metric.value,
             },

@@ -443,7 +443,7 @@ def test_the_client_reads_a_rendered_endpoint():
     assert endpoint.client.model == "http://h:8080/endpoints/acme/e2"
     assert raw["status"]["createdAt"] == "2024-01-02T03:04:05.678Z"
     assert raw["compute"]["scaling"] == {"minReplica": 0, "maxReplica": 2, "scaleToZeroTimeout": 15,
-                                         "measure": {"pendingRequests": 1.5}, "metric": "pendingRequests"}
+                                         "measure": {"pendingRequests": 1.5}, "metric": "pendingRequests", "sleepAfter": None}
     assert raw["provider"] == {"vendor": "aws", "region": "us-east-1"} and raw["tags"] == ["t"]
     assert raw["route"] == {"domain": "d.example", "path": "/p"} and raw["cacheHttpResponses"] is True
 
@@ -621,3 +621,32 @@ def test_the_client_raises_our_message(server):
             "bad", repository="gpt2", framework="pytorch", accelerator="cpu", instance_size="x1",
             instance_type="intel-icl", region="r", vendor="v", min_replica=3, max_replica=2, namespace="acme",
         )
+
+
+def _llamacpp_body(**scaling):
+    body = copy.deepcopy(MINIMAL)
+    body["model"]["image"] = {"llamacpp": {"modelPath": "m.gguf"}}
+    body["compute"]["scaling"].update(scaling)
+    return body
+
+
+def test_sleep_after_is_kept_shown_and_bounded():
+    spec = parse_create(_llamacpp_body(sleepAfter=30))
+    assert spec.compute.scaling.sleep_after_s == 30
+    assert spec_to_json(spec)["compute"]["scaling"]["sleepAfter"] == 30
+    kept, _ = apply_update(spec, {"compute": {"scaling": {"maxReplica": 3}}})
+    assert kept.compute.scaling.sleep_after_s == 30
+    off, kind = apply_update(spec, {"compute": {"scaling": {"sleepAfter": None}}})
+    assert off.compute.scaling.sleep_after_s is None
+    assert kind is ChangeKind.ROLL  # llama.cpp takes it as an argument: new containers
+    for bad in (0, -1, 86_401, 1.5, "30", True):
+        with pytest.raises(WireError, match=r"compute\.scaling\.sleepAfter"):
+            parse_create(_llamacpp_body(sleepAfter=bad))
+
+
+def test_sleep_after_is_refused_for_an_engine_that_cannot_sleep():
+    body = copy.deepcopy(MINIMAL)
+    body["compute"]["scaling"]["sleepAfter"] = 30
+    assert next(iter(body["model"]["image"])) not in ("vLLM", "sGLang", "llamacpp")
+    with pytest.raises(WireError, match="cannot sleep: only llamacpp, sGLang, vLLM can"):
+        parse_create(body)
