@@ -54,6 +54,13 @@ class ServeConfig:
     sweep_interval_s: float = setting(
         10.0, min=0.1, max=86_400.0, help="how often containers no replica owns (orphans) are looked for and stopped",
     )
+    park_ttl_s: float = setting(
+        # An hour: a team that comes back after lunch gets a docker start, not a new container;
+        # a stopped container costs only its disk layer, and its page cache is the kernel's to drop.
+        3600.0, min=0.0, max=30 * 86_400.0,
+        help="an endpoint at zero keeps its stopped containers this long, so that a wake starts one "
+        "again instead of creating it; 0: remove them at zero",
+    )
     reconcile_interval_s: float = setting(
         1.0, min=0.01, max=60.0, help="longest time between two reconcile rounds (changes trigger one at once)",
     )

@@ -94,6 +94,7 @@ def scaling_of(intent: Intent | None) -> PolicyScaling | None:
         min_replicas=s.min_replica, max_replicas=s.max_replica, metric=s.measure.metric,
         threshold=s.measure.threshold,
         idle_timeout_min=(s.scale_to_zero_timeout_min or DEFAULT_IDLE_MIN) if s.min_replica == 0 else None,
+        sleep_after_s=s.sleep_after_s,
     )
 
 
@@ -309,6 +310,7 @@ async def build_parts(
             drain_grace_s=serve_config.drain_grace_s, stop_grace_s=serve_config.stop_grace_s,
             interval_s=serve_config.reconcile_interval_s, liveness_interval_s=serve_config.liveness_interval_s,
             liveness_failures=serve_config.liveness_failures, sweep_interval_s=serve_config.sweep_interval_s,
+            park_ttl_s=serve_config.park_ttl_s,
         ),
     )
     plane.bind_waker(controller.wake)

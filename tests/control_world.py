@@ -35,6 +35,15 @@ class HandLauncher:
         self.gpus_per_replica = 0
         self.cpus_per_replica = 0  # > 0: a CPU instance of that many CPUs (x1, x2, ...)
         self.launched: list[str] = []
+        self.unparked: list[str] = []
+        # The sleeping tier: engines that sleep by themselves (llama.cpp) or are put to sleep.
+        self.self_sleeping = False
+        self.asleep: set[str] = set()  # engines asleep now
+        self.slept: list[str] = []  # every sleep asked, in order
+        self.sleep_error: Exception | None = None
+        self.wake_error: Exception | None = None
+        self.sleep_gates: dict[str, asyncio.Future] = {}  # with `hold_sleeps`: sleeps the test ends
+        self.hold_sleeps = False
 
     def needs(self, intent: Intent) -> Need:
         if self.cpus_per_replica:
@@ -56,6 +65,42 @@ class HandLauncher:
             finally:
                 self.gates.pop(replica_id, None)
         return info
+
+    async def unpark(self, intent, replica_id, report, mark=lambda point: None):
+        self.unparked.append(replica_id)
+        info = await self.runtime.unpark(replica_id)
+        mark("started")
+        if not self.auto:
+            gate = self.gates[replica_id] = asyncio.get_running_loop().create_future()
+            try:
+                await gate
+            finally:
+                self.gates.pop(replica_id, None)
+        return info
+
+    def sleeps_by_itself(self, intent) -> bool:
+        return self.self_sleeping
+
+    async def sleep(self, intent, replica: ReplicaInfo) -> None:
+        self.slept.append(replica.replica_id)
+        if self.hold_sleeps:
+            gate = self.sleep_gates[replica.replica_id] = asyncio.get_running_loop().create_future()
+            try:
+                await gate
+            finally:
+                self.sleep_gates.pop(replica.replica_id, None)
+        if self.sleep_error is not None:
+            raise self.sleep_error
+        self.asleep.add(replica.replica_id)
+
+    async def wake(self, intent, replica: ReplicaInfo, mark=lambda point: None) -> None:
+        if self.wake_error is not None:
+            raise self.wake_error
+        self.asleep.discard(replica.replica_id)
+        mark("awake")
+
+    async def is_sleeping(self, intent, replica: ReplicaInfo) -> bool | None:
+        return replica.replica_id in self.asleep
 
     async def healthy(self, replica: ReplicaInfo) -> bool:
         if replica.replica_id in self.hung:  # a paused engine: the connection opens, no answer comes
@@ -80,7 +125,7 @@ def intent(key: EndpointKey = KEY, **kw) -> Intent:
 
 class World:
     def __init__(self, gpus: int = 0, runtime: FakeRuntime | None = None, routes: RouteTable | None = None,
-                 liveness_interval_s: float = 5.0, id_prefix: str = "r") -> None:
+                 liveness_interval_s: float = 5.0, id_prefix: str = "r", park_ttl_s: float = 0.0) -> None:
         self.now = 0.0
         self.wall_now = 1_000_000.0
         self.routes = routes if routes is not None else RouteTable()
@@ -115,7 +160,7 @@ class World:
             Collaborators(self.runtime, self.launcher, self.routes, self.capacity,
                           in_flight=lambda key: self.in_flight.get(key, {}), probe=probe),
             Records(save_status=save_status, save_signals=save_signals, save_failure=save_failure),
-            Timings(drain_grace_s=5.0, stop_grace_s=1.0, liveness_interval_s=liveness_interval_s),
+            Timings(drain_grace_s=5.0, stop_grace_s=1.0, liveness_interval_s=liveness_interval_s, park_ttl_s=park_ttl_s),
             Clocks(clock=lambda: self.now, wall=lambda: self.wall_now,
                    sleep=lambda seconds: asyncio.sleep(0),  # a drain's poll: time is the test's
                    new_id=lambda: next(ids)),

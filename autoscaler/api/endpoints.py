@@ -217,6 +217,7 @@ class ManagementApi:
                 url=self.endpoint_url(rec.namespace, rec.name) if serving else None,
                 ready_replica=status.ready if status else 0,
                 target_replica=status.target if status else 0,
+                tier=status.tier if status else None,
             ),
         )
         body["namespace"] = rec.namespace  # beyond the reference's shape: listings of * need it

@@ -48,11 +48,11 @@ from autoscaler.control.owner import (
 from autoscaler.control.planner import Phase
 from autoscaler.control.wakes import WakeRecord
 from autoscaler.model.events import EventLog
-from autoscaler.model.intent import Intent, Signals
+from autoscaler.model.intent import Intent, Signals, asleep
 from autoscaler.model.state import Status
 from autoscaler.model.timelines import ReplicaHistory, ReplicaRecord
 from engines.capacity import HostCapacity
-from engines.gpus import AdoptConflict
+from engines.gpus import AdoptConflict, NoCapacity
 from engines.runtime import ContainerStatus, EndpointKey, ReplicaInfo, ReplicaNotFound, Runtime, RuntimeFailure
 from proxy.core.control import RouteTable
 
@@ -126,6 +126,7 @@ class Timings:
     liveness_interval_s: float = LIVENESS_INTERVAL_S
     liveness_failures: int = LIVENESS_FAILURES
     sweep_interval_s: float = SWEEP_INTERVAL_S
+    park_ttl_s: float = 0.0  # parked containers kept this long; 0: an endpoint at zero keeps none
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,7 @@ class Controller:
         self.drain_grace_s = timings.drain_grace_s
         self.stop_grace_s = timings.stop_grace_s
         self.liveness_failures = timings.liveness_failures
+        self.park_ttl_s = timings.park_ttl_s
         self._interval_s = timings.interval_s
         self._liveness_interval_s = timings.liveness_interval_s
         self._sweep_interval_s = timings.sweep_interval_s
@@ -203,6 +205,20 @@ class Controller:
 
     def release_gpus(self, replica_id: str) -> None:
         self.capacity.release(replica_id)
+
+    def reassign(self, replica_id: str, intent: Intent, gpus: tuple[str, ...]) -> None:
+        """Hold again what a parked replica needs, with the very GPU ids its container was made
+        with (NoCapacity when the CPUs or memory are taken, AdoptConflict when the GPUs are)."""
+        need = self.launcher.needs(intent)
+        free, why = self.capacity.free(need)
+        if free == 0:
+            raise NoCapacity(why)
+        self.capacity.adopt(replica_id, need, gpus)
+
+    def gpus_taken(self, replica_id: str, gpus: tuple[str, ...]) -> bool:
+        """Whether another replica holds any of these GPUs now."""
+        holders = self.capacity.gpus.holders()
+        return any(holders.get(gpu, replica_id) != replica_id for gpu in gpus)
 
     async def probe(self, intent: Intent) -> bool:
         return await self._probe(intent)
@@ -252,10 +268,11 @@ class Controller:
         if owner is not None:
             owner.post(Wake(self.clock()))
 
-    def recommend(self, key: EndpointKey, replicas: int, reason: str = "", beyond_capacity: int | None = None) -> None:
+    def recommend(self, key: EndpointKey, replicas: int, reason: str = "", beyond_capacity: int | None = None,
+                  *, sleep: bool = False) -> None:
         owner = self._owners.get(key)
         if owner is not None:
-            owner.post(Recommend(replicas, reason, beyond_capacity))
+            owner.post(Recommend(replicas, reason, beyond_capacity, sleep))
 
     def replica_died(self, replica_id: str, exit_code: int | None) -> None:
         owner = self._owner_of(replica_id)
@@ -285,7 +302,7 @@ class Controller:
     def leaving_ids(self, key: EndpointKey) -> list[str]:
         """Replicas on their way out: what is still in flight on them is not new demand."""
         owner = self._owners.get(key)
-        return [s.id for s in owner.slots_in(Phase.DRAINING, Phase.STOPPING)] if owner else []
+        return [s.id for s in owner.slots_in(Phase.DRAINING, Phase.STOPPING, Phase.PARKING)] if owner else []
 
     def replicas_can_run(self, key: EndpointKey) -> int | None:
         """Most replicas of this endpoint that can run now (GPUs, CPUs, memory), or None when only max bounds it."""
@@ -293,7 +310,7 @@ class Controller:
         if owner is None:
             return None
         free, _ = self.capacity_of(owner.intent)
-        return None if free is None else free + len(owner.slots_in(Phase.STARTING, Phase.READY))
+        return None if free is None else free + len(owner.slots_in(Phase.STARTING, Phase.READY, Phase.SLEEPING))
 
     def replicas(self, key: EndpointKey) -> list[ReplicaRecord]:
         """The endpoint's replicas with their timelines (those stopped in the last 24 h too)."""
@@ -369,7 +386,7 @@ class Controller:
         checks = [
             (owner, slot.id, slot.info)
             for owner in self._all()
-            for slot in owner.slots_in(Phase.READY, Phase.DRAINING)
+            for slot in owner.slots_in(Phase.READY, Phase.DRAINING, Phase.SLEEPING)
             if slot.info is not None
         ]
         results = await asyncio.gather(
@@ -434,6 +451,10 @@ class Controller:
         adopted = []
         for info in found:
             owner = self._owners.get(info.endpoint)
+            if owner is not None and self._parked(owner, info):
+                owner.post(Adopted(info, parked=True))
+                adopted.append(info.replica_id)
+                continue
             if owner is not None and await self._keep(owner, info):
                 owner.post(Adopted(info))
                 adopted.append(info.replica_id)
@@ -446,6 +467,12 @@ class Controller:
         for owner in self._owners.values():  # what the journal kept and was not adopted is stopped
             owner.history.settle(owner.slots)
         return adopted
+
+    def _parked(self, owner: Owner, info: ReplicaInfo) -> bool:
+        """Whether a container found at start is one of the endpoint's parked ones: stopped, of its
+        current revision, while the endpoint is at zero (nothing else of it is stopped and kept)."""
+        return (self.park_ttl_s > 0 and info.status is ContainerStatus.EXITED
+                and _revision(info) == owner.intent.revision and asleep(owner.intent, owner.signals))
 
     async def _keep(self, owner: Owner, info: ReplicaInfo) -> bool:
         """Whether `adopt` keeps a container found at start: running, of a revision up to the

@@ -14,7 +14,7 @@ import aiohttp
 
 from autoscaler.model.intent import Intent
 from autoscaler.model.spec import EndpointSpec
-from engines import artifacts, hardware, presets, readiness
+from engines import artifacts, hardware, presets, readiness, sleep
 from engines.capacity import Need
 from engines.downloads import hub_cache
 from engines.gpus import Gpu, GpuAllocator, GpuSampler
@@ -27,6 +27,9 @@ log = logging.getLogger("endpointd.launcher")
 HEALTH_CHECK_S = 5.0
 # Bytes of randomness in a replica's engine API key (secrets.token_urlsafe: 43 characters).
 API_KEY_BYTES = 32
+# An engine's sleep or wake call: vLLM's level-1 sleep moves the weights to host memory, which
+# takes seconds for a large model (vLLM's published figures: up to tens of seconds at 70B).
+SLEEP_CALL_S = 120.0
 # What `check` passes for the key: the same validation as a launch, without making a secret.
 CHECK_API_KEY = "check"
 
@@ -74,6 +77,7 @@ class EngineLauncher:
             resources=replace(resources, gpu_device_ids=placeholder_gpus), env=model.env, secrets=model.secrets,
             command=model.command, args=model.args, default_images=self._default_images, api_key=CHECK_API_KEY,
             task=getattr(model, "task", None), framework=getattr(model, "framework", None),
+            sleep_after_s=compute.scaling.sleep_after_s,
         )
 
     def gpu_need(self, intent: Intent) -> tuple[int, str]:
@@ -131,6 +135,7 @@ class EngineLauncher:
             api_key=secrets.token_urlsafe(API_KEY_BYTES),
             task=model.task,  # the toolkit's pipeline and weights
             framework=model.framework,
+            sleep_after_s=compute.scaling.sleep_after_s,
         )
         report(f"pulling image {container.image}")
         await self._runtime.ensure_image(container.image, container.registry_auth, report)
@@ -144,6 +149,37 @@ class EngineLauncher:
         return await readiness.wait_ready(
             self._runtime, info, session=self._session, deadline_s=self._ready_deadline_s
         )
+
+    async def unpark(
+        self, intent: Intent, replica_id: str, report: Callable[[str], None],
+        mark: Callable[[str], None] = lambda point: None,
+    ) -> ReplicaInfo:
+        report(f"starting parked replica {replica_id} again")
+        info = await self._runtime.unpark(replica_id)
+        mark("started")
+        report(f"waiting for replica {replica_id} to answer {info.health_route or 'on its port'}")
+        return await readiness.wait_ready(self._runtime, info, session=self._session, deadline_s=self._ready_deadline_s)
+
+    def sleeps_by_itself(self, intent: Intent) -> bool:
+        kind = sleep.sleep_kind(intent.spec.model.image)
+        return kind is not None and not sleep.driven(kind)
+
+    def _sleep_kind(self, intent: Intent) -> sleep.SleepKind:
+        kind = sleep.sleep_kind(intent.spec.model.image)
+        if kind is None:
+            raise ValueError(f"the {intent.spec.model.variant} engine cannot sleep")
+        return kind
+
+    async def sleep(self, intent: Intent, replica: ReplicaInfo) -> None:
+        await sleep.put_to_sleep(self._session, replica, self._sleep_kind(intent), SLEEP_CALL_S)
+
+    async def wake(self, intent: Intent, replica: ReplicaInfo, mark: Callable[[str], None] = lambda point: None) -> None:
+        await sleep.wake_up(self._session, replica, self._sleep_kind(intent), SLEEP_CALL_S)
+        mark("awake")
+        await readiness.wait_ready(self._runtime, replica, session=self._session, deadline_s=self._ready_deadline_s)
+
+    async def is_sleeping(self, intent: Intent, replica: ReplicaInfo) -> bool | None:
+        return await sleep.is_sleeping(self._session, replica, self._sleep_kind(intent), HEALTH_CHECK_S)
 
     @staticmethod
     async def _check_local_content(name: str, repository: str, revision: str | None, model_dir: Path) -> None:

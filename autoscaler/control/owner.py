@@ -8,13 +8,21 @@ writers can interleave, whatever the order in which messages arrive. It then ask
 rules what to do (`intent.wanted`, `planner.plan`) and carries the actions out, spawning the
 tasks that report back by message.
 
+The idle ladder (sleepAfter, then scaleToZeroTimeout) runs here too: an idle replica's engine is
+put to sleep (SLEEPING: out of the route table, its process and GPUs kept; a request wakes it
+without a 503), or, for an engine that sleeps by itself (llama.cpp), only observed asleep; at
+zero, drained replicas of the current revision are parked (their containers stopped and kept)
+instead of removed, and a wake starts a parked one again before it creates a new one.
+
 Invariants held here, beside the planner's:
 - a slot exists from before its container is created until after it is gone, so a container of
   ours without a slot is an orphan (the controller sweeps those);
 - a starting replica is stopped by cancelling its launch, whose cancellation path removes the
   container it made; a cancelled launch is never a failure;
 - GPUs (and the CPUs and memory a replica's limits take) are assigned when a slot is made and
-  released only when its container is gone;
+  released only when its container is gone or stopped (parked); a sleeping replica keeps them, so
+  it can always wake; a parked one asks for its GPU ids back when it starts again, and is removed
+  instead when another replica holds them;
 - after delete the owner publishes nothing: the endpoint's route never comes back.
 """
 
@@ -26,7 +34,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
-from autoscaler.control.planner import Cancel, Drain, Phase, Reclaim, SlotView, Start, View, plan
+from autoscaler.control.planner import Cancel, Drain, Phase, Reclaim, SlotView, Start, Unpark, View, plan
 from autoscaler.control.wakes import WakeHistory, measure
 from autoscaler.model.events import EventLog
 from autoscaler.model.intent import Intent, Signals, asleep, asleep_since, wanted
@@ -68,8 +76,28 @@ class Launcher(Protocol):
         answers its health route; raise on failure. Cancellable at any point. `mark(point)` at
         "creating", "created" and "started" (wakes.py times a wake's phases by them)."""
 
+    async def unpark(
+        self, intent: Intent, replica_id: str, report: Callable[[str], None], mark: Callable[[str], None],
+    ) -> ReplicaInfo:
+        """Start a parked (stopped, kept) container again and wait until it answers its health
+        route; raise on failure. `mark("started")` once it runs."""
+
     async def healthy(self, replica: ReplicaInfo) -> bool:
         """Whether a running replica answers its health route with 200 now."""
+
+    def sleeps_by_itself(self, intent: Intent) -> bool:
+        """Whether the endpoint's engine sleeps on its own idle timer (llama.cpp), which endpointd
+        only observes; else endpointd puts it to sleep and wakes it."""
+
+    async def sleep(self, intent: Intent, replica: ReplicaInfo) -> None:
+        """Put the replica's engine to sleep (its model memory released); raise on failure."""
+
+    async def wake(self, intent: Intent, replica: ReplicaInfo, mark: Callable[[str], None]) -> None:
+        """Wake the replica's engine and wait until it answers again; raise on failure.
+        `mark("awake")` when the engine's wake call returned."""
+
+    async def is_sleeping(self, intent: Intent, replica: ReplicaInfo) -> bool | None:
+        """Whether the engine says it is asleep now; None when it cannot say."""
 
 
 class Host(Protocol):
@@ -82,6 +110,7 @@ class Host(Protocol):
     drain_grace_s: float
     stop_grace_s: float
     liveness_failures: int
+    park_ttl_s: float  # parked containers are removed after this; 0: never park
 
     def clock(self) -> float: ...
     async def sleep(self, seconds: float) -> None: ...
@@ -93,6 +122,8 @@ class Host(Protocol):
     def capacity_of(self, intent: Intent) -> tuple[int | None, str]: ...
     def assign_gpus(self, replica_id: str, intent: Intent) -> tuple[str, ...]: ...
     def release_gpus(self, replica_id: str) -> None: ...
+    def reassign(self, replica_id: str, intent: Intent, gpus: tuple[str, ...]) -> None: ...
+    def gpus_taken(self, replica_id: str, gpus: tuple[str, ...]) -> bool: ...
     async def probe(self, intent: Intent) -> bool: ...
     async def save_status(self, uid: str, status: Status) -> None: ...
     async def save_signals(self, uid: str, signals: Signals) -> None: ...
@@ -131,6 +162,41 @@ class Recommend:
     replicas: int
     reason: str = ""
     beyond_capacity: int | None = None  # replicas wanted when capacity capped the recommendation
+    sleep: bool = False  # idle for sleepAfter: the engines may sleep
+
+
+@dataclass(frozen=True)
+class Slept:
+    """A sleep ended: the engine is asleep, or not (`error`, or `aborted` for a request first)."""
+
+    id: str
+    error: str | None = None
+    aborted: bool = False
+
+
+@dataclass(frozen=True)
+class Awoke:
+    """A sleeping replica's wake ended: it answers again, or not (`error`)."""
+
+    id: str
+    error: str | None
+    marks: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Parked:
+    """A park ended: the container is stopped and kept, or not (`error`)."""
+
+    id: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SleepSeen:
+    """What an engine that sleeps by itself said when asked whether it is asleep."""
+
+    id: str
+    asleep: bool | None
 
 
 @dataclass(frozen=True)
@@ -196,14 +262,16 @@ class Delete:
 @dataclass(frozen=True)
 class Adopted:
     """After a restart: a running, healthy container of the current revision or of one before it
-    (a roll under way, a failed update), GPUs already held."""
+    (a roll under way, a failed update), GPUs already held; or, `parked`, a stopped container of
+    the current revision of an endpoint at zero."""
 
     info: ReplicaInfo
+    parked: bool = False
 
 
 Message = (
     NewIntent | Wake | Recommend | Progress | Launched | LaunchEnded | DrainDone | Stopped | StopFailed
-    | Died | Liveness | Verified | Delete | Adopted
+    | Died | Liveness | Verified | Delete | Adopted | Slept | Awoke | Parked | SleepSeen
 )
 
 
@@ -217,6 +285,11 @@ class Slot:
     task: asyncio.Task[None] | None = None  # its launch, drain wait or stop, while one runs
     liveness_failures: int = 0
     stop_retry_at: float | None = None  # a failed removal is tried again then
+    parked_at: float | None = None  # PARKED since (clock)
+    unparked: bool = False  # its launch starts its parked container again
+    rouse: bool = False  # a wake was asked while it was going to sleep
+    sleep_failed: bool = False  # its engine refused to sleep: not asked again until it is busy
+    self_asleep: bool = False  # READY, and its engine (which sleeps by itself) said it is asleep
 
 
 @dataclass(frozen=True)
@@ -226,8 +299,9 @@ class StepResult:
 
 
 def slot_state(slot: Slot) -> ReplicaState:
-    """The timeline state of a slot's phase (a stopping replica is still draining to the user)."""
-    return {Phase.STARTING: ReplicaState.INITIALIZING, Phase.READY: ReplicaState.RUNNING}.get(
+    """The timeline state of a slot's phase (a stopping or parking replica is still draining to the user)."""
+    return {Phase.STARTING: ReplicaState.INITIALIZING, Phase.READY: ReplicaState.RUNNING,
+            Phase.SLEEPING: ReplicaState.SLEEPING, Phase.PARKED: ReplicaState.PARKED}.get(
         slot.phase, ReplicaState.DRAINING)
 
 
@@ -282,7 +356,8 @@ class Owner:
         self._published: RouteEntry | None = None
         self.wakes = WakeHistory()  # the last wakes' durations and phases
         self._wake_asked: float | None = None  # a wake from zero not yet answered by a ready replica
-        self._woke: tuple[float, tuple[tuple[str, float], ...]] | None = None  # answered, to measure
+        self._woke: tuple[float, tuple[tuple[str, float], ...], str] | None = None  # answered, to measure
+        self._observing: set[str] = set()  # replicas whose engine is being asked whether it sleeps
         self._status: Status | None = None
         self._status_writer = _LatestWriter(host, lambda s: host.save_status(self.intent.uid, s))
         self._signals_writer = _LatestWriter(host, lambda s: host.save_signals(self.intent.uid, s))
@@ -319,6 +394,7 @@ class Owner:
         for slot in self.slots_in(Phase.STOPPING):
             if slot.task is None and slot.stop_retry_at is not None and now >= slot.stop_retry_at:
                 self._stop(slot, 0.0)
+        self._expire_parked(now)
         self._carry_out(now, result)
         self._publish()
         if self._woke is not None:
@@ -329,11 +405,11 @@ class Owner:
     def _measure_wake(self) -> None:
         """The wake answered: its replica was just published, which released the held requests."""
         assert self._woke is not None
-        asked, marks = self._woke
+        asked, marks, tier = self._woke
         self._woke = None
-        record = measure(asked, marks, self.host.clock())
+        record = measure(asked, marks, self.host.clock(), tier)
         self.wakes.add(record)
-        self._event("woke", record.describe(), seconds=round(record.total_s, 3),
+        self._event("woke", record.describe(), seconds=round(record.total_s, 3), tier=tier,
                     phases={name: round(s, 3) for name, s in record.phases})
         self._publish()  # its observed wake time (the proxy's Retry-After)
 
@@ -364,7 +440,9 @@ class Owner:
                 self._drain(self.slots[action.id], result)
             elif isinstance(action, Reclaim):
                 self._reclaim(self.slots[action.id])
-        live = len(self.slots_in(Phase.STARTING, Phase.READY))
+            elif isinstance(action, Unpark):
+                self._unpark(self.slots[action.id], result)
+        live = len(self.slots_in(Phase.STARTING, Phase.READY, Phase.SLEEPING))
         waiting = ""
         if view.wanted > live and view.may_start:
             free, why = self.host.capacity_of(intent)  # after what this step started
@@ -385,18 +463,23 @@ class Owner:
                 self._new_intent(intent, resumed)
             case Wake(at):
                 self._wake("a request arrived", at)
-            case Recommend(replicas, reason, beyond):
+            case Recommend(replicas, reason, beyond, sleep):
                 self._recommend(replicas, reason, beyond)
+                self._idle(sleep)
             case Delete():
                 self.deleting = True
                 self._event("deleted", "the endpoint was deleted")
-            case Adopted(info):
-                self._adopted(info)
+            case Adopted(info, parked):
+                self._adopted(info, parked)
             case Verified(ok):
                 self._verifying = False
                 self.verified = ok and bool(self.slots_in(Phase.READY))
                 if not ok:
                     self._verify_after = self.host.clock() + VERIFY_RETRY_S
+            case SleepSeen(replica_id, asleep_now):
+                self._observing.discard(replica_id)
+                if slot is not None:
+                    self._seen_asleep(slot, asleep_now)
             case _ if slot is None:
                 pass  # about a slot already gone: nothing left to do
             case Progress(_, text):
@@ -405,12 +488,22 @@ class Owner:
                     self.history.moved(slot.id, ReplicaState.INITIALIZING, text)
             case Launched(_, info, marks):
                 self._launched(slot, info, marks)
+            case Slept(_, error, aborted):
+                self._slept(slot, error, aborted)
+            case Awoke(_, error, marks):
+                self._awoke(slot, error, marks)
+            case Parked(_, error):
+                self._parked(slot, error)
+
             case LaunchEnded(_, error, removed):
                 self._launch_ended(slot, error, removed)
             case DrainDone():
                 if slot.phase is Phase.DRAINING:
                     slot.task = None
-                    self._stop(slot, self.host.stop_grace_s)
+                    if self._parks(slot):
+                        self._park(slot)
+                    else:
+                        self._stop(slot, self.host.stop_grace_s)
             case Stopped():
                 self._gone(slot)
             case StopFailed(_, error):
@@ -418,7 +511,7 @@ class Owner:
                 slot.stop_retry_at = self.host.clock() + STOP_RETRY_S
                 log.warning("could not remove replica %s of %s: %s; trying again", slot.id, self.key, error)
             case Died(_, exit_code):
-                if slot.phase in (Phase.READY, Phase.DRAINING):
+                if slot.phase in (Phase.READY, Phase.DRAINING, Phase.SLEEPING):
                     self._event("replica_died", f"its container exited with code {exit_code}; replacing it", slot)
                     self.history.moved(slot.id, slot_state(slot), f"exited with code {exit_code}", exit_code)
                     self._stop(slot, 0.0)
@@ -451,7 +544,16 @@ class Owner:
 
     def _wake(self, reason: str, at: float | None = None) -> None:
         intent, signals = self.intent, self.signals
-        if self.deleting or intent.paused or not asleep(intent, signals):
+        if self.deleting or intent.paused:
+            return
+        sleeping = self.slots_in(Phase.SLEEPING)
+        if sleeping and not asleep(intent, signals):
+            if self._wake_asked is None:
+                self._wake_asked, self._woke = self.host.clock() if at is None else at, None
+            for slot in sleeping:
+                self._rouse(slot)
+            return
+        if not asleep(intent, signals):
             return
         self._wake_asked = self.host.clock() if at is None else at
         self._woke = None
@@ -476,7 +578,7 @@ class Owner:
         self._signals_writer.put(signals)
 
     def _liveness(self, slot: Slot, ok: bool) -> None:
-        if slot.phase not in (Phase.READY, Phase.DRAINING):
+        if slot.phase not in (Phase.READY, Phase.DRAINING, Phase.SLEEPING):
             return
         slot.liveness_failures = 0 if ok else slot.liveness_failures + 1
         if slot.liveness_failures >= self.host.liveness_failures:
@@ -510,6 +612,8 @@ class Owner:
             slot.task.cancel()  # its cancellation path removes the container and posts LaunchEnded
 
     def _drain(self, slot: Slot, result: StepResult) -> None:
+        if slot.task is not None:  # a sleeping replica's sleep or wake: it leaves instead
+            slot.task.cancel()
         slot.phase = Phase.DRAINING
         self.history.moved(slot.id, ReplicaState.DRAINING, "no longer wanted: finishing its requests")
         result.drained.append(slot.id)
@@ -531,8 +635,15 @@ class Owner:
         slot.stop_retry_at = None
         slot.task = self.host.spawn(self._remove(slot.id, grace_s))
 
-    def _adopted(self, info: ReplicaInfo) -> None:
+    def _adopted(self, info: ReplicaInfo, parked: bool) -> None:
         revision = int(info.revision)  # the controller adopts only revisions up to the current one
+        if parked:
+            slot = self.slots[info.replica_id] = Slot(info.replica_id, revision, Phase.PARKED, gpus=info.gpus,
+                                                      parked_at=self.host.clock())
+            self.history.started(info.replica_id, revision, info.gpus)
+            self.history.moved(slot.id, ReplicaState.PARKED, "found parked after a restart: a wake starts it again")
+            self._event("replica_adopted", f"found parked after a restart (revision {revision})", slot)
+            return
         self.slots[info.replica_id] = Slot(info.replica_id, revision, Phase.READY, gpus=info.gpus, info=info)
         self.history.started(info.replica_id, revision, info.gpus, running=True)
         # It answered its health route just now, and the route table sends it requests as soon
@@ -553,7 +664,8 @@ class Owner:
             self._stop(slot, 0.0)
             return
         if self._wake_asked is not None and slot.revision == self.intent.revision:
-            self._woke, self._wake_asked = (self._wake_asked, marks), None  # measured once published
+            tier = "parked" if slot.unparked else "cold"
+            self._woke, self._wake_asked = (self._wake_asked, marks, tier), None  # measured once published
         slot.phase = Phase.READY
         self.history.moved(slot.id, ReplicaState.RUNNING, f"answers {info.health_route or 'on its port'}")
         if slot.revision == self.intent.revision:
@@ -562,7 +674,12 @@ class Owner:
 
     def _launch_ended(self, slot: Slot, error: str | None, removed: bool) -> None:
         slot.task = None
-        if slot.phase is Phase.STARTING and error is not None:
+        if slot.phase is Phase.STARTING and error is not None and slot.unparked:
+            # Not a failure of the revision: a new container takes its place at the next step.
+            self._event("replica_unpark_failed", f"its parked container did not start again: {error}; a new one "
+                        "starts", slot)
+            self.history.moved(slot.id, ReplicaState.FAILED, f"its parked container did not start again: {error}")
+        elif slot.phase is Phase.STARTING and error is not None:
             log.warning("replica %s of %s failed to start: %s", slot.id, self.key, error)
             self._event("replica_failed", error, slot)
             self.history.moved(slot.id, ReplicaState.FAILED, error)
@@ -587,7 +704,213 @@ class Owner:
         self.history.moved(slot.id, ReplicaState.STOPPED)
         self._event("replica_stopped", "its container is gone", slot)
 
+    # --- the idle ladder: sleeping, parked (only from step) -----------------------------
+
+    def _idle(self, sleep: bool) -> None:
+        """The scaler's word on idleness: `sleep` once idle for sleepAfter, else busy again."""
+        if not sleep:
+            for slot in self.slots.values():
+                slot.sleep_failed = False
+                if slot.self_asleep:
+                    slot.self_asleep = False
+                    self.history.moved(slot.id, ReplicaState.RUNNING, "busy again: its engine woke by itself")
+                    self._event("replica_awake", "busy again: its engine woke by itself for the request", slot)
+            return
+        if self.deleting or self.intent.paused:
+            return
+        current = [s for s in self.slots_in(Phase.READY) if s.revision == self.intent.revision and s.info is not None]
+        if len(current) != len(self.slots_in(Phase.STARTING, Phase.READY)):
+            return  # starting or rolling: not idle in the sense that matters
+        if self.host.launcher.sleeps_by_itself(self.intent):
+            for slot in current:  # it sleeps on its own timer: ask whether it does yet
+                if not slot.self_asleep and slot.id not in self._observing:
+                    self._observing.add(slot.id)
+                    self.host.spawn(self._observe(slot.id, slot.info))
+            return
+        in_flight = self.host.in_flight(self.key)
+        for slot in current:
+            if not slot.sleep_failed and in_flight.get(slot.id, 0) == 0:
+                self._put_to_sleep(slot)
+
+    def _put_to_sleep(self, slot: Slot) -> None:
+        slot.phase = Phase.SLEEPING
+        self.history.moved(slot.id, ReplicaState.SLEEPING, "idle for sleepAfter: its engine releases its model memory")
+        self._event("replica_sleeping", "idle for sleepAfter: out of the route table, its engine is put to sleep "
+                    "(its GPUs stay assigned, so it can always wake)", slot)
+        slot.task = self.host.spawn(self._sleep(slot.id, slot.info))
+
+    def _slept(self, slot: Slot, error: str | None, aborted: bool) -> None:
+        slot.task = None
+        if slot.phase is not Phase.SLEEPING:
+            return  # drained or replaced meanwhile
+        if error is not None or aborted:
+            slot.phase = Phase.READY
+            if error is not None:
+                slot.sleep_failed = True
+                log.warning("replica %s of %s did not go to sleep: %s", slot.id, self.key, error)
+                self._event("replica_sleep_failed", f"its engine did not go to sleep: {error}; it stays awake", slot)
+            self.history.moved(slot.id, ReplicaState.RUNNING, "stays awake" + (f": {error}" if error else
+                                                                                ": a request came first"))
+            if self._wake_asked is not None:  # the wake that stopped it is answered: nothing slept
+                self._woke, self._wake_asked = (self._wake_asked, (), "sleeping"), None
+            return
+        self._event("replica_asleep", "its engine is asleep: the next request wakes it", slot)
+        if slot.rouse:
+            slot.rouse = False
+            self._rouse(slot)
+
+    def _rouse(self, slot: Slot) -> None:
+        """Wake a sleeping replica (once its sleep has ended, if it is still going to sleep)."""
+        if slot.task is not None:
+            slot.rouse = True
+            return
+        self._event("replica_waking", "a request arrived: its engine is woken", slot)
+        slot.task = self.host.spawn(self._wake_engine(slot.id, slot.info))
+
+    def _awoke(self, slot: Slot, error: str | None, marks: tuple[tuple[str, float], ...]) -> None:
+        slot.task = None
+        if slot.phase is not Phase.SLEEPING:
+            return
+        if error is not None:
+            reason = f"its engine did not wake: {error}; replacing it"
+            self._event("replica_wake_failed", reason, slot)
+            self.history.moved(slot.id, ReplicaState.SLEEPING, reason)
+            self._stop(slot, 0.0)
+            return
+        slot.phase = Phase.READY
+        self.history.moved(slot.id, ReplicaState.RUNNING, "woke: its engine answers again")
+        if self._wake_asked is not None:
+            self._woke, self._wake_asked = (self._wake_asked, marks, "sleeping"), None  # measured once published
+
+    def _seen_asleep(self, slot: Slot, asleep_now: bool | None) -> None:
+        if asleep_now and slot.phase is Phase.READY and not slot.self_asleep:
+            slot.self_asleep = True
+            self.history.moved(slot.id, ReplicaState.SLEEPING, "idle: its engine released its model memory by itself; "
+                               "the next request wakes it")
+            self._event("replica_asleep", "its engine put itself to sleep (its own idle timer): the next request "
+                        "wakes it", slot)
+
+    def _parks(self, slot: Slot) -> bool:
+        """Whether a replica drained now is parked rather than removed: the endpoint went to zero
+        (idle, or a user's scale-to-zero) and the replica is of its current revision."""
+        intent = self.intent
+        return (self.host.park_ttl_s > 0 and not self.deleting and not intent.paused
+                and asleep(intent, self.signals) and slot.revision == intent.revision and slot.info is not None)
+
+    def _park(self, slot: Slot) -> None:
+        slot.phase = Phase.PARKING
+        slot.task = self.host.spawn(self._park_container(slot.id))
+
+    def _parked(self, slot: Slot, error: str | None) -> None:
+        slot.task = None
+        if slot.phase is not Phase.PARKING:
+            return
+        if error is not None:
+            log.warning("could not park replica %s of %s: %s; removing it", slot.id, self.key, error)
+            self._stop(slot, 0.0)
+            return
+        slot.phase, slot.parked_at, slot.info = Phase.PARKED, self.host.clock(), None
+        self.host.release_gpus(slot.id)  # a stopped container holds nothing; it asks for them back at its wake
+        self.history.moved(slot.id, ReplicaState.PARKED, "its container is stopped and kept: a wake starts it again")
+        self._event("replica_parked", "at zero: its container is stopped and kept, so that a wake starts it "
+                    "again instead of creating one", slot)
+
+    def _expire_parked(self, now: float) -> None:
+        for slot in self.slots_in(Phase.PARKED):
+            why = self._parked_must_go(slot, now)
+            if why:
+                self._event("parked_removed", f"its parked container is removed: {why}", slot)
+                self._stop(slot, 0.0)
+
+    def _parked_must_go(self, slot: Slot, now: float) -> str:
+        if self.deleting:
+            return "the endpoint was deleted"
+        if self.intent.paused:
+            return "the endpoint was paused"
+        if slot.revision != self.intent.revision:
+            return f"revision {self.intent.revision} replaced revision {slot.revision}"
+        if slot.parked_at is not None and now - slot.parked_at >= self.host.park_ttl_s:
+            return f"parked for park_ttl_s ({self.host.park_ttl_s:g} s)"
+        if slot.gpus and self.host.gpus_taken(slot.id, slot.gpus):
+            return "another replica holds its GPUs now"
+        return ""
+
+    def _unpark(self, slot: Slot, result: StepResult) -> None:
+        try:
+            self.host.reassign(slot.id, self.intent, slot.gpus)
+        except Exception as error:  # noqa: BLE001 - its GPUs or room are gone: a new container instead
+            self._event("parked_removed", f"its parked container cannot start again: {error}; a new one starts", slot)
+            self._stop(slot, 0.0)
+            return
+        slot.phase, slot.unparked, slot.parked_at = Phase.STARTING, True, None
+        self.history.moved(slot.id, ReplicaState.INITIALIZING, "starting its parked container again")
+        result.started.append(slot.id)
+        self._event("replica_unparking", "woken: its parked container starts again", slot)
+        slot.task = self.host.spawn(self._launch(slot, self.intent))
+
+    def _tier(self) -> str:
+        """What a wake would start from now."""
+        if self.slots_in(Phase.SLEEPING):
+            return "sleeping"
+        if any(s.revision == self.intent.revision for s in self.slots_in(Phase.PARKED)):
+            return "parked"
+        return "cold"
+
     # --- tasks (they report back by posting) -------------------------------------------
+
+    async def _sleep(self, replica_id: str, info: ReplicaInfo | None) -> None:
+        """Out of the route table, the replica finishes what it has (a worker may have sent it a
+        request before it heard), then its engine is put to sleep; a wake asked meanwhile stops
+        it before the engine is asked (never a sleep that aborts requests)."""
+        host = self.host
+        deadline = host.clock() + host.drain_grace_s
+        while host.in_flight(self.key).get(replica_id, 0) > 0 and host.clock() < deadline:
+            slot = self.slots.get(replica_id)
+            if slot is None or slot.rouse:
+                break
+            await host.sleep(DRAIN_POLL_S)
+        slot = self.slots.get(replica_id)
+        if info is None or slot is None or slot.rouse or host.in_flight(self.key).get(replica_id, 0) > 0:
+            if slot is not None:
+                slot.rouse = False
+            self.post(Slept(replica_id, aborted=True))
+            return
+        try:
+            await host.launcher.sleep(self.intent, info)
+        except Exception as error:  # noqa: BLE001 - a refused sleep leaves the engine awake
+            self.post(Slept(replica_id, str(error) or type(error).__name__))
+            return
+        self.post(Slept(replica_id))
+
+    async def _wake_engine(self, replica_id: str, info: ReplicaInfo | None) -> None:
+        marks: list[tuple[str, float]] = []
+        try:
+            if info is None:
+                raise RuntimeError("no address known")
+            await self.host.launcher.wake(self.intent, info, lambda point: marks.append((point, self.host.clock())))
+        except Exception as error:  # noqa: BLE001 - a failed wake replaces the replica
+            self.post(Awoke(replica_id, str(error) or type(error).__name__))
+            return
+        marks.append(("ready", self.host.clock()))
+        self.post(Awoke(replica_id, None, tuple(marks)))
+
+    async def _observe(self, replica_id: str, info: ReplicaInfo | None) -> None:
+        asleep_now = None
+        try:
+            if info is not None:
+                asleep_now = await self.host.launcher.is_sleeping(self.intent, info)
+        except Exception:  # noqa: BLE001 - unknown is not asleep; the next idle round asks again
+            asleep_now = None
+        finally:
+            self.post(SleepSeen(replica_id, asleep_now))
+
+    async def _park_container(self, replica_id: str) -> None:
+        try:
+            await self.host.runtime.park(replica_id, self.host.stop_grace_s)
+        except RuntimeFailure as error:
+            self.post(Parked(replica_id, str(error)))
+            return
+        self.post(Parked(replica_id))
 
     async def _launch(self, slot: Slot, intent: Intent) -> None:
         def report(message: str) -> None:
@@ -599,7 +922,10 @@ class Owner:
             marks.append((point, self.host.clock()))
 
         try:
-            info = await self.host.launcher.launch(intent, slot.id, slot.gpus, report, mark)
+            if slot.unparked:
+                info = await self.host.launcher.unpark(intent, slot.id, report, mark)
+            else:
+                info = await self.host.launcher.launch(intent, slot.id, slot.gpus, report, mark)
         except asyncio.CancelledError:
             self.host.spawn(self._discard(slot.id, None))
             raise
@@ -669,20 +995,24 @@ class Owner:
             state = RouteState.FAILED
         else:
             state = RouteState.SERVING
-        coming = 0 if broken else sum(1 for s in self.slots_in(Phase.STARTING) if s.revision == intent.revision)
+        sleeping = len(self.slots_in(Phase.SLEEPING))
+        coming = 0 if broken else sleeping + sum(
+            1 for s in self.slots_in(Phase.STARTING) if s.revision == intent.revision)
         no_capacity = ""
-        if not self.slots and state is RouteState.SERVING:  # asleep or waiting: could a wake be placed?
+        holding = [s for s in self.slots.values() if s.phase is not Phase.PARKED]
+        if not holding and state is RouteState.SERVING:  # asleep or waiting: could a wake be placed?
             free, why = self.host.capacity_of(intent)
             no_capacity = why if free == 0 else ""
         entry = RouteEntry(
             namespace=intent.key.namespace, name=intent.key.name, auth=intent.auth, state=state, replicas=ready,
             domain=intent.domain, message=self.last_error, coming=coming, no_capacity=no_capacity,
-            asleep_since=asleep_since(intent, self.signals), engine=intent.engine, wake_s=self.wakes.median_s(),
+            asleep_since=asleep_since(intent, self.signals), engine=intent.engine,
+            wake_s=self.wakes.median_s(self._tier()), sleeping=sleeping,
         )
         if entry != self._published:
             self._published = entry
             self.host.routes.put(entry)
-        if not ready:
+        if not ready and not sleeping:
             self.verified = False
 
     def _derive(self) -> Status:
@@ -702,10 +1032,22 @@ class Owner:
             progress = f"; {self.progress}" if self.progress else ""  # the new replica's download or pull
             return Status(State.UPDATING, f"rolling to revision {intent.revision}: {current_ready}/{target} new replicas ready{progress}", ready, target)
         if target == 0:
-            return Status(State.SCALED_TO_ZERO, "scaled to zero; the next request wakes it", ready, 0)
+            parked = sum(1 for s in self.slots_in(Phase.PARKED) if s.revision == intent.revision)
+            kept = f" ({parked} parked: its container starts again instead of a new one)" if parked else ""
+            return Status(State.SCALED_TO_ZERO, f"scaled to zero; the next request wakes it{kept}", ready, 0,
+                          tier=self._tier())
+        sleeping = len(self.slots_in(Phase.SLEEPING))
+        if sleeping and not ready and self.verified:
+            # Running to the client: a request is served after the wake, with no 503 to retry on.
+            return Status(State.RUNNING, f"{sleeping}/{target} replicas asleep (sleepAfter): the next request wakes "
+                          "them and is held meanwhile", sleeping, target, tier="sleeping")
         if ready and self.verified:
-            message = f"{ready}/{target} replicas ready" + (f"; {self.note}" if self.note else "")
-            return Status(State.RUNNING, message, ready, target)
+            dozing = sum(1 for s in self.slots_in(Phase.READY) if s.self_asleep)
+            message = f"{ready}/{target} replicas ready" + (f", {dozing} of them asleep (their engine's own "
+                                                             "sleep: the next request wakes it)" if dozing else "")
+            message += f"; {self.note}" if self.note else ""
+            return Status(State.RUNNING, message, ready + sleeping, target,
+                          tier="sleeping" if dozing == ready else "warm")
         if self.waiting and not self.slots_in(Phase.STARTING, Phase.READY):
             return Status(State.PENDING, f"waiting for capacity: {self.waiting}", ready, target)
         if not self.slots and not self.failures and not self.progress:

@@ -7,8 +7,10 @@ these invariants, whatever the order of events that led to `view`:
   `max + surge`, where the surge is 1 and only while a roll is under way: no action starts a
   replica when that count is reached (a lowered max is reached by draining, never by starting);
 - a draining replica of the current revision is reclaimed before a new one is started;
-- surplus replicas go starting ones first (their launch is cancelled), then the ready ones with
-  the fewest requests in flight;
+- surplus replicas go starting ones first (their launch is cancelled), then sleeping ones, then
+  the ready ones with the fewest requests in flight;
+- a missing replica is a draining one reclaimed first, then a parked one started again, and only
+  then a new one; parked containers hold nothing (stopped), so they count toward no limit;
 - a roll keeps as many old replicas serving as the new revision lacks ready ones (all of them, for
   good, if the new revision fails to start); each new ready replica lets an old one go, which frees
   the room for the next new one; when capacity forbids the surge replica, it rolls by recreate:
@@ -32,6 +34,9 @@ class Phase(enum.Enum):
     READY = "ready"  # in the route table, taking requests
     DRAINING = "draining"  # out of the route table, finishing its requests; may be reclaimed
     STOPPING = "stopping"  # its container is being removed (or its launch cancelled)
+    SLEEPING = "sleeping"  # out of the route table, its engine asleep (going to sleep, or waking)
+    PARKING = "parking"  # its container is being stopped, to be kept
+    PARKED = "parked"  # its container stopped and kept: a wake starts it again (Unpark)
 
 
 SURGE = 1
@@ -80,12 +85,22 @@ class Reclaim:
     id: str
 
 
-Action = Start | Cancel | Drain | Reclaim
+@dataclass(frozen=True)
+class Unpark:
+    """A parked replica of the current revision starts again."""
+
+    id: str
+
+
+Action = Start | Cancel | Drain | Reclaim | Unpark
+
+LIVE = (Phase.STARTING, Phase.READY, Phase.SLEEPING)
 
 
 def limit(view: View) -> int:
     """The most containers the endpoint may have when a start is considered."""
-    rolling = any(s.revision != view.revision and s.phase is not Phase.STOPPING for s in view.slots)
+    rolling = any(s.revision != view.revision and s.phase not in (Phase.STOPPING, Phase.PARKING, Phase.PARKED)
+                  for s in view.slots)
     return view.max_replicas + (SURGE if rolling else 0)
 
 
@@ -94,12 +109,12 @@ def _remove(slots: list[SlotView]) -> list[Action]:
 
 
 def _victims(slots: list[SlotView], n: int) -> list[SlotView]:
-    """Starting replicas first, then the ready ones with the fewest requests in flight."""
-    return sorted(slots, key=lambda s: (s.phase is Phase.READY, s.load, s.id))[:n]
+    """Starting replicas first, then sleeping ones, then the ready ones with the fewest requests in flight."""
+    return sorted(slots, key=lambda s: (s.phase is not Phase.STARTING, s.phase is Phase.READY, s.load, s.id))[:n]
 
 
 def plan(view: View) -> list[Action]:
-    live = [s for s in view.slots if s.phase in (Phase.STARTING, Phase.READY)]
+    live = [s for s in view.slots if s.phase in LIVE]
     current = [s for s in live if s.revision == view.revision]
     old = [s for s in live if s.revision != view.revision]
     actions: list[Action] = []
@@ -113,15 +128,20 @@ def plan(view: View) -> list[Action]:
             actions.append(Reclaim(slot.id))
             missing -= 1
     if missing > 0 and view.may_start:
-        room = limit(view) - len(view.slots)
+        room = limit(view) - sum(1 for s in view.slots if s.phase is not Phase.PARKED)
         capacity = missing if view.free_capacity is None else view.free_capacity
-        count = max(0, min(missing, room, capacity))
+        count = started = max(0, min(missing, room, capacity))
+        parked = sorted((s for s in view.slots if s.phase is Phase.PARKED and s.revision == view.revision),
+                        key=lambda s: s.id)
+        for slot in parked[:count]:
+            actions.append(Unpark(slot.id))
+        count -= min(count, len(parked))
         if count:
             actions.append(Start(count))
         busy = any(s.phase is Phase.STARTING for s in current) or any(
-            s.phase in (Phase.DRAINING, Phase.STOPPING) for s in view.slots  # already freeing something
+            s.phase in (Phase.DRAINING, Phase.STOPPING, Phase.PARKING) for s in view.slots  # already freeing something
         )
-        if count == 0 and capacity <= 0 < room and old and not busy:
+        if started == 0 and capacity <= 0 < room and old and not busy:
             # Recreate: the surge cannot be placed, so free what one old replica holds first.
             actions += _remove(_victims(old, 1))
             return actions

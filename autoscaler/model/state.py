@@ -27,3 +27,7 @@ class Status:
     message: str
     ready: int
     target: int
+    # What a request would wake now: "warm" (a replica ready), "sleeping" (engines asleep, woken
+    # without a 503), "parked" (containers stopped and kept) or "cold" (none); None while no
+    # replica has yet been ready (pending, initializing, failed).
+    tier: str | None = None

@@ -29,6 +29,8 @@ class ReplicaState(enum.StrEnum):
     PENDING = "pending"  # wanted, not yet placed or started
     INITIALIZING = "initializing"  # its container is being made and loads the model
     RUNNING = "running"
+    SLEEPING = "sleeping"  # its engine asleep (model memory released); the next request wakes it
+    PARKED = "parked"  # its container stopped and kept; a wake starts it again
     DRAINING = "draining"
     STOPPED = "stopped"
     FAILED = "failed"

@@ -103,6 +103,7 @@ class StatusView:
     ready_replica: int
     target_replica: int
     error_message: str | None = None  # an extra `errorMessage`: the client ignores it (§7)
+    tier: str | None = None  # an extra `tier` (warm, sleeping, parked, cold): the client ignores it
 
     def __post_init__(self) -> None:
         for moment in (self.created_at, self.updated_at):
@@ -509,6 +510,8 @@ def render_endpoint(spec: EndpointSpec, status: StatusView) -> dict[str, Any]:
         body["status"]["url"] = status.url
     if status.error_message is not None:
         body["status"]["errorMessage"] = status.error_message
+    if status.tier is not None:
+        body["status"]["tier"] = status.tier
     return body
 
 

@@ -12,6 +12,7 @@ returned `PolicyState`, and tests run it as tables. Defaults are the reference s
 - scale-down only after a 300 s stabilization: the highest recommendation over it wins;
 - scale to zero when min is 0 and nothing was pending or arrived for the idle timeout; at zero,
   stay there (a wake is not the policy's to decide);
+- sleep: idle for sleepAfter seconds with replicas kept, the decision says their engines may sleep;
 - no scale-down before a full stabilization window has been seen (after a restart).
 """
 
@@ -43,6 +44,7 @@ class PolicyScaling:
     metric: ScalingMetric = ScalingMetric.PENDING_REQUESTS
     threshold: float = 1.5
     idle_timeout_min: float | None = None  # None: never to zero (min > 0)
+    sleep_after_s: float | None = None  # idle seconds before the engines may sleep; None: never
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class Decision:
     reason: str
     inputs: dict = field(default_factory=dict)
     wanted_beyond_capacity: int | None = None  # replicas wanted when capacity capped the decision
+    # Idle for sleepAfter while replicas stay: their engines may sleep (the owner puts them to
+    # sleep; the next request wakes them).
+    sleep: bool = False
     kind: str = "steady"  # a short label for metrics: up, down, steady, stabilizing, warmup, idle, at_zero, capacity
 
 
@@ -152,9 +157,15 @@ def decide(snapshot: Snapshot, scaling: PolicyScaling, config: PolicyConfig, sta
           and idle_s >= scaling.idle_timeout_min * config.minute_s and now - started >= config.window_s):
         target, why, kind = 0, f"idle for {idle_s:.0f} s >= scaleToZeroTimeout", "idle"
 
-    # 5. Capacity: never more than can be placed now.
+    # 5. Sleep: idle long enough, replicas kept (not going to zero now), and nothing pending.
+    sleep = (scaling.sleep_after_s is not None and target > 0 and current > 0 and snapshot.pending == 0
+             and idle_s >= scaling.sleep_after_s)
+    if sleep:
+        why = f"{why}; idle for {idle_s:.0f} s >= sleepAfter: the engines may sleep"
+
+    # 6. Capacity: never more than can be placed now.
     if snapshot.capacity is not None and target > snapshot.capacity >= current:
         wanted = target
         target, why = snapshot.capacity, f"{why}; capped at capacity {snapshot.capacity}"
-        return Decision(target, why, inputs, wanted_beyond_capacity=wanted, kind="capacity"), state
-    return Decision(target, why, inputs, kind=kind), state
+        return Decision(target, why, inputs, wanted_beyond_capacity=wanted, sleep=sleep, kind="capacity"), state
+    return Decision(target, why, inputs, sleep=sleep, kind=kind), state

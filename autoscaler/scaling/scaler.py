@@ -120,7 +120,8 @@ class Scaler:
         self.decisions.labels(name, decision.kind).inc()
         intent_uid = intent.uid
         self._events.decision(intent_uid, decision.kind, decision.replicas, decision.reason, decision.inputs)
-        self._controller.recommend(key, decision.replicas, decision.reason, decision.wanted_beyond_capacity)
+        self._controller.recommend(key, decision.replicas, decision.reason, decision.wanted_beyond_capacity,
+                                   sleep=decision.sleep)
         if decision.replicas == current or current == 0:
             return None  # at zero the owner listens to wakes only, not to recommendations
         log.info("%s: %d -> %d replicas (%s) %s", key, current, decision.replicas, decision.reason, decision.inputs)

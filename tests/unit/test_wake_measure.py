@@ -50,7 +50,7 @@ def test_a_wake_is_split_into_phases_named_by_the_point_that_ends_each():
     assert record.total_s == pytest.approx(1.25)
     assert [name for name, _ in record.phases] == ["prepare", "create", "start", "ready", "release"]
     assert [round(s, 2) for _, s in record.phases] == [0.02, 0.3, 0.28, 0.64, 0.01]
-    assert record.describe() == "woke in 1.25 s: prepare 0.02, create 0.30, start 0.28, ready 0.64, release 0.01"
+    assert record.describe() == "woke from cold in 1.25 s: prepare 0.02, create 0.30, start 0.28, ready 0.64, release 0.01"
 
 
 def test_a_missing_mark_folds_its_phase_into_the_next():
@@ -73,7 +73,7 @@ async def test_each_wake_is_an_event_with_its_phases_and_its_median_goes_to_the_
     assert w.routes.lookup("acme", "e1").wake_s is None  # none observed yet: the proxy's cap applies
     await wake(w, asked=10.0, ready=10.75)
     (event,) = woke_events(w)
-    assert event.reason == "woke in 0.75 s: prepare 0.00, create 0.00, start 0.00, ready 0.75, release 0.00"
+    assert event.reason == "woke from cold in 0.75 s: prepare 0.00, create 0.00, start 0.00, ready 0.75, release 0.00"
     assert event.inputs["seconds"] == 0.75 and event.inputs["phases"]["ready"] == 0.75
     assert w.routes.lookup("acme", "e1").wake_s == 0.75
 

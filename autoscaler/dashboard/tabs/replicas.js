@@ -10,7 +10,7 @@ const POLL_MS = 3000;
 export function mount(el, env) {
   const list = h("div", { class: "timelines" });
   const note = h("p", { class: "muted", role: "status" });
-  fill(el, h("p", { class: "legend" }, ["pending", "initializing", "running", "draining", "stopped", "failed"].map((s) =>
+  fill(el, h("p", { class: "legend" }, ["pending", "initializing", "running", "sleeping", "parked", "draining", "stopped", "failed"].map((s) =>
     h("span", { class: ["swatch", `phase-${s}`] }, s))), note, list);
   let timer = null;
   let stopped = false;
