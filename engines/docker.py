@@ -682,6 +682,60 @@ class DockerRuntime:
                 await container.delete(force=True)
         log.info("stopped replica %s", replica_id)
 
+    async def park(self, replica_id: str, grace_s: float) -> None:
+        container = await self._find("park container", replica_id)
+        async with _wrapped("park container", f"replica {replica_id}", replica=True):
+            # As in stop; Docker answers 304 for one that exited or never started, left as it is.
+            await container.stop(t=math.ceil(grace_s), timeout=aiohttp.ClientTimeout(total=grace_s + STOP_SLACK_S))
+        log.info("parked replica %s", replica_id)
+
+    async def unpark(self, replica_id: str, on_started: Callable[[], None] | None = None) -> ReplicaInfo:
+        container = await self._find("unpark container", replica_id)
+        target = f"replica {replica_id}"
+        # As in start: a start request that reached the engine starts the container whether or not
+        # we are still waiting. So on a cancel, wait for the work to end, stop what it started, and
+        # only then let CancelledError go. Not under the network lock: a wake's unparks of one
+        # endpoint go at once (a removal of its network meanwhile fails them, as it would after).
+        work = asyncio.ensure_future(self._start_again(container, target, on_started))
+        try:
+            data = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await _to_the_end(self._park_again(work, container, target))
+            raise
+        log.info("unparked replica %s (%s)", replica_id, data["Id"][:12])
+        return await self._info(data)
+
+    async def _start_again(
+        self, container: aiodocker.containers.DockerContainer, target: str, on_started: Callable[[], None] | None
+    ) -> dict[str, Any]:
+        async with _wrapped("unpark container", target, replica=True):
+            try:
+                await container.start()  # Docker publishes the port anew, at a new random host port
+            except aiodocker.DockerError as error:
+                # A 404 is also a missing network (removed while the container was stopped).
+                if error.status == 404 and "no such container" not in str(error.message).lower():
+                    raise RuntimeFailure("unpark container", target, f"{error.message} (Docker status 404)") from None
+                raise
+        if on_started is not None:
+            on_started()
+        async with _wrapped("unpark container", target, replica=True):
+            return await container.show()
+
+    async def _park_again(self, work: asyncio.Future[dict[str, Any]], container: aiodocker.containers.DockerContainer,
+                          target: str) -> None:
+        """Stop the container of an abandoned unpark, once its work has ended (whether it started
+        it or not: a stop of a stopped container changes nothing)."""
+        with suppress(Exception):  # a failed start left it stopped, and nobody awaits its error
+            await work
+        try:
+            async with _wrapped("park container", target):
+                with _unless_gone():
+                    await container.stop(t=0, timeout=aiohttp.ClientTimeout(total=STOP_SLACK_S))
+        except RuntimeFailure as error:
+            log.error("%s; the container of a cancelled unpark may be left running", error)
+            return
+        log.info("parked %s again: its unpark was cancelled", target)
+
     async def list(self, endpoint: EndpointKey | None = None) -> list[ReplicaInfo]:
         labels = list(self._managed)
         if endpoint is not None:

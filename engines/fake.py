@@ -3,6 +3,7 @@ does where the control plane can tell: a start puts the container on its endpoin
 by the endpoint's first start; `remove_network` keeps one a live container is on), and is first a
 CREATED container without an address, then a RUNNING one; a cancelled start removes its container;
 a stop sends "SIGTERM", which a container may ignore until the grace period ends (exit code 137);
+a park is a stop that keeps the container (EXITED), and an unpark runs it again at a new address;
 several runtimes of different instances share one engine (`FakeEngine`) and never see each other's
 containers. Addresses come from the test. It can be told to be slow, to fail a start, to kill or
 hang a replica, raises the errors the Docker runtime raises, and records the calls it gets."""
@@ -126,8 +127,8 @@ class FakeRuntime:
         engine: FakeEngine | None = None,
         instance: str | None = None,
     ) -> None:
-        """`address(replica_id)` gives a replica's "host:port" (default: 127.0.0.1 and a counter of
-        the engine); `images`: the local images (None: every image is local); `sleep` is what the
+        """`address(replica_id)` gives a replica's "host:port", asked at each start and unpark
+        (default: 127.0.0.1 and a counter of the engine, so an unpark's address is a new one); `images`: the local images (None: every image is local); `sleep` is what the
         start delay and a stop's grace period await; `engine`: shared with other runtimes (None: a
         private one); `instance`, like DockerRuntime's, scopes this runtime to the containers it
         made (None: it sees every container of the engine, and its own belong to no instance)."""
@@ -149,12 +150,14 @@ class FakeRuntime:
     # --- what a test tells the fake --------------------------------------------------------
 
     def fail_next_start(self, detail: str) -> None:
-        """The next start raises RuntimeFailure with this detail after its start delay (as when
-        Docker creates the container but cannot start it); its container is removed."""
+        """The next start or unpark raises RuntimeFailure with this detail after its start delay
+        (as when Docker creates the container but cannot start it); a start's container is removed,
+        an unpark's is left stopped."""
         self._start_failure = detail
 
     def exit_next_start(self, exit_code: int, *lines: str) -> None:
-        """The next started container exits at once with this code, having written these lines."""
+        """The next started (or unparked) container exits at once with this code, having written
+        these lines."""
         self._start_exit = (exit_code, lines)
 
     def write_log(self, replica_id: str, *lines: str) -> None:
@@ -239,14 +242,46 @@ class FakeRuntime:
         after grace_s. Then it is removed; an exited (or never started) one is only removed."""
         self.calls.append(("stop", replica_id))
         container = self._get("stop container", replica_id)
-        if container.info.status is ContainerStatus.RUNNING:
-            if container.ignores_sigterm:
-                await self._sleep(grace_s)
-                if container.info.status is ContainerStatus.RUNNING:  # not ended meanwhile
-                    self.engine.exited(container, SIGKILL_EXIT_CODE)
-            else:
-                self.engine.exited(container, 0)
+        await self._terminate(container, grace_s)
         self.engine.remove(container)
+
+    async def park(self, replica_id: str, grace_s: float) -> None:
+        """As stop, but the container is kept (EXITED, no address); one that is not running (exited,
+        or never started) is left as it is."""
+        self.calls.append(("park", replica_id))
+        await self._terminate(self._get("park container", replica_id), grace_s)
+
+    async def unpark(self, replica_id: str, on_started: Callable[[], None] | None = None) -> ReplicaInfo:
+        """Run a parked (or never started) container again after the start delay, at a new address
+        (the next of `address(replica_id)`); one that runs is returned as it is. Its network gone
+        (removed while it was parked), or told to fail, it raises RuntimeFailure and stays
+        stopped; cancelled, it stays as it was (parked)."""
+        self.calls.append(("unpark", replica_id))
+        container = self._get("unpark container", replica_id)
+        if container.info.status is ContainerStatus.RUNNING:
+            return container.info
+        target = f"replica {replica_id}"
+        if self.start_delay_s:
+            await self._sleep(self.start_delay_s)
+        if self.engine.containers.get(container.info.container_id) is not container:
+            raise ReplicaNotFound("unpark container", target, "no such container")
+        if container.network not in self.engine.networks:  # as Docker checks it: at the start
+            raise RuntimeFailure("unpark container", target, f"network {container.network} not found")
+        if self._start_failure is not None:
+            detail, self._start_failure = self._start_failure, None
+            raise RuntimeFailure("unpark container", target, detail)
+        container.hung = False  # a new process
+        container.info = replace(
+            container.info, status=ContainerStatus.RUNNING, address=self._address(replica_id), exit_code=None)
+        container.lines.append(f"{container.spec.image} started")
+        _changed(container)
+        if on_started is not None:
+            on_started()
+        if self._start_exit is not None:
+            (exit_code, lines), self._start_exit = self._start_exit, None
+            container.lines.extend(lines)
+            self.engine.exited(container, exit_code)
+        return container.info
 
     async def list(self, endpoint: EndpointKey | None = None) -> list[ReplicaInfo]:
         return [c.info for c in self._own() if endpoint is None or c.info.endpoint == endpoint]
@@ -302,6 +337,18 @@ class FakeRuntime:
         self.calls.append(("close", ""))
 
     # --- internals ---------------------------------------------------------------------------
+
+    async def _terminate(self, container: _Container, grace_s: float) -> None:
+        """"SIGTERM": a running container exits with 0 at once, or, if it ignores SIGTERM, with 137
+        after grace_s; one that is not running is left as it is."""
+        if container.info.status is not ContainerStatus.RUNNING:
+            return
+        if container.ignores_sigterm:
+            await self._sleep(grace_s)
+            if container.info.status is ContainerStatus.RUNNING:  # not ended meanwhile
+                self.engine.exited(container, SIGKILL_EXIT_CODE)
+        else:
+            self.engine.exited(container, 0)
 
     def _own(self) -> builtins.list[_Container]:
         return [c for c in self.engine.containers.values() if self.instance is None or c.instance == self.instance]

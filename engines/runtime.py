@@ -236,7 +236,9 @@ class Runtime(Protocol):
     async def remove_network(self, endpoint: EndpointKey) -> None:
         """Remove the endpoint's network, once its last replica is gone (after a delete). No
         error when there is none; a network that a running container still uses (a re-created
-        endpoint of the same name has started one) is kept: it is that endpoint's now."""
+        endpoint of the same name has started one) is kept: it is that endpoint's now. A parked
+        container does not hold it (Docker keeps a network only for running ones): the network is
+        removed, and that container can no longer be unparked."""
 
     async def networks(self) -> list[EndpointKey]:
         """The endpoints that have a network of this runtime's instance (all instances' without
@@ -247,6 +249,28 @@ class Runtime(Protocol):
 
         A container that already exited is only removed; a hung one (frozen, not answering) is
         stopped and removed all the same."""
+
+    async def park(self, replica_id: str, grace_s: float) -> None:
+        """SIGTERM, then SIGKILL after grace_s, as `stop`; but the container is kept, to be started
+        again by `unpark`: listed as EXITED, without an address. ReplicaNotFound if none.
+
+        A container that already exited is left as it is, and so is one never started (it stays
+        CREATED; `unpark` starts it too); a hung one is killed after grace_s. The process's end is
+        reported by `events()` as a death, as any exit is. Its network is not held by a stopped
+        container: `remove_network` removes it, and the unpark then fails. A cancelled park may
+        still stop the container (the engine finishes a stop it was asked for)."""
+
+    async def unpark(self, replica_id: str, on_started: Callable[[], None] | None = None) -> ReplicaInfo:
+        """Start a parked (or never started) container again and return it as it is now, RUNNING:
+        its port is published anew, at a new random host port, so its address is a new one (by
+        name in container mode: the same). `on_started` is called once the engine has started it,
+        before it is inspected anew. One that runs already is returned as it is.
+
+        ReplicaNotFound if none; RuntimeFailure, with the engine's reason, if it cannot start (its
+        network was removed, its GPUs are gone): the container is left stopped. Cancellation-safe:
+        when the task awaiting it is cancelled, at any point, the container is stopped again at once
+        (SIGKILL, no grace: it served nothing yet) and kept, parked as before, before
+        CancelledError propagates; that kill, if it ran, is reported as a death."""
 
     async def list(self, endpoint: EndpointKey | None = None) -> list[ReplicaInfo]:
         """The containers endpointd owns (found by label), all of them or one endpoint's; with an
@@ -265,7 +289,8 @@ class Runtime(Protocol):
         ...
 
     def events(self) -> AsyncGenerator[ReplicaEvent, None]:
-        """Deaths of containers endpointd owns (a stop is one too), as they happen from this call on."""
+        """Deaths of containers endpointd owns (a stop or a park is one too), as they happen from this
+        call on."""
 
     async def close(self) -> None:
         ...

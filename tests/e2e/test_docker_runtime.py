@@ -37,7 +37,7 @@ from engines.runtime import (
     Usage,
     network_name,
 )
-from tests.docker_fixtures import docker_cli, engine_containers, gated_engine
+from tests.docker_fixtures import docker_cli, docker_inspect, engine_containers, gated_engine
 
 SECRET = "s3cret-value"
 # Generous bounds for behaviour checks, not benchmarks: a loaded CI machine may be slow.
@@ -223,6 +223,10 @@ async def test_an_unreachable_engine_is_a_runtime_error_naming_the_operation(tmp
             await runtime.list()
         with pytest.raises(RuntimeFailure, match="stop container replica r1: cannot reach the Docker engine"):
             await runtime.stop("r1", 1)
+        with pytest.raises(RuntimeFailure, match="park container replica r1: cannot reach the Docker engine"):
+            await runtime.park("r1", 1)
+        with pytest.raises(RuntimeFailure, match="unpark container replica r1: cannot reach the Docker engine"):
+            await runtime.unpark("r1")
         key = EndpointKey("ns", "e")
         with pytest.raises(RuntimeFailure, match=f"create network {network_name(None, key)}: cannot reach the Docker engine"):
             await runtime.start(key, "r1", "1", ContainerSpec(image="img"))
@@ -442,3 +446,82 @@ async def test_a_start_the_engine_cannot_give_its_gpus_leaves_no_container(docke
     with pytest.raises(RuntimeFailure, match=f"start container endpointd-{docker_key.namespace}-echo-{rid}: .*device"):
         await docker_runtime.start(docker_key, rid, "1", spec)  # created, then refused at start
     assert await engine_containers(docker_key) == []
+
+
+# --- the parked tier: park keeps a stopped container, unpark starts it again --------------------
+
+
+@pytest.mark.docker
+async def test_an_unparked_replica_serves_on_the_port_docker_publishes_anew(docker_runtime, docker_key):
+    rid = new_id()
+    async with aiohttp.ClientSession() as session:
+        info = await docker_runtime.start(docker_key, rid, "1", echo())
+        info = await readiness.wait_ready(docker_runtime, info, session=session, deadline_s=READY_DEADLINE_S)
+        await docker_runtime.park(rid, grace_s=STOP_MARGIN_S)
+        assert (await docker_inspect("container", info.container_id))["State"]["Status"] == "exited"
+        with pytest.raises(aiohttp.ClientConnectionError):  # nothing listens there any more
+            await session.get(f"http://{info.address}/health")
+        back = await docker_runtime.unpark(rid)
+        published = (await docker_cli("port", info.container_id, "80/tcp")).strip()
+        assert back.address == published != info.address  # a new host port, read back after the start
+        back = await readiness.wait_ready(docker_runtime, back, session=session, deadline_s=READY_DEADLINE_S)
+        async with session.post(f"http://{back.address}/generate", json={"inputs": "woken"}) as response:
+            assert (await response.json()) == {"generated_text": "woken "}
+    await docker_runtime.stop(rid, grace_s=STOP_MARGIN_S)
+    assert await engine_containers(docker_key) == []
+
+
+@pytest.mark.docker
+async def test_a_never_started_container_is_left_by_park_and_started_by_unpark(docker_runtime, docker_key):
+    """Created by the CLI, as a pre-created replica would be: a park leaves it CREATED, and an
+    unpark starts it for the first time."""
+    rid = new_id()
+    labels = {"endpointd.managed": "true", "endpointd.namespace": docker_key.namespace, "endpointd.name": docker_key.name,
+              "endpointd.replica": rid, "endpointd.port": "80"}
+    await docker_cli("create", *(f"--label={k}={v}" for k, v in labels.items()), "--publish", "127.0.0.1::80", ECHO_IMAGE)
+    await docker_runtime.park(rid, grace_s=1)
+    [found] = await docker_runtime.list(docker_key)
+    assert (found.status, found.address) == (ContainerStatus.CREATED, None)
+    back = await docker_runtime.unpark(rid)
+    assert back.status is ContainerStatus.RUNNING and back.address.startswith("127.0.0.1:")
+    async with aiohttp.ClientSession() as session:
+        await readiness.wait_ready(docker_runtime, back, session=session, deadline_s=READY_DEADLINE_S)
+
+
+# Where an unpark is cancelled; the relay holds Docker's answer as for the starts above.
+UNPARK_CANCEL_POINTS = [
+    pytest.param(None, False, id="before-it-runs"),
+    pytest.param(f"POST {API}/[^/]+/start", False, id="started-unanswered"),
+    pytest.param(f"GET {API}/[^/]+/json", False, id="during-inspect"),
+    pytest.param(f"POST {API}/[^/]+/start", True, id="cancelled-again-while-parking"),
+]
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("hold, twice", UNPARK_CANCEL_POINTS)
+async def test_a_cancelled_unpark_leaves_the_container_parked(docker_runtime, docker_key, hold, twice):
+    rid = new_id()
+    info = await docker_runtime.start(docker_key, rid, "1", echo())
+    await docker_runtime.park(rid, grace_s=STOP_MARGIN_S)
+    async with gated_engine(hold) as (gate, url):
+        runtime = DockerRuntime(url=url)
+        try:
+            unparking = asyncio.create_task(runtime.unpark(rid))
+            if hold:
+                await asyncio.wait_for(gate.reached.wait(), EVENT_WAIT_S)
+                # The engine has started it; its starter has not heard yet.
+                assert (await docker_inspect("container", info.container_id))["State"]["Status"] == "running"
+            unparking.cancel()
+            if twice:
+                for _ in range(3):  # let it reach its parking again, which waits on the held answer
+                    await asyncio.sleep(0)
+                unparking.cancel()
+            gate.release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await unparking
+        finally:
+            await runtime.close()
+    # Stopped again and kept before CancelledError came out: no wait here.
+    [found] = await docker_runtime.list(docker_key)
+    assert (found.status, found.address, found.container_id) == (ContainerStatus.EXITED, None, info.container_id)
+    assert await engine_containers(docker_key) == [info.container_name]

@@ -67,6 +67,8 @@ async def test_errors_are_the_docker_runtimes():
     await rt.start(KEY, "r2", "1", SPEC)  # only the next start failed
     for operation, call in [
         ("stop container", lambda: rt.stop("r9", 1)),
+        ("park container", lambda: rt.park("r9", 1)),
+        ("unpark container", lambda: rt.unpark("r9")),
         ("inspect", lambda: rt.inspect("r9")),
         ("logs", lambda: rt.logs("r9")),
         ("stats", lambda: rt.usage("r9")),
@@ -276,6 +278,79 @@ async def test_usage_is_what_the_test_sets():
     assert (await rt.usage("r1")).cpu_percent == 85.0
 
 
+async def test_a_park_keeps_the_container_and_an_unpark_runs_it_again_at_a_new_address():
+    rt = FakeRuntime()
+    events = rt.events()
+    info = await rt.start(KEY, "r1", "1", SPEC)
+    await rt.park("r1", 30)
+    assert (await anext(events)).exit_code == 0  # a park is a death on the stream, as a stop is
+    parked = await rt.inspect("r1")
+    assert (parked.status, parked.address, parked.exit_code) == (ContainerStatus.EXITED, None, 0)
+    started = []
+    back = await rt.unpark("r1", on_started=lambda: started.append(rt.containers["r1"].info.status))
+    assert started == [ContainerStatus.RUNNING]
+    assert (back.status, back.exit_code, back.container_id) == (ContainerStatus.RUNNING, None, info.container_id)
+    assert back.address.startswith("127.0.0.1:") and back.address != info.address
+    assert await rt.list(KEY) == [back] and await rt.logs("r1") == ["img:1 started", "img:1 started"]
+    assert await rt.unpark("r1") == back  # running already: as it is
+    assert rt.calls[-4:] == [("start", "r1"), ("park", "r1"), ("unpark", "r1"), ("unpark", "r1")]
+
+
+async def test_a_park_of_a_container_that_is_not_running_leaves_it_as_it_is():
+    rt = FakeRuntime()
+    events = rt.events()
+    await rt.start(KEY, "r1", "1", SPEC)
+    rt.kill("r1", 3)
+    await rt.park("r1", 1)
+    assert ((await rt.inspect("r1")).status, (await rt.inspect("r1")).exit_code) == (ContainerStatus.EXITED, 3)
+    assert (await anext(events)).exit_code == 3
+    with pytest.raises(asyncio.TimeoutError):  # no second death
+        await asyncio.wait_for(anext(events), 0)
+
+
+async def test_an_unpark_waits_on_the_start_delay_and_a_cancelled_one_leaves_it_parked():
+    sleeps = Sleeps()
+    rt = FakeRuntime(sleep=sleeps)
+    await rt.start(KEY, "r1", "1", SPEC)
+    await rt.park("r1", 1)
+    rt.start_delay_s = 5
+    started = []
+    unparking = asyncio.create_task(rt.unpark("r1", on_started=lambda: started.append(True)))
+    await until_asked(sleeps)
+    assert sleeps.asked == [5] and (await rt.inspect("r1")).status is ContainerStatus.EXITED
+    unparking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await unparking
+    parked = await rt.inspect("r1")
+    assert (parked.status, parked.address, started) == (ContainerStatus.EXITED, None, [])
+    sleeps.wake.set()
+    assert (await rt.unpark("r1")).status is ContainerStatus.RUNNING
+
+
+async def test_a_failed_unpark_leaves_it_parked_and_an_unparked_one_may_exit_at_once():
+    rt = FakeRuntime()
+    events = rt.events()
+    await rt.start(KEY, "r1", "1", SPEC)
+    await rt.park("r1", 1)
+    await anext(events)
+    rt.fail_next_start("could not select device driver")
+    with pytest.raises(RuntimeFailure, match="unpark container replica r1: could not select device driver"):
+        await rt.unpark("r1")
+    assert ((await rt.inspect("r1")).status, (await rt.inspect("r1")).address) == (ContainerStatus.EXITED, None)
+    rt.exit_next_start(1, "CUDA error")
+    assert (await rt.unpark("r1")).status is ContainerStatus.EXITED
+    assert ((await anext(events)).exit_code, (await rt.logs("r1"))[-1]) == (1, "CUDA error")
+
+
+async def test_an_unparked_replica_is_a_new_process_hung_no_more():
+    rt = FakeRuntime()
+    await rt.start(KEY, "r1", "1", SPEC)
+    rt.hang("r1")
+    await rt.park("r1", 1)
+    await rt.unpark("r1")
+    assert not rt.is_hung("r1")
+
+
 # --- the same behaviour on both runtimes ---------------------------------------------------------
 
 # Generous bounds for the real engine on a loaded CI machine: waits on conditions, not delays.
@@ -305,6 +380,11 @@ class FakeSubject:
 
     async def hang(self, rt: FakeRuntime, info: ReplicaInfo) -> None:
         rt.hang(info.replica_id)
+
+    async def serving(self, rt: FakeRuntime, info: ReplicaInfo) -> ReplicaInfo:
+        """An unparked replica, once it serves: the fake's does at once (nothing listens there)."""
+        assert not rt.is_hung(info.replica_id)
+        return info
 
     async def leftovers(self) -> list[str]:
         return [c.info.container_name for c in self.engine.containers.values() if c.info.endpoint == self.key]
@@ -350,6 +430,10 @@ class DockerSubject:
 
     async def hang(self, rt: DockerRuntime, info: ReplicaInfo) -> None:
         await docker_cli("pause", info.container_id)
+
+    async def serving(self, rt: DockerRuntime, info: ReplicaInfo) -> ReplicaInfo:
+        async with aiohttp.ClientSession() as session:
+            return await readiness.wait_ready(rt, info, session=session, deadline_s=DOCKER_WAIT_S)
 
     async def leftovers(self) -> list[str]:
         return await engine_containers(self.key)
@@ -453,6 +537,8 @@ async def test_absent_replicas_are_replica_not_found(subject):
     rt = subject.runtime(instance())
     for operation, call in [
         ("stop container", lambda: rt.stop("r9", 1)),
+        ("park container", lambda: rt.park("r9", 1)),
+        ("unpark container", lambda: rt.unpark("r9")),
         ("inspect", lambda: rt.inspect("r9")),
         ("logs", lambda: rt.logs("r9")),
         ("stats", lambda: rt.usage("r9")),
@@ -516,6 +602,76 @@ async def test_remove_network_removes_an_unused_network_keeps_a_used_one_and_ign
     # A later start makes it again.
     await subject.start(rt, "r2")
     assert await subject.networks() == [network_name(rt.instance, subject.key)]
+
+
+async def test_a_park_keeps_the_replica_stopped_and_an_unpark_serves_it_at_a_new_address(subject):
+    rt = subject.runtime(instance())
+    events = rt.events()
+    try:
+        info = await subject.start(rt, "r1")
+        await rt.park("r1", grace_s=30)
+        event = await death_of(events, "r1")  # a park is a death on the stream
+        assert (event.kind, event.exit_code) == (EventKind.DIED, 0)
+    finally:
+        await events.aclose()
+    [parked] = await rt.list(subject.key)
+    assert (parked.status, parked.address, parked.container_id) == (ContainerStatus.EXITED, None, info.container_id)
+    assert await subject.leftovers() == [info.container_name]
+    started = []
+    back = await rt.unpark("r1", on_started=lambda: started.append(True))
+    assert (back.status, back.container_id, started) == (ContainerStatus.RUNNING, info.container_id, [True])
+    assert back.address.startswith("127.0.0.1:") and back.address != info.address
+    assert await subject.serving(rt, back) == back and await rt.list(subject.key) == [back]
+    await rt.stop("r1", grace_s=1)
+    assert await subject.leftovers() == []
+
+
+async def test_a_park_kills_a_replica_that_ignores_sigterm_after_the_grace_period_and_keeps_it(subject):
+    rt = subject.runtime(instance())
+    events = rt.events()
+    try:
+        await subject.start(rt, "r1", ignoring_sigterm=True)
+        await rt.park("r1", grace_s=1)
+        assert (await death_of(events, "r1")).exit_code == 137
+    finally:
+        await events.aclose()
+    assert ((await rt.inspect("r1")).status, (await rt.inspect("r1")).exit_code) == (ContainerStatus.EXITED, 137)
+    assert len(await subject.leftovers()) == 1
+
+
+async def test_a_park_of_an_exited_replica_leaves_it_as_it_is(subject):
+    rt = subject.runtime(instance())
+    events = rt.events()
+    try:
+        await subject.start(rt, "r1", exit_code=3)
+        assert (await death_of(events, "r1")).exit_code == 3
+    finally:
+        await events.aclose()
+    await rt.park("r1", grace_s=1)
+    assert ((await rt.inspect("r1")).status, (await rt.inspect("r1")).exit_code) == (ContainerStatus.EXITED, 3)
+
+
+async def test_a_hung_replica_is_parked_and_unparks_as_a_new_process(subject):
+    rt = subject.runtime(instance())
+    info = await subject.start(rt, "r1")
+    await subject.hang(rt, info)
+    await rt.park("r1", grace_s=1)
+    assert (await rt.inspect("r1")).status is ContainerStatus.EXITED
+    back = await rt.unpark("r1")
+    assert await subject.serving(rt, back) == back  # not frozen any more
+
+
+async def test_a_parked_replica_does_not_hold_its_network_and_cannot_unpark_without_it(subject):
+    rt = subject.runtime(instance())
+    await subject.start(rt, "r1")
+    await rt.park("r1", grace_s=1)
+    await rt.remove_network(subject.key)
+    assert await subject.networks() == []
+    with pytest.raises(RuntimeFailure, match="unpark container replica r1: .*network .* not found"):
+        await rt.unpark("r1")
+    assert ((await rt.inspect("r1")).status, (await rt.inspect("r1")).address) == (ContainerStatus.EXITED, None)
+    await rt.stop("r1", grace_s=1)
+    assert await subject.leftovers() == []
 
 
 # --- readiness ---------------------------------------------------------------------------------
