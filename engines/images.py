@@ -60,7 +60,9 @@ Progress = Callable[[str], None]
 
 
 CONTEXT_LABEL = "endpointd.context-sha256"
-CONTEXT_FILES = ("Dockerfile", "server.py")
+# The echo image's inputs: its server and the shims that start it as vLLM or SGLang.
+ECHO_SHIMS = ("shims/vllm/entrypoints/openai/api_server.py", "shims/sglang/launch_server.py")
+CONTEXT_FILES = ("Dockerfile", "server.py", *ECHO_SHIMS)
 TOOLKIT_FILES = ("Dockerfile", "requirements.txt", "__init__.py", "tasks.py", "handlers.py", "server.py",
                  "openai_embeddings.py")
 # endpointd's own image: its Dockerfile, and what `pip wheel` builds it from.

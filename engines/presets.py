@@ -16,6 +16,10 @@ The endpoint's `env`, `secrets`, `command` and `args` apply on top of the preset
 Each replica's engine API key (`api_key`) goes where its engine reads one (see VLLM_KEY_ENV); the
 variable is reserved.
 
+With `sleep_after_s` (the endpoint's compute.scaling.sleepAfter), the engine is started able to
+sleep (engines/sleep.py: how each one sleeps and wakes), by the flags of _sleep_flags; the engines
+that cannot sleep are refused.
+
 Errors:
     PresetError       the variant cannot be turned into a container; the message says what to fix.
                       The rules the API's wire format enforces too (the image's shape, env) are
@@ -24,6 +28,7 @@ Errors:
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -35,6 +40,7 @@ from engines.artifacts import REPOSITORY_TARGET, repository_mounts
 from engines.hardware import Resources
 from engines.pinned import LLAMA_CPP_BUILD
 from engines.runtime import ContainerSpec, RegistryAuth
+from engines.sleep import MAX_SLEEP_AFTER_S, MIN_SLEEP_AFTER_S, SleepKind, sleep_kind
 from engines.spec_rules import PresetError
 
 GIB = 1024**3
@@ -146,6 +152,42 @@ ECHO_REPOSITORY = "endpointd/echo"
 KEY_FLAGS = frozenset({"--api-key", "--api-key-file"})
 
 _COMMON_KEYS = ("url", "port", *spec_rules.HEALTH_ROUTE_KEYS)
+
+# What makes each engine able to sleep (engines/sleep.py), from each engine's source:
+#   vLLM       --enable-sleep-mode, and VLLM_SERVER_DEV_MODE=1: its API server mounts /sleep,
+#              /wake_up and /is_sleeping only in dev mode. The variable mounts vLLM's other dev
+#              routes too: the proxy refuses them all (proxy/core/engine_routes.py).
+#   SGLang     --enable-memory-saver (server_args.py) for /release_memory_occupation and /resume_...
+#   llama.cpp  --sleep-idle-seconds N (common/arg.cpp; a flag only, no LLAMA_ARG_ variable): it
+#              sleeps by itself after N seconds without a task.
+VLLM_DEV_MODE_ENV = "VLLM_SERVER_DEV_MODE"
+LLAMACPP_SLEEP_FLAG = "--sleep-idle-seconds"
+
+
+def _sleep_flags(kind: SleepKind, sleep_after_s: int) -> tuple[tuple[str, ...], Mapping[str, str]]:
+    """The arguments and variables that let the engine sleep."""
+    if kind is SleepKind.VLLM:
+        return ("--enable-sleep-mode",), {VLLM_DEV_MODE_ENV: "1"}
+    if kind is SleepKind.SGLANG:
+        return ("--enable-memory-saver",), {}
+    return (LLAMACPP_SLEEP_FLAG, str(sleep_after_s)), {}
+
+
+def _check_sleep_after(variant: str, sleep_after_s: Any) -> SleepKind:
+    """How the variant's engine sleeps; PresetError for a value out of range or an engine that cannot."""
+    if isinstance(sleep_after_s, bool) or not isinstance(sleep_after_s, int) or not (
+            MIN_SLEEP_AFTER_S <= sleep_after_s <= MAX_SLEEP_AFTER_S):
+        raise PresetError(
+            f"compute.scaling.sleepAfter must be a whole number of seconds from {MIN_SLEEP_AFTER_S} to "
+            f"{MAX_SLEEP_AFTER_S}, got {sleep_after_s!r}"
+        )
+    kind = sleep_kind({variant: {}})
+    if kind is None:
+        raise PresetError(
+            f"compute.scaling.sleepAfter is set, but the {variant} engine (model.image.{variant}) cannot sleep: "
+            f"only vLLM, sGLang and llamacpp can; remove compute.scaling.sleepAfter (or scale to zero instead)"
+        )
+    return kind
 
 
 class _Options:
@@ -443,6 +485,38 @@ def _check_reserved(name: str, values: Mapping[str, str], reserved: frozenset[st
             )
 
 
+def _able_to_sleep(
+    engine: _Engine, variant: str, sleep_after_s: int, command: Sequence[str] | None, args: Sequence[str] | None,
+    env: Mapping[str, str], secrets: Mapping[str, str],
+) -> _Engine:
+    """The engine with its sleep flags (_sleep_flags) added to the preset's own arguments and variables."""
+    kind = _check_sleep_after(variant, sleep_after_s)
+    if command is not None:
+        raise PresetError(
+            f"compute.scaling.sleepAfter needs the {variant} preset's own arguments (they turn sleeping on), "
+            f"but model.command replaces them; remove model.command (model.args alone are added to them) "
+            f"or compute.scaling.sleepAfter"
+        )
+    flags, flag_env = _sleep_flags(kind, sleep_after_s)
+    for arg in args or ():
+        if kind is SleepKind.LLAMACPP and isinstance(arg, str) and arg.split("=", 1)[0] == LLAMACPP_SLEEP_FLAG:
+            raise PresetError(
+                f"model.args sets {LLAMACPP_SLEEP_FLAG}, which endpointd sets from compute.scaling.sleepAfter; "
+                f"remove the flag"
+            )
+    for source, values in (("env", env), ("secrets", secrets)):
+        for key in flag_env:
+            if key in values:
+                raise PresetError(
+                    f"model.{source} sets {key}, which endpointd sets to {flag_env[key]} when "
+                    f"compute.scaling.sleepAfter is set (the engine serves its sleep routes only then); remove it"
+                )
+    return dataclasses.replace(
+        engine, args=(*(engine.args or ()), *flags), env={**engine.env, **flag_env},
+        reserved_env=engine.reserved_env | frozenset(flag_env),
+    )
+
+
 def declares_health_route(image: Mapping[str, Any]) -> bool:
     """Whether the replica's readiness is its health route answering 200. A custom image that
     names none is ready once its port accepts connections (the reference service treats it as
@@ -469,6 +543,7 @@ def build_container_spec(
     api_key: str | None = None,
     task: str | None = None,
     framework: str | None = None,
+    sleep_after_s: int | None = None,
 ) -> ContainerSpec:
     """The container for one replica of an endpoint whose `model.image` is `image`.
 
@@ -477,7 +552,12 @@ def build_container_spec(
     (it takes none, or takes it only as a flag and `command` replaced the preset's arguments).
 
     `task` and `framework`: the endpoint's model.task and model.framework, which the inference
-    toolkit (`huggingface`) is given as HF_TASK and HF_FRAMEWORK; other engines ignore them."""
+    toolkit (`huggingface`) is given as HF_TASK and HF_FRAMEWORK; other engines ignore them.
+
+    `sleep_after_s`: the endpoint's compute.scaling.sleepAfter (seconds, 1 to 86400), or None. Set,
+    the engine is started able to sleep (see _sleep_flags); PresetError for an engine that cannot
+    (only vLLM, SGLang and llama.cpp can), and when `command` replaces the preset's arguments,
+    which carry the flags."""
     name, body = spec_rules.image(image)
     options = _Options(name, body)
     preset = PRESETS[name]
@@ -517,8 +597,11 @@ def build_container_spec(
             f"assigned; assign them with GpuAllocator before building its container"
         )
 
-    _check_reserved("env", spec_rules.env(env, "model.env"), engine.reserved_env, name)
-    _check_reserved("secrets", spec_rules.env(secrets, "model.secrets", secret=True), engine.reserved_env, name)
+    env, secrets = spec_rules.env(env, "model.env"), spec_rules.env(secrets, "model.secrets", secret=True)
+    if sleep_after_s is not None:
+        engine = _able_to_sleep(engine, name, sleep_after_s, command, args, env, secrets)
+    _check_reserved("env", env, engine.reserved_env, name)
+    _check_reserved("secrets", secrets, engine.reserved_env, name)
     spec_rules.disjoint(env, secrets)
     merged_env = {**engine.env, **env}
     for key in secrets:  # a secret replaces the preset's value and never sits in the plain env

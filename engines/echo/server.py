@@ -10,6 +10,24 @@ with vLLM's scheduler gauges (`vllm:num_requests_running`, `vllm:num_requests_wa
 the rest wait, and the "KV cache" is the share of those slots in use. Each request is logged as
 `METHOD PATH STATUS`, except the `GET /health` and `GET /metrics` probes.
 
+Personalities: started as endpointd's vLLM or SGLang preset starts those engines (`python3 -m
+vllm.entrypoints.openai.api_server ...`, `python3 -m sglang.launch_server ...`: the shims under
+shims/ in the image), it reads that engine's command line (`main(personality, argv)`): its port
+(--port; else 8000 or 30000), its API key (vLLM: --api-key, else VLLM_API_KEY; SGLang: --api-key;
+ECHO_API_KEY and PORT are not read then), and the engine's sleep routes, served as the engine
+serves them and nowhere else (404 otherwise); every other flag is ignored.
+    vLLM    with VLLM_SERVER_DEV_MODE=1 and --enable-sleep-mode: `POST /sleep?level=1|2`,
+            `POST /wake_up`, `GET /is_sleeping` -> {"is_sleeping": bool}
+    SGLang  with --enable-memory-saver: `POST /release_memory_occupation` and
+            `POST /resume_memory_occupation`, each with a JSON object (`{}`) as its body
+A sleep takes ECHO_SLEEP_S and cuts the inference requests in flight, as vLLM's default sleep
+aborts them (counted: `echo_requests_cut_by_sleep_total`); a wake takes ECHO_WAKE_S. From the
+sleep's start to the wake's end the engine sleeps: an inference request is answered 503 `{"error":
+"the engine is asleep"}` and counted (`echo_requests_while_asleep_total`), so that a test can tell
+that endpointd never sent one to a sleeping replica; /health still answers 200, as vLLM's does.
+/metrics has these counters, `echo_sleeping` and `echo_sleeps_total`/`echo_wakes_total` only
+where the sleep routes are served.
+
 Self-contained (stdlib + aiohttp, 3.8 API: no web.AppKey) because its image has Debian bookworm's
 python3-aiohttp 3.8. Behaviour knobs, environment variables validated at start:
     PORT                        port to listen on, 1-65535 (default 80)
@@ -23,9 +41,16 @@ python3-aiohttp 3.8. Behaviour knobs, environment variables validated at start:
     ECHO_API_KEY                when set, every route but /health needs `Authorization: Bearer <key>`
                                 (401 otherwise), as real engines' API keys do; endpointd gives each
                                 replica its own. Never logged.
+    ECHO_SLEEP_S                seconds >= 0 a sleep takes (default 0.1)
+    ECHO_WAKE_S                 seconds >= 0 a wake takes (default 0.3)
+The real figures are seconds on a GPU (weights copied to CPU memory and back, the KV cache
+reallocated) and grow with the model; the defaults are short, so that tests stay fast, and not
+zero, so that a request arriving mid-transition is a real case.
 """
 
+import argparse
 import asyncio
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -60,6 +85,19 @@ OPEN_ROUTES = frozenset({"/health"})
 # the log tail and hide the requests.
 PROBE_ROUTES = frozenset({("GET", "/health"), ("GET", "/metrics")})
 UNAUTHORIZED = {"error": "a valid `Authorization: Bearer <key>` header is required", "error_type": "authentication"}
+ASLEEP = {"error": "the engine is asleep"}
+DEFAULT_SLEEP_S = 0.1
+DEFAULT_WAKE_S = 0.3
+
+# Personalities: which engine's command line the echo engine was started with (see the docstring).
+ECHO, VLLM, SGLANG = "echo", "vllm", "sglang"
+ENGINE_PORTS = {VLLM: 8000, SGLANG: 30000}  # each engine's default --port
+# The flag that turns each engine's sleep routes on; vLLM also needs VLLM_SERVER_DEV_MODE=1.
+SLEEP_FLAGS = {VLLM: "--enable-sleep-mode", SGLANG: "--enable-memory-saver"}
+VLLM_KEY_ENV = "VLLM_API_KEY"
+VLLM_DEV_MODE_ENV = "VLLM_SERVER_DEV_MODE"
+# The sleep states; inference is served only AWAKE.
+AWAKE, FALLING_ASLEEP, SLEEPING, WAKING = "awake", "falling asleep", "sleeping", "waking"
 
 
 def log(line):
@@ -68,7 +106,11 @@ def log(line):
 
 
 def _env_number(environ, name, kind, default, low, high=math.inf):
-    raw = environ.get(name, "").strip()
+    return _number(name, environ.get(name, ""), kind, default, low, high)
+
+
+def _number(name, raw, kind, default, low, high=math.inf):
+    raw = (raw or "").strip()
     if not raw:
         return default
     try:
@@ -101,6 +143,10 @@ class Settings:
     task: str = "text-generation"
     api_key: str | None = field(default=None, repr=False)
     max_running: int = DEFAULT_MAX_RUNNING
+    personality: str = ECHO
+    sleep_routes: bool = False  # the personality's sleep routes are served
+    sleep_s: float = DEFAULT_SLEEP_S
+    wake_s: float = DEFAULT_WAKE_S
 
     @classmethod
     def from_env(cls, environ):
@@ -114,6 +160,26 @@ class Settings:
             task=_env_choice(environ, "ECHO_TASK", TASKS, TASKS[0]),
             api_key=environ.get("ECHO_API_KEY") or None,
             max_running=_env_number(environ, "ECHO_MAX_RUNNING", int, DEFAULT_MAX_RUNNING, 1),
+            sleep_s=_env_number(environ, "ECHO_SLEEP_S", float, DEFAULT_SLEEP_S, 0),
+            wake_s=_env_number(environ, "ECHO_WAKE_S", float, DEFAULT_WAKE_S, 0),
+        )
+
+    @classmethod
+    def for_engine(cls, personality, argv, environ):
+        """The knobs, then what the engine's own command line and variables say (see the docstring)."""
+        settings = cls.from_env(environ)
+        if personality == ECHO:
+            return settings
+        parser = argparse.ArgumentParser(prog=personality, add_help=False, allow_abbrev=False)
+        parser.add_argument("--port")
+        parser.add_argument("--api-key")
+        parser.add_argument(SLEEP_FLAGS[personality], action="store_true", dest="sleep")
+        known, _ignored = parser.parse_known_args(list(argv))
+        key = known.api_key or (environ.get(VLLM_KEY_ENV) if personality == VLLM else None)
+        sleep = known.sleep and (personality != VLLM or environ.get(VLLM_DEV_MODE_ENV, "").strip() == "1")
+        return dataclasses.replace(
+            settings, personality=personality, port=_number("--port", known.port, int, ENGINE_PORTS[personality], 1, 65535),
+            api_key=key or None, sleep_routes=sleep,
         )
 
 
@@ -218,7 +284,7 @@ def require_key(key):
 
 
 class Engine:
-    """The engine's state (readiness, counters, the crash countdown) and its handlers."""
+    """The engine's state (readiness, sleep, counters, the crash countdown) and its handlers."""
 
     def __init__(self, settings, exit_process):
         self.settings = settings
@@ -231,6 +297,13 @@ class Engine:
         self._slots = asyncio.Semaphore(settings.max_running)
         self.tokens_total = 0
         self.created = int(time.time())
+        self.sleep_state = AWAKE
+        self._sleep_lock = asyncio.Lock()  # one sleep or wake at a time
+        self._serving = set()  # the tasks of the inference requests in flight: a sleep cuts them
+        self.sleeps_total = 0
+        self.wakes_total = 0
+        self.requests_while_asleep = 0
+        self.requests_cut_by_sleep = 0
 
     async def readiness(self, app):
         """cleanup_ctx: ready ECHO_STARTUP_DELAY_S after the app starts (it listens at once)."""
@@ -253,7 +326,12 @@ class Engine:
         async def gated(request):
             if not self.ready:
                 return web.json_response({"error": "loading"}, status=503)
+            if self.sleep_state != AWAKE:
+                self.requests_while_asleep += 1
+                return web.json_response(ASLEEP, status=503)
             # Every count is decremented in `finally`: errors and client disconnects never leak one.
+            task = asyncio.current_task()
+            self._serving.add(task)
             self.in_flight += 1
             try:
                 self.waiting += 1
@@ -271,6 +349,7 @@ class Engine:
                     self._slots.release()
             finally:
                 self.in_flight -= 1
+                self._serving.discard(task)
             self.requests_total += 1
             if self.requests_total == self.settings.crash_after_requests:
                 # Send this answer in full first; the exit comes on the next turn of the loop.
@@ -392,6 +471,67 @@ class Engine:
             {"id": MODEL_ID, "object": "model", "created": self.created, "owned_by": "endpointd"}
         ]})
 
+    # --- sleep and wake ---
+
+    async def _fall_asleep(self):
+        """Sleep: inference refused from now on, the requests in flight cut, ECHO_SLEEP_S spent."""
+        async with self._sleep_lock:
+            if self.sleep_state == SLEEPING:
+                return
+            self.sleep_state = FALLING_ASLEEP
+            cut = list(self._serving)
+            for task in cut:
+                task.cancel()
+            self.requests_cut_by_sleep += len(cut)
+            log(f"echo engine: falling asleep ({len(cut)} requests in flight cut)")
+            try:
+                await asyncio.sleep(self.settings.sleep_s)
+            finally:  # a sleep whose caller went away still happens, as in the engine
+                self.sleep_state = SLEEPING
+                self.sleeps_total += 1
+            log("echo engine: asleep")
+
+    async def _wake(self):
+        async with self._sleep_lock:
+            if self.sleep_state == AWAKE:
+                return
+            self.sleep_state = WAKING
+            log("echo engine: waking up")
+            try:
+                await asyncio.sleep(self.settings.wake_s)
+            finally:
+                self.sleep_state = AWAKE
+                self.wakes_total += 1
+            log("echo engine: awake")
+
+    async def vllm_sleep(self, request):
+        if request.query.get("level", "1") not in ("1", "2"):
+            return web.json_response({"error": "level must be 1 or 2"}, status=400)
+        await self._fall_asleep()
+        return web.Response(status=200)
+
+    async def vllm_wake_up(self, request):
+        await self._wake()  # every part of the engine, whatever `tags` asks
+        return web.Response(status=200)
+
+    async def vllm_is_sleeping(self, request):
+        return web.json_response({"is_sleeping": self.sleep_state != AWAKE})
+
+    async def sglang_release(self, request):
+        return await self._sglang(request, self._fall_asleep)
+
+    async def sglang_resume(self, request):
+        return await self._sglang(request, self._wake)
+
+    async def _sglang(self, request, transition):
+        """SGLang's memory routes take a JSON object (its optional `tags`) and answer JSON null."""
+        try:
+            await _json_object(request)
+        except Invalid as error:
+            return web.json_response({"error": str(error), "error_type": "validation"}, status=422)
+        await transition()
+        return web.json_response(None)
+
     # --- operations ---
 
     async def health(self, request):
@@ -405,12 +545,23 @@ class Engine:
 
     async def metrics(self, request):
         model = f'{{model_name="{MODEL_ID}"}}'  # vLLM labels its gauges with the served model
+        # Only where the sleep routes are served: an engine that cannot sleep says nothing of it.
+        sleep = (
+            ("echo_sleeping", "", "gauge", "1 from a sleep's start to its wake's end.", int(self.sleep_state != AWAKE)),
+            ("echo_sleeps_total", "", "counter", "Sleeps done.", self.sleeps_total),
+            ("echo_wakes_total", "", "counter", "Wakes done.", self.wakes_total),
+            ("echo_requests_while_asleep_total", "", "counter",
+             "Inference requests refused because the engine was asleep.", self.requests_while_asleep),
+            ("echo_requests_cut_by_sleep_total", "", "counter",
+             "Inference requests in flight cut by a sleep.", self.requests_cut_by_sleep),
+        ) if self.settings.sleep_routes else ()
         text = "".join(
             f"# HELP {name} {about}\n# TYPE {name} {kind}\n{name}{labels} {value}\n"
             for name, labels, kind, about, value in (
                 ("echo_requests_total", "", "counter", "Inference requests answered.", self.requests_total),
                 ("echo_requests_in_flight", "", "gauge", "Inference requests being answered.", self.in_flight),
                 ("echo_tokens_generated_total", "", "counter", "Tokens generated.", self.tokens_total),
+                *sleep,
                 ("vllm:num_requests_running", model, "gauge", "Number of requests in model execution batches.",
                  float(self.running)),
                 ("vllm:num_requests_waiting", model, "gauge", "Number of requests waiting to be processed.",
@@ -434,6 +585,13 @@ def make_app(settings, exit_process=os._exit):
     app.router.add_get("/info", engine.info)
     app.router.add_get("/metrics", engine.metrics)
     app.router.add_get("/v1/models", engine.models)
+    if settings.sleep_routes and settings.personality == VLLM:
+        app.router.add_post("/sleep", engine.vllm_sleep)
+        app.router.add_post("/wake_up", engine.vllm_wake_up)
+        app.router.add_get("/is_sleeping", engine.vllm_is_sleeping)
+    if settings.sleep_routes and settings.personality == SGLANG:
+        app.router.add_post("/release_memory_occupation", engine.sglang_release)
+        app.router.add_post("/resume_memory_occupation", engine.sglang_resume)
     for path, handler in (
         ("/", engine.tgi_root),
         ("/generate", engine.tgi_generate),
@@ -446,12 +604,14 @@ def make_app(settings, exit_process=os._exit):
     return app
 
 
-def main():
+def main(personality=ECHO, argv=()):
+    """Run the engine: as itself, or with the command line `argv` of a vLLM or SGLang personality."""
     try:
-        settings = Settings.from_env(os.environ)
+        settings = Settings.for_engine(personality, argv, os.environ)
     except ValueError as error:
         print(f"echo engine: {error}", file=sys.stderr, flush=True)
         return 2
+    as_engine = "" if settings.personality == ECHO else f" (as {settings.personality})"
     # run_app stops gracefully on SIGTERM and SIGINT through loop signal handlers. As PID 1 in a
     # container that handler is what makes SIGTERM stop the process: the kernel drops signals
     # that PID 1 has no handler for. `print` is called once the port is listening.
@@ -460,7 +620,7 @@ def main():
         host="0.0.0.0",
         port=settings.port,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-        print=lambda _banner: log(f"echo engine listening on :{settings.port}"),
+        print=lambda _banner: log(f"echo engine{as_engine} listening on :{settings.port}"),
     )
     log("echo engine stopped")
     return 0
