@@ -217,7 +217,7 @@ class Controller:
 
     def gpus_taken(self, replica_id: str, gpus: tuple[str, ...]) -> bool:
         """Whether another replica holds any of these GPUs now."""
-        holders = self.capacity.gpus.holders()
+        holders = self.capacity.gpus.holders
         return any(holders.get(gpu, replica_id) != replica_id for gpu in gpus)
 
     async def probe(self, intent: Intent) -> bool:

@@ -49,8 +49,9 @@ class Compute:
 
 # The image variants whose engine serves control routes (proxy/core/engine_routes.py).
 ENGINES = {"vLLM": EngineKind.VLLM, "sGLang": EngineKind.SGLANG, "llamacpp": EngineKind.LLAMACPP}
-# The image variants whose engine can sleep (engines/sleep.py): `compute.scaling.sleepAfter` is
-# refused for the others.
+# The image variants whose engine can sleep (engines/sleep.py's KINDS, which a test keeps equal;
+# not imported: the CLI loads this module and must not load aiohttp): `compute.scaling.sleepAfter`
+# is refused for the others.
 SLEEPERS = frozenset(ENGINES)
 
 

@@ -14,7 +14,9 @@ restarts against the real controller on the fake runtime, and checks after every
   to zero (a user's scale-to-zero, an idle scale-down) which found no ready replica, wants at
   least one replica — once the process that got the request has nothing on its way to or from
   the main process (at once, in the main process);
-- a restart takes no serving replica out of service, and keeps a failed revision failed.
+- a restart takes no serving replica out of service, and keeps a failed revision failed;
+- the idle ladder: a sleeping replica keeps its GPUs and is never in the route table, a parked
+  one holds nothing and its container is not running; parked containers count toward no limit.
 
 Requests arrive at the main process or at one of two worker processes, each with its own
 readiness gate and its own copy of the routes; route changes out to the workers and wakes back
@@ -42,6 +44,7 @@ from tests.wake_processes import Processes
 
 KEYS = [EndpointKey("acme", "a"), EndpointKey("team", "b")]
 GPUS = 3
+PARK_TTL_S = 120.0  # time_passes moves 30-90 s: parked containers expire now and then
 WORKERS = 2
 key_index = st.integers(0, len(KEYS) - 1)
 process_index = st.integers(0, WORKERS)  # 0: the main process
@@ -94,7 +97,10 @@ class ControlPlane(RuleBasedStateMachine):
     def new_world(self, runtime, old: World | None = None) -> World:
         """A controller with the proxy's processes in front of it (all new after a restart)."""
         self.procs = Processes(WORKERS, clock=lambda: self.world.now, wall=lambda: self.world.wall_now)
-        world = World(gpus=GPUS, runtime=runtime, routes=self.procs.main)
+        # Each world names its replicas apart: a restarted one must not reuse an adopted replica's id.
+        self.worlds = getattr(self, "worlds", 0) + 1
+        world = World(gpus=GPUS, runtime=runtime, routes=self.procs.main, park_ttl_s=PARK_TTL_S,
+                      id_prefix=f"w{self.worlds}r")
         world.launcher.gpus_per_replica = 1
         if old is not None:
             world.now, world.wall_now = old.now, old.wall_now
@@ -355,6 +361,32 @@ class ControlPlane(RuleBasedStateMachine):
             victim = data.draw(st.sampled_from(sorted(c.replica_id for c in running)))
             self.world.runtime.ignore_sigterm(victim)
 
+    @rule(k=key_index)
+    def idle(self, k):
+        """sleepAfter passed: the scaler says the endpoint's engines may sleep."""
+        key = KEYS[k]
+        owner = self.controller._owners.get(key)
+        if owner is not None:
+            self.controller.recommend(key, max(owner.wanted(), 1), "idle", sleep=True)
+            self.settle()
+
+    @rule(refuses=st.booleans(), wakes=st.booleans(), by_itself=st.booleans(), slow=st.booleans())
+    def engines_sleep(self, refuses, wakes, by_itself, slow):
+        """How the engines sleep from now on: refused, waking or not, by themselves (llama.cpp),
+        or slowly (a sleep the machine ends with sleep_finishes)."""
+        launcher = self.world.launcher
+        launcher.sleep_error = RuntimeError("404 /sleep") if refuses else None
+        launcher.wake_error = None if wakes else RuntimeError("500 /wake_up")
+        launcher.self_sleeping = by_itself
+        launcher.hold_sleeps = slow
+
+    @precondition(lambda self: self.world.launcher.sleep_gates)
+    @rule(data=st.data())
+    def sleep_finishes(self, data):
+        rid = data.draw(st.sampled_from(sorted(self.world.launcher.sleep_gates)))
+        self.world.launcher.sleep_gates[rid].set_result(None)
+        self.settle()
+
     @rule(slow=st.booleans())
     def docker_speed(self, slow):
         self.world.runtime.slow = slow
@@ -375,7 +407,9 @@ class ControlPlane(RuleBasedStateMachine):
         for key in KEYS:
             declared = self.declared.get(key)
             if declared is None or declared.paused or key in self.zeroed:
-                left = [c.replica_id for c in containers if c.endpoint == key]
+                kept = key in self.zeroed and declared is not None and not declared.paused
+                left = [c.replica_id for c in containers
+                        if c.endpoint == key and not (kept and c.status is ContainerStatus.EXITED)]
                 assert not left, f"{key}: {left} still there once every drain has finished"
 
     @rule(crash=st.booleans())
@@ -429,13 +463,16 @@ class ControlPlane(RuleBasedStateMachine):
             for _ in range(4):
                 for rid in list(launcher.gates):
                     launcher.ready(rid)
+                for gate in list(launcher.sleep_gates.values()):
+                    gate.set_result(None)
+                launcher.wake_error = None  # every wake succeeds too
                 self.world.in_flight.clear()
                 self.world.now += 600.0
                 self.settle()
             for key, declared in self.declared.items():
                 owner = self.controller._owners[key]
                 wanted = owner.wanted()
-                ready = [s for s in owner.slots_in(Phase.READY) if s.revision == declared.revision]
+                ready = [s for s in owner.slots_in(Phase.READY, Phase.SLEEPING) if s.revision == declared.revision]
                 old = [s.id for s in owner.slots.values() if s.revision != declared.revision]
                 if owner.failed_revision == declared.revision:
                     continue  # three failed starts: it waits for a resume, and keeps what serves
@@ -454,10 +491,11 @@ class ControlPlane(RuleBasedStateMachine):
         for c in containers:
             by_endpoint.setdefault(c.endpoint, []).append(c)
         current = {slot_id for owner in self.controller._owners.values() for slot_id in owner.slots}
+        parked = {slot.id for owner in self.controller._all() for slot in owner.slots_in(Phase.PARKED)}
         for key in KEYS:
             # Per incarnation: a deleted endpoint's replicas finish draining beside a re-created
             # one of the same name (and hold their GPUs until they are gone).
-            n = len([c for c in by_endpoint.get(key, []) if c.replica_id in current])
+            n = len([c for c in by_endpoint.get(key, []) if c.replica_id in current and c.replica_id not in parked])
             allowed = self.allowance.get(key, 0)
             assert n <= allowed, f"{key}: {n} containers, at most {allowed} allowed"
             # What a lowered max leaves running drains away; the allowance only ever tightens.
@@ -468,17 +506,30 @@ class ControlPlane(RuleBasedStateMachine):
         gpus_seen: dict[str, str] = {}
         holders = self.world.allocator.holders
         for c in containers:
+            if c.replica_id in parked:  # stopped: it holds none (it asks for them back at its wake)
+                assert c.status is ContainerStatus.EXITED, f"parked {c.replica_id} is {c.status}"
+                assert not self.world.allocator.held_by(c.replica_id), f"parked {c.replica_id} holds GPUs"
+                continue
             for gpu in self.world.runtime.containers[c.replica_id].spec.gpu_device_ids:
                 assert gpu not in gpus_seen, f"GPU {gpu} in {gpus_seen[gpu]} and {c.replica_id}"
                 gpus_seen[gpu] = c.replica_id
                 assert holders.get(gpu) == c.replica_id, f"{c.replica_id} uses {gpu}, assigned to {holders.get(gpu)}"
         phases = {slot.id: slot.phase for owner in self.controller._all() for slot in owner.slots.values()}
+        for key, owner in self.controller._owners.items():
+            sleeping = owner.slots_in(Phase.SLEEPING)
+            for slot in sleeping:  # it must be able to wake: its GPUs stay its own
+                assert set(self.world.allocator.held_by(slot.id)) == set(slot.gpus), f"sleeping {slot.id} lost its GPUs"
+            entry = self.procs.main.lookup(key.namespace, key.name)
+            if entry is not None and not owner.deleting:
+                ready = {s.id for s in owner.slots_in(Phase.READY)}
+                assert {r.id for r in entry.replicas} <= ready, f"{key}: routed to {entry.replicas}, ready {ready}"
+                assert entry.sleeping == len(sleeping)
         for key in KEYS:
             declared = self.declared.get(key)
             quiet = declared is None or declared.paused or key in self.zeroed
             if quiet:
-                serving = [c.replica_id for c in by_endpoint.get(key, [])
-                           if phases.get(c.replica_id) not in (Phase.DRAINING, Phase.STOPPING)]
+                leaving = (Phase.DRAINING, Phase.STOPPING, Phase.PARKING, Phase.PARKED)
+                serving = [c.replica_id for c in by_endpoint.get(key, []) if phases.get(c.replica_id) not in leaving]
                 assert not serving, (
                     f"{key} ({'deleted' if declared is None else 'paused' if declared.paused else 'zeroed by a user'})"
                     f" still has containers that are neither draining nor stopping: {serving}"

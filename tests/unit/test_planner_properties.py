@@ -10,7 +10,7 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoscaler.control.planner import SURGE, Cancel, Drain, Phase, Reclaim, SlotView, Start, View, limit, plan
+from autoscaler.control.planner import SURGE, Cancel, Drain, Phase, Reclaim, SlotView, Start, Unpark, View, limit, plan
 from autoscaler.model.intent import Intent, Signals, asleep, asleep_since, wanted
 from engines.runtime import EndpointKey
 from proxy.core.control import AuthType
@@ -106,6 +106,9 @@ def apply(view: View, actions: list) -> View:
                 phase[id] = Phase.DRAINING
             case Reclaim(id):
                 phase[id] = Phase.READY
+            case Unpark(id):
+                phase[id] = Phase.STARTING
+                started += 1
     slots = tuple(replace(s, phase=phase[s.id]) for s in view.slots) + tuple(new)
     free = None if view.free_capacity is None else view.free_capacity - started
     return replace(view, slots=slots, free_capacity=free)
@@ -126,7 +129,10 @@ def test_each_action_fits_the_phase_of_its_replica_and_names_it_once(view):
         if isinstance(action, Cancel):
             assert by_id[action.id].phase is Phase.STARTING
         elif isinstance(action, Drain):
-            assert by_id[action.id].phase is Phase.READY
+            assert by_id[action.id].phase in (Phase.READY, Phase.SLEEPING)
+        elif isinstance(action, Unpark):
+            assert by_id[action.id].phase is Phase.PARKED and by_id[action.id].revision == view.revision
+            assert view.may_start
         elif isinstance(action, Reclaim):
             assert by_id[action.id].phase is Phase.DRAINING and by_id[action.id].revision == view.revision
     starts = [a for a in actions if isinstance(a, Start)]
@@ -139,15 +145,19 @@ def test_each_action_fits_the_phase_of_its_replica_and_names_it_once(view):
 def test_a_start_never_passes_max_plus_surge_nor_what_is_wanted(view):
     actions = plan(view)
     after = apply(view, actions)
-    if any(isinstance(a, Start) for a in actions):
-        assert len(after.slots) <= limit(view) <= view.max_replicas + SURGE
+    if any(isinstance(a, Start | Unpark) for a in actions):
+        # parked containers hold nothing (stopped): they count toward no limit
+        assert sum(1 for s in after.slots if s.phase is not Phase.PARKED) <= limit(view) <= view.max_replicas + SURGE
         live_current = [s for s in after.slots
-                        if s.revision == view.revision and s.phase in (Phase.STARTING, Phase.READY)]
+                        if s.revision == view.revision and s.phase in (Phase.STARTING, Phase.READY, Phase.SLEEPING)]
         assert len(live_current) <= view.wanted
         if view.free_capacity is not None:
             assert after.free_capacity >= 0
         # a draining replica of the current revision is reclaimed before a new one is started
         assert not any(s.phase is Phase.DRAINING and s.revision == view.revision for s in after.slots)
+    if any(isinstance(a, Start) for a in actions):
+        # and a parked one is started again before a new container is made
+        assert not any(s.phase is Phase.PARKED and s.revision == view.revision for s in after.slots)
 
 
 @EXAMPLES
@@ -171,7 +181,7 @@ def test_the_last_ready_replica_stays_while_its_replacement_is_not_ready(view):
 @given(views(bounded_capacity=False))
 def test_a_plan_carried_out_asks_for_no_second_start_and_the_plans_settle(view):
     after = apply(view, plan(view))
-    assert not any(isinstance(a, Start | Reclaim) for a in plan(after))  # what was missing was asked for at once
+    assert not any(isinstance(a, Start | Reclaim | Unpark) for a in plan(after))  # what was missing was asked for at once
     # A reclaim is not yet counted as ready when the old revision's share is decided, so one more
     # round may let an old replica go; then nothing is left to do (while no launch finishes).
     assert plan(apply(after, plan(after))) == []

@@ -650,3 +650,10 @@ def test_sleep_after_is_refused_for_an_engine_that_cannot_sleep():
     assert next(iter(body["model"]["image"])) not in ("vLLM", "sGLang", "llamacpp")
     with pytest.raises(WireError, match="cannot sleep: only llamacpp, sGLang, vLLM can"):
         parse_create(body)
+
+
+def test_the_variants_that_may_sleep_are_the_ones_engines_know_how_to_sleep():
+    from autoscaler.model.spec import SLEEPERS
+    from engines.sleep import KINDS
+
+    assert frozenset(KINDS) == SLEEPERS
