@@ -284,3 +284,55 @@ def test_llamacpp_health_is_not_ready_until_the_model_is_loaded(tmp_path, docker
         assert loading and "Loading model" in loading[0], seen[:5]
     finally:
         subprocess.run([DOCKER, "rm", "-f", name], capture_output=True)
+
+
+def put(serve: Serve, path: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{serve.url}{path}", data=json.dumps(body).encode(), method="PUT", headers={
+        "Authorization": f"Bearer {serve.alice}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_idle_ladder_on_llamacpp_sleeps_parks_and_wakes_from_each_tier(serve):
+    """sleepAfter 1 s, then scaleToZeroTimeout (8 s here, a minute being a second): llama.cpp
+    sleeps by itself and endpointd sees it; a chat wakes it with no 503; idle longer, the
+    container is parked; a held chat starts that same container again."""
+    create(serve, "ladder", min_replica=0, scale_to_zero_timeout=8)
+    code, body = put(serve, "/v2/endpoint/alice/ladder", {"compute": {"scaling": {"sleepAfter": 1}}})
+    assert code == 200, body
+    assert body["compute"]["scaling"]["sleepAfter"] == 1
+
+    def endpoint_status() -> dict:
+        return json.loads(http(serve, "/v2/endpoint/alice/ladder")[1])["status"]
+
+    # The update rolled the replica (llama.cpp takes the idle seconds as an argument): once the
+    # new one runs, it falls asleep by itself within a second or two of idling.
+    wait_for(lambda: endpoint_status().get("tier") == "sleeping", READY_TIMEOUT_S, "llama.cpp asleep",
+             interval_s=0.2)
+    assert endpoint_status()["state"] == "running"
+    (container,) = serve.containers()
+    client = openai.OpenAI(base_url=f"{serve.url}/endpoints/alice/ladder/v1", api_key=serve.alice, max_retries=0,
+                           timeout=60)
+    answer = client.chat.completions.create(model="tgi", messages=SKY, temperature=0, max_tokens=24)
+    assert "blue" in answer.choices[0].message.content.lower()  # no 503: llama.cpp woke for it
+
+    wait_for(lambda: endpoint_status().get("tier") == "parked", 60, "parked after scaleToZeroTimeout",
+             interval_s=0.2)
+    assert endpoint_status()["state"] == "scaledToZero"
+    assert serve.containers() == [] and serve.containers(all_states=True) == [container]
+    held = client.with_options(default_headers={"X-Scale-Up-Timeout": "60"})
+    again = held.chat.completions.create(model="tgi", messages=SKY, temperature=0, max_tokens=24)
+    assert "blue" in again.choices[0].message.content.lower()
+    assert serve.containers() == [container]  # docker start of the parked one, not a new container
+
+    events = json.loads(http(serve, "/v2/endpoint/alice/ladder/events?limit=1000")[1])["items"]
+    kinds = [e["kind"] for e in events]
+    assert {"replica_asleep", "replica_parked", "replica_unparking"} <= set(kinds)
+    assert [e["inputs"]["tier"] for e in events if e["kind"] == "woke"][-1] == "parked"
+    replicas = json.loads(http(serve, "/v2/endpoint/alice/ladder/replica")[1])["items"]
+    (mine,) = [r for r in replicas if container.endswith(r["id"])]
+    states = [step["state"] for step in mine["timeline"]]
+    assert "sleeping" in states and "parked" in states and states[-1] == "running"
