@@ -68,6 +68,7 @@ class HandLauncher:
 
     async def unpark(self, intent, replica_id, report, mark=lambda point: None):
         self.unparked.append(replica_id)
+        mark("unparking")
         info = await self.runtime.unpark(replica_id)
         mark("started")
         if not self.auto:
@@ -94,6 +95,7 @@ class HandLauncher:
         self.asleep.add(replica.replica_id)
 
     async def wake(self, intent, replica: ReplicaInfo, mark=lambda point: None) -> None:
+        mark("waking")
         if self.wake_error is not None:
             raise self.wake_error
         self.asleep.discard(replica.replica_id)

@@ -155,6 +155,7 @@ class EngineLauncher:
         mark: Callable[[str], None] = lambda point: None,
     ) -> ReplicaInfo:
         report(f"starting parked replica {replica_id} again")
+        mark("unparking")
         info = await self._runtime.unpark(replica_id)
         mark("started")
         report(f"waiting for replica {replica_id} to answer {info.health_route or 'on its port'}")
@@ -174,6 +175,7 @@ class EngineLauncher:
         await sleep.put_to_sleep(self._session, replica, self._sleep_kind(intent), SLEEP_CALL_S)
 
     async def wake(self, intent: Intent, replica: ReplicaInfo, mark: Callable[[str], None] = lambda point: None) -> None:
+        mark("waking")
         await sleep.wake_up(self._session, replica, self._sleep_kind(intent), SLEEP_CALL_S)
         mark("awake")
         await readiness.wait_ready(self._runtime, replica, session=self._session, deadline_s=self._ready_deadline_s)

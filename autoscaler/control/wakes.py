@@ -4,8 +4,9 @@ held requests' release, in phases, and the last few kept per endpoint and tier.
 A wake's tier is what it woke from: "sleeping" (the engine's own sleep, process alive), "parked"
 (a stopped container started again) or "cold" (a new container). Its points in time, in order:
 asked (the wake call reached the controller), then the marks of the replica that answered it —
-creating (its container is about to be made), created, started (docker start or run returned),
-awake (the engine's wake call returned), ready (readiness passed) — then released (the owner
+creating, unparking or waking (its container is about to be made, or started again, or its engine
+asked to wake: what came before is endpointd's own preparation), created, started (docker start
+or run returned), awake (the engine's wake call returned), ready (readiness passed) — then released (the owner
 published it to the route table, which frees the held requests in the same loop turn). Each phase
 is named by the point that ends it; a mark the launcher did not give folds its phase into the next.
 """
@@ -19,8 +20,8 @@ from dataclasses import dataclass
 
 # Wakes kept per endpoint: enough for a stable median, small enough to be nothing in memory.
 WAKES_KEPT = 20
-PHASE_ENDED_BY = {"creating": "prepare", "created": "create", "started": "start", "awake": "wake",
-                  "ready": "ready", "released": "release"}
+PHASE_ENDED_BY = {"creating": "prepare", "unparking": "prepare", "waking": "prepare", "created": "create",
+                  "started": "start", "awake": "wake", "ready": "ready", "released": "release"}
 TIERS = ("sleeping", "parked", "cold")
 
 

@@ -62,6 +62,7 @@ async def test_an_idle_replica_sleeps_out_of_the_route_table_and_a_request_wakes
     assert w.launcher.asleep == set() and w.ready_ids() == [rid]
     (woke,) = events(w, "woke")
     assert woke.inputs["tier"] == "sleeping" and woke.inputs["seconds"] == pytest.approx(0.3)
+    assert list(woke.inputs["phases"]) == ["prepare", "wake", "ready", "release"]
     kinds = [e.kind for e in w.controller.events.list("u1")]
     assert kinds[kinds.index("replica_sleeping"):][:4] == ["replica_sleeping", "replica_asleep", "replica_waking", "woke"]
     assert timeline(w, rid)[-3:] == [ReplicaState.RUNNING, ReplicaState.SLEEPING, ReplicaState.RUNNING]
@@ -158,6 +159,7 @@ async def test_at_zero_the_replica_is_parked_and_a_wake_starts_the_same_containe
     assert w.ready_ids() == [rid] and w.launcher.unparked == [rid] and w.launcher.launched == [rid]
     (woke,) = events(w, "woke")
     assert woke.inputs["tier"] == "parked"
+    assert list(woke.inputs["phases"]) == ["prepare", "start", "ready", "release"]
     assert timeline(w, rid)[-3:] == [ReplicaState.PARKED, ReplicaState.INITIALIZING, ReplicaState.RUNNING]
 
 
