@@ -28,7 +28,7 @@ from autoscaler.control.controller import Collaborators, Controller, Records, Ti
 from autoscaler.control.host_names import names_of_this_host, normal
 from autoscaler.control.journal import Journal
 from autoscaler.control.launcher import EngineLauncher
-from autoscaler.control.owner import Failure
+from autoscaler.control.messages import Failure
 from autoscaler.control.plane import ServeControlPlane
 from autoscaler.model.catalog import load_catalog
 from autoscaler.model.intent import Intent

@@ -8,7 +8,7 @@ import itertools
 from dataclasses import replace
 
 from autoscaler.control.controller import Clocks, Collaborators, Controller, Records, Timings
-from autoscaler.control.owner import Failure
+from autoscaler.control.messages import Failure
 from autoscaler.control.planner import Phase
 from autoscaler.model.intent import Intent, Signals
 from autoscaler.model.state import Status

@@ -33,18 +33,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from autoscaler.control.owner import (
-    Adopted,
-    Delete,
-    Died,
-    Failure,
-    Launcher,
-    Liveness,
-    NewIntent,
-    Owner,
-    Recommend,
-    Wake,
-)
+from autoscaler.control.host import Launcher
+from autoscaler.control.messages import Adopted, Delete, Died, Failure, Liveness, NewIntent, Recommend, Wake
+from autoscaler.control.owner import Owner
 from autoscaler.control.planner import Phase
 from autoscaler.control.wakes import WakeRecord
 from autoscaler.model.events import EventLog

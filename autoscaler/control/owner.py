@@ -8,11 +8,8 @@ writers can interleave, whatever the order in which messages arrive. It then ask
 rules what to do (`intent.wanted`, `planner.plan`) and carries the actions out, spawning the
 tasks that report back by message.
 
-The idle ladder (sleepAfter, then scaleToZeroTimeout) runs here too: an idle replica's engine is
-put to sleep (SLEEPING: out of the route table, its process and GPUs kept; a request wakes it
-without a 503), or, for an engine that sleeps by itself (llama.cpp), only observed asleep; at
-zero, drained replicas of the current revision are parked (their containers stopped and kept)
-instead of removed, and a wake starts a parked one again before it creates a new one.
+The idle ladder (sleepAfter, then scaleToZeroTimeout: sleeping, then parked replicas) is
+`IdleLadder`, which `Owner` inherits; ladder.py explains it.
 
 Invariants held here, beside the planner's:
 - a slot exists from before its container is created until after it is gone, so a container of
@@ -30,23 +27,44 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any
 
+from autoscaler.control.host import Host
+from autoscaler.control.ladder import DRAIN_POLL_S, IdleLadder
+from autoscaler.control.messages import (
+    Adopted,
+    Awoke,
+    Delete,
+    Died,
+    DrainDone,
+    Failure,
+    Launched,
+    LaunchEnded,
+    Liveness,
+    Message,
+    NewIntent,
+    Parked,
+    Progress,
+    Recommend,
+    SleepSeen,
+    Slept,
+    StopFailed,
+    Stopped,
+    Verified,
+    Wake,
+)
 from autoscaler.control.planner import Cancel, Drain, Phase, Reclaim, SlotView, Start, Unpark, View, plan
+from autoscaler.control.slot import Slot, StepResult
 from autoscaler.control.wakes import WakeHistory, measure
-from autoscaler.model.events import EventLog
 from autoscaler.model.intent import Intent, Signals, asleep, asleep_since, wanted
 from autoscaler.model.state import State, Status
-from autoscaler.model.timelines import ReplicaHistory, ReplicaState
-from engines.capacity import Need
-from engines.runtime import ReplicaInfo, ReplicaNotFound, Runtime, RuntimeFailure
-from proxy.core.control import Replica, RouteEntry, RouteState, RouteTable
+from autoscaler.model.timelines import ReplicaState
+from engines.runtime import ReplicaInfo, ReplicaNotFound, RuntimeFailure
+from proxy.core.control import Replica, RouteEntry, RouteState
 
 log = logging.getLogger("endpointd.controller")
-
-T = TypeVar("T")
 
 # Start-up failures in a row (same revision) before an endpoint is `failed`.
 MAX_START_FAILURES = 3
@@ -58,244 +76,8 @@ BACKOFF_MAX_S = 60.0
 STOP_RETRY_S = 5.0
 # A probe through the proxy that failed is tried again after this, not in a hot loop.
 VERIFY_RETRY_S = 1.0
-# A drain checks this often whether its replica's last request has finished.
-DRAIN_POLL_S = 0.05
 # A wake processed after a scale-to-zero is later than it, even if the wall clock stepped back.
 AFTER_S = 0.001
-
-
-class Launcher(Protocol):
-    def needs(self, intent: Intent) -> Need:
-        """What one replica holds while it exists: GPUs, CPUs, memory."""
-
-    async def launch(
-        self, intent: Intent, replica_id: str, gpus: tuple[str, ...], report: Callable[[str], None],
-        mark: Callable[[str], None],
-    ) -> ReplicaInfo:
-        """Prepare (artifacts, image), start the container with these GPUs and wait until it
-        answers its health route; raise on failure. Cancellable at any point. `mark(point)` at
-        "creating", "created" and "started" (wakes.py times a wake's phases by them)."""
-
-    async def unpark(
-        self, intent: Intent, replica_id: str, report: Callable[[str], None], mark: Callable[[str], None],
-    ) -> ReplicaInfo:
-        """Start a parked (stopped, kept) container again and wait until it answers its health
-        route; raise on failure. `mark("started")` once it runs."""
-
-    async def healthy(self, replica: ReplicaInfo) -> bool:
-        """Whether a running replica answers its health route with 200 now."""
-
-    def sleeps_by_itself(self, intent: Intent) -> bool:
-        """Whether the endpoint's engine sleeps on its own idle timer (llama.cpp), which endpointd
-        only observes; else endpointd puts it to sleep and wakes it."""
-
-    async def sleep(self, intent: Intent, replica: ReplicaInfo) -> None:
-        """Put the replica's engine to sleep (its model memory released); raise on failure."""
-
-    async def wake(self, intent: Intent, replica: ReplicaInfo, mark: Callable[[str], None]) -> None:
-        """Wake the replica's engine and wait until it answers again; raise on failure.
-        `mark("awake")` when the engine's wake call returned."""
-
-    async def is_sleeping(self, intent: Intent, replica: ReplicaInfo) -> bool | None:
-        """Whether the engine says it is asleep now; None when it cannot say."""
-
-
-class Host(Protocol):
-    """What an owner needs from the controller around it."""
-
-    runtime: Runtime
-    launcher: Launcher
-    routes: RouteTable
-    events: EventLog
-    drain_grace_s: float
-    stop_grace_s: float
-    liveness_failures: int
-    park_ttl_s: float  # parked containers are removed after this; 0: never park
-
-    def clock(self) -> float: ...
-    async def sleep(self, seconds: float) -> None: ...
-    def wall(self) -> float: ...
-    def new_id(self) -> str: ...
-    def kick(self) -> None: ...
-    def spawn(self, coro: Awaitable[T]) -> asyncio.Task[T]: ...
-    def in_flight(self, key: str) -> Mapping[str, int]: ...
-    def capacity_of(self, intent: Intent) -> tuple[int | None, str]: ...
-    def assign_gpus(self, replica_id: str, intent: Intent) -> tuple[str, ...]: ...
-    def release_gpus(self, replica_id: str) -> None: ...
-    def reassign(self, replica_id: str, intent: Intent, gpus: tuple[str, ...]) -> None: ...
-    def gpus_taken(self, replica_id: str, gpus: tuple[str, ...]) -> bool: ...
-    async def probe(self, intent: Intent) -> bool: ...
-    async def save_status(self, uid: str, status: Status) -> None: ...
-    async def save_signals(self, uid: str, signals: Signals) -> None: ...
-    def new_history(self, uid: str) -> ReplicaHistory: ...
-
-    async def save_failure(self, uid: str, failure: Failure | None) -> None: ...
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A revision that failed to start MAX_START_FAILURES times, and why: persisted, so that a
-    restart neither retries it nor forgets that the revision before it is the one serving."""
-
-    revision: int
-    error: str
-
-
-# --- messages ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NewIntent:
-    intent: Intent
-    resumed: bool = False  # a user's resume: clears a failure and wakes the endpoint
-
-
-@dataclass(frozen=True)
-class Wake:
-    """A client request found no ready replica; `at`: when the wake reached the controller."""
-
-    at: float | None = None
-
-
-@dataclass(frozen=True)
-class Recommend:
-    replicas: int
-    reason: str = ""
-    beyond_capacity: int | None = None  # replicas wanted when capacity capped the recommendation
-    sleep: bool = False  # idle for sleepAfter: the engines may sleep
-
-
-@dataclass(frozen=True)
-class Slept:
-    """A sleep ended: the engine is asleep, or not (`error`, or `aborted` for a request first)."""
-
-    id: str
-    error: str | None = None
-    aborted: bool = False
-
-
-@dataclass(frozen=True)
-class Awoke:
-    """A sleeping replica's wake ended: it answers again, or not (`error`)."""
-
-    id: str
-    error: str | None
-    marks: tuple[tuple[str, float], ...] = ()
-
-
-@dataclass(frozen=True)
-class Parked:
-    """A park ended: the container is stopped and kept, or not (`error`)."""
-
-    id: str
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class SleepSeen:
-    """What an engine that sleeps by itself said when asked whether it is asleep."""
-
-    id: str
-    asleep: bool | None
-
-
-@dataclass(frozen=True)
-class Progress:
-    id: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Launched:
-    id: str
-    info: ReplicaInfo
-    marks: tuple[tuple[str, float], ...] = ()  # the launch's points in time (wakes.py), "ready" last
-
-
-@dataclass(frozen=True)
-class LaunchEnded:
-    """A launch that did not produce a ready replica: it failed (`error`) or was cancelled."""
-
-    id: str
-    error: str | None
-    removed: bool  # its container is gone (or was never made)
-
-
-@dataclass(frozen=True)
-class DrainDone:
-    id: str
-
-
-@dataclass(frozen=True)
-class Stopped:
-    id: str
-
-
-@dataclass(frozen=True)
-class StopFailed:
-    id: str
-    error: str
-
-
-@dataclass(frozen=True)
-class Died:
-    id: str
-    exit_code: int | None
-
-
-@dataclass(frozen=True)
-class Liveness:
-    id: str
-    ok: bool
-
-
-@dataclass(frozen=True)
-class Verified:
-    ok: bool
-
-
-@dataclass(frozen=True)
-class Delete:
-    pass
-
-
-@dataclass(frozen=True)
-class Adopted:
-    """After a restart: a running, healthy container of the current revision or of one before it
-    (a roll under way, a failed update), GPUs already held; or, `parked`, a stopped container of
-    the current revision of an endpoint at zero."""
-
-    info: ReplicaInfo
-    parked: bool = False
-
-
-Message = (
-    NewIntent | Wake | Recommend | Progress | Launched | LaunchEnded | DrainDone | Stopped | StopFailed
-    | Died | Liveness | Verified | Delete | Adopted | Slept | Awoke | Parked | SleepSeen
-)
-
-
-@dataclass
-class Slot:
-    id: str
-    revision: int
-    phase: Phase
-    gpus: tuple[str, ...] = ()
-    info: ReplicaInfo | None = None
-    task: asyncio.Task[None] | None = None  # its launch, drain wait or stop, while one runs
-    liveness_failures: int = 0
-    stop_retry_at: float | None = None  # a failed removal is tried again then
-    parked_at: float | None = None  # PARKED since (clock)
-    unparked: bool = False  # its launch starts its parked container again
-    rouse: bool = False  # a wake was asked while it was going to sleep
-    sleep_failed: bool = False  # its engine refused to sleep: not asked again until it is busy
-    self_asleep: bool = False  # READY, and its engine (which sleeps by itself) said it is asleep
-
-
-@dataclass(frozen=True)
-class StepResult:
-    started: list[str] = field(default_factory=list)
-    drained: list[str] = field(default_factory=list)  # drained or cancelled
 
 
 def slot_state(slot: Slot) -> ReplicaState:
@@ -331,7 +113,7 @@ class _LatestWriter:
             self._task = None
 
 
-class Owner:
+class Owner(IdleLadder):
     def __init__(self, host: Host, intent: Intent, signals: Signals = Signals(), failure: Failure | None = None) -> None:
         self.host = host
         self.intent = intent
@@ -704,213 +486,7 @@ class Owner:
         self.history.moved(slot.id, ReplicaState.STOPPED)
         self._event("replica_stopped", "its container is gone", slot)
 
-    # --- the idle ladder: sleeping, parked (only from step) -----------------------------
-
-    def _idle(self, sleep: bool) -> None:
-        """The scaler's word on idleness: `sleep` once idle for sleepAfter, else busy again."""
-        if not sleep:
-            for slot in self.slots.values():
-                slot.sleep_failed = False
-                if slot.self_asleep:
-                    slot.self_asleep = False
-                    self.history.moved(slot.id, ReplicaState.RUNNING, "busy again: its engine woke by itself")
-                    self._event("replica_awake", "busy again: its engine woke by itself for the request", slot)
-            return
-        if self.deleting or self.intent.paused:
-            return
-        current = [s for s in self.slots_in(Phase.READY) if s.revision == self.intent.revision and s.info is not None]
-        if len(current) != len(self.slots_in(Phase.STARTING, Phase.READY)):
-            return  # starting or rolling: not idle in the sense that matters
-        if self.host.launcher.sleeps_by_itself(self.intent):
-            for slot in current:  # it sleeps on its own timer: ask whether it does yet
-                if not slot.self_asleep and slot.id not in self._observing:
-                    self._observing.add(slot.id)
-                    self.host.spawn(self._observe(slot.id, slot.info))
-            return
-        in_flight = self.host.in_flight(self.key)
-        for slot in current:
-            if not slot.sleep_failed and in_flight.get(slot.id, 0) == 0:
-                self._put_to_sleep(slot)
-
-    def _put_to_sleep(self, slot: Slot) -> None:
-        slot.phase = Phase.SLEEPING
-        self.history.moved(slot.id, ReplicaState.SLEEPING, "idle for sleepAfter: its engine releases its model memory")
-        self._event("replica_sleeping", "idle for sleepAfter: out of the route table, its engine is put to sleep "
-                    "(its GPUs stay assigned, so it can always wake)", slot)
-        slot.task = self.host.spawn(self._sleep(slot.id, slot.info))
-
-    def _slept(self, slot: Slot, error: str | None, aborted: bool) -> None:
-        slot.task = None
-        if slot.phase is not Phase.SLEEPING:
-            return  # drained or replaced meanwhile
-        if error is not None or aborted:
-            slot.phase = Phase.READY
-            if error is not None:
-                slot.sleep_failed = True
-                log.warning("replica %s of %s did not go to sleep: %s", slot.id, self.key, error)
-                self._event("replica_sleep_failed", f"its engine did not go to sleep: {error}; it stays awake", slot)
-            self.history.moved(slot.id, ReplicaState.RUNNING, "stays awake" + (f": {error}" if error else
-                                                                                ": a request came first"))
-            if self._wake_asked is not None:  # the wake that stopped it is answered: nothing slept
-                self._woke, self._wake_asked = (self._wake_asked, (), "sleeping"), None
-            return
-        self._event("replica_asleep", "its engine is asleep: the next request wakes it", slot)
-        if slot.rouse:
-            slot.rouse = False
-            self._rouse(slot)
-
-    def _rouse(self, slot: Slot) -> None:
-        """Wake a sleeping replica (once its sleep has ended, if it is still going to sleep)."""
-        if slot.task is not None:
-            slot.rouse = True
-            return
-        self._event("replica_waking", "a request arrived: its engine is woken", slot)
-        slot.task = self.host.spawn(self._wake_engine(slot.id, slot.info))
-
-    def _awoke(self, slot: Slot, error: str | None, marks: tuple[tuple[str, float], ...]) -> None:
-        slot.task = None
-        if slot.phase is not Phase.SLEEPING:
-            return
-        if error is not None:
-            reason = f"its engine did not wake: {error}; replacing it"
-            self._event("replica_wake_failed", reason, slot)
-            self.history.moved(slot.id, ReplicaState.SLEEPING, reason)
-            self._stop(slot, 0.0)
-            return
-        slot.phase = Phase.READY
-        self.history.moved(slot.id, ReplicaState.RUNNING, "woke: its engine answers again")
-        if self._wake_asked is not None:
-            self._woke, self._wake_asked = (self._wake_asked, marks, "sleeping"), None  # measured once published
-
-    def _seen_asleep(self, slot: Slot, asleep_now: bool | None) -> None:
-        if asleep_now and slot.phase is Phase.READY and not slot.self_asleep:
-            slot.self_asleep = True
-            self.history.moved(slot.id, ReplicaState.SLEEPING, "idle: its engine released its model memory by itself; "
-                               "the next request wakes it")
-            self._event("replica_asleep", "its engine put itself to sleep (its own idle timer): the next request "
-                        "wakes it", slot)
-
-    def _parks(self, slot: Slot) -> bool:
-        """Whether a replica drained now is parked rather than removed: the endpoint went to zero
-        (idle, or a user's scale-to-zero) and the replica is of its current revision."""
-        intent = self.intent
-        return (self.host.park_ttl_s > 0 and not self.deleting and not intent.paused
-                and asleep(intent, self.signals) and slot.revision == intent.revision and slot.info is not None)
-
-    def _park(self, slot: Slot) -> None:
-        slot.phase = Phase.PARKING
-        slot.task = self.host.spawn(self._park_container(slot.id))
-
-    def _parked(self, slot: Slot, error: str | None) -> None:
-        slot.task = None
-        if slot.phase is not Phase.PARKING:
-            return
-        if error is not None:
-            log.warning("could not park replica %s of %s: %s; removing it", slot.id, self.key, error)
-            self._stop(slot, 0.0)
-            return
-        slot.phase, slot.parked_at, slot.info = Phase.PARKED, self.host.clock(), None
-        self.host.release_gpus(slot.id)  # a stopped container holds nothing; it asks for them back at its wake
-        self.history.moved(slot.id, ReplicaState.PARKED, "its container is stopped and kept: a wake starts it again")
-        self._event("replica_parked", "at zero: its container is stopped and kept, so that a wake starts it "
-                    "again instead of creating one", slot)
-
-    def _expire_parked(self, now: float) -> None:
-        for slot in self.slots_in(Phase.PARKED):
-            why = self._parked_must_go(slot, now)
-            if why:
-                self._event("parked_removed", f"its parked container is removed: {why}", slot)
-                self._stop(slot, 0.0)
-
-    def _parked_must_go(self, slot: Slot, now: float) -> str:
-        if self.deleting:
-            return "the endpoint was deleted"
-        if self.intent.paused:
-            return "the endpoint was paused"
-        if slot.revision != self.intent.revision:
-            return f"revision {self.intent.revision} replaced revision {slot.revision}"
-        if slot.parked_at is not None and now - slot.parked_at >= self.host.park_ttl_s:
-            return f"parked for park_ttl_s ({self.host.park_ttl_s:g} s)"
-        if slot.gpus and self.host.gpus_taken(slot.id, slot.gpus):
-            return "another replica holds its GPUs now"
-        return ""
-
-    def _unpark(self, slot: Slot, result: StepResult) -> None:
-        try:
-            self.host.reassign(slot.id, self.intent, slot.gpus)
-        except Exception as error:  # noqa: BLE001 - its GPUs or room are gone: a new container instead
-            self._event("parked_removed", f"its parked container cannot start again: {error}; a new one starts", slot)
-            self._stop(slot, 0.0)
-            return
-        slot.phase, slot.unparked, slot.parked_at = Phase.STARTING, True, None
-        self.history.moved(slot.id, ReplicaState.INITIALIZING, "starting its parked container again")
-        result.started.append(slot.id)
-        self._event("replica_unparking", "woken: its parked container starts again", slot)
-        slot.task = self.host.spawn(self._launch(slot, self.intent))
-
-    def _tier(self) -> str:
-        """What a wake would start from now."""
-        if self.slots_in(Phase.SLEEPING):
-            return "sleeping"
-        if any(s.revision == self.intent.revision for s in self.slots_in(Phase.PARKED)):
-            return "parked"
-        return "cold"
-
     # --- tasks (they report back by posting) -------------------------------------------
-
-    async def _sleep(self, replica_id: str, info: ReplicaInfo | None) -> None:
-        """Out of the route table, the replica finishes what it has (a worker may have sent it a
-        request before it heard), then its engine is put to sleep; a wake asked meanwhile stops
-        it before the engine is asked (never a sleep that aborts requests)."""
-        host = self.host
-        deadline = host.clock() + host.drain_grace_s
-        while host.in_flight(self.key).get(replica_id, 0) > 0 and host.clock() < deadline:
-            slot = self.slots.get(replica_id)
-            if slot is None or slot.rouse:
-                break
-            await host.sleep(DRAIN_POLL_S)
-        slot = self.slots.get(replica_id)
-        if info is None or slot is None or slot.rouse or host.in_flight(self.key).get(replica_id, 0) > 0:
-            if slot is not None:
-                slot.rouse = False
-            self.post(Slept(replica_id, aborted=True))
-            return
-        try:
-            await host.launcher.sleep(self.intent, info)
-        except Exception as error:  # noqa: BLE001 - a refused sleep leaves the engine awake
-            self.post(Slept(replica_id, str(error) or type(error).__name__))
-            return
-        self.post(Slept(replica_id))
-
-    async def _wake_engine(self, replica_id: str, info: ReplicaInfo | None) -> None:
-        marks: list[tuple[str, float]] = []
-        try:
-            if info is None:
-                raise RuntimeError("no address known")
-            await self.host.launcher.wake(self.intent, info, lambda point: marks.append((point, self.host.clock())))
-        except Exception as error:  # noqa: BLE001 - a failed wake replaces the replica
-            self.post(Awoke(replica_id, str(error) or type(error).__name__))
-            return
-        marks.append(("ready", self.host.clock()))
-        self.post(Awoke(replica_id, None, tuple(marks)))
-
-    async def _observe(self, replica_id: str, info: ReplicaInfo | None) -> None:
-        asleep_now = None
-        try:
-            if info is not None:
-                asleep_now = await self.host.launcher.is_sleeping(self.intent, info)
-        except Exception:  # noqa: BLE001 - unknown is not asleep; the next idle round asks again
-            asleep_now = None
-        finally:
-            self.post(SleepSeen(replica_id, asleep_now))
-
-    async def _park_container(self, replica_id: str) -> None:
-        try:
-            await self.host.runtime.park(replica_id, self.host.stop_grace_s)
-        except RuntimeFailure as error:
-            self.post(Parked(replica_id, str(error)))
-            return
-        self.post(Parked(replica_id))
 
     async def _launch(self, slot: Slot, intent: Intent) -> None:
         def report(message: str) -> None:
