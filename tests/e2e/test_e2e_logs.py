@@ -27,7 +27,8 @@ from tests.serve_process import ENDPOINTD, Serve, wait_for
 pytestmark = pytest.mark.docker
 ECHO = {"url": "endpointd/echo:latest", "healthRoute": "/health", "env": {}}
 # Liveness every second (the echo engine does not log its health probes).
-FAST = {"ENDPOINTD_LIVENESS_INTERVAL_S": "1", "ENDPOINTD_SWEEP_INTERVAL_S": "3600"}
+# No parked tier here: these tests follow a replica's logs past the removal of its container.
+FAST = {"ENDPOINTD_LIVENESS_INTERVAL_S": "1", "ENDPOINTD_SWEEP_INTERVAL_S": "3600", "ENDPOINTD_PARK_TTL_S": "0"}
 LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) ([A-Za-z0-9_.-]+) (.*)$")
 SECRET = "hf_logs_secret_value_0815"
 ADMIN = "admin"  # the admin's namespace

@@ -20,7 +20,8 @@ SECRET = "hf_observed_secret_31337"
 
 @pytest.fixture
 def serve(tmp_path, docker_engine, monkeypatch):
-    s = Serve(tmp_path / "data", admin_token="test-admin-token")
+    # No parked tier: the timelines here follow a replica to its removal and a new one after it.
+    s = Serve(tmp_path / "data", admin_token="test-admin-token", extra_env={"ENDPOINTD_PARK_TTL_S": "0"})
     s.alice = s.add_user("alice")
     s.bob = s.add_user("bob")
     s.start()

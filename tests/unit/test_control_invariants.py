@@ -510,6 +510,8 @@ class ControlPlane(RuleBasedStateMachine):
                 assert c.status is ContainerStatus.EXITED, f"parked {c.replica_id} is {c.status}"
                 assert not self.world.allocator.held_by(c.replica_id), f"parked {c.replica_id} holds GPUs"
                 continue
+            if c.status is ContainerStatus.EXITED and not self.world.allocator.held_by(c.replica_id):
+                continue  # a parked one on its way out (expired, replaced): stopped, it uses no GPU
             for gpu in self.world.runtime.containers[c.replica_id].spec.gpu_device_ids:
                 assert gpu not in gpus_seen, f"GPU {gpu} in {gpus_seen[gpu]} and {c.replica_id}"
                 gpus_seen[gpu] = c.replica_id
