@@ -39,6 +39,7 @@ class IdleLadder:
     key: str
     slots: dict[str, Slot]
     deleting: bool
+    verified: bool
     history: ReplicaHistory
     _wake_asked: float | None
     _woke: tuple[float, tuple[tuple[str, float], ...], str] | None
@@ -61,8 +62,8 @@ class IdleLadder:
                     self.history.moved(slot.id, ReplicaState.RUNNING, "busy again: its engine woke by itself")
                     self._event("replica_awake", "busy again: its engine woke by itself for the request", slot)
             return
-        if self.deleting or self.intent.paused:
-            return
+        if self.deleting or self.intent.paused or not self.verified:
+            return  # not before its route answered through the proxy once: that is what says it serves
         current = [s for s in self.slots_in(Phase.READY) if s.revision == self.intent.revision and s.info is not None]
         if len(current) != len(self.slots_in(Phase.STARTING, Phase.READY)):
             return  # starting or rolling: not idle in the sense that matters

@@ -241,3 +241,21 @@ async def test_a_parked_replica_whose_gpu_another_endpoint_took_is_removed_and_w
         assert w.status().state is State.PENDING and "no free GPUs" in w.status().message
     finally:
         await w.close()
+
+
+async def test_a_replica_is_not_put_to_sleep_before_its_route_answered_once(world):
+    """An endpoint idle from its first second: sleeping before the probe through the proxy passed
+    would leave it `initializing` for good (the probe needs a ready replica)."""
+    w = world
+    w.probe_ok = False
+    rid = await running(w)
+    idle(w)
+    await w.settle()
+    assert w.launcher.slept == [] and w.status().state is State.INITIALIZING
+    w.probe_ok = True
+    w.now += 5.0  # the probe's retry
+    await w.settle()
+    assert w.status().state is State.RUNNING
+    idle(w)
+    await w.settle()
+    assert w.launcher.slept == [rid] and w.status().state is State.RUNNING
