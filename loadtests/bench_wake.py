@@ -115,6 +115,13 @@ class Endpoint:
         with urllib.request.urlopen(request, timeout=30) as response:
             return json.loads(response.read() or b"{}")
 
+    def serve_states(self) -> list[str]:
+        """`docker ps -a` states of this endpoint's containers."""
+        done = subprocess.run([DOCKER, "ps", "-a", "--format", "{{.State}}", "--filter",
+                               f"label=endpointd.instance={self.serve.instance}", "--filter",
+                               f"label=endpointd.name={self.name}"], capture_output=True, text=True, check=True)
+        return done.stdout.split()
+
     def status(self) -> dict:
         return self.call("GET", f"/v2/endpoint/bench/{self.name}")["status"]
 
@@ -135,6 +142,10 @@ def from_zero(endpoint: Endpoint, tier: str) -> Wake:
     """Scale to zero (parks or removes), then a held request wakes it."""
     endpoint.call("POST", f"/v2/endpoint/bench/{endpoint.name}/scale-to-zero")
     endpoint.wait_tier(tier)
+    # Settled: a cold wake starts from no container at all (not beside one still being removed),
+    # a parked one from its stopped container.
+    wanted = ["exited"] if tier == "parked" else []
+    wait_for(lambda: endpoint.serve_states() == wanted, 60, f"{endpoint.name} settled at zero", interval_s=0.05)
     endpoint.new_events()
     total = asyncio.run(first_token(endpoint.url, {**endpoint.auth, "X-Scale-Up-Timeout": str(HOLD_S)}))
     event = endpoint.woke()

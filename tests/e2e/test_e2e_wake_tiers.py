@@ -167,3 +167,19 @@ def test_scale_to_zero_parks_the_container_and_a_wake_starts_it_again(serve):
     woke = [e for e in kinds(serve, "parked") if e["kind"] == "woke"]
     assert woke[-1]["inputs"]["tier"] == "parked"
     wait_for(lambda: status(serve, "parked")["state"] == "running", 30, "running again")
+
+
+def test_a_parked_container_is_adopted_after_a_restart_and_woken(serve):
+    endpoint = create(serve, "kept", {"custom": {"url": ECHO_IMAGE, "healthRoute": "/health"}}, min_replica=0,
+                      scale_to_zero_timeout=60)
+    (container,) = serve.containers()
+    endpoint.scale_to_zero()
+    tier(serve, "kept", "parked")
+    serve.stop()
+    assert serve.containers(all_states=True) == [container]  # endpointd's stop leaves it as it was
+    serve.start()
+    tier(serve, "kept", "parked")
+    assert [e for e in kinds(serve, "kept") if e["kind"] == "replica_adopted"]
+    code, _, answer = send(serve, "kept", {"X-Scale-Up-Timeout": "60"})
+    assert code == 200, answer
+    assert serve.containers() == [container]
