@@ -134,18 +134,19 @@ def _fitting(limit: float | None, used: float, each: float) -> int | None:
 
 
 def holding(quota: Quota, use: Use, need: Use, namespace: str, what: str = "a replica") -> str:
-    """Which limit holds the next replica back, for the status message: the first one that
-    leaves room for none, with what is in use and what `what` needs ("" when every one has room)."""
-    for name, _, _, _ in LIMITS:
-        if name == "endpoints":
-            continue
-        if _fitting(getattr(quota, name), getattr(use, name), getattr(need, name)) == 0:
-            limit, used, each = getattr(quota, name), getattr(use, name), getattr(need, name)
-            reached = f"namespace {namespace}'s quota of {amount(name, limit)} is reached ({amount(name, used)} in use"
-            if name == "replicas":
-                return f"{reached})"
-            return f"{reached} by {amount('replicas', use.replicas)}; {what} needs {amount(name, each)})"
-    return ""
+    """The limit that bounds the next replicas most, for status messages: "… is reached" when it
+    leaves room for none, with what is in use and what `what` needs ("" when none bounds them)."""
+    bounds = [(count, name) for name, _, _, _ in LIMITS if name != "endpoints"
+              if (count := _fitting(getattr(quota, name), getattr(use, name), getattr(need, name))) is not None]
+    if not bounds:
+        return ""
+    count, name = min(bounds, key=lambda bound: bound[0])
+    limit, used, each = getattr(quota, name), getattr(use, name), getattr(need, name)
+    state = "is reached" if count == 0 else f"leaves room for {amount('replicas', count)}"
+    said = f"namespace {namespace}'s quota of {amount(name, limit)} {state} ({amount(name, used)} in use"
+    if name == "replicas":
+        return f"{said})"
+    return f"{said} by {amount('replicas', use.replicas)}; {what} needs {amount(name, each)})"
 
 
 # --- reading limits: the API's JSON and the CLI's flags take the same keys and ranges ------------

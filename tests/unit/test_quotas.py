@@ -91,9 +91,11 @@ def test_replicas_fitting(quota, use, need, fitting):
     (Quota(cpus=8, replicas=2), Use(cpus=2, replicas=2), X1, "namespace acme's quota of 2 replicas is reached (2 replicas in use)"),
     (Quota(memory_bytes=3 * GIB), Use(memory_bytes=2 * GIB, replicas=1), X1,
      "namespace acme's quota of 3 GiB is reached (2 GiB in use by 1 replica; a replica needs 2 GiB)"),
-    (Quota(gpus=2), Use(gpus=1, replicas=1), GPU, ""),  # room for one: nothing holds it
+    (Quota(gpus=2, cpus=9), Use(gpus=1, replicas=1), GPU,  # the one that bounds most: GPUs, not CPUs
+     "namespace acme's quota of 2 GPUs leaves room for 1 replica (1 GPU in use by 1 replica; a replica needs 1 GPU)"),
+    (Quota(gpus=2, endpoints=0), Use(replicas=3, endpoints=3), X1, ""),  # nothing bounds a CPU replica
 ])
-def test_holding_names_the_quota_that_holds_the_next_replica(quota, use, need, said):
+def test_holding_names_the_quota_that_bounds_the_next_replicas(quota, use, need, said):
     assert holding(quota, use, need, "acme") == said
 
 
