@@ -47,7 +47,7 @@ async def admit(api: Any, ns: str, name: str, spec: EndpointSpec, old: EndpointS
     floor = per_replica(api.limits.needs(spec)).times(spec.compute.scaling.min_replica)
     if old is not None:
         before = per_replica(api.limits.needs(old)).times(old.compute.scaling.min_replica)
-        grows = any(getattr(floor, key) > getattr(before, key) for key in ("gpus", "cpus", "memory_bytes", "replicas"))
+        grows = any(getattr(floor, key) > getattr(before, key) for key in quotas.HELD)
         if not grows and change_kind(old, spec) is not ChangeKind.ROLL:
             return
     use, others = Use(), 0
@@ -129,7 +129,7 @@ def add_routes(router: web.UrlDispatcher, api: Any) -> None:
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _NS = {"name": "ns", "in": "path", "required": True, "schema": {"type": "string"}, "description": "user or org"}
 _MEMORY_TEXT = {"type": "string", "maxLength": quotas.MAX_TEXT, "pattern": r"^\s*[0-9]+(\.[0-9]+)?\s*(B|KiB|MiB|GiB|TiB)?\s*$",
-                "description": "bytes with a unit, e.g. 32GiB (KiB, MiB, GiB, TiB)"}
+                "description": "a size with a unit, e.g. 32GiB (KiB, MiB, GiB, TiB), a whole number of bytes in all"}
 
 
 def _limit(key: str, description: str) -> dict[str, Any]:

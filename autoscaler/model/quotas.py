@@ -81,6 +81,8 @@ LIMITS = (
     ("memory_bytes", "memory", "", ""),
 )
 KEYS = tuple(key for _, key, _, _ in LIMITS)
+# The limits on what replicas hold, which bound a scale-up (endpoints bound only a create).
+HELD = ("replicas", "gpus", "cpus", "memory_bytes")
 
 
 def per_replica(need: Need) -> Use:
@@ -121,8 +123,7 @@ def refusal(quota: Quota, use: Use, asked: Use, namespace: str = "the namespace"
 def replicas_fitting(quota: Quota, use: Use, need: Use) -> int | None:
     """How many more replicas, each needing `need`, fit `quota` on top of `use` (0 when none
     does, even if what is in use already passes the quota); None when no limit bounds them."""
-    counts = [_fitting(getattr(quota, name), getattr(use, name), getattr(need, name))
-              for name, _, _, _ in LIMITS if name != "endpoints"]
+    counts = [_fitting(getattr(quota, name), getattr(use, name), getattr(need, name)) for name in HELD]
     bounded = [count for count in counts if count is not None]
     return min(bounded) if bounded else None
 
@@ -136,7 +137,7 @@ def _fitting(limit: float | None, used: float, each: float) -> int | None:
 def holding(quota: Quota, use: Use, need: Use, namespace: str, what: str = "a replica") -> str:
     """The limit that bounds the next replicas most, for status messages: "… is reached" when it
     leaves room for none, with what is in use and what `what` needs ("" when none bounds them)."""
-    bounds = [(count, name) for name, _, _, _ in LIMITS if name != "endpoints"
+    bounds = [(count, name) for name in HELD
               if (count := _fitting(getattr(quota, name), getattr(use, name), getattr(need, name))) is not None]
     if not bounds:
         return ""
