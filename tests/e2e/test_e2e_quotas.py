@@ -3,7 +3,8 @@ of 2 CPUs and 3 endpoints on team A's org namespace set with the CLI (x1 instanc
 the host's CPUs are overcommitted, tests/serve_process.py, so the quota and not the host binds).
 Team A at its quota gets a clear 409 on create and a waiting status on scale-up, and a request to
 the waiting endpoint is answered at once saying why; team B, with no quota, is unaffected; a
-scale-to-zero in team A frees its share and the waiting endpoint starts."""
+scale-to-zero in team A frees its share and the waiting endpoint starts; after a restart the quota
+and the replicas adopted still hold a woken endpoint back."""
 
 from __future__ import annotations
 
@@ -110,6 +111,17 @@ def test_a_team_at_its_quota_is_refused_and_waits_while_the_other_team_is_unaffe
     # A scale-to-zero frees team A's share: the waiting endpoint starts in it
     HfApi(endpoint=s.url, token=s.alice).get_inference_endpoint("a2", namespace="teama").scale_to_zero()
     wait_state(s, s.alice, "teama", "a3", "running")
+    assert len(s.containers("label=endpointd.namespace=teama")) == 2
+
+    # After a restart the quota holds still, and the adopted replicas count toward it: a request to
+    # the parked a2 wakes it, but its container does not start beyond the quota
+    s.stop()
+    s.start()
+    code, body = http(s, "GET", "/v2/quotas/teama", s.alice)
+    assert (body["quota"]["cpus"], body["use"]["cpus"], body["use"]["replicas"]) == (2, 2, 2)
+    code, body = http(s, "POST", "/endpoints/teama/a2/", s.alice, {"inputs": "hi"})
+    assert code == 503 and FULL in body["error"]
+    wait_state(s, s.alice, "teama", "a2", "pending", f"waiting for capacity: {FULL}")
     assert len(s.containers("label=endpointd.namespace=teama")) == 2
 
     listed = s.cli("quotas", "list")
