@@ -182,6 +182,27 @@ def _client(args: argparse.Namespace):
                                 data_dir=serve.data_dir)
 
 
+def _quotas(args: argparse.Namespace) -> int:
+    from autoscaler import quota_cli
+
+    command = {"set": quota_cli.set_quota, "show": quota_cli.show, "list": quota_cli.listing,
+               "unset": quota_cli.unset}[args.quotas_command]
+    for line in command(_client(args), args):
+        print(line)
+    return 0
+
+
+def _quota_limit(key: str):
+    """An argparse type for a quota limit (checked as the server checks it), imported when used."""
+
+    def read(text: str):
+        from autoscaler.quota_cli import flag_value
+
+        return flag_value(key)(text)
+
+    return read
+
+
 def _image_name(value: str) -> str:
     from engines.images import IMAGE_NAMES
 
@@ -341,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit = talking_to_serve(sub.add_parser("audit", help="the audit log, newest first"))
     audit.add_argument("namespace", nargs="?", help="a user or org (default: every namespace; admins only)")
     audit.add_argument("--endpoint", help="one endpoint's entries")
-    audit.add_argument("--action", help="one action's entries (create, update, delete, pause, resume, scale-to-zero)")
+    audit.add_argument("--action", help="one action's entries (create, update, delete, pause, resume, scale-to-zero, quota-set, quota-unset)")
     audit.add_argument("--since", help="RFC 3339 time or unix seconds")
     audit.add_argument("--limit", type=int, help="at most this many (default 100)")
     audit.set_defaults(func=_audit)
@@ -355,6 +376,24 @@ def build_parser() -> argparse.ArgumentParser:
     describe.add_argument("endpoint", type=_endpoint_arg, metavar="NS/NAME")
     describe.add_argument("--events", type=int, default=10, help="how many of the last events (default 10)")
     describe.set_defaults(func=_endpoints_describe)
+
+    quotas = sub.add_parser("quotas", help="each namespace's quota of GPUs, CPUs, memory, replicas and endpoints "
+                            "(admins)").add_subparsers(dest="quotas_command", required=True)
+    quota_set = talking_to_serve(quotas.add_parser(
+        "set", help="set limits of a namespace's quota (the others are kept; N = none lifts one)"))
+    quota_set.add_argument("namespace", metavar="NS")
+    for key, most in (("gpus", "GPUs held at once"), ("cpus", "CPUs held at once (the replicas' limits; may be "
+                      "fractional)"), ("memory", "memory held at once (the replicas' limits): bytes, or a size such as "
+                      "32GiB (KiB, MiB, GiB, TiB)"), ("replicas", "replicas holding resources at once (starting, ready, "
+                      "sleeping, leaving; not parked)"), ("endpoints", "endpoints, in any state")):
+        quota_set.add_argument(f"--{key}", type=_quota_limit(key), default=argparse.SUPPRESS,
+                               metavar="SIZE" if key == "memory" else "N", help=f"the most {most}; none: unlimited")
+    for name, what in (("show", "a namespace's quota and what it uses now"), ("unset", "remove a namespace's quota")):
+        quota_cmd = talking_to_serve(quotas.add_parser(name, help=what))
+        quota_cmd.add_argument("namespace", metavar="NS")
+    talking_to_serve(quotas.add_parser("list", help="every namespace's quota and use"))
+    for quota_cmd in quotas.choices.values():
+        quota_cmd.set_defaults(func=_quotas)
 
     hf = talking_to_serve(sub.add_parser("hf", help="huggingface_hub's `hf` CLI, pointed at this endpointd",
                                          description="Runs `hf ARGS...` with HF_ENDPOINT and the Inference Endpoints "

@@ -120,6 +120,8 @@ class Parts:
 
     async def start(self) -> None:
         await self.journal.load()
+        for namespace, quota in (await self.store.list_quotas()).items():  # before any replica is placed
+            self.controller.set_quota(namespace, quota)
         failures = await self.store.failures()
         for record in await self.store.list_endpoints():
             failure = Failure(*failures[record.uid]) if record.uid in failures else None
@@ -331,6 +333,7 @@ async def build_parts(
             max_replicas=serve_config.max_replicas_per_endpoint,
             never_fits=lambda spec: machine.capacity.never_fits(
                 launcher.needs_of(spec), spec.compute.scaling.min_replica),
+            needs=launcher.needs_of,
         ),
         inventory=machine.inventory, allocator=machine.allocator, cpu_count=machine.cpu_count,
         memory_bytes=machine.memory_bytes,

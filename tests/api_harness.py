@@ -48,6 +48,7 @@ class ApiWorld:
             limits=Limits(
                 roots=ModelRoots.configure([str(self.models)], self.data), own_names=own_names,
                 max_replicas=max_replicas, never_fits=lambda spec: None,
+                needs=lambda spec: self.world.launcher.needs(None),  # what the controller counts too
             ),
             sealer=Sealer.open(self.data),
             inventory=[], allocator=GpuAllocator([]), cpu_count=2, memory_bytes=8 << 30,

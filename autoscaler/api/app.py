@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from autoscaler.api import access, catalog, endpoints, metrics, openapi, watch
+from autoscaler.api import access, catalog, endpoints, metrics, openapi, quotas, watch
 from autoscaler.api import logs as log_routes
 from autoscaler.api.base import API, errors_middleware
 from autoscaler.api.endpoints import ManagementApi
@@ -27,6 +27,7 @@ def add_api(app: web.Application, api: ManagementApi, *, logs: Any, analytics: A
     endpoints.add_routes(v2.router, api)
     openapi.add_routes(v2.router)
     watch.add_routes(v2.router, api)
+    quotas.add_routes(v2.router, api)
     log_routes.add_routes(v2.router, api, logs)
     metrics.add_routes(v2.router, api, analytics)
     catalog.add_suggest_route(v2.router, api)

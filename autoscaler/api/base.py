@@ -19,6 +19,7 @@ from aiohttp import web
 
 from autoscaler.model import wire
 from autoscaler.store import store as store_mod
+from engines.capacity import Need
 from engines.errors import EndpointdError
 from engines.model_roots import ModelRoots
 from proxy.core.errors import ERROR_MESSAGE, header_safe
@@ -94,6 +95,7 @@ class Limits:
     own_names: frozenset[str]  # host names of this server (lower-case, no trailing dot): never a route.domain
     max_replicas: int
     never_fits: Callable[[wire.EndpointSpec], str | None]  # why the spec could never run here
+    needs: Callable[[wire.EndpointSpec], Need]  # what one replica holds (the controller counts the same)
 
 
 async def read_json(request: web.Request) -> Any:

@@ -24,7 +24,7 @@ from typing import Any
 import huggingface_hub.constants
 from aiohttp import web
 
-from autoscaler.api import access
+from autoscaler.api import access, quotas
 from autoscaler.api.base import Conflict, Invalid, Limits, NotFound, read_json
 from autoscaler.control.controller import Controller
 from autoscaler.control.host_names import normal
@@ -96,6 +96,8 @@ class ManagementApi:
         self.cpu_count = cpu_count
         self.memory_bytes = memory_bytes
         self._writing = KeyedLocks()  # one writer per endpoint at a time: each reads what the last wrote
+        # One quota check and its write per namespace at a time: two creates cannot both take the last room.
+        self.namespaces = KeyedLocks()
 
     # --- helpers -----------------------------------------------------------------------------
 
@@ -252,12 +254,14 @@ class ManagementApi:
         the catalog's deploy); returns its record."""
         await self.vet(spec, identity, ns)
         spec = await self.pin(spec, ns)
-        try:
-            rec = await self.store.create_endpoint(
-                ns, spec.name, self.stored(spec), state=State.PENDING, domain=spec.route.domain
-            )
-        except store_mod.DomainTaken as error:
-            raise access.domain_taken(error, identity) from None
+        async with self.namespaces.hold(ns):
+            await quotas.admit(self, ns, spec.name, spec)
+            try:
+                rec = await self.store.create_endpoint(
+                    ns, spec.name, self.stored(spec), state=State.PENDING, domain=spec.route.domain
+                )
+            except store_mod.DomainTaken as error:
+                raise access.domain_taken(error, identity) from None
         self.controller.apply(self.intent(rec), self.signals(rec))
         await self.audit(request, identity.user, "create", ns, spec.name,
                          {**wire.audit_details(spec), **(audit_extra or {})})
@@ -291,7 +295,9 @@ class ManagementApi:
                     "domain": spec.route.domain}
 
         try:
-            rec = await self.mutate(ns, name, change)
+            async with self.namespaces.hold(ns):
+                await quotas.admit(self, ns, name, pinned, old)
+                rec = await self.mutate(ns, name, change)
         except store_mod.DomainTaken as error:
             raise access.domain_taken(error, identity) from None
         self.controller.apply(self.intent(rec))

@@ -10,6 +10,7 @@ from aiohttp import web
 from autoscaler.api import access
 from autoscaler.api.logs import OPENAPI_PATHS as LOGS_PATHS
 from autoscaler.api.metrics import OPENAPI_PATHS as METRICS_PATHS
+from autoscaler.api.quotas import OPENAPI_PATHS as QUOTAS_PATHS
 from autoscaler.model.state import State
 from autoscaler.model.timelines import ReplicaState
 
@@ -202,11 +203,13 @@ def document() -> dict[str, Any]:
             "/api/whoami-v2": {"get": _op("who the token belongs to", WHOAMI, params=(), errors=(401,))},
             "/v2/endpoint/{ns}": {
                 "get": _op("list a namespace's endpoints", LIST, params=(NS,), errors=(401, 403)),
-                "post": _op("create an endpoint", ENDPOINT, params=(NS,), body=endpoint_ref, errors=(400, 401, 403, 404, 409)),
+                "post": _op("create an endpoint (409: taken, or beyond the namespace's quota)", ENDPOINT, params=(NS,),
+                            body=endpoint_ref, errors=(400, 401, 403, 404, 409)),
             },
             "/v2/endpoint/{ns}/{name}": {
                 "get": _op("get an endpoint", ENDPOINT),
-                "put": _op("update an endpoint (sparse)", ENDPOINT, body={"type": "object"}),
+                "put": _op("update an endpoint (sparse; 409: beyond the namespace's quota)", ENDPOINT,
+                           body={"type": "object"}, errors=(400, 401, 403, 404, 409)),
                 "delete": _op("delete an endpoint", {"type": "object"}),
             },
             "/v2/endpoint/{ns}/{name}/pause": {"post": _op("pause: drain and stop, never wake", ENDPOINT)},
@@ -232,6 +235,7 @@ def document() -> dict[str, Any]:
             "/v2/openapi.json": {"get": _op("this document", {"type": "object"}, params=(), errors=())},
             **LOGS_PATHS,
             **METRICS_PATHS,
+            **QUOTAS_PATHS,
         },
     }
 

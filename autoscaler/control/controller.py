@@ -18,6 +18,10 @@ posted, and at least every `interval_s`. Beside it:
   again, with the GPUs they hold; the rest are stopped. With the failure the store kept, the
   owners then do what they did before the restart: finish the roll, or keep the old revision.
 
+Every scale-up is bounded by the host's capacity and by the endpoint's namespace's quota
+(`capacity_of`, `assign_gpus`; quota_book.py): a replica that would pass the quota is not started,
+and the owner's "waiting for capacity" status and event name the quota that holds it.
+
 A deleted endpoint's owner is retired: it drains what is left and is forgotten once nothing of it
 runs, while a re-create with the same name gets a fresh owner at once. `close()` (endpointd
 stopping) removes what is left of deleted endpoints at once, rather than at the next start.
@@ -37,12 +41,14 @@ from autoscaler.control.host import Launcher
 from autoscaler.control.messages import Adopted, Delete, Died, Failure, Liveness, NewIntent, Recommend, Wake
 from autoscaler.control.owner import Owner
 from autoscaler.control.planner import Phase
+from autoscaler.control.quota_book import QuotaBook
 from autoscaler.control.wakes import WakeRecord
 from autoscaler.model.events import EventLog
 from autoscaler.model.intent import Intent, Signals, asleep
+from autoscaler.model.quotas import Quota, Use
 from autoscaler.model.state import Status
 from autoscaler.model.timelines import ReplicaHistory, ReplicaRecord
-from engines.capacity import HostCapacity
+from engines.capacity import HostCapacity, Need
 from engines.gpus import AdoptConflict, NoCapacity
 from engines.runtime import ContainerStatus, EndpointKey, ReplicaInfo, ReplicaNotFound, Runtime, RuntimeFailure
 from proxy.core.control import RouteTable
@@ -74,6 +80,11 @@ def _revision(info: ReplicaInfo) -> int:
 class TickResult:
     started: list[str] = field(default_factory=list)
     drained: list[str] = field(default_factory=list)
+
+
+def _what(need: Need) -> str:
+    """A replica of the endpoint, in status messages (as engines/capacity.py says it)."""
+    return f"this endpoint's {need.label} instance" if need.label else "a replica"
 
 
 def _replica_id() -> str:
@@ -139,6 +150,7 @@ class Controller:
         self.launcher = collaborators.launcher
         self.routes = collaborators.routes
         self.capacity = collaborators.capacity
+        self.quotas = QuotaBook()  # each namespace's quota, and what its replicas hold
         self._in_flight = collaborators.in_flight
         self._probe = collaborators.probe
         self.events = records.events or EventLog(wall=clocks.wall)
@@ -187,24 +199,54 @@ class Controller:
         return self._in_flight(key)
 
     def capacity_of(self, intent: Intent) -> tuple[int | None, str]:
-        """Replicas of this endpoint that can still be placed, and why not when none can."""
-        return self.capacity.free(self.launcher.needs(intent))
+        """Replicas of this endpoint that can still be placed — on the host and within its
+        namespace's quota — and what bounds them (the quota, when both leave room for none)."""
+        need = self.launcher.needs(intent)
+        host, host_why = self.capacity.free(need)
+        quota, quota_why = self.quotas.free(intent.key.namespace, need, _what(need))
+        if quota is not None and (host is None or quota <= host):
+            return quota, quota_why
+        return host, host_why
 
     def assign_gpus(self, replica_id: str, intent: Intent) -> tuple[str, ...]:
-        """Hold the replica's GPUs, CPUs and memory; the GPU ids it gets (NoCapacity if none fit)."""
-        return self.capacity.assign(replica_id, self.launcher.needs(intent))
+        """Hold the replica's GPUs, CPUs and memory, within its namespace's quota; the GPU ids it
+        gets (NoCapacity if it does not fit)."""
+        need = self._within_quota(intent)
+        gpus = self.capacity.assign(replica_id, need)
+        self.quotas.hold(replica_id, intent.key.namespace, need)
+        return gpus
 
     def release_gpus(self, replica_id: str) -> None:
         self.capacity.release(replica_id)
+        self.quotas.release(replica_id)
 
     def reassign(self, replica_id: str, intent: Intent, gpus: tuple[str, ...]) -> None:
         """Hold again what a parked replica needs, with the very GPU ids its container was made
-        with (NoCapacity when the CPUs or memory are taken, AdoptConflict when the GPUs are)."""
-        need = self.launcher.needs(intent)
+        with (NoCapacity when the CPUs, memory or quota are taken, AdoptConflict when the GPUs are)."""
+        need = self._within_quota(intent)
         free, why = self.capacity.free(need)
         if free == 0:
             raise NoCapacity(why)
         self.capacity.adopt(replica_id, need, gpus)
+        self.quotas.hold(replica_id, intent.key.namespace, need)
+
+    def _within_quota(self, intent: Intent) -> Need:
+        """What a replica of the endpoint needs; NoCapacity when its namespace's quota holds it."""
+        need = self.launcher.needs(intent)
+        free, why = self.quotas.free(intent.key.namespace, need, _what(need))
+        if free == 0:
+            raise NoCapacity(why)
+        return need
+
+    def set_quota(self, namespace: str, quota: Quota | None) -> None:
+        """The namespace's quota from now on (None: none), from the API once it is stored: every
+        owner steps again, so that a raised quota starts what waited and the statuses say so."""
+        self.quotas.set(namespace, quota)
+        self.kick()
+
+    def quota_use(self, namespace: str) -> Use:
+        """What the namespace's replicas hold now (starting, ready, sleeping, leaving; not parked)."""
+        return self.quotas.use(namespace)
 
     def gpus_taken(self, replica_id: str, gpus: tuple[str, ...]) -> bool:
         """Whether another replica holds any of these GPUs now."""
@@ -475,11 +517,14 @@ class Controller:
             and await self.launcher.healthy(info)
         )
         if keep:
+            need = self.launcher.needs(owner.intent)
             try:
-                self.capacity.adopt(info.replica_id, self.launcher.needs(owner.intent), info.gpus)
+                self.capacity.adopt(info.replica_id, need, info.gpus)
             except AdoptConflict as conflict:
                 log.warning("not adopting replica %s: %s", info.replica_id, conflict)
                 keep = False
+            else:  # it runs: it counts toward its namespace's quota, even one lowered meanwhile
+                self.quotas.hold(info.replica_id, owner.intent.key.namespace, need)
         return keep
 
     async def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The durable desired state: users, orgs, tokens, endpoints and the audit log, in SQLite; beside
+"""The durable desired state: users, orgs, tokens, endpoints, quotas and the audit log, in SQLite; beside
 it, what the control plane remembers of each endpoint: its events and its replicas' timelines.
 
 The CLI (`endpointd tokens create`) writes to the same file while `endpointd serve` runs: WAL lets
@@ -35,6 +35,7 @@ import aiosqlite
 from autoscaler.model import events as events_mod
 from autoscaler.model import timelines as replicas_mod
 from autoscaler.model.events import Event
+from autoscaler.model.quotas import Quota
 from autoscaler.model.state import State
 from autoscaler.model.times import wire_time
 from autoscaler.store import tokens
@@ -164,6 +165,19 @@ MIGRATIONS = [
         error TEXT NOT NULL
     );
     """,
+    # 6: each namespace's quota, set by an admin; a NULL limit is unlimited. A namespace is a user
+    # or an org (two tables), so no foreign key: the API checks that it exists.
+    """
+    CREATE TABLE quotas (
+        namespace TEXT PRIMARY KEY,
+        gpus INTEGER,
+        cpus REAL,
+        memory_bytes INTEGER,
+        replicas INTEGER,
+        endpoints INTEGER,
+        updated_at TEXT NOT NULL
+    );
+    """,
 ]
 
 
@@ -283,6 +297,10 @@ def _endpoint(row: aiosqlite.Row) -> EndpointRecord:
         row["generation"],
         row["zeroed_at"], row["woken_at"], row["idle_at"],
     )
+
+
+def _quota(row: aiosqlite.Row) -> Quota:
+    return Quota(row["gpus"], row["cpus"], row["memory_bytes"], row["replicas"], row["endpoints"])
 
 
 def _audit(row: aiosqlite.Row) -> AuditEntry:
@@ -656,6 +674,41 @@ class Store:
             row = await self._one("DELETE FROM endpoints WHERE namespace = ? AND name = ? RETURNING 1", namespace, name)
         if row is None:
             raise NotFound(f"endpoint {namespace}/{name} does not exist")
+
+    # --- quotas --------------------------------------------------------------------------------
+
+    async def get_quota(self, namespace: str) -> Quota | None:
+        """The namespace's quota, or None when it has none (nothing limited)."""
+        row = await self._one("SELECT * FROM quotas WHERE namespace = ?", namespace)
+        return None if row is None else _quota(row)
+
+    async def set_quota(self, namespace: str, quota: Quota) -> None:
+        """Set (or replace) the namespace's quota, every limit at once."""
+        async with self._transaction():
+            await self._db.execute(
+                "INSERT INTO quotas (namespace, gpus, cpus, memory_bytes, replicas, endpoints, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace) DO UPDATE SET gpus = excluded.gpus, "
+                "cpus = excluded.cpus, memory_bytes = excluded.memory_bytes, replicas = excluded.replicas, "
+                "endpoints = excluded.endpoints, updated_at = excluded.updated_at",
+                (namespace, quota.gpus, quota.cpus, quota.memory_bytes, quota.replicas, quota.endpoints, self._stamp()),
+            )
+
+    async def unset_quota(self, namespace: str) -> None:
+        """Remove the namespace's quota (NotFound when it has none)."""
+        async with self._transaction():
+            row = await self._one("DELETE FROM quotas WHERE namespace = ? RETURNING 1", namespace)
+        if row is None:
+            raise NotFound(f"namespace {namespace} has no quota")
+
+    async def list_quotas(self) -> dict[str, Quota]:
+        """Every namespace's quota, by namespace."""
+        rows = await self._all("SELECT * FROM quotas ORDER BY namespace")
+        return {row["namespace"]: _quota(row) for row in rows}
+
+    async def count_endpoints(self, namespace: str) -> int:
+        """How many endpoints the namespace has (in any state: each exists)."""
+        (count,) = await self._row("SELECT count(*) FROM endpoints WHERE namespace = ?", namespace)
+        return count
 
     # --- audit ---------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from autoscaler.model.quotas import Quota
 from autoscaler.scaling.policy import PolicyConfig, PolicyScaling
 from autoscaler.scaling.scaler import Scaler
 from engines.runtime import EndpointKey
@@ -94,6 +95,16 @@ async def test_capacity_bounds_scale_up(world):
     w.launcher.gpus_per_replica = 1
     assert await w.step(5, pending=10) == 2  # wanted 4, but the host has GPUs for two
     assert "wants 4 replicas, waiting for capacity: no free GPUs" in w.status().message  # what is missing
+
+
+async def test_a_quota_bounds_scale_up_and_the_status_names_it(world):
+    w = world(PolicyScaling(min_replicas=1, max_replicas=4, threshold=1.0))
+    w.launcher.cpus_per_replica = 1  # the host has 64 CPUs: only the namespace's quota binds
+    w.controller.set_quota("acme", Quota(cpus=2))
+    assert await w.step(5, pending=10) == 2
+    assert w.status().message == (
+        "2/2 replicas ready; wants 4 replicas, waiting for capacity: namespace acme's quota of 2 CPUs is reached "
+        "(2 CPUs in use by 2 replicas; this endpoint's x1 instance needs 1 CPU)")
 
 
 async def test_paused_endpoints_are_left_alone(world):

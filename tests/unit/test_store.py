@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from autoscaler.model.quotas import Quota
 from autoscaler.store import store as store_mod
 from autoscaler.store.store import (
     MIGRATIONS,
@@ -80,7 +81,7 @@ def user_version(path) -> int:
 
 async def test_open_creates_the_directory_and_the_file_at_the_latest_schema(store, db_path):
     assert db_path.is_file()
-    assert user_version(db_path) == len(MIGRATIONS) == 5
+    assert user_version(db_path) == len(MIGRATIONS) == 6
     with opened(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # persistent: every later connection
 
@@ -449,3 +450,30 @@ async def test_compact_folds_the_wal_and_leaves_no_statement_open(store, db_path
     for path in db_path.parent.iterdir():
         assert b"plain-secret-42" not in path.read_bytes(), path.name
     assert (await store.get_endpoint("acme", "e1")).spec == {"model": {"secrets": {"K": "sealed"}}}
+
+
+async def test_quotas_are_set_replaced_listed_and_unset_and_survive_a_reopen(store, db_path):
+    assert await store.get_quota("acme") is None
+    await store.set_quota("acme", Quota(gpus=2, cpus=8.0, memory_bytes=32 << 30, replicas=6, endpoints=10))
+    await store.set_quota("bob", Quota(cpus=0.5))
+    await store.set_quota("acme", Quota(gpus=4))  # replaced whole: the limits not given are lifted
+    other = await Store.open(db_path)  # another process (the CLI, a restarted serve) reads the same
+    try:
+        assert await other.get_quota("acme") == Quota(gpus=4)
+        assert await other.list_quotas() == {"acme": Quota(gpus=4), "bob": Quota(cpus=0.5)}
+    finally:
+        await other.close()
+    await store.unset_quota("acme")
+    assert await store.get_quota("acme") is None
+    with pytest.raises(NotFound, match="namespace acme has no quota"):
+        await store.unset_quota("acme")
+    assert list(await store.list_quotas()) == ["bob"]
+
+
+async def test_count_endpoints_counts_every_endpoint_of_a_namespace(store):
+    for name in ("e1", "e2"):
+        await store.create_endpoint("acme", name, SPEC)
+    await store.create_endpoint("other", "e1", SPEC)
+    rec = await store.get_endpoint("acme", "e2")
+    await store.update_intent("acme", "e2", rec.generation, paused=True)  # paused: it still exists
+    assert (await store.count_endpoints("acme"), await store.count_endpoints("nobody")) == (2, 0)
