@@ -10,6 +10,7 @@ from aiohttp import web
 from autoscaler.api import access
 from autoscaler.api.logs import OPENAPI_PATHS as LOGS_PATHS
 from autoscaler.api.metrics import OPENAPI_PATHS as METRICS_PATHS
+from autoscaler.api.ratelimits import OPENAPI_PATHS as RATELIMITS_PATHS
 from autoscaler.model.state import State
 from autoscaler.model.timelines import ReplicaState
 
@@ -232,6 +233,7 @@ def document() -> dict[str, Any]:
             "/v2/openapi.json": {"get": _op("this document", {"type": "object"}, params=(), errors=())},
             **LOGS_PATHS,
             **METRICS_PATHS,
+            **RATELIMITS_PATHS,
         },
     }
 
