@@ -65,7 +65,6 @@ class WorkerHub:
         self._ids = itertools.count(1)
         self._families: dict[int, asyncio.Future[list[Family]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._leases: dict[str, dict[int, Lease]] = {}  # worker -> its admissions that hold in-flight counts
         self._server: asyncio.AbstractServer | None = None
         self._receiver: Receiver | None = None
         pipeline.control.subscribe(self._on_change)
@@ -91,6 +90,7 @@ class WorkerHub:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         worker = None
+        leases: dict[int, Lease] = {}  # this channel's admissions that hold in-flight counts, by Admit id
         try:
             hello = await channel.receive(reader, codec.to_main)
             if not isinstance(hello, Hello):
@@ -101,9 +101,8 @@ class WorkerHub:
                                          self.pipeline.metrics.tapped, self.handoff_path,
                                          tuple(self.pipeline.limits.overrides.items())))
             self._writers[worker] = writer
-            self._leases[worker] = {}
             while True:
-                self._dispatch(worker, writer, await channel.receive(reader, codec.to_main))
+                self._dispatch(worker, writer, await channel.receive(reader, codec.to_main), leases)
         except channel.BrokenPeer as error:
             log.warning("worker %s broke its channel: %s", worker, error)
         except channel.ChannelClosed:
@@ -114,11 +113,11 @@ class WorkerHub:
             if worker is not None:
                 self._writers.pop(worker, None)
                 self.pipeline.counter.drop_remote(worker)
-                for lease in self._leases.pop(worker, {}).values():  # its requests ended with it
-                    lease.release()
+            for lease in leases.values():  # the worker's requests ended with its channel
+                lease.release()
             writer.close()
 
-    def _dispatch(self, worker: str, writer: asyncio.StreamWriter, message: ToMain) -> None:
+    def _dispatch(self, worker: str, writer: asyncio.StreamWriter, message: ToMain, leases: dict[int, Lease]) -> None:
         match message:
             case Counts(snapshot):
                 self.pipeline.counter.set_remote(worker, snapshot)
@@ -132,10 +131,10 @@ class WorkerHub:
                     channel.send(writer, Admitted(request, outcome, False))
                 else:
                     if outcome.holds:
-                        self._leases[worker][request] = outcome
+                        leases[request] = outcome
                     channel.send(writer, Admitted(request, None, outcome.holds))
             case Release(request):
-                lease = self._leases[worker].pop(request, None)
+                lease = leases.pop(request, None)
                 if lease is not None:
                     lease.release()
             case Wake(namespace, name):

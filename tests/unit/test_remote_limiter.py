@@ -38,12 +38,12 @@ class Hub:
     def __init__(self, **limits) -> None:
         self.pipeline = Pipeline(ProxyConfig(**limits), InMemoryControlPlane())
         self.hub = WorkerHub(self.pipeline, self.pipeline.config, "/nowhere", None, 0, None)
-        self.hub._leases["w"] = {}
+        self.leases: dict = {}  # what the hub holds for this worker's channel
         self.to_worker = Writer(codec.to_worker)
         self.answers: list[Admitted] = self.to_worker.sent
 
     def take(self, message) -> None:
-        self.hub._dispatch("w", self.to_worker, message)
+        self.hub._dispatch("w", self.to_worker, message, self.leases)
 
     def in_flight(self) -> int:
         return self.pipeline.limiter.in_flight("n:acme")
@@ -105,4 +105,4 @@ async def test_a_release_the_main_process_holds_nothing_for_is_ignored():
     assert main.answers == [Admitted(1, None, False)]  # only a per-minute limit: nothing held
     main.take(Release(1))
     main.take(Release(99))
-    assert main.hub._leases["w"] == {}
+    assert main.leases == {}
