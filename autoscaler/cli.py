@@ -278,6 +278,31 @@ def _endpoints_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ratelimits(args: argparse.Namespace) -> int:
+    """`ratelimits show|set|unset NS`: the namespace's limits as they hold after the call."""
+    client = _client(args)
+    path = f"/v2/ratelimits/{quote(args.namespace, safe='')}"
+    if args.ratelimits_command == "set":
+        body = client.json("PUT", path, body={"rpm": args.rpm, "concurrent": args.concurrent})
+    elif args.ratelimits_command == "unset":
+        body = client.json("DELETE", path)
+    else:
+        body = client.json("GET", path)
+    override = body["override"] or {}
+
+    def said(limit: dict, key: str, what: str, origin: bool = True) -> str:
+        value = f"{limit[key]} {what}" if limit[key] else f"unlimited {what}"
+        if not origin:
+            return value
+        return f"{value} ({'override' if override.get(key) is not None else 'default'})"
+
+    print(f"namespace {body['namespace']}: {said(body, 'rpm', 'requests per minute')}, "
+          f"{said(body, 'concurrent', 'concurrent requests')}")
+    print(f"each token: {said(body['token'], 'rpm', 'requests per minute', False)}, "
+          f"{said(body['token'], 'concurrent', 'concurrent requests', False)}")
+    return 0
+
+
 def _hf(args: argparse.Namespace) -> int:
     """The `hf` CLI (huggingface_hub's), pointed at this endpointd: it has no flag of its own for
     that, so the two settings the client reads are set here before it runs."""
@@ -394,6 +419,18 @@ def build_parser() -> argparse.ArgumentParser:
     talking_to_serve(quotas.add_parser("list", help="every namespace's quota and use"))
     for quota_cmd in quotas.choices.values():
         quota_cmd.set_defaults(func=_quotas)
+    ratelimits = sub.add_parser(
+        "ratelimits", help="a namespace's rate limits on the data plane (admins set them; 0: unlimited)",
+    ).add_subparsers(dest="ratelimits_command", required=True)
+    show = talking_to_serve(ratelimits.add_parser("show", help="the limits that hold for a namespace's endpoints"))
+    limits_set = talking_to_serve(ratelimits.add_parser(
+        "set", help="set a namespace's own limits over the defaults (a limit not given: the default)"))
+    limits_set.add_argument("--rpm", type=int, help="requests per minute to its endpoints (0: unlimited)")
+    limits_set.add_argument("--concurrent", type=int, help="requests in flight at once, held ones included (0: unlimited)")
+    unset = talking_to_serve(ratelimits.add_parser("unset", help="remove a namespace's own limits: the defaults hold"))
+    for command in (show, limits_set, unset):
+        command.add_argument("namespace", metavar="NS", help="a user or org")
+        command.set_defaults(func=_ratelimits)
 
     hf = talking_to_serve(sub.add_parser("hf", help="huggingface_hub's `hf` CLI, pointed at this endpointd",
                                          description="Runs `hf ARGS...` with HF_ENDPOINT and the Inference Endpoints "

@@ -266,6 +266,8 @@ async def build_parts(
     plane = ServeControlPlane(verify)
     probe_secret = secrets.token_urlsafe(32)  # marks the controller's probes: never counted as demand
     pipeline = Pipeline(proxy_config, plane, probe_secret=probe_secret)
+    for namespace, override in (await store.rate_limits()).items():  # an admin's, over the config's defaults
+        pipeline.limits.set(namespace, override)
     loops = Loops(pipeline.metrics.registry)
     runtime = DockerRuntime(publish_host=serve_config.publish_host, instance=instance_id(data_dir))
     machine = await read_machine(runtime, engines_config, serve_config)

@@ -26,6 +26,6 @@ async def build_app(
     app = web.Application()
     add_dashboard(app)  # before the proxy's catch-all route
     add_proxy(app, parts.pipeline)
-    add_api(app, parts.api, logs=parts.logs, analytics=parts.analytics)
+    add_api(app, parts.api, logs=parts.logs, analytics=parts.analytics, limits=parts.pipeline.limits)
     app.cleanup_ctx.append(parts.lifetime)
     return app

@@ -54,8 +54,9 @@ class ApiWorld:
             inventory=[], allocator=GpuAllocator([]), cpu_count=2, memory_bytes=8 << 30,
         )
         app = web.Application()
-        add_proxy(app, Pipeline(ProxyConfig(), plane))
-        add_api(app, self.api, logs=None, analytics=None)  # their routes have tests of their own
+        self.pipeline = Pipeline(ProxyConfig(), plane)
+        add_proxy(app, self.pipeline)
+        add_api(app, self.api, logs=None, analytics=None, limits=self.pipeline.limits)  # logs and metrics have tests of their own
         self.client = TestClient(TestServer(app, host="127.0.0.1"))
         await self.client.start_server()
         return self

@@ -8,10 +8,11 @@ from typing import Any
 
 from aiohttp import web
 
-from autoscaler.api import access, catalog, endpoints, metrics, openapi, quotas, watch
+from autoscaler.api import access, catalog, endpoints, metrics, openapi, quotas, ratelimits, watch
 from autoscaler.api import logs as log_routes
 from autoscaler.api.base import API, errors_middleware
 from autoscaler.api.endpoints import ManagementApi
+from proxy.core.limits import LimitTable
 
 
 def _sub_app(api: ManagementApi) -> web.Application:
@@ -20,9 +21,9 @@ def _sub_app(api: ManagementApi) -> web.Application:
     return sub
 
 
-def add_api(app: web.Application, api: ManagementApi, *, logs: Any, analytics: Any) -> None:
+def add_api(app: web.Application, api: ManagementApi, *, logs: Any, analytics: Any, limits: LimitTable) -> None:
     """Mount the API as sub-apps. `logs` (a LogService) and `analytics` (an Analytics)
-    serve the logs and metrics routes."""
+    serve the logs and metrics routes; `limits` is the proxy's table of rate limits."""
     v2 = _sub_app(api)
     endpoints.add_routes(v2.router, api)
     openapi.add_routes(v2.router)
@@ -30,6 +31,7 @@ def add_api(app: web.Application, api: ManagementApi, *, logs: Any, analytics: A
     quotas.add_routes(v2.router, api)
     log_routes.add_routes(v2.router, api, logs)
     metrics.add_routes(v2.router, api, analytics)
+    ratelimits.add_routes(v2.router, api, limits)
     catalog.add_suggest_route(v2.router, api)
     hub = _sub_app(api)
     access.add_routes(hub.router, api)

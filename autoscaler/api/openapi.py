@@ -11,6 +11,7 @@ from autoscaler.api import access
 from autoscaler.api.logs import OPENAPI_PATHS as LOGS_PATHS
 from autoscaler.api.metrics import OPENAPI_PATHS as METRICS_PATHS
 from autoscaler.api.quotas import OPENAPI_PATHS as QUOTAS_PATHS
+from autoscaler.api.ratelimits import OPENAPI_PATHS as RATELIMITS_PATHS
 from autoscaler.model.state import State
 from autoscaler.model.timelines import ReplicaState
 
@@ -236,6 +237,7 @@ def document() -> dict[str, Any]:
             **LOGS_PATHS,
             **METRICS_PATHS,
             **QUOTAS_PATHS,
+            **RATELIMITS_PATHS,
         },
     }
 

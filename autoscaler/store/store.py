@@ -1,5 +1,6 @@
-"""The durable desired state: users, orgs, tokens, endpoints, quotas and the audit log, in SQLite; beside
-it, what the control plane remembers of each endpoint: its events and its replicas' timelines.
+"""The durable desired state: users, orgs, tokens, endpoints, quotas, the audit log and an admin's
+rate limits per namespace, in SQLite; beside it, what the control plane remembers of each endpoint:
+its events and its replicas' timelines.
 
 The CLI (`endpointd tokens create`) writes to the same file while `endpointd serve` runs: WAL lets
 readers go on while one process writes, a busy timeout makes a writer wait for the other's
@@ -41,6 +42,7 @@ from autoscaler.model.times import wire_time
 from autoscaler.store import tokens
 from engines.errors import EndpointdError
 from proxy.core.control import Identity
+from proxy.core.limits import Override
 
 ADMIN = "admin"
 ADMIN_ENV = "ENDPOINTD_ADMIN_TOKEN"
@@ -175,6 +177,15 @@ MIGRATIONS = [
         memory_bytes INTEGER,
         replicas INTEGER,
         endpoints INTEGER,
+        updated_at TEXT NOT NULL
+    );
+    """,
+    # 7: an admin's rate limits of a namespace, over the proxy's defaults; NULL: the default.
+    """
+    CREATE TABLE rate_limits (
+        namespace TEXT PRIMARY KEY,
+        rpm INTEGER,
+        concurrent INTEGER,
         updated_at TEXT NOT NULL
     );
     """,
@@ -744,6 +755,27 @@ class Store:
         clause = f" WHERE {' AND '.join(where)}" if where else ""
         rows = await self._all(f"SELECT * FROM audit{clause} ORDER BY id DESC LIMIT ?", *args, limit)
         return [_audit(row) for row in rows]
+
+    # --- rate limits ---------------------------------------------------------------------------
+
+    async def set_rate_limit(self, namespace: str, override: Override) -> None:
+        async with self._transaction():
+            await self._db.execute(
+                "INSERT INTO rate_limits (namespace, rpm, concurrent, updated_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (namespace) DO UPDATE SET rpm = excluded.rpm, concurrent = excluded.concurrent, "
+                "updated_at = excluded.updated_at",
+                (namespace, override.rpm, override.concurrent, self._stamp()),
+            )
+
+    async def delete_rate_limit(self, namespace: str) -> bool:
+        """Whether there was one to delete."""
+        async with self._transaction():
+            row = await self._one("DELETE FROM rate_limits WHERE namespace = ? RETURNING 1", namespace)
+        return row is not None
+
+    async def rate_limits(self) -> dict[str, Override]:
+        rows = await self._all("SELECT namespace, rpm, concurrent FROM rate_limits")
+        return {row["namespace"]: Override(row["rpm"], row["concurrent"]) for row in rows}
 
     # --- events and replica timelines ----------------------------------------------------------
 

@@ -25,6 +25,13 @@ management API and the dashboard are on aiohttp, which the raw server hands thei
 `http` was the choice of an aiohttp data plane; it is retired (REMOVED: a config file or
 environment that still sets it fails at start, saying so).
 
+Rate limits (see proxy/core/ratelimit.py), each 0 = unlimited, the default; an admin overrides
+a namespace's two (`PUT /v2/ratelimits/{ns}`):
+
+    token_rpm, token_concurrent            requests per minute and in flight, per bearer token
+    namespace_rpm, namespace_concurrent    the same per namespace (an endpoint's owner), summed
+                                           over its endpoints and callers
+
 Listeners (see proxy/server.py):
 
     metrics_port            0      a second listener serving only /metrics (same token rule);
@@ -49,6 +56,8 @@ MAX_CONNECTIONS = 1_000_000
 # process's share of that work grows while a proxy that needs more than 8 cores is rare.
 AUTO_WORKERS_MAX = 8
 MAX_WORKERS = 64
+MAX_RPM = 10_000_000  # far beyond what one host proxies in a minute
+MAX_CONCURRENT = 1_000_000  # MAX_CONNECTIONS: one request in flight per connection
 
 
 T = TypeVar("T")
@@ -148,6 +157,22 @@ class ProxyConfig:
         0, min=0, max=MAX_WORKERS,
         help="data-plane processes sharing the port (SO_REUSEPORT), the control plane in the first; "
         f"0: one per core, at most {AUTO_WORKERS_MAX}; 1 with TLS",
+    )
+    token_rpm: int = setting(
+        0, min=0, max=MAX_RPM, help="requests per minute per bearer token (429 beyond); 0: unlimited",
+    )
+    token_concurrent: int = setting(
+        0, min=0, max=MAX_CONCURRENT,
+        help="requests in flight at once per bearer token, held ones included (429 beyond); 0: unlimited",
+    )
+    namespace_rpm: int = setting(
+        0, min=0, max=MAX_RPM,
+        help="requests per minute to a namespace's endpoints, unless an admin set its own (429 beyond); 0: unlimited",
+    )
+    namespace_concurrent: int = setting(
+        0, min=0, max=MAX_CONCURRENT,
+        help="requests in flight at once to a namespace's endpoints, held ones included, unless an admin set "
+        "its own (429 beyond); 0: unlimited",
     )
 
     # Keys that were settings once: a config file or environment that still sets one fails at start

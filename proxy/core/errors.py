@@ -10,6 +10,7 @@
       NotFound            404   no such endpoint
       RequestTimeout      408   a small request body did not arrive within header_read_timeout_s
       PayloadTooLarge     413   request body over the configured limit
+      RateLimited         429   a token's or a namespace's rate limit is reached (with Retry-After)
       HeadersTooLarge     431   a header line too long, or too many headers (from the HTTP parser)
       UpstreamFailed      502   the replica could not be reached, or broke the response
       Unavailable         503   no replica now: cold start, hold expired, hold queue full, failed
@@ -101,6 +102,18 @@ class RequestTimeout(ProxyError):
 
 class PayloadTooLarge(ProxyError):
     status, cause = 413, "payload_too_large"
+
+
+class RateLimited(ProxyError):
+    """A rate limit (proxy/core/ratelimit.py) is reached: whose (`namespace`) and which (`limit`,
+    e.g. "token_rpm"), for /metrics."""
+
+    status, cause = 429, "rate_limited"
+
+    def __init__(self, message: str, *, namespace: str, limit: str, retry_after_s: int):
+        super().__init__(message, retry_after_s=retry_after_s)
+        self.namespace = namespace
+        self.limit = limit
 
 
 class HeadersTooLarge(ProxyError):

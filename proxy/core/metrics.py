@@ -117,6 +117,11 @@ class ProxyMetrics:
             "endpointd_proxy_refused", "Requests the proxy answered itself, by status code and cause",
             ["endpoint", "code", "cause"], registry=self.registry,
         )
+        self.rate_limited = Counter(
+            "endpointd_rate_limited", "Requests refused with a 429 by a rate limit, by the endpoint's namespace and the "
+            "limit (token_rpm, token_concurrent, namespace_rpm, namespace_concurrent)",
+            ["namespace", "limit"], registry=self.registry,
+        )
         self.registry.register(_Gauges(counter, held))
         self._connections = _ConnectionGauges()
         self.registry.register(self._connections)

@@ -16,6 +16,12 @@ holds through a cold start) without deciding anything twice. Each request is cou
 it is admitted or starts to wait. The body's size limit is here too (`over_limit`), for the size
 announced and for the bytes as they arrive.
 
+Rate limits (proxy/core/limits.py, ratelimit.py) are checked once the caller is known and the
+request checked, before it counts: a request over a limit is a 429 and counts nowhere; an
+admitted one holds its share of the in-flight limits (a `Held`) until `finish`, held through a
+cold start included. In a worker process the main process keeps the counters (`remote_rate`);
+with no limit configured (`limits.active` False) the path is as it was without them.
+
 A request carrying the control plane's probe secret in `X-Endpointd-Probe` is routed and
 authenticated like any other but is not demand: it is in no count, and it neither wakes nor
 holds an endpoint (no ready replica: 503 at once), so probing can never undo a scale-to-zero.
@@ -26,33 +32,41 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Awaitable, Callable, Collection, Coroutine
+from functools import partial
 from typing import Any
 
-from .auth import Lookup, TokenCache, authorize, check_access
+from .auth import Lookup, TokenCache, authorize, bearer_token, check_access
 from .balancer import pick
 from .config import ProxyConfig
-from .control import ControlPlane, Replica, RouteEntry
+from .control import ControlPlane, Replica, RouteEntry, hash_token
 from .engine_routes import closed_route, control_route_refusal
-from .errors import PayloadTooLarge, ProxyError
+from .errors import PayloadTooLarge, ProxyError, RateLimited
 from .hold import ReadinessGate, parse_scale_up_timeout, refuse_unless_serving
+from .limits import LimitTable
 from .metrics import NO_ENDPOINT, NO_REPLICA, Family, ProxyMetrics
 from .pending import PendingCounter, Ticket
+from .ratelimit import Held, RateLimiter
 from .routing import Route
 
 PROBE_HEADER = "X-Endpointd-Probe"
+# Takes a request's share of the rate limits, or raises RateLimited (before it is counted).
+Take = Callable[[], Held]
 
 
 class Admission:
-    """An admitted request: its endpoint, the path its replica sees, and its pending ticket."""
+    """An admitted request: its endpoint, the path its replica sees, its pending ticket and what it
+    holds of the rate limits (None: no limit counts it)."""
 
-    __slots__ = ("_pipeline", "entry", "upstream_path", "ticket", "_started")
+    __slots__ = ("_pipeline", "entry", "upstream_path", "ticket", "_started", "_held")
 
-    def __init__(self, pipeline: Pipeline, entry: RouteEntry, upstream_path: str, ticket: Ticket, started: float):
+    def __init__(self, pipeline: Pipeline, entry: RouteEntry, upstream_path: str, ticket: Ticket, started: float,
+                 held: Held | None = None):
         self._pipeline = pipeline
         self.entry = entry
         self.upstream_path = upstream_path
         self.ticket = ticket
         self._started = started
+        self._held = held
 
     def choose(self, exclude: Collection[str] = ()) -> Replica | None:
         key = self.entry.key
@@ -78,6 +92,8 @@ class Admission:
             key, self.ticket.replica_id or NO_REPLICA, str(code), pipeline.clock() - self._started, self.ticket.demand
         )
         self.ticket.close()
+        if self._held is not None:
+            self._held.release()
         if self.ticket.demand:  # a probe took no held request's place, so frees none
             pipeline.gate.finished(key)
 
@@ -110,6 +126,11 @@ class Pipeline:
             clock=clock,
         )
         self.metrics = ProxyMetrics(self.counter, lambda: self.gate.held)
+        self.limits = LimitTable.from_config(config)
+        self.limiter = RateLimiter(self.limits, clock)
+        # In a worker process: the main process's limiter, asked over the channel (proxy/workers/);
+        # it raises RateLimited, or gives what the request holds until it ends.
+        self.remote_rate: Callable[[str, str | None], Awaitable[Held]] | None = None
         # The workers' metric families, when this process has workers (proxy/workers/hub.py):
         # /metrics merges them with this process's.
         self.remote_families: Callable[[], Awaitable[list[list[Family]]]] | None = None
@@ -139,9 +160,10 @@ class Pipeline:
             verdict = authorize(entry, authorization, self.tokens)
             if isinstance(verdict, Lookup):
                 return self._after_lookup(verdict, entry, route.upstream_path, scale_up_timeout, content_length,
-                                          demand, started)
+                                          demand, started, authorization)
             hold_s = self._checked(entry, route.upstream_path, scale_up_timeout, content_length)
-            return self._counted(entry, route.upstream_path, hold_s, demand, started)
+            return self._limited(entry, route.upstream_path, hold_s, demand, started,
+                                 authorization if verdict is not None else None)
         except ProxyError as error:
             self.refused(error, key)
             raise
@@ -160,46 +182,86 @@ class Pipeline:
             raise too_large
         return hold_s
 
+    def _limited(self, entry: RouteEntry, upstream_path: str, hold_s: float | None, demand: bool, started: float,
+                 authorization: str | None) -> Admission | Coroutine[Any, Any, Admission]:
+        """The rate limits, then count the request. `authorization`: the header of a caller
+        identified by it (None for a public endpoint: no token limit applies)."""
+        limits = self.limits
+        if not (demand and limits.active):  # no limit anywhere; a probe is never limited
+            return self._counted(entry, upstream_path, hold_s, demand, started, None)
+        token = bearer_token(authorization) if limits.token else None
+        key = hash_token(token) if token is not None else None
+        if not limits.applies(entry.namespace, key is not None):
+            return self._counted(entry, upstream_path, hold_s, demand, started, None)
+        if self.remote_rate is not None:
+            return self._after_rate(self.remote_rate, key, entry, upstream_path, hold_s, started)
+        return self._counted(entry, upstream_path, hold_s, demand, started,
+                             partial(self.limiter.take, entry.namespace, key))
+
     def _counted(self, entry: RouteEntry, upstream_path: str, hold_s: float | None, demand: bool,
-                 started: float) -> Admission | Coroutine[Any, Any, Admission]:
-        """Count the request; admitted at once when a replica is ready, else the hold."""
+                 started: float, take: Take | None) -> Admission | Coroutine[Any, Any, Admission]:
+        """Take the request's share of the rate limits (`take`, None: none) and count it; admitted at
+        once when a replica is ready, else the hold."""
         if not entry.replicas:
-            return self._held(entry, upstream_path, hold_s, demand, started)
+            return self._held(entry, upstream_path, hold_s, demand, started, take)
+        held = take() if take is not None else None
         ticket = self.counter.track(entry.key, demand).__enter__()
         try:
             refuse_unless_serving(entry)
         except BaseException:
             ticket.close()
+            if held is not None:
+                held.release()
             raise
-        return Admission(self, entry, upstream_path, ticket, started)
+        return Admission(self, entry, upstream_path, ticket, started, held)
+
+    async def _after_rate(self, ask: Callable[[str, str | None], Awaitable[Held]], token: str | None,
+                          entry: RouteEntry, upstream_path: str, hold_s: float | None, started: float) -> Admission:
+        """The rest of `admit` once the main process's limiter has admitted the request (a worker)."""
+        try:
+            held = await ask(entry.namespace, token)  # refused: RateLimited; cancelled: released by `ask`
+            admitted = self._counted(entry, upstream_path, hold_s, True, started, lambda: held)
+        except ProxyError as error:
+            self.refused(error, entry.key)
+            raise
+        return admitted if isinstance(admitted, Admission) else await admitted
 
     async def _after_lookup(self, lookup: Lookup, entry: RouteEntry, upstream_path: str, scale_up_timeout: str | None,
-                            content_length: int | None, demand: bool, started: float) -> Admission:
+                            content_length: int | None, demand: bool, started: float,
+                            authorization: str | None) -> Admission:
         """The rest of `admit` once the store has said who the token is."""
         try:
             check_access(entry, await lookup.identity(self.tokens))
             hold_s = self._checked(entry, upstream_path, scale_up_timeout, content_length)
-            admitted = self._counted(entry, upstream_path, hold_s, demand, started)
+            admitted = self._limited(entry, upstream_path, hold_s, demand, started, authorization)
         except ProxyError as error:
             self.refused(error, entry.key)
             raise
         return admitted if isinstance(admitted, Admission) else await admitted
 
     async def _held(self, entry: RouteEntry, upstream_path: str, hold_s: float | None, demand: bool,
-                    started: float) -> Admission:
-        """No replica is ready: count the request (here, so that a wait cancelled before it ran
-        counts nothing), wake the endpoint and hold it, or refuse it (proxy/core/hold.py)."""
+                    started: float, take: Take | None) -> Admission:
+        """No replica is ready: take the request's share of the rate limits and count it (here, so
+        that a wait cancelled before it ran holds nothing), wake the endpoint and hold it, or refuse
+        it (proxy/core/hold.py). Held, it counts against the in-flight limits."""
         key = entry.key
+        try:
+            held = take() if take is not None else None
+        except ProxyError as error:
+            self.refused(error, key)
+            raise
         ticket = self.counter.track(key, demand).__enter__()
         try:
             entry = await self.gate.ready_entry(entry, hold_s, demand=ticket.demand)
             self.metrics.cold_start_wait.labels(key).observe(self.clock() - started)
         except BaseException as error:
             ticket.close()
+            if held is not None:
+                held.release()
             if isinstance(error, ProxyError):
                 self.refused(error, key)
             raise
-        return Admission(self, entry, upstream_path, ticket, started)
+        return Admission(self, entry, upstream_path, ticket, started, held)
 
     @property
     def probe_secret(self) -> str | None:
@@ -225,3 +287,5 @@ class Pipeline:
         code = str(error.status)
         self.metrics.refused.labels(key, code, error.cause).inc()
         self.metrics.answered(key, NO_REPLICA, code, None)
+        if isinstance(error, RateLimited):
+            self.metrics.rate_limited.labels(error.namespace, error.limit).inc()

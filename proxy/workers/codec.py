@@ -11,15 +11,21 @@ from typing import Any
 from ..core.config import ProxyConfig
 from ..core.control import AuthType, Identity, Replica, RouteEntry, RouteState
 from ..core.engine_routes import EngineKind
+from ..core.limits import Override
 from ..core.metrics import Answers, Family
 from ..core.pending import PendingSnapshot
+from ..core.ratelimit import Refusal
 from .messages import (
+    Admit,
+    Admitted,
     AskFamilies,
     Counts,
     Families,
     Hello,
+    LimitsChanged,
     Message,
     Ready,
+    Release,
     RouteChanged,
     RouteRemoved,
     TappedAnswers,
@@ -50,6 +56,10 @@ def _fields(message: Message) -> dict[str, object]:
             return {"op": "counts", "endpoints": snap.endpoints, "replicas": snap.replicas, "arrivals": snap.arrivals}
         case Verify(request, token):
             return {"op": "verify", "id": request, "token": token}
+        case Admit(request, namespace, token):
+            return {"op": "admit", "id": request, "namespace": namespace, "token": token}
+        case Release(request):
+            return {"op": "release", "id": request}
         case Wake(namespace, name):
             return {"op": "wake", "namespace": namespace, "name": name}
         case TappedAnswers(answers):
@@ -59,15 +69,22 @@ def _fields(message: Message) -> dict[str, object]:
             }}
         case Families(request, families):
             return {"op": "families", "id": request, "families": families}
-        case Welcome(config, port, probe_secret, entries, tap, handoff):
+        case Welcome(config, port, probe_secret, entries, tap, handoff, overrides):
             return {"op": "welcome", "config": dataclasses.asdict(config), "port": port, "probe_secret": probe_secret,
-                    "entries": [_entry_out(e) for e in entries], "tap": tap, "handoff": handoff}
+                    "entries": [_entry_out(e) for e in entries], "tap": tap, "handoff": handoff,
+                    "overrides": [[namespace, *_override_out(o)] for namespace, o in overrides]}
         case RouteChanged(entry):
             return {"op": "route", "entry": _entry_out(entry)}
         case RouteRemoved(namespace, name):
             return {"op": "remove", "namespace": namespace, "name": name}
         case Verified(request, identity):
             return {"op": "verified", "id": request, "identity": _identity_out(identity)}
+        case Admitted(request, refusal, held):
+            return {"op": "admitted", "id": request, "held": held, "refusal": None if refusal is None else
+                    [refusal.namespace, refusal.limit, refusal.value, refusal.retry_after_s]}
+        case LimitsChanged(namespace, override):
+            return {"op": "limits", "namespace": namespace,
+                    "override": None if override is None else _override_out(override)}
         case AskFamilies(request):
             return {"op": "metrics", "id": request}
 
@@ -85,6 +102,10 @@ def to_main(data: bytes) -> ToMain:
                 return Counts(PendingSnapshot(fields["endpoints"], fields["replicas"], fields["arrivals"]))
             case "verify":
                 return Verify(fields["id"], fields["token"])
+            case "admit":
+                return Admit(fields["id"], fields["namespace"], fields["token"])
+            case "release":
+                return Release(fields["id"])
             case "wake":
                 return Wake(fields["namespace"], fields["name"])
             case "answers":
@@ -106,13 +127,21 @@ def to_worker(data: bytes) -> ToWorker:
         match fields.get("op"):
             case "welcome":
                 return Welcome(ProxyConfig(**fields["config"]), fields["port"], fields["probe_secret"],
-                               tuple(_entry_in(e) for e in fields["entries"]), fields["tap"], fields["handoff"])
+                               tuple(_entry_in(e) for e in fields["entries"]), fields["tap"], fields["handoff"],
+                               tuple((namespace, Override(rpm, concurrent))
+                                     for namespace, rpm, concurrent in fields["overrides"]))
             case "route":
                 return RouteChanged(_entry_in(fields["entry"]))
             case "remove":
                 return RouteRemoved(fields["namespace"], fields["name"])
             case "verified":
                 return Verified(fields["id"], _identity_in(fields["identity"]))
+            case "admitted":
+                refusal = fields["refusal"]
+                return Admitted(fields["id"], None if refusal is None else Refusal(*refusal), fields["held"])
+            case "limits":
+                override = fields["override"]
+                return LimitsChanged(fields["namespace"], None if override is None else Override(*override))
             case "metrics":
                 return AskFamilies(fields["id"])
     except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -148,6 +177,10 @@ def _entry_in(data: dict[str, Any]) -> RouteEntry:
         no_capacity=data["no_capacity"], engine=EngineKind(data["engine"]), wake_s=data["wake_s"],
         sleeping=data["sleeping"],
     )
+
+
+def _override_out(override: Override) -> list[int | None]:
+    return [override.rpm, override.concurrent]
 
 
 def _identity_out(identity: Identity | None) -> dict[str, object] | None:

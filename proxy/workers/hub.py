@@ -1,7 +1,9 @@
 """The main process's side of the workers: a unix socket each worker connects to.
 
-Out: the route table whole at hello, then every change as it happens. In: token checks (through
-the main process's own token cache), wakes (through its ReadinessGate, so an endpoint is woken
+Out: the route table and the rate limits' overrides whole at hello, then every change as it
+happens. In: token checks (through the main process's own token cache), rate-limit admissions
+(through this process's one limiter, which holds a worker's in-flight counts until it releases
+them or its channel closes), wakes (through its ReadinessGate, so an endpoint is woken
 once however many workers hold requests for it), each worker's pending counts (added to this
 process's counter: the scaling signal and the drain's wait are sums over every process), its
 tapped answers (into the analytics tap), and on request its metric families (for /metrics,
@@ -17,17 +19,23 @@ import os
 
 from ..core.config import ProxyConfig
 from ..core.control import RouteEntry
+from ..core.limits import Override
 from ..core.metrics import Family
 from ..core.pipeline import Pipeline
+from ..core.ratelimit import Lease, Refusal
 from ..raw.server import RawServer
 from . import channel, codec
 from .handoff import Receiver
 from .messages import (
+    Admit,
+    Admitted,
     AskFamilies,
     Counts,
     Families,
     Hello,
+    LimitsChanged,
     Ready,
+    Release,
     RouteChanged,
     RouteRemoved,
     TappedAnswers,
@@ -60,6 +68,7 @@ class WorkerHub:
         self._server: asyncio.AbstractServer | None = None
         self._receiver: Receiver | None = None
         pipeline.control.subscribe(self._on_change)
+        pipeline.limits.subscribe(self._on_limits)
         pipeline.remote_families = self.families
 
     @property
@@ -81,6 +90,7 @@ class WorkerHub:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         worker = None
+        leases: dict[int, Lease] = {}  # this channel's admissions that hold in-flight counts, by Admit id
         try:
             hello = await channel.receive(reader, codec.to_main)
             if not isinstance(hello, Hello):
@@ -88,10 +98,11 @@ class WorkerHub:
             worker = hello.worker
             entries: dict[str, RouteEntry] = getattr(self.pipeline.control, "entries", {})
             channel.send(writer, Welcome(self.config, self.port, self._probe_secret, tuple(entries.values()),
-                                         self.pipeline.metrics.tapped, self.handoff_path))
+                                         self.pipeline.metrics.tapped, self.handoff_path,
+                                         tuple(self.pipeline.limits.overrides.items())))
             self._writers[worker] = writer
             while True:
-                self._dispatch(worker, writer, await channel.receive(reader, codec.to_main))
+                self._dispatch(worker, writer, await channel.receive(reader, codec.to_main), leases)
         except channel.BrokenPeer as error:
             log.warning("worker %s broke its channel: %s", worker, error)
         except channel.ChannelClosed:
@@ -102,9 +113,11 @@ class WorkerHub:
             if worker is not None:
                 self._writers.pop(worker, None)
                 self.pipeline.counter.drop_remote(worker)
+            for lease in leases.values():  # the worker's requests ended with its channel
+                lease.release()
             writer.close()
 
-    def _dispatch(self, worker: str, writer: asyncio.StreamWriter, message: ToMain) -> None:
+    def _dispatch(self, worker: str, writer: asyncio.StreamWriter, message: ToMain, leases: dict[int, Lease]) -> None:
         match message:
             case Counts(snapshot):
                 self.pipeline.counter.set_remote(worker, snapshot)
@@ -112,6 +125,18 @@ class WorkerHub:
                 task = asyncio.get_running_loop().create_task(self._verify(writer, request, token))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+            case Admit(request, namespace, token):
+                outcome = self.pipeline.limiter.admit(namespace, token)
+                if isinstance(outcome, Refusal):
+                    channel.send(writer, Admitted(request, outcome, False))
+                else:
+                    if outcome.holds:
+                        leases[request] = outcome
+                    channel.send(writer, Admitted(request, None, outcome.holds))
+            case Release(request):
+                lease = leases.pop(request, None)
+                if lease is not None:
+                    lease.release()
             case Wake(namespace, name):
                 entry = self.pipeline.control.lookup(namespace, name)
                 if entry is not None:
@@ -142,6 +167,10 @@ class WorkerHub:
             message = RouteChanged(entry)
         for writer in self._writers.values():
             channel.send(writer, message)
+
+    def _on_limits(self, namespace: str, override: Override | None) -> None:
+        for writer in self._writers.values():
+            channel.send(writer, LimitsChanged(namespace, override))
 
     async def families(self) -> list[list[Family]]:
         """Every connected worker's metric families (those that answer in time)."""

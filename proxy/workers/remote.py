@@ -1,5 +1,6 @@
 """A worker's side of the channel: a ControlPlane whose routes the hub keeps up to date and
-whose token checks and wakes go to the main process; and the reports a worker sends back (its
+whose token checks and wakes go to the main process; the main process's rate limiter, asked
+for each request that a limit counts (`RemoteLimiter`); and the reports a worker sends back (its
 pending counts, its tapped answers, its metric families on request).
 
 Counts are reported whole, when they changed, at most every REPORT_INTERVAL_S — and at once
@@ -15,10 +16,12 @@ import itertools
 import logging
 
 from ..core.control import Identity, RouteTable
+from ..core.errors import Unavailable
 from ..core.pipeline import Pipeline
+from ..core.ratelimit import NOTHING_HELD, Held, Refusal
 from . import channel
 from .families import families_of
-from .messages import Counts, Families, TappedAnswers, Verify, Wake
+from .messages import Admit, Counts, Families, Release, TappedAnswers, Verify, Wake
 
 log = logging.getLogger("endpointd.proxy")
 
@@ -28,6 +31,7 @@ REPORT_INTERVAL_S = 0.02  # counts: the scaling signal is read every few seconds
 # must be there by the time its client can ask; under load, at most 200 messages a second.
 ANSWERS_INTERVAL_S = 0.005
 VERIFY_TIMEOUT_S = 10.0  # a token check the main process does not answer is an unknown token
+ADMIT_TIMEOUT_S = 10.0  # a rate-limit admission the main process does not answer is a 503
 
 
 class RemoteControlPlane(RouteTable):
@@ -58,6 +62,59 @@ class RemoteControlPlane(RouteTable):
 
     def wake(self, namespace: str, name: str) -> None:
         channel.send(self._writer, Wake(namespace, name))
+
+
+class RemoteLimiter:
+    """The main process's rate limiter (proxy/core/ratelimit.py), asked over the channel: the
+    limits are one over every process. The channel is ordered, so a `Release` sent after an
+    `Admit` is read after it: an admission given up (its client gone, no answer in time) sends
+    one, and the main process frees whatever that admission took, or nothing."""
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self._writer = writer
+        self._ids = itertools.count(1)
+        self._asking: dict[int, asyncio.Future[tuple[Refusal | None, bool]]] = {}
+
+    async def admit(self, namespace: str, token: str | None) -> Held:
+        """What the request holds until it ends; raises RateLimited when a limit refuses it."""
+        request = next(self._ids)
+        future: asyncio.Future[tuple[Refusal | None, bool]] = asyncio.get_running_loop().create_future()
+        self._asking[request] = future
+        try:
+            channel.send(self._writer, Admit(request, namespace, token))
+            async with asyncio.timeout(ADMIT_TIMEOUT_S):
+                refusal, held = await future
+        except BaseException as error:
+            channel.send(self._writer, Release(request))
+            if isinstance(error, TimeoutError):
+                log.warning("the main process did not answer a rate-limit admission within %g s", ADMIT_TIMEOUT_S)
+                raise Unavailable(f"the rate limits could not be checked within {ADMIT_TIMEOUT_S:g} s; retry") from None
+            raise
+        finally:
+            self._asking.pop(request, None)
+        if refusal is not None:
+            raise refusal.error()
+        return RemoteLease(self._writer, request) if held else NOTHING_HELD
+
+    def admitted(self, request: int, refusal: Refusal | None, held: bool) -> None:
+        future = self._asking.get(request)
+        if future is not None and not future.done():
+            future.set_result((refusal, held))
+
+
+class RemoteLease:
+    """In-flight counts the main process holds for a request of this worker, until `release`."""
+
+    __slots__ = ("_writer", "_request")
+
+    def __init__(self, writer: asyncio.StreamWriter, request: int):
+        self._writer: asyncio.StreamWriter | None = writer
+        self._request = request
+
+    def release(self) -> None:
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            channel.send(writer, Release(self._request))
 
 
 class Reporter:

@@ -1,6 +1,6 @@
 """A data-plane worker process: `python -m proxy.workers.worker SOCKET_DIR WORKER_ID`, started
-by the main process (spawn.py). It connects to the main process's hub, takes its settings and
-routes from the hello, listens on the main process's port (SO_REUSEPORT) with the raw server,
+by the main process (spawn.py). It connects to the main process's hub, takes its settings,
+routes and rate-limit overrides from the hello (the limits' counters stay in the main process), listens on the main process's port (SO_REUSEPORT) with the raw server,
 passes connections for anything but the data plane to the main process, and reports its counts.
 SIGTERM (or the main process going away) drains it like the main process: no new connections,
 requests in flight get `drain_timeout_s`."""
@@ -19,8 +19,18 @@ from ..management.app import PIPELINE, make_app
 from ..server import listen
 from . import channel, codec
 from .handoff import Sender
-from .messages import AskFamilies, Hello, Ready, RouteChanged, RouteRemoved, Verified, Welcome
-from .remote import RemoteControlPlane, Reporter
+from .messages import (
+    Admitted,
+    AskFamilies,
+    Hello,
+    LimitsChanged,
+    Ready,
+    RouteChanged,
+    RouteRemoved,
+    Verified,
+    Welcome,
+)
+from .remote import RemoteControlPlane, RemoteLimiter, Reporter
 
 log = logging.getLogger("endpointd.proxy")
 HANDOFF_FLUSH_S = 5.0  # the main process takes passed connections in milliseconds; it outlives its workers
@@ -38,6 +48,10 @@ async def serve(directory: str, worker: str) -> None:
         control.put(entry)
     app = make_app(config, control, probe_secret=welcome.probe_secret)
     pipeline = app[PIPELINE]
+    for namespace, override in welcome.overrides:
+        pipeline.limits.set(namespace, override)
+    limiter = RemoteLimiter(writer)
+    pipeline.remote_rate = limiter.admit  # the limits' counters are the main process's
     listening = await listen(app, config, reuse_port=True)
     sender = Sender(welcome.handoff)
     raw = listening.listeners[0].raw
@@ -63,6 +77,10 @@ async def serve(directory: str, worker: str) -> None:
                         reporter.counts_now()
                     case Verified(request, identity):
                         control.verified(request, identity)
+                    case Admitted(request, refusal, held):
+                        limiter.admitted(request, refusal, held)
+                    case LimitsChanged(namespace, override):
+                        pipeline.limits.set(namespace, override)
                     case AskFamilies(request):
                         reporter.families(request)
                     case Welcome():

@@ -11,6 +11,7 @@ from autoscaler.api.app import add_api
 from autoscaler.api.endpoints import ManagementApi
 from proxy.core.config import ProxyConfig
 from proxy.core.control import AuthType, InMemoryControlPlane, Replica, RouteEntry
+from proxy.core.limits import LimitTable
 from proxy.core.pipeline import Pipeline
 from proxy.management.app import add_proxy
 from proxy.server import listen
@@ -31,7 +32,7 @@ async def client():
                            domain="e1.example"))
     app = web.Application()
     add_proxy(app, Pipeline(ProxyConfig(), control))
-    add_api(app, ManagementApi.__new__(ManagementApi), logs=None, analytics=None)  # routing only: no handler is reached below
+    add_api(app, ManagementApi.__new__(ManagementApi), logs=None, analytics=None, limits=LimitTable())  # routing only: no handler is reached below
     listening = await listen(app, ProxyConfig(host="127.0.0.1", port=0))
     async with aiohttp.ClientSession(f"http://127.0.0.1:{listening.port}") as session:
         yield session

@@ -5,11 +5,12 @@ from aiohttp import web
 from autoscaler.api import openapi
 from autoscaler.api.app import add_api
 from autoscaler.api.endpoints import ManagementApi
+from proxy.core.limits import LimitTable
 
 
 def served_routes() -> set[tuple[str, str]]:
     app = web.Application()
-    add_api(app, ManagementApi.__new__(ManagementApi), logs=None, analytics=None)  # only the route table is read
+    add_api(app, ManagementApi.__new__(ManagementApi), logs=None, analytics=None, limits=LimitTable())  # only the route table is read
     routes = set()
     for resource in app.router.resources():
         sub = getattr(resource, "_app", None)  # a sub-app: its routes' paths carry the prefix

@@ -1,4 +1,5 @@
-"""The SQLite store: opening and migrating, users and orgs, endpoints, the audit log, two stores on one file."""
+"""The SQLite store: opening and migrating, users and orgs, endpoints, the audit log, rate limits, two
+stores on one file."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from autoscaler.store.store import (
     StoreError,
     UserInfo,
 )
+from proxy.core.limits import Override
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 SPEC = {"model": {"repository": "acme/tiny", "image": {"custom": {"url": "echo:1", "port": 8000}}}, "type": "private"}
@@ -81,7 +83,7 @@ def user_version(path) -> int:
 
 async def test_open_creates_the_directory_and_the_file_at_the_latest_schema(store, db_path):
     assert db_path.is_file()
-    assert user_version(db_path) == len(MIGRATIONS) == 6
+    assert user_version(db_path) == len(MIGRATIONS) == 7
     with opened(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # persistent: every later connection
 
@@ -477,3 +479,21 @@ async def test_count_endpoints_counts_every_endpoint_of_a_namespace(store):
     rec = await store.get_endpoint("acme", "e2")
     await store.update_intent("acme", "e2", rec.generation, paused=True)  # paused: it still exists
     assert (await store.count_endpoints("acme"), await store.count_endpoints("nobody")) == (2, 0)
+
+
+# --- rate limits -----------------------------------------------------------------------------------
+
+
+async def test_rate_limits_are_set_replaced_deleted_and_kept_across_a_reopen(store, db_path, clock):
+    assert await store.rate_limits() == {}
+    await store.set_rate_limit("acme", Override(rpm=600))
+    await store.set_rate_limit("beta", Override(rpm=0, concurrent=4))
+    await store.set_rate_limit("acme", Override(concurrent=8))  # a PUT: the whole override replaced
+    reopened = await Store.open(db_path, now=clock)
+    try:
+        assert await reopened.rate_limits() == {"acme": Override(None, 8), "beta": Override(0, 4)}
+    finally:
+        await reopened.close()
+    assert await store.delete_rate_limit("acme")
+    assert not await store.delete_rate_limit("acme")
+    assert await store.rate_limits() == {"beta": Override(0, 4)}

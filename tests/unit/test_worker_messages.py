@@ -11,15 +11,21 @@ import pytest
 
 from proxy.core.config import ProxyConfig
 from proxy.core.control import AuthType, Identity, Replica, RouteEntry, RouteState
+from proxy.core.limits import Override
 from proxy.core.metrics import Answers
 from proxy.core.pending import PendingSnapshot
+from proxy.core.ratelimit import Refusal
 from proxy.workers import channel, codec
 from proxy.workers.messages import (
+    Admit,
+    Admitted,
     AskFamilies,
     Counts,
     Families,
     Hello,
+    LimitsChanged,
     Ready,
+    Release,
     RouteChanged,
     RouteRemoved,
     TappedAnswers,
@@ -40,17 +46,26 @@ TO_MAIN = [
     Ready(),
     Counts(PendingSnapshot({"alice/chat": 2}, {"alice/chat": {"r1": 2}}, {"alice/chat": 40})),
     Verify(7, "secret-token"),
+    Admit(11, "acme", "0f" * 32),
+    Admit(12, "acme", None),
+    Release(11),
     Wake("alice", "chat"),
     TappedAnswers({"alice/chat": Answers([("r1", "200", 0.25), ("", "503", None)], {("r1", "200"): 4})}),
     Families(9, [("endpointd_proxy_requests", "Requests", "counter", "",
                   [("endpointd_proxy_requests_total", {"code": "200"}, 3.0)])]),
 ]
 TO_WORKER = [
-    Welcome(ProxyConfig(port=8443, workers=3), 8443, "probe", (ENTRY,), True, "/tmp/x/handoff"),
+    Welcome(ProxyConfig(port=8443, workers=3, token_rpm=120, namespace_concurrent=4), 8443, "probe", (ENTRY,), True,
+            "/tmp/x/handoff", (("acme", Override(rpm=600)), ("beta", Override(0, 2)))),
     RouteChanged(ENTRY),
     RouteRemoved("alice", "chat"),
     Verified(7, Identity("alice", frozenset({"acme"}), False, frozenset({"metrics"}))),
     Verified(8, None),
+    Admitted(11, None, True),
+    Admitted(12, None, False),
+    Admitted(13, Refusal("acme", "namespace_rpm", 120, 3), False),
+    LimitsChanged("acme", Override(concurrent=8)),
+    LimitsChanged("acme", None),
     AskFamilies(9),
 ]
 
@@ -78,7 +93,8 @@ def test_the_main_process_does_not_take_what_only_it_sends(message):
 
 
 @pytest.mark.parametrize("data", [b"not json", b"[1, 2]", b'{"op": "nothing"}', b'{"op": "verify", "id": 1}',
-                                  b'{"no": "op"}', b'{"op": "counts", "endpoints": {}}'])
+                                  b'{"no": "op"}', b'{"op": "counts", "endpoints": {}}',
+                                  b'{"op": "admit", "id": 1, "namespace": "acme"}', b'{"op": "release"}'])
 def test_what_does_not_decode_is_malformed(data):
     with pytest.raises(codec.Malformed):
         codec.to_main(data)
