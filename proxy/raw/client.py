@@ -121,6 +121,11 @@ class ClientProtocol(asyncio.Protocol):
         self._head_bytes = 0
         self._current: Exchange | None = None
         self._discarding = False  # reading the rest of a body whose request was already answered
+        # Bytes of that rest still to come, and where in the current read it ends: the next request,
+        # if the same read brings it (the client sent it once it had the answer), starts there.
+        self._discard_left = 0
+        self._discard_end: int | None = None
+        self._boundary_at = 0  # where in the current read the next request starts
         self._buffer: list[bytes] | None = None  # this request's bytes from its first, for a hand-off
         self._at_boundary = False  # the read being parsed started where a request starts
         self._chunk: bytes = b""
@@ -278,6 +283,7 @@ class ClientProtocol(asyncio.Protocol):
                 self._parse_failed(TOO_LARGE)
                 return
         self._chunk = data
+        self._discard_end = self._discard_left if self._discarding else None
         try:
             parser.feed_data(data)
         except httptools.HttpParserCallbackError as error:
@@ -333,8 +339,9 @@ class ClientProtocol(asyncio.Protocol):
         self._in_head = True
         self._url = b""
         self._headers = []
-        self._head_bytes = len(self._chunk)
-        self._buffer = [self._chunk] if self._at_boundary else None
+        start, self._boundary_at = self._boundary_at, 0
+        self._head_bytes = len(self._chunk) - start
+        self._buffer = [self._chunk[start:] if start else self._chunk] if self._at_boundary else None
         self._at_boundary = False
 
     def on_url(self, url: bytes) -> None:
@@ -411,6 +418,7 @@ class ClientProtocol(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self._discarding:
+            self._discard_left -= len(body)
             return
         current = self._current
         if current is not None:
@@ -421,6 +429,11 @@ class ClientProtocol(asyncio.Protocol):
         self._in_head = False
         if self._discarding:
             self._discarding = False
+            end = self._discard_end
+            if end is not None and 0 <= end <= len(self._chunk):
+                # The dropped rest ended inside this read (a Content-Length body: its length is
+                # exact): what follows is the client's next request, from its first byte.
+                self._at_boundary, self._boundary_at = True, end
             self._after_response()
             return
         current = self._current
@@ -454,6 +467,7 @@ class ClientProtocol(asyncio.Protocol):
         if unread is not None:
             # Read the small rest of the body and drop it, then serve the next request.
             self._discarding = True
+            self._discard_left = (unread.body_length or 0) - unread.body_seen
             self._arm(self.server.head_timeout_s, "discard")
             return
         self._after_response()

@@ -288,3 +288,21 @@ async def test_the_drain_cuts_what_outlives_it_and_releases_its_count(harness):
     await until(lambda: harness.pending() == 0)
     with pytest.raises(aiohttp.ClientError):
         await held
+
+
+async def test_a_management_request_after_an_early_answer_is_handed_off_not_refused(harness):
+    """A request answered before its body was read (a cold start's 503), whose body's rest reaches
+    the server in one read with the client's next request, a management one: that request goes to
+    aiohttp like any other, not refused as pipelined — the client waited for the answer. (On a
+    loaded host huggingface_hub's client met that refusal after a scale-to-zero.)"""
+    harness.endpoint()  # no replica: answered 503 at once, at its head
+    await harness.start()
+    reader, writer = await connect(harness)
+    body = b'{"inputs": "x"}'
+    writer.write(b"POST " + EP.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n")
+    assert parse_response(await read_response(reader)).status == 503
+    writer.write(body + b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    second = await read_response(reader)
+    assert b"pipelined" not in second and parse_response(second).status in (200, 401)
+    writer.close()
