@@ -41,7 +41,7 @@ TO_MAIN = [
     Counts(PendingSnapshot({"alice/chat": 2}, {"alice/chat": {"r1": 2}}, {"alice/chat": 40})),
     Verify(7, "secret-token"),
     Wake("alice", "chat"),
-    TappedAnswers({"alice/chat": Answers([("r1", "200", 0.25), ("", "503", None)], {("r1", "200"): 4})}),
+    TappedAnswers({"alice/chat": Answers([("r1", "200", 0.25), ("", "503", None)], {("r1", "200"): 4}, 120, 4096)}),
     Families(9, [("endpointd_proxy_requests", "Requests", "counter", "",
                   [("endpointd_proxy_requests_total", {"code": "200"}, 3.0)])]),
 ]
