@@ -154,6 +154,50 @@ def plan_buckets(start: float | None, end: float | None, step: float | None, *, 
     return Buckets(start, end, step, count)
 
 
+# --- what the meter writes ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalReplicas:
+    """Replica-seconds of one endpoint on one hardware in the usage interval starting at `start`."""
+
+    namespace: str
+    endpoint: str
+    start: float
+    hardware: Hardware
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class IntervalTraffic:
+    """What one endpoint served in the usage interval starting at `start`; tokens None where no
+    engine of it keeps a count."""
+
+    namespace: str
+    endpoint: str
+    start: float
+    requests: int
+    bytes_in: int
+    bytes_out: int
+    tokens_in: float | None
+    tokens_out: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Metered:
+    """A replica as the meter last wrote it: whose it is, on what, up to when its replica-seconds
+    are written (None while it holds nothing: parked), and its engine's token counters as last
+    read (the baselines of the next deltas, across a restart of endpointd)."""
+
+    replica: str
+    namespace: str
+    endpoint: str
+    hardware: Hardware
+    counted_to: float | None
+    tokens_in: float | None
+    tokens_out: float | None
+
+
 # --- the answer ----------------------------------------------------------------------------------
 
 
