@@ -24,9 +24,10 @@ STOP_TIMEOUT_S = 60.0
 def _sections():
     from autoscaler.observe.analytics import AnalyticsConfig
     from autoscaler.observe.logs import LogsConfig
+    from autoscaler.observe.usage import UsageConfig
 
     return ((ProxyConfig, "proxy"), (ServeConfig, "serve"), (ScalingConfig, "scaling"),
-            (LogsConfig, "logs"), (AnalyticsConfig, "analytics"))
+            (LogsConfig, "logs"), (AnalyticsConfig, "analytics"), (UsageConfig, "usage"))
 
 
 def _load(args: argparse.Namespace) -> tuple:
@@ -47,12 +48,22 @@ def _engines(args: argparse.Namespace):
     return EnginesConfig.load(file_values=table, env=os.environ, flags=getattr(args, "engine_image", None))
 
 
+def _rates(args: argparse.Namespace):
+    """`[rates]`: the operator's price per hour of each instance type (a free-form table, values checked)."""
+    from autoscaler.config import load_rates
+
+    table = settings.read_file(args.config).get("rates")
+    if table is not None and not isinstance(table, dict):
+        raise settings.SettingsError("[rates] in the config file must be a table of INSTANCE-TYPE = PRICE-PER-HOUR")
+    return load_rates(file_values=table, env=os.environ, flags=getattr(args, "rate", None))
+
+
 def _serve(args: argparse.Namespace) -> int:
     from autoscaler.serve import build_app
     from proxy.server import run
 
-    proxy, serve, scaling, logs, analytics = _load(args)
-    run(build_app(proxy, serve, scaling, logs, analytics, _engines(args)), proxy)
+    proxy, serve, scaling, logs, analytics, usage = _load(args)
+    run(build_app(proxy, serve, scaling, logs, analytics, _engines(args), usage, _rates(args)), proxy)
     return 0
 
 
@@ -285,14 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the management API, the proxy and the controller")
-    serve.add_argument("--config", help="TOML file; its [proxy], [serve], [scaling], [logs] and [analytics] "
-                       "tables set any option below, and [engines] pins engine images")
+    serve.add_argument("--config", help="TOML file; its [proxy], [serve], [scaling], [logs], [analytics] and [usage] "
+                       "tables set any option below, [engines] pins engine images and [rates] prices instance types")
     for cls, _ in _sections():
         settings.add_flags(serve, cls)
     serve.add_argument("--engine-image", action="append", metavar="KEY=IMAGE",
                        help="pin an engine's image, e.g. vllm=vllm/vllm-openai:v0.8.5 (repeatable; keys: the presets' "
                             "vLLM, tgi, sGLang, llamacpp, llamacpp-gpu, tei, tei-gpu, huggingface, any case; "
                             "env ENDPOINTD_ENGINE_IMAGE_<KEY>; TOML [engines] KEY = \"IMAGE\")")
+    serve.add_argument("--rate", action="append", metavar="TYPE=PRICE",
+                       help="price per hour of one unit of an instance type, for usage's cost, e.g. nvidia-l4=0.8 "
+                            "(repeatable; an xN replica is N units; env ENDPOINTD_RATES=\"TYPE=PRICE,...\"; "
+                            "TOML [rates] TYPE = PRICE); a type without one is unpriced")
     serve.set_defaults(func=_serve)
 
     proxy = sub.add_parser("proxy", help="run the edge proxy alone, in front of replicas listed in a routes file")

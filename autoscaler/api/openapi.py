@@ -10,6 +10,8 @@ from aiohttp import web
 from autoscaler.api import access
 from autoscaler.api.logs import OPENAPI_PATHS as LOGS_PATHS
 from autoscaler.api.metrics import OPENAPI_PATHS as METRICS_PATHS
+from autoscaler.api.usage import OPENAPI_PATHS as USAGE_PATHS
+from autoscaler.api.usage import SCHEMAS as USAGE_SCHEMAS
 from autoscaler.model.state import State
 from autoscaler.model.timelines import ReplicaState
 
@@ -194,7 +196,7 @@ def document() -> dict[str, Any]:
         "info": {"title": "endpointd management API", "version": "2",
                  "description": "The Inference Endpoints v2 wire format, served by endpointd."},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **USAGE_SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
@@ -232,6 +234,7 @@ def document() -> dict[str, Any]:
             "/v2/openapi.json": {"get": _op("this document", {"type": "object"}, params=(), errors=())},
             **LOGS_PATHS,
             **METRICS_PATHS,
+            **USAGE_PATHS,
         },
     }
 
