@@ -270,3 +270,17 @@ def test_the_rates_variable_clashes_with_no_option():
     from autoscaler.config import RATES_ENV
 
     assert RATES_ENV not in {settings.env_name(f.name) for cls, _ in _sections() for f in dataclasses.fields(cls)}
+
+
+def test_the_readmes_rates_example_loads():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from autoscaler.config import load_rates
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Usage and cost", 1)[1]
+    example = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert example is not None, "the README's Usage and cost section has no [rates] example"
+    assert load_rates(file_values=tomllib.loads(example[1])["rates"]).per_hour == {"intel-icl": 0.12, "nvidia-l4": 0.8}
