@@ -169,7 +169,7 @@ class UsageMeter:
     async def start(self, loops: Loops) -> None:
         """Load, then sample under `loops` (call it once the controller has adopted what runs)."""
         await self.load()
-        self._task = loops.start("usage", self.run)
+        self._task = loops.start("usage meter", self.run)
 
     async def close(self) -> None:
         """Stop sampling and write what the open interval has so far (a restart adds to it)."""
