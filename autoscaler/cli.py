@@ -24,9 +24,10 @@ STOP_TIMEOUT_S = 60.0
 def _sections():
     from autoscaler.observe.analytics import AnalyticsConfig
     from autoscaler.observe.logs import LogsConfig
+    from autoscaler.observe.usage import UsageConfig
 
     return ((ProxyConfig, "proxy"), (ServeConfig, "serve"), (ScalingConfig, "scaling"),
-            (LogsConfig, "logs"), (AnalyticsConfig, "analytics"))
+            (LogsConfig, "logs"), (AnalyticsConfig, "analytics"), (UsageConfig, "usage"))
 
 
 def _load(args: argparse.Namespace) -> tuple:
@@ -47,12 +48,22 @@ def _engines(args: argparse.Namespace):
     return EnginesConfig.load(file_values=table, env=os.environ, flags=getattr(args, "engine_image", None))
 
 
+def _rates(args: argparse.Namespace):
+    """`[rates]`: the operator's price per hour of each instance type (a free-form table, values checked)."""
+    from autoscaler.config import load_rates
+
+    table = settings.read_file(args.config).get("rates")
+    if table is not None and not isinstance(table, dict):
+        raise settings.SettingsError("[rates] in the config file must be a table of INSTANCE-TYPE = PRICE-PER-HOUR")
+    return load_rates(file_values=table, env=os.environ, flags=getattr(args, "rate", None))
+
+
 def _serve(args: argparse.Namespace) -> int:
     from autoscaler.serve import build_app
     from proxy.server import run
 
-    proxy, serve, scaling, logs, analytics = _load(args)
-    run(build_app(proxy, serve, scaling, logs, analytics, _engines(args)), proxy)
+    proxy, serve, scaling, logs, analytics, usage = _load(args)
+    run(build_app(proxy, serve, scaling, logs, analytics, _engines(args), usage, _rates(args)), proxy)
     return 0
 
 
@@ -245,6 +256,63 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+USAGE_COLUMNS = ("from", "to", "namespace", "endpoint", "replica_seconds", "requests", "bytes_in", "bytes_out",
+                 "tokens_in", "tokens_out", "cost", "hardware")
+
+
+def usage_rows(answer: dict) -> list[list[str]]:
+    """`GET /v2/usage/{ns}` as rows of USAGE_COLUMNS: one per endpoint and bucket with usage;
+    tokens empty where the engine counts none; hardware as ACCELERATOR/TYPE/SIZE=SECONDS, `;` between."""
+    rows = []
+    for endpoint in answer["endpoints"]:
+        for b in endpoint["buckets"]:
+            hardware = ";".join(f"{r['accelerator']}/{r['instanceType']}/{r['instanceSize']}={r['replicaSeconds']:g}"
+                                for r in b["replicas"])
+            rows.append([b["from"], b["to"], endpoint["namespace"], endpoint["name"], f"{b['replicaSeconds']:g}",
+                         str(b["requests"]), str(b["bytesIn"]), str(b["bytesOut"]),
+                         "" if b["tokensIn"] is None else str(b["tokensIn"]),
+                         "" if b["tokensOut"] is None else str(b["tokensOut"]), f"{b['cost']:.6f}", hardware])
+    return rows
+
+
+def usage_table(answer: dict) -> list[str]:
+    """`GET /v2/usage/{ns}` for people: each endpoint's total (and its buckets, when there are
+    several), the namespace's total, and the instance types that have no rate."""
+
+    def line(label: str, f: dict) -> str:
+        tokens = "-" if f["tokensIn"] is None and f["tokensOut"] is None else f"{f['tokensIn'] or 0}/{f['tokensOut'] or 0}"
+        return (f"{label:<44} {f['replicaSeconds'] / 3600:>13.3f} {f['requests']:>10} {tokens:>15} "
+                f"{f['bytesIn']:>12} {f['bytesOut']:>12} {f['cost']:>12.4f}")
+
+    lines = [f"usage of {answer['namespace']} from {answer['from']} to {answer['to']}",
+             f"{'ENDPOINT':<44} {'REPLICA-HOURS':>13} {'REQUESTS':>10} {'TOKENS IN/OUT':>15} {'BYTES IN':>12} "
+             f"{'BYTES OUT':>12} {'COST':>12}"]
+    for endpoint in answer["endpoints"]:
+        name = f"{endpoint['namespace']}/{endpoint['name']}"
+        if answer["buckets"] > 1:
+            lines += [line(f"  {name} {b['from']}", b) for b in endpoint["buckets"]]
+        lines.append(line(name, endpoint["total"]))
+    lines.append(line("total", answer["total"]))
+    if answer["unpriced"]:
+        lines.append(f"unpriced (no rate in [rates]): {', '.join(answer['unpriced'])}")
+    return lines
+
+
+def _usage(args: argparse.Namespace) -> int:
+    import csv
+
+    client = _client(args)
+    ns = args.namespace or client.json("GET", "/api/whoami-v2")["name"]
+    answer = client.json("GET", f"/v2/usage/{quote(ns, safe='*')}", {"from": args.from_, "to": args.to, "step": args.step})
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(USAGE_COLUMNS)
+        writer.writerows(usage_rows(answer))
+    else:
+        print("\n".join(usage_table(answer)))
+    return 0
+
+
 def _endpoints_ls(args: argparse.Namespace) -> int:
     client = _client(args)
     ns = args.namespace or client.json("GET", "/api/whoami-v2")["name"]
@@ -331,14 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the management API, the proxy and the controller")
-    serve.add_argument("--config", help="TOML file; its [proxy], [serve], [scaling], [logs] and [analytics] "
-                       "tables set any option below, and [engines] pins engine images")
+    serve.add_argument("--config", help="TOML file; its [proxy], [serve], [scaling], [logs], [analytics] and [usage] "
+                       "tables set any option below, [engines] pins engine images and [rates] prices instance types")
     for cls, _ in _sections():
         settings.add_flags(serve, cls)
     serve.add_argument("--engine-image", action="append", metavar="KEY=IMAGE",
                        help="pin an engine's image, e.g. vllm=vllm/vllm-openai:v0.8.5 (repeatable; keys: the presets' "
                             "vLLM, tgi, sGLang, llamacpp, llamacpp-gpu, tei, tei-gpu, huggingface, any case; "
                             "env ENDPOINTD_ENGINE_IMAGE_<KEY>; TOML [engines] KEY = \"IMAGE\")")
+    serve.add_argument("--rate", action="append", metavar="TYPE=PRICE",
+                       help="price per hour of one unit of an instance type, for usage's cost, e.g. nvidia-l4=0.8 "
+                            "(repeatable; an xN replica is N units; env ENDPOINTD_RATES=\"TYPE=PRICE,...\"; "
+                            "TOML [rates] TYPE = PRICE); a type without one is unpriced")
     serve.set_defaults(func=_serve)
 
     proxy = sub.add_parser("proxy", help="run the edge proxy alone, in front of replicas listed in a routes file")
@@ -391,6 +463,17 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--since", help="RFC 3339 time or unix seconds")
     audit.add_argument("--limit", type=int, help="at most this many (default 100)")
     audit.set_defaults(func=_audit)
+
+    usage = talking_to_serve(sub.add_parser(
+        "usage", help="usage and cost per endpoint: replica-hours by hardware, requests, tokens, bytes",
+        description="What each endpoint of a namespace used over a period (default the last day), with its cost by the "
+                    "operator's [rates]; --step splits the period into buckets."))
+    usage.add_argument("namespace", nargs="?", help="a user or org (default: the token's own; * for all, admins)")
+    usage.add_argument("--from", dest="from_", metavar="TIME", help="RFC 3339 time or unix seconds (default: a day before --to)")
+    usage.add_argument("--to", metavar="TIME", help="RFC 3339 time or unix seconds (default: now)")
+    usage.add_argument("--step", type=float, metavar="SECONDS", help="bucket length (default: the whole period)")
+    usage.add_argument("--csv", action="store_true", help="CSV, one row per endpoint and bucket, for a spreadsheet or a bill")
+    usage.set_defaults(func=_usage)
 
     endpoints = sub.add_parser("endpoints", help="list and describe endpoints").add_subparsers(
         dest="endpoints_command", required=True)

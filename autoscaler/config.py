@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from autoscaler.model import settings
+from autoscaler.model.usage import Rates
 from autoscaler.scaling.policy import PolicyConfig
 from proxy.core.config import setting
 
@@ -138,3 +140,45 @@ class EnginesConfig:
                     f"\"vllm/vllm-openai:v0.8.5\" (no spaces, at most 255 characters)")
             images[known] = value
         return cls(images)
+
+
+RATES_ENV = settings.ENV_PREFIX + "RATES"  # ENDPOINTD_RATES="intel-icl=0.12,nvidia-l4=0.8"
+# An instance type as `compute.instanceType` names one (intel-icl, nvidia-l4, nvidia-a100-80gb).
+INSTANCE_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_RATE = 1_000_000.0  # per hour: far above any instance's price, a bound on a typo's damage
+
+
+def load_rates(*, file_values: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+               flags: list[str] | None = None) -> Rates:
+    """`[rates]`: the price per hour of one unit of each instance type (`nvidia-l4 = 0.8`; an xN
+    replica is N units), from the config file, then ENDPOINTD_RATES (`TYPE=PRICE,TYPE=PRICE`), then
+    `--rate TYPE=PRICE` (repeatable), a later one replacing an earlier one's price of a type.
+    Instance types with no rate are unpriced: they cost nothing and usage names them."""
+    layers: list[tuple[str, Any, str]] = [(key, value, "the config file [rates]") for key, value in (file_values or {}).items()]
+    for item in filter(None, (part.strip() for part in (env or {}).get(RATES_ENV, "").split(","))):
+        layers.append((*_pair(item, RATES_ENV), RATES_ENV))
+    for item in flags or ():
+        layers.append((*_pair(item, "--rate"), "--rate"))
+    prices: dict[str, float] = {}
+    for key, value, source in layers:
+        if not isinstance(key, str) or not INSTANCE_TYPE.fullmatch(key):
+            raise settings.SettingsError(
+                f"rates.{key} (from {source}) is not an instance type: it must be 1 to 64 letters, digits, '.', '_' or '-', "
+                "e.g. nvidia-l4")
+        try:
+            price = None if isinstance(value, bool) else float(value)
+        except (TypeError, ValueError):
+            price = None
+        if price is None or not math.isfinite(price) or not 0 <= price <= MAX_RATE:
+            raise settings.SettingsError(
+                f"rates.{key} = {value!r} (from {source}) is invalid: it must be a price per hour, a number between 0 and "
+                f"{MAX_RATE:g}")
+        prices[key] = price
+    return Rates(prices)
+
+
+def _pair(item: str, source: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise settings.SettingsError(f"{source} {item!r} is invalid: it must be TYPE=PRICE, e.g. nvidia-l4=0.8")
+    return key.strip(), value.strip()

@@ -1,7 +1,7 @@
 """What `endpointd serve` builds, as one object. `build_parts` opens the data directory and the
 store, connects to Docker, and wires the proxy's pipeline, the controller, the scaler, the
-journal, the logs, the analytics and the management API. `Parts.start()` hands the store's
-endpoints to the controller, adopts the replicas still running and starts every background loop
+journal, the logs, the analytics, the usage meter and the management API. `Parts.start()` hands
+the store's endpoints to the controller, adopts the replicas still running and starts every background loop
 under `Parts.loops` (which restarts a loop that fails and counts it in /metrics);
 `Parts.close()` stops and closes it all again, the loops first and the data directory's lock
 last. serve.py makes the aiohttp app of it.
@@ -32,9 +32,11 @@ from autoscaler.control.messages import Failure
 from autoscaler.control.plane import ServeControlPlane
 from autoscaler.model.catalog import load_catalog
 from autoscaler.model.intent import Intent
+from autoscaler.model.usage import Hardware, Rates
 from autoscaler.observe.analytics import Analytics, AnalyticsConfig
 from autoscaler.observe.logs import Collecting, LogsConfig, LogService
 from autoscaler.observe.loops import Loops
+from autoscaler.observe.usage import UsageConfig, UsageMeter
 from autoscaler.scaling.policy import PolicyScaling
 from autoscaler.scaling.scaler import Scaler
 from autoscaler.startup import (
@@ -111,6 +113,7 @@ class Parts:
     journal: Journal
     logs: LogService
     analytics: Analytics
+    usage: UsageMeter
     controller: Controller
     scaler: Scaler
     api: ManagementApi
@@ -130,6 +133,7 @@ class Parts:
         await self.analytics.start(self.loops)
         adopted = await self.controller.adopt(await self.runtime.list())
         log.info("adopted %d running replica(s); serving on %s", len(adopted), self.url_base)
+        await self.usage.start(self.loops)  # after adoption: its first sample credits what ran meanwhile
         loops: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("reconcile", self.controller.run),
             ("watch deaths", self.controller.watch_deaths),
@@ -147,6 +151,7 @@ class Parts:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         self.tasks.clear()
         await self.controller.close()
+        await self.usage.close()
         await self.journal.flush()
         await self.analytics.close()
         await self.logs.close()
@@ -221,6 +226,12 @@ class Prober:
             return False
 
 
+def hardware_of(intent: Intent) -> Hardware:
+    """What an endpoint's replicas run on, as usage meters it."""
+    compute = intent.spec.compute
+    return Hardware(compute.accelerator, compute.instance_type, compute.instance_size)
+
+
 def store_records(store: Store, journal: Journal, on_forget: Callable[[str], Awaitable[None]]) -> Records:
     """The controller's records in the store (status, signals, failures) and the journal (events,
     replica histories, kept across restarts)."""
@@ -241,6 +252,7 @@ def store_records(store: Store, journal: Journal, on_forget: Callable[[str], Awa
 async def build_parts(
     proxy_config: ProxyConfig, serve_config: ServeConfig, scaling_config: ScalingConfig,
     logs_config: LogsConfig, analytics_config: AnalyticsConfig, engines_config: EnginesConfig,
+    usage_config: UsageConfig, rates: Rates,
 ) -> Parts:
     catalog = load_catalog(serve_config.catalog_files)  # every recipe checked first: a bad one stops the start
     data_dir = Path(serve_config.data_dir).resolve()
@@ -324,6 +336,7 @@ async def build_parts(
         cpu_limit=lambda intent: launcher.needs(intent).cpus or None, data_dir=data_dir,
     )
     pipeline.metrics.registry.register(analytics.collector)
+    usage = UsageMeter(usage_config, store, holders=controller, traffic=analytics, hardware_of=hardware_of, rates=rates)
     scaler = _scaler(controller, launcher, analytics, pipeline, scaling_config)
     url_base = base_url(proxy_config, serve_config)
     api = ManagementApi(
@@ -347,7 +360,8 @@ async def build_parts(
     )
     return Parts(
         lock=lock, store=store, runtime=runtime, session=session, gpu_sampler=machine.gpu_sampler,
-        pipeline=pipeline, journal=journal, logs=logs, analytics=analytics, controller=controller, scaler=scaler,
+        pipeline=pipeline, journal=journal, logs=logs, analytics=analytics, usage=usage, controller=controller,
+        scaler=scaler,
         api=api, loops=loops, url_base=url_base,
     )
 

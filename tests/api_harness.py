@@ -24,7 +24,10 @@ OWN_NAMES = frozenset({"127.0.0.1", "localhost", "endpointd.example.org"})
 
 
 class ApiWorld:
-    async def start(self, tmp_path, *, max_replicas: int = 32, own_names: frozenset[str] = OWN_NAMES) -> ApiWorld:
+    async def start(self, tmp_path, *, max_replicas: int = 32, own_names: frozenset[str] = OWN_NAMES,
+                    usage_meter=None) -> ApiWorld:
+        """`usage_meter`: what serves the usage route (built over `self.store` by the caller's
+        `usage_meter(store)`), else none."""
         self.data = tmp_path / "data"
         self.models = tmp_path / "models"
         self.models.mkdir(parents=True)
@@ -56,7 +59,9 @@ class ApiWorld:
         app = web.Application()
         self.pipeline = Pipeline(ProxyConfig(), plane)
         add_proxy(app, self.pipeline)
-        add_api(app, self.api, logs=None, analytics=None, limits=self.pipeline.limits)  # logs and metrics have tests of their own
+        # The logs and metrics routes have tests of their own.
+        add_api(app, self.api, logs=None, analytics=None, limits=self.pipeline.limits,
+                usage_meter=usage_meter(self.store) if usage_meter is not None else None)
         self.client = TestClient(TestServer(app, host="127.0.0.1"))
         await self.client.start_server()
         return self

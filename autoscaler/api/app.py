@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from autoscaler.api import access, catalog, endpoints, metrics, openapi, quotas, ratelimits, watch
+from autoscaler.api import access, catalog, endpoints, metrics, openapi, quotas, ratelimits, usage, watch
 from autoscaler.api import logs as log_routes
 from autoscaler.api.base import API, errors_middleware
 from autoscaler.api.endpoints import ManagementApi
@@ -21,9 +21,10 @@ def _sub_app(api: ManagementApi) -> web.Application:
     return sub
 
 
-def add_api(app: web.Application, api: ManagementApi, *, logs: Any, analytics: Any, limits: LimitTable) -> None:
-    """Mount the API as sub-apps. `logs` (a LogService) and `analytics` (an Analytics)
-    serve the logs and metrics routes; `limits` is the proxy's table of rate limits."""
+def add_api(app: web.Application, api: ManagementApi, *, logs: Any, analytics: Any, limits: LimitTable,
+            usage_meter: Any = None) -> None:
+    """Mount the API as sub-apps. `logs` (a LogService), `analytics` (an Analytics) and `usage_meter`
+    (a UsageMeter) serve the logs, metrics and usage routes; `limits` is the proxy's table of rate limits."""
     v2 = _sub_app(api)
     endpoints.add_routes(v2.router, api)
     openapi.add_routes(v2.router)
@@ -32,6 +33,7 @@ def add_api(app: web.Application, api: ManagementApi, *, logs: Any, analytics: A
     log_routes.add_routes(v2.router, api, logs)
     metrics.add_routes(v2.router, api, analytics)
     ratelimits.add_routes(v2.router, api, limits)
+    usage.add_routes(v2.router, api, usage_meter)
     catalog.add_suggest_route(v2.router, api)
     hub = _sub_app(api)
     access.add_routes(hub.router, api)

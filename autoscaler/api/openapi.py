@@ -12,6 +12,8 @@ from autoscaler.api.logs import OPENAPI_PATHS as LOGS_PATHS
 from autoscaler.api.metrics import OPENAPI_PATHS as METRICS_PATHS
 from autoscaler.api.quotas import OPENAPI_PATHS as QUOTAS_PATHS
 from autoscaler.api.ratelimits import OPENAPI_PATHS as RATELIMITS_PATHS
+from autoscaler.api.usage import OPENAPI_PATHS as USAGE_PATHS
+from autoscaler.api.usage import SCHEMAS as USAGE_SCHEMAS
 from autoscaler.model.state import State
 from autoscaler.model.timelines import ReplicaState
 
@@ -196,7 +198,7 @@ def document() -> dict[str, Any]:
         "info": {"title": "endpointd management API", "version": "2",
                  "description": "The Inference Endpoints v2 wire format, served by endpointd."},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **USAGE_SCHEMAS},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
@@ -238,6 +240,7 @@ def document() -> dict[str, Any]:
             **METRICS_PATHS,
             **QUOTAS_PATHS,
             **RATELIMITS_PATHS,
+            **USAGE_PATHS,
         },
     }
 

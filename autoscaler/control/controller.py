@@ -337,6 +337,16 @@ class Controller:
         owner = self._owners.get(key)
         return [s.id for s in owner.slots_in(Phase.DRAINING, Phase.STOPPING, Phase.PARKING)] if owner else []
 
+    def holding(self) -> list[tuple[Intent, list[str], list[str]]]:
+        """Each endpoint's replicas that hold resources now (starting, ready, sleeping, draining,
+        stopping: every one but the parked) and its parked ones; a deleted endpoint's too, while
+        they drain. What usage meters."""
+        return [
+            (owner.intent, [s.id for s in owner.slots.values() if s.phase is not Phase.PARKED],
+             [s.id for s in owner.slots_in(Phase.PARKED)])
+            for owner in self._all()
+        ]
+
     def replicas_can_run(self, key: EndpointKey) -> int | None:
         """Most replicas of this endpoint that can run now (GPUs, CPUs, memory), or None when only max bounds it."""
         owner = self._owners.get(key)

@@ -72,6 +72,7 @@ export const paths = {
   replicas: (ns, name) => `/v2/endpoint/${seg(ns)}/${seg(name)}/replica`,
   events: (ns, name, since) => `/v2/endpoint/${seg(ns)}/${seg(name)}/events?${new URLSearchParams({ since, limit: "1000" })}`,
   audit: (ns, query) => `/v2/audit/${seg(ns)}?${new URLSearchParams(query)}`,
+  usage: (ns, query) => `/v2/usage/${seg(ns)}?${new URLSearchParams(query)}`,
   metrics: (ns, name, query) => `/v2/endpoint/${seg(ns)}/${seg(name)}/metrics?${new URLSearchParams(query)}`,
   catalog: () => "/api/v1/catalog/list",
   deployRecipe: (id) => `/api/v1/catalog/recipe/${seg(id)}/deploy`,

@@ -7,6 +7,7 @@ import * as signin from "./pages/signin.js";
 import * as endpoints from "./pages/endpoints.js";
 import * as create from "./pages/create.js";
 import * as endpoint from "./pages/endpoint.js";
+import * as usage from "./pages/usage.js";
 
 const NS_KEY = "endpointd.namespace";
 const main = document.getElementById("main");
@@ -39,7 +40,7 @@ function renderPicker() {
 
 picker.addEventListener("change", () => {
   ctx.namespace = picker.value;
-  ctx.go("#/endpoints");
+  ctx.go(location.hash.startsWith("#/usage") ? "#/usage" : "#/endpoints");
 });
 
 document.getElementById("signout").addEventListener("click", () => {
@@ -96,6 +97,7 @@ async function route() {
   if (page === "new") stop = create.render(main, ctx) || stop;
   else if (page === "endpoint" && ns && name) stop = endpoint.render(main, ctx, ns, name, tab || "overview") || stop;
   else if (page === "endpoints") stop = endpoints.render(main, ctx) || stop;
+  else if (page === "usage") stop = usage.render(main, ctx) || stop;
   else { location.replace("#/endpoints"); return; }
 }
 

@@ -5,8 +5,8 @@ memory at that resolution and 30 days of 5-minute steps in `DATA_DIR/analytics.d
 
 Where each figure comes from:
 - requests and latencies: the proxy's tap (ProxyMetrics.take_answers), taken by every round and
-  by every OpenMetrics read, so cumulative counts are exact at any moment; the control plane's
-  own probes are not in it;
+  by every OpenMetrics or traffic read, so cumulative counts are exact at any moment; the control
+  plane's own probes are not in it; the body bytes in and out beside them, for usage (`traffic`);
 - pending requests: the proxy's PendingCounter at the round;
 - running replicas and their max: the controller (its ready replicas, the intent's max);
 - CPU and memory: `docker stats` of every ready replica, all at once, each under a timeout, by a
@@ -46,7 +46,7 @@ from autoscaler.observe import openmetrics
 from autoscaler.observe.analytics_series import COUNTS, Aggregate, Ring, Sample, Sketch, rebucket, render, status_class
 from autoscaler.observe.analytics_store import FILE as HISTORY_FILE
 from autoscaler.observe.analytics_store import History
-from autoscaler.observe.engine_metrics import EngineScraper, EngineSignals
+from autoscaler.observe.engine_metrics import EngineScraper, EngineSignals, Scraped
 from autoscaler.observe.loops import Loops
 from autoscaler.observe.openmetrics import ReplicaFigures  # a method named openmetrics hides the module in the class
 from engines.errors import EndpointdError
@@ -263,6 +263,8 @@ class _Endpoint:
         self.sketch = Sketch()
         # Since creation (or endpointd's start): the OpenMetrics counters.
         self.requests: dict[tuple[str, str], int] = {}
+        self.bytes_in = 0  # request and response body bytes (usage reads them)
+        self.bytes_out = 0
         self.latency_count = 0
         self.latency_sum_s = 0.0
         # The OpenMetrics window: (monotonic time taken, latencies answered since the take before).
@@ -272,6 +274,8 @@ class _Endpoint:
 
     def add(self, answers: Answers, classes: dict[str, int | None], taken_at: float, window_s: float) -> None:
         chunk = array("d")
+        self.bytes_in += answers.bytes_in
+        self.bytes_out += answers.bytes_out
         counts, requests = self.counts, self.requests
         for replica, code, duration in answers.kept:
             requests[(replica, code)] = requests.get((replica, code), 0) + 1
@@ -545,6 +549,21 @@ class Analytics:
             running_replicas=len(ready),
             replicas={rid: self._figures(rid, intent, usage, engines) for rid in ready},
         )
+
+    def traffic(self) -> dict[str, tuple[EndpointKey, int, int, int]]:
+        """What each endpoint served since this process started, as counters: uid -> (its key,
+        requests, request body bytes, response body bytes), the proxy's tap taken first (so they
+        are exact now). The usage meter turns them into deltas."""
+        live = self._live()
+        self._drain(live, self._clock())
+        return {
+            uid: (state.key, sum(state.requests.values()), state.bytes_in, state.bytes_out)
+            for uid, state in self._states.items() if uid in live
+        }
+
+    def engine_readings(self) -> dict[str, Scraped]:
+        """Each ready replica's engine readings (signals and token counters), as last scraped."""
+        return self.engines.latest()
 
     def openmetrics(self, key: EndpointKey) -> bytes | None:
         figures = self.figures(key)

@@ -6,8 +6,18 @@ into three per-replica signals, whatever the engine:
     kv_cache   how full its KV cache is                       (0..1)
 
 They are signals for people and dashboards (the analytics series, the per-endpoint OpenMetrics
-export, the main /metrics), not yet a scaling strategy. The names each engine exports, checked
-in their sources:
+export, the main /metrics) and the scaler's engine-queue strategy. Beside them, two counters for
+usage, where the engine keeps them: the prompt tokens it took in and the tokens it generated,
+since the engine's process started (usage.py turns them into deltas):
+
+    vLLM       vllm:prompt_tokens_total, vllm:generation_tokens_total
+    TGI        the sums of its histograms tgi_request_input_length, tgi_request_generated_tokens
+    SGLang     sglang:prompt_tokens_total, sglang:generation_tokens_total
+    llama.cpp  llamacpp:prompt_tokens_total + llamacpp:prompt_tokens_cached_total (the first
+               leaves out prompt tokens reused from the cache: checked on the image's server),
+               llamacpp:tokens_predicted_total
+
+The names each engine exports for the signals, checked in their sources:
 
     vLLM       vllm:num_requests_waiting, vllm:num_requests_running, vllm:kv_cache_usage_perc
                (0..1 despite its name; before v0.10 vllm:gpu_cache_usage_perc)
@@ -59,7 +69,19 @@ SOURCES: Mapping[str, tuple[str, ...]] = {
     KV_CACHE: ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage",
                "llamacpp:kv_cache_usage_ratio"),
 }
-WANTED = frozenset(name for names in SOURCES.values() for name in names)
+# The token counters: for each, the engines' alternatives in order of preference; an alternative
+# counts when its first name is exported, and is the sum of the names of it that are.
+TOKENS_IN, TOKENS_OUT = "tokens_in", "tokens_out"
+COUNTERS: Mapping[str, tuple[tuple[str, ...], ...]] = {
+    TOKENS_IN: (("vllm:prompt_tokens_total",), ("sglang:prompt_tokens_total",), ("tgi_request_input_length_sum",),
+                ("llamacpp:prompt_tokens_total", "llamacpp:prompt_tokens_cached_total")),
+    TOKENS_OUT: (("vllm:generation_tokens_total",), ("sglang:generation_tokens_total",),
+                 ("tgi_request_generated_tokens_sum",), ("llamacpp:tokens_predicted_total",)),
+}
+WANTED = frozenset(
+    [name for names in SOURCES.values() for name in names]
+    + [name for alternatives in COUNTERS.values() for names in alternatives for name in names]
+)
 _PREFIXES = tuple(sorted({name.split(":")[0].split("_")[0] for name in WANTED}))  # cheap line filter
 
 
@@ -124,6 +146,29 @@ def _label_end(text: str) -> int:
     return -1
 
 
+@dataclass(frozen=True, slots=True)
+class EngineCounters:
+    """Tokens an engine took in and generated since its process started; None where it keeps no count."""
+
+    tokens_in: float | None = None
+    tokens_out: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.tokens_in is not None or self.tokens_out is not None
+
+
+def counters(values: Mapping[str, list[float]]) -> EngineCounters:
+    """The engine's token counters from its parsed metrics: each summed over its samples (labels,
+    data-parallel ranks), never negative."""
+    found: dict[str, float] = {}
+    for counter, alternatives in COUNTERS.items():
+        for names in alternatives:
+            if values.get(names[0]):
+                found[counter] = max(0.0, sum(sum(values.get(name, ())) for name in names))
+                break
+    return EngineCounters(found.get(TOKENS_IN), found.get(TOKENS_OUT))
+
+
 def signals(values: Mapping[str, list[float]]) -> EngineSignals:
     """The engine's signals from its parsed metrics: counts summed, the KV cache the fullest, in 0..1."""
     found: dict[str, float] = {}
@@ -141,6 +186,7 @@ class Scraped:
     key: EndpointKey
     signals: EngineSignals
     at: float  # monotonic
+    counters: EngineCounters = EngineCounters()
 
 
 class EngineScraper:
@@ -183,9 +229,10 @@ class EngineScraper:
         results = await asyncio.gather(*(self._scrape(r) for _, r in due), return_exceptions=True)
         now = self._clock()
         for (key, replica), result in zip(due, results, strict=True):
-            if isinstance(result, EngineSignals):
-                if result:
-                    self._latest[replica.id] = Scraped(key, result, now)
+            if isinstance(result, tuple):
+                found, counted = result
+                if found or counted:
+                    self._latest[replica.id] = Scraped(key, found, now, counted)
                 else:
                     self._latest.pop(replica.id, None)
             elif result is None:  # the engine has no /metrics
@@ -195,8 +242,8 @@ class EngineScraper:
                 raise result  # cancellation
             # other failures: the last values age out on their own
 
-    async def _scrape(self, replica: Replica) -> EngineSignals | None:
-        """The replica's signals; None when it serves no metrics; raises when it did not answer."""
+    async def _scrape(self, replica: Replica) -> tuple[EngineSignals, EngineCounters] | None:
+        """The replica's signals and counters; None when it serves no metrics; raises when it did not answer."""
         headers = {"Accept": "text/plain"}
         if replica.api_key:
             headers["Authorization"] = f"Bearer {replica.api_key}"
@@ -212,7 +259,8 @@ class EngineScraper:
             return None  # not a metrics page
         # Possibly empty: an engine exports a gauge only once it has set it (TGI before its
         # first request); it is asked again at the usual cadence.
-        return signals(parse(body.decode("utf-8", errors="replace")))
+        values = parse(body.decode("utf-8", errors="replace"))
+        return signals(values), counters(values)
 
     async def run(self) -> None:
         while True:

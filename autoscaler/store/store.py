@@ -1,6 +1,7 @@
 """The durable desired state: users, orgs, tokens, endpoints, quotas, the audit log and an admin's
 rate limits per namespace, in SQLite; beside it, what the control plane remembers of each endpoint:
-its events and its replicas' timelines.
+its events and its replicas' timelines; and each endpoint's usage, by interval, as the usage meter
+writes it.
 
 The CLI (`endpointd tokens create`) writes to the same file while `endpointd serve` runs: WAL lets
 readers go on while one process writes, a busy timeout makes a writer wait for the other's
@@ -39,6 +40,15 @@ from autoscaler.model.events import Event
 from autoscaler.model.quotas import Quota
 from autoscaler.model.state import State
 from autoscaler.model.times import wire_time
+from autoscaler.model.usage import (
+    Buckets,
+    Hardware,
+    IntervalReplicas,
+    IntervalTraffic,
+    Metered,
+    ReplicaRow,
+    TrafficRow,
+)
 from autoscaler.store import tokens
 from engines.errors import EndpointdError
 from proxy.core.control import Identity
@@ -187,6 +197,47 @@ MIGRATIONS = [
         rpm INTEGER,
         concurrent INTEGER,
         updated_at TEXT NOT NULL
+    );
+    """,
+    # 8: usage, by endpoint name (a deleted endpoint's usage stays: it was used), one row per usage
+    # interval that saw any: replica-seconds by hardware, and what the endpoint served. Beside
+    # them, what the meter keeps of each replica so that a restart of endpointd neither loses nor
+    # counts twice what happened while it was down: up to when its replica-seconds are written,
+    # and its engine's token counters as last read.
+    """
+    CREATE TABLE usage_replicas (
+        namespace TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        start REAL NOT NULL,
+        accelerator TEXT NOT NULL,
+        instance_type TEXT NOT NULL,
+        instance_size TEXT NOT NULL,
+        seconds REAL NOT NULL,
+        PRIMARY KEY (namespace, endpoint, start, accelerator, instance_type, instance_size)
+    );
+    CREATE INDEX usage_replicas_by_start ON usage_replicas (start);
+    CREATE TABLE usage_traffic (
+        namespace TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        start REAL NOT NULL,
+        requests INTEGER NOT NULL,
+        bytes_in INTEGER NOT NULL,
+        bytes_out INTEGER NOT NULL,
+        tokens_in REAL,
+        tokens_out REAL,
+        PRIMARY KEY (namespace, endpoint, start)
+    );
+    CREATE INDEX usage_traffic_by_start ON usage_traffic (start);
+    CREATE TABLE usage_meter (
+        replica TEXT PRIMARY KEY,
+        namespace TEXT NOT NULL,
+        endpoint TEXT NOT NULL,
+        accelerator TEXT NOT NULL,
+        instance_type TEXT NOT NULL,
+        instance_size TEXT NOT NULL,
+        counted_to REAL,
+        tokens_in REAL,
+        tokens_out REAL
     );
     """,
 ]
@@ -850,6 +901,82 @@ class Store:
         for row in await self._all("SELECT uid, record FROM replicas ORDER BY rowid"):
             found.setdefault(row["uid"], []).append(json.loads(row["record"]))
         return found
+
+
+    # --- usage ---------------------------------------------------------------------------------
+
+    async def write_usage(
+        self, replicas: Iterable[IntervalReplicas], traffic: Iterable[IntervalTraffic], metered: Iterable[Metered],
+        forget: Iterable[str] = (), *, before: float | None = None,
+    ) -> None:
+        """In one transaction: add the intervals' rows (to what an interval already has: a clean
+        stop wrote part of it), save what the meter keeps of each replica, drop the `forget`
+        replicas' and, with `before`, every row of an interval that started before it (retention)."""
+        async with self._transaction():
+            await self._db.executemany(
+                "INSERT INTO usage_replicas (namespace, endpoint, start, accelerator, instance_type, instance_size, seconds) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, endpoint, start, accelerator, instance_type, instance_size) "
+                "DO UPDATE SET seconds = seconds + excluded.seconds",
+                [(r.namespace, r.endpoint, r.start, r.hardware.accelerator, r.hardware.instance_type,
+                  r.hardware.instance_size, r.seconds) for r in replicas],
+            )
+            await self._db.executemany(
+                "INSERT INTO usage_traffic (namespace, endpoint, start, requests, bytes_in, bytes_out, tokens_in, tokens_out) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (namespace, endpoint, start) DO UPDATE SET "
+                "requests = requests + excluded.requests, bytes_in = bytes_in + excluded.bytes_in, "
+                "bytes_out = bytes_out + excluded.bytes_out, "
+                "tokens_in = CASE WHEN tokens_in IS NULL THEN excluded.tokens_in "
+                "ELSE tokens_in + COALESCE(excluded.tokens_in, 0) END, "
+                "tokens_out = CASE WHEN tokens_out IS NULL THEN excluded.tokens_out "
+                "ELSE tokens_out + COALESCE(excluded.tokens_out, 0) END",
+                [(t.namespace, t.endpoint, t.start, t.requests, t.bytes_in, t.bytes_out, t.tokens_in, t.tokens_out)
+                 for t in traffic],
+            )
+            await self._db.executemany(
+                "INSERT OR REPLACE INTO usage_meter (replica, namespace, endpoint, accelerator, instance_type, "
+                "instance_size, counted_to, tokens_in, tokens_out) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(m.replica, m.namespace, m.endpoint, m.hardware.accelerator, m.hardware.instance_type,
+                  m.hardware.instance_size, m.counted_to, m.tokens_in, m.tokens_out) for m in metered],
+            )
+            await self._db.executemany("DELETE FROM usage_meter WHERE replica = ?", [(r,) for r in forget])
+            if before is not None:
+                await self._db.execute("DELETE FROM usage_replicas WHERE start < ?", (before,))
+                await self._db.execute("DELETE FROM usage_traffic WHERE start < ?", (before,))
+
+    async def metered(self) -> list[Metered]:
+        """What the meter kept of each replica (read at its start)."""
+        return [
+            Metered(r["replica"], r["namespace"], r["endpoint"],
+                    Hardware(r["accelerator"], r["instance_type"], r["instance_size"]),
+                    r["counted_to"], r["tokens_in"], r["tokens_out"])
+            for r in await self._all("SELECT * FROM usage_meter ORDER BY replica")
+        ]
+
+    async def usage(self, namespace: str | None, buckets: Buckets) -> tuple[list[ReplicaRow], list[TrafficRow]]:
+        """The usage of one namespace (None: every one) summed per endpoint and bucket (and
+        hardware): each interval in the bucket its start falls in."""
+        where = "start >= ? AND start < ?" + ("" if namespace is None else " AND namespace = ?")
+        args: list[Any] = [buckets.start, buckets.step, buckets.start, buckets.end]
+        if namespace is not None:
+            args.append(namespace)
+        bucket = f"MIN(CAST((start - ?) / ? AS INTEGER), {buckets.count - 1}) AS bucket"
+        replicas = [
+            ReplicaRow(r["namespace"], r["endpoint"], r["bucket"],
+                       Hardware(r["accelerator"], r["instance_type"], r["instance_size"]), r["seconds"])
+            for r in await self._all(
+                f"SELECT namespace, endpoint, {bucket}, accelerator, instance_type, instance_size, SUM(seconds) AS seconds "
+                f"FROM usage_replicas WHERE {where} "
+                "GROUP BY namespace, endpoint, bucket, accelerator, instance_type, instance_size", *args)
+        ]
+        traffic = [
+            TrafficRow(r["namespace"], r["endpoint"], r["bucket"], r["requests"], r["bytes_in"], r["bytes_out"],
+                       r["tokens_in"], r["tokens_out"])
+            for r in await self._all(
+                f"SELECT namespace, endpoint, {bucket}, SUM(requests) AS requests, SUM(bytes_in) AS bytes_in, "
+                "SUM(bytes_out) AS bytes_out, SUM(tokens_in) AS tokens_in, SUM(tokens_out) AS tokens_out "
+                f"FROM usage_traffic WHERE {where} GROUP BY namespace, endpoint, bucket", *args)
+        ]
+        return replicas, traffic
 
 
 async def _journal_mode_wal(db: aiosqlite.Connection) -> str:

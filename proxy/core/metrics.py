@@ -2,8 +2,9 @@
 request path pays only for the counters and histograms it updates.
 
 Beside the registry, an optional tap keeps every answered demand request (replica, status code,
-duration) per endpoint until a reader takes them (`take_answers()`): the control plane's
-analytics turn them into request counts and exact latency quantiles. Off until `tap()` is called,
+duration) per endpoint, and the body bytes those requests carried in and out, until a reader
+takes them (`take_answers()`): the control plane's analytics turn them into request counts and
+exact latency quantiles, its usage meter into requests and bytes per endpoint. Off until `tap()` is called,
 so the proxy alone (`endpointd proxy`) keeps nothing; bounded, so a reader that stops taking costs
 at most TAP_LIMIT answers per endpoint (beyond it answers are only counted).
 """
@@ -43,6 +44,8 @@ class Answers:
 
     kept: list[Answer] = field(default_factory=list)  # in order, at most TAP_LIMIT
     beyond: dict[tuple[str, str], int] = field(default_factory=dict)  # (replica, code) -> answers past the limit
+    bytes_in: int = 0  # request body bytes received from the clients of these answers
+    bytes_out: int = 0  # response body bytes passed on to them
 
 
 class _Gauges(Collector):
@@ -158,6 +161,8 @@ class ProxyMetrics:
                 beyond[(replica, code)] = beyond.get((replica, code), 0) + 1
             for k, n in theirs.beyond.items():
                 beyond[k] = beyond.get(k, 0) + n
+            answers.bytes_in += theirs.bytes_in
+            answers.bytes_out += theirs.bytes_out
 
     @property
     def tapped(self) -> bool:
@@ -166,6 +171,18 @@ class ProxyMetrics:
     def watch_connections(self, source: ConnectionStats) -> None:
         """Where the connection gauges are read from (the server's listeners, once they listen)."""
         self._connections.source = source
+
+    def transferred(self, endpoint: str, bytes_in: int, bytes_out: int, demand: bool = True) -> None:
+        """The body bytes of one admitted request, in and out; kept in the tap beside its answer
+        (called just before `answered`, so that a worker's push of the answer carries them)."""
+        tap = self._tap
+        if tap is None or not demand or not endpoint or not (bytes_in or bytes_out):
+            return
+        answers = tap.get(endpoint)
+        if answers is None:
+            answers = tap[endpoint] = Answers()
+        answers.bytes_in += bytes_in
+        answers.bytes_out += bytes_out
 
     def answered(
         self, endpoint: str, replica: str, code: str, duration_s: float | None, demand: bool = True

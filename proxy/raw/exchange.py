@@ -95,7 +95,7 @@ class Exchange:
         "host", "rid", "triples", "forwarded", "admission", "task", "upstream", "replica", "tried", "body", "body_seen",
         "body_done", "body_sent", "response_started", "status", "out", "out_chunked", "done", "timer",
         "_start_deadline", "_idle_deadline", "_last_active", "_retried_reused", "expect_continue", "head_only",
-        "close_after", "_response_close", "_until_close",
+        "close_after", "_response_close", "_until_close", "bytes_out",
     )
 
     def __init__(self, client: Client, found: Route | None, method: str, target: str, headers: dict[str, str],
@@ -139,6 +139,7 @@ class Exchange:
         self.close_after = not keep_alive  # the client's connection closes after this response
         self._response_close = False
         self._until_close = False  # the replica's body ends where its connection does
+        self.bytes_out = 0  # response body bytes passed on to the client (usage: bytes out)
 
     # -- admission -------------------------------------------------------------------------------
 
@@ -394,6 +395,7 @@ class Exchange:
     def response_body(self, data: bytes) -> None:
         if self.done or self.head_only:
             return
+        self.bytes_out += len(data)
         self.out.append(wire.chunk(data) if self.out_chunked else data)
 
     def flush(self) -> None:
@@ -515,7 +517,9 @@ class Exchange:
         self.body = []
         self.client.unpause("upstream")
         self.client.unpause("body")
-        if self.admission is not None:
-            self.admission.finish(code)
+        admission = self.admission
+        if admission is not None:
+            self.pipeline.metrics.transferred(admission.entry.key, self.body_seen, self.bytes_out, admission.ticket.demand)
+            admission.finish(code)
         if after is not None:
             self.client.exchange_ended(self, after)

@@ -64,7 +64,8 @@ def _fields(message: Message) -> dict[str, object]:
             return {"op": "wake", "namespace": namespace, "name": name}
         case TappedAnswers(answers):
             return {"op": "answers", "answers": {
-                key: {"kept": a.kept, "beyond": [[r, c, n] for (r, c), n in a.beyond.items()]}
+                key: {"kept": a.kept, "beyond": [[r, c, n] for (r, c), n in a.beyond.items()],
+                      "in": a.bytes_in, "out": a.bytes_out}
                 for key, a in answers.items()
             }}
         case Families(request, families):
@@ -110,7 +111,8 @@ def to_main(data: bytes) -> ToMain:
                 return Wake(fields["namespace"], fields["name"])
             case "answers":
                 return TappedAnswers({
-                    key: Answers([tuple(k) for k in a["kept"]], {(r, c): n for r, c, n in a["beyond"]})
+                    key: Answers([tuple(k) for k in a["kept"]], {(r, c): n for r, c, n in a["beyond"]},
+                                 int(a["in"]), int(a["out"]))
                     for key, a in fields["answers"].items()
                 })
             case "families":

@@ -380,3 +380,65 @@ def test_the_endpoints_table_filters_and_sorts(page):
     assert page.locator("#list tbody").inner_text() == "No endpoint matches the filters."
     page.evaluate("() => { window.__stopList(); document.getElementById('list').remove(); }")
     page.unroute("**/v2/endpoint/alice")
+
+
+USAGE = {
+    "namespace": "*", "from": "2026-01-01T00:00:00.000Z", "to": "2026-01-02T00:00:00.000Z", "step": 86400, "buckets": 1,
+    "endpoints": [
+        {"namespace": "acme", "name": "chat", "buckets": [], "total": {
+            "replicaSeconds": 5400, "requests": 12345, "bytesIn": 2048, "bytesOut": 3 * 1024 * 1024,
+            "tokensIn": 900, "tokensOut": 450, "cost": 1.2,
+            "replicas": [{"accelerator": "gpu", "instanceType": "nvidia-l4", "instanceSize": "x1", "replicaSeconds": 3600,
+                          "ratePerHour": 0.8, "cost": 0.8},
+                         {"accelerator": "gpu", "instanceType": "nvidia-t4", "instanceSize": "x2", "replicaSeconds": 1800,
+                          "ratePerHour": None, "cost": 0}]}},
+        {"namespace": "bob", "name": "<b>mine</b>", "buckets": [], "total": {
+            "replicaSeconds": 36, "requests": 0, "bytesIn": 0, "bytesOut": 0, "tokensIn": None, "tokensOut": None,
+            "cost": 0, "replicas": []}},
+    ],
+    "total": {"replicaSeconds": 5436, "requests": 12345, "bytesIn": 2048, "bytesOut": 3 * 1024 * 1024,
+              "tokensIn": 900, "tokensOut": 450, "cost": 1.2, "replicas": []},
+    "unpriced": ["nvidia-t4"],
+}
+
+
+def test_the_usage_rows_say_hours_hardware_tokens_and_cost(page):
+    rows = page.evaluate("""async (answer) => {
+        const { rows } = await import('/pages/usage.js');
+        return rows(answer, true); }""", USAGE)
+    assert rows == [
+        ["acme/chat", "1.500", "nvidia-l4 x1: 1.000 h, nvidia-t4 x2: 0.500 h (unpriced)", "12,345", "900", "450",
+         "2.0 KiB / 3.0 MiB", "1.2000"],
+        ["bob/<b>mine</b>", "0.010", "–", "0", "–", "–", "0 B / 0 B", "0.0000"],  # no engine tokens: a dash, not 0
+        ["Total", "1.510", "–", "12,345", "900", "450", "2.0 KiB / 3.0 MiB", "1.2000"],
+    ]
+
+
+def test_the_usage_page_asks_for_the_chosen_period_and_shows_each_endpoint(page):
+    """The page against a canned answer (Playwright answers the fetch): a row per endpoint, the total
+    in the footer, names shown as text, the unpriced types named, and a period's button asks for it."""
+    asked = []
+
+    def answer(route):
+        asked.append(route.request.url)
+        route.fulfill(json=USAGE)
+
+    page.route("**/v2/usage/*?*", answer)
+    page.evaluate("""async () => {
+        const { render } = await import('/pages/usage.js');
+        const root = document.createElement('main'); root.id = 'usage'; document.body.append(root);
+        window.__stopUsage = render(root, { namespace: '*' }); }""")
+    page.wait_for_function("() => document.querySelectorAll('#usage tbody tr[data-name]').length === 2")
+    assert page.locator("#usage h1").inner_text() == "Usage of every namespace"
+    assert page.locator('#usage tbody tr[data-name="<b>mine</b>"] th').inner_text() == "bob/<b>mine</b>"
+    assert page.locator("#usage tbody b").count() == 0  # a name is text, never markup
+    assert page.locator("#usage tfoot th").inner_text() == "Total"
+    assert "nvidia-t4" in page.locator("#usage section > p.muted").last.inner_text()
+    page.locator("#usage button", has_text="Last 7 days").click()
+    page.wait_for_function("() => document.querySelector('#usage [role=status]').textContent.startsWith('Last 7 days:')")
+    assert len(asked) >= 2
+    first, last = (dict(p.split("=") for p in url.split("?", 1)[1].split("&")) for url in (asked[0], asked[-1]))
+    assert "/v2/usage/*?" in asked[0]
+    assert int(first["to"]) - int(first["from"]) == 86400 and int(last["to"]) - int(last["from"]) == 7 * 86400
+    page.evaluate("() => { window.__stopUsage(); document.getElementById('usage').remove(); }")
+    page.unroute("**/v2/usage/*?*")

@@ -291,6 +291,35 @@ def test_a_catalog_recipe_deploys_from_the_dashboard(serve, page):
     expect(page.locator(f'tr[data-name="{name}"]')).to_have_count(0)
 
 
+def test_the_usage_page_shows_an_endpoints_replica_hours_requests_and_cost(serve, page):
+    name = f"dash-use-{uuid.uuid4().hex[:6]}"
+    api_json(serve, "/v2/endpoint/admin", "POST", {
+        "name": name, "type": "private", "provider": {"vendor": "local", "region": "local"},
+        "compute": {"accelerator": "cpu", "instanceType": "intel-icl", "instanceSize": "x1",
+                    "scaling": {"minReplica": 1, "maxReplica": 1}},
+        "model": {"repository": serve.model, "framework": "custom",
+                  "image": {"custom": {"url": "endpointd/echo:latest", "healthRoute": "/health"}}},
+    })
+    request = urllib.request.Request(f"{serve.url}/endpoints/admin/{name}/generate", data=b'{"inputs": "metered"}',
+                                     headers={"Authorization": f"Bearer {serve.admin_token}",
+                                              "Content-Type": "application/json", "X-Scale-Up-Timeout": str(START_S)})
+    with urllib.request.urlopen(request, timeout=START_S + 10) as response:
+        assert response.status == 200
+    sign_in(page, serve)
+    page.get_by_role("link", name="Usage", exact=True).click()
+    expect(page.get_by_role("heading", name="Usage of admin")).to_be_visible()
+    row = page.locator(f'table.usage tbody tr[data-name="{name}"]')
+    expect(row.locator('td[data-label="Requests"]')).to_have_text("1", timeout=WAIT_MS)
+    expect(row.locator('td[data-label="Hardware"]')).to_contain_text("intel-icl x1")
+    expect(row.locator('td[data-label="Replica-hours"]')).not_to_have_text("0.000", timeout=WAIT_MS)  # 3.6 s or more
+    expect(row.locator('td[data-label="Tokens in"]')).to_have_text("–")  # the echo engine counts no tokens
+    expect(page.locator("section > p.muted").last).to_contain_text("Unpriced")  # no [rates] here
+    page.get_by_role("button", name="Last 30 days").click()
+    expect(page.get_by_role("button", name="Last 30 days")).to_have_attribute("aria-pressed", "true")
+    expect(row.locator('td[data-label="Requests"]')).to_have_text("1")
+    shot(page, "18-usage")
+
+
 def test_a_user_sees_their_namespaces_and_the_apis_refusals(serve, page):
     """A user's token offers their own namespace and their orgs', never `*`; what the API refuses
     (another namespace's endpoint) is said in the API's words."""

@@ -125,6 +125,24 @@ def test_smollm2_chats_streams_and_counts_its_tokens_through_the_endpoint(serve)
     wait_for(logged, 30, "llama-server's log lines in the logs route", interval_s=0.5)
 
 
+def test_usage_counts_the_tokens_llamacpp_counted_prompt_cache_and_all(serve):
+    """Usage's tokens are llama.cpp's own counters: what the answers' `usage` said, in and out; the
+    second, identical chat reuses its prompt from the cache, which llama.cpp counts apart."""
+    endpoint = create(serve, "smol")
+    client = openai_client(serve, endpoint)
+    answers = [client.chat.completions.create(model="tgi", messages=SKY, temperature=0, max_tokens=8) for _ in range(2)]
+    tokens_in = sum(a.usage.prompt_tokens for a in answers)
+    tokens_out = sum(a.usage.completion_tokens for a in answers)
+
+    def counted():
+        status, body = http(serve, "/v2/usage/alice")
+        total = json.loads(body)["total"] if status == 200 else {}
+        return (total.get("tokensIn"), total.get("tokensOut")) == (tokens_in, tokens_out) and total
+
+    total = wait_for(counted, 30, f"usage to count {tokens_in} tokens in and {tokens_out} out", interval_s=0.5)
+    assert total["replicaSeconds"] > 0 and total["requests"] >= 2
+
+
 def test_scaled_to_zero_smollm2_wakes_for_a_held_request(serve):
     endpoint = create(serve, "smol", min_replica=0, scale_to_zero_timeout=15)
     endpoint.scale_to_zero()

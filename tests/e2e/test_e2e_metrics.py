@@ -29,7 +29,8 @@ OPEN_METRICS = "/v2/endpoint/alice/echo/open-metrics"
 SERIES = "/v2/endpoint/alice/echo/metrics"
 SENT = 7
 LOOPS = ("reconcile", "watch deaths", "liveness", "orphan sweep", "scale", "journal", "analytics", "analytics usage",
-         "engine metrics", "logs: follow containers", "logs: write", "logs: container deaths", "logs: prune")
+         "engine metrics", "logs: follow containers", "logs: write", "logs: container deaths", "logs: prune",
+         "usage meter")
 
 
 @pytest.fixture

@@ -206,3 +206,81 @@ def test_engine_image_variables_clash_with_no_other_option():
     ours = {ENGINE_ENV_PREFIX + key.upper().replace("-", "_") for key in DEFAULT_IMAGES}
     theirs = {settings.env_name(f.name) for cls, _ in _sections() for f in dataclasses.fields(cls)}
     assert len(ours) == len(DEFAULT_IMAGES) and not ours & theirs
+
+
+# --- [rates]: the operator's prices, for usage's cost ------------------------------------------
+
+
+def test_rates_come_from_file_env_and_flag_a_later_one_winning():
+    from autoscaler.config import load_rates
+
+    rates = load_rates(
+        file_values={"intel-icl": 0.12, "nvidia-l4": 1, "nvidia-a100": 0},
+        env={"ENDPOINTD_RATES": " nvidia-l4 = 0.8 ,nvidia-t4=0.5,"},
+        flags=["nvidia-t4=0.45", "nvidia-h100=4.5"],
+    )
+    assert rates.per_hour == {"intel-icl": 0.12, "nvidia-l4": 0.8, "nvidia-a100": 0.0, "nvidia-t4": 0.45,
+                              "nvidia-h100": 4.5}
+    assert load_rates().per_hour == {}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"file_values": {"nvidia-l4": -1}},
+     "rates.nvidia-l4 = -1 (from the config file [rates]) is invalid: it must be a price per hour, a number between 0 and 1e+06"),
+    ({"file_values": {"nvidia-l4": "cheap"}}, "rates.nvidia-l4 = 'cheap' (from the config file [rates]) is invalid"),
+    ({"file_values": {"nvidia-l4": True}}, "rates.nvidia-l4 = True (from the config file [rates]) is invalid"),
+    ({"file_values": {"nvidia-l4": {"x1": 1}}}, "rates.nvidia-l4 = {'x1': 1} (from the config file [rates]) is invalid"),
+    ({"env": {"ENDPOINTD_RATES": "nvidia-l4=nan"}}, "rates.nvidia-l4 = 'nan' (from ENDPOINTD_RATES) is invalid"),
+    ({"env": {"ENDPOINTD_RATES": "nvidia-l4"}}, "ENDPOINTD_RATES 'nvidia-l4' is invalid: it must be TYPE=PRICE"),
+    ({"flags": ["nvidia-l4=2e6"]}, "rates.nvidia-l4 = '2e6' (from --rate) is invalid"),
+    ({"flags": ["bad type=1"]}, "rates.bad type (from --rate) is not an instance type"),
+    ({"flags": ["=1"]}, "rates. (from --rate) is not an instance type"),
+])
+def test_a_bad_rate_stops_the_start_naming_key_value_and_range(kwargs, message):
+    from autoscaler.config import load_rates
+
+    with pytest.raises(settings.SettingsError) as info:
+        load_rates(**kwargs)
+    assert message in str(info.value)
+
+
+def test_serve_reads_the_rates_table_and_the_usage_interval(tmp_path, capsys):
+    from autoscaler.cli import _load, _rates
+
+    good = tmp_path / "good.toml"
+    good.write_text('[rates]\nintel-icl = 0.12\n"nvidia-l4" = 0.8\n[usage]\nusage_interval_s = 30\n')
+    args = build_parser().parse_args(["serve", "--config", str(good), "--rate", "nvidia-t4=0.5", "--usage-keep-days", "90"])
+    assert _rates(args).per_hour == {"intel-icl": 0.12, "nvidia-l4": 0.8, "nvidia-t4": 0.5}
+    usage = _load(args)[-1]
+    assert (usage.usage_interval_s, usage.usage_keep_days) == (30.0, 90.0)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[usage]\nusage_interval_s = 0.5\n")
+    assert main(["serve", "--config", str(bad), "--data-dir", str(tmp_path / "data")]) == 2
+    assert ("endpointd: usage.usage_interval_s = 0.5 (from the config file [usage]) is invalid: it must be a number "
+            "between 1.0 and 3600.0") in capsys.readouterr().err
+    bad.write_text("[rates]\nnvidia-l4 = -0.1\n")
+    assert main(["serve", "--config", str(bad), "--data-dir", str(tmp_path / "data")]) == 2
+    assert "endpointd: rates.nvidia-l4 = -0.1 (from the config file [rates]) is invalid" in capsys.readouterr().err
+
+
+def test_the_rates_variable_clashes_with_no_option():
+    import dataclasses
+
+    from autoscaler.cli import _sections
+    from autoscaler.config import RATES_ENV
+
+    assert RATES_ENV not in {settings.env_name(f.name) for cls, _ in _sections() for f in dataclasses.fields(cls)}
+
+
+def test_the_readmes_rates_example_loads():
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from autoscaler.config import load_rates
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Usage and cost", 1)[1]
+    example = re.search(r"```toml\n(.*?)```", section, re.S)
+    assert example is not None, "the README's Usage and cost section has no [rates] example"
+    assert load_rates(file_values=tomllib.loads(example[1])["rates"]).per_hour == {"intel-icl": 0.12, "nvidia-l4": 0.8}

@@ -108,14 +108,20 @@ async def test_tokens_metrics_and_answers_over_every_process(two):
         assert f'endpointd_proxy_requests_total{{code="200",endpoint="acme/e1",replica="r0"}} {N}.0' in text
         assert f'endpointd_proxy_requests_total{{code="401",endpoint="acme/e1",replica=""}} {N}.0' in text
     kept: list = []
+    body_bytes = [0, 0]
 
     def took_all() -> bool:
         for answers in two.pipeline.metrics.take_answers().values():
             kept.extend(answers.kept)
+            body_bytes[0] += answers.bytes_in
+            body_bytes[1] += answers.bytes_out
         return len(kept) == 2 * N
 
     await until(took_all, timeout_s=10)  # the worker pushes its answers every second
     assert sorted(code for _, code, _ in kept) == ["200"] * N + ["401"] * N
+    # Each admitted request sent 1 body byte and got the upstream's JSON back; refused ones none.
+    answer = len(b'{"path": "/", "body_len": 1}')
+    assert body_bytes == [N, N * answer]
 
 
 def test_the_worker_count():

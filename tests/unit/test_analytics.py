@@ -407,6 +407,19 @@ async def test_answers_beyond_the_tap_limit_are_still_counted(world, monkeypatch
     assert figures.latency_count == 3  # only the kept ones have latencies
 
 
+async def test_traffic_is_each_endpoints_requests_and_body_bytes_so_far(world):
+    world.metrics.transferred(NAME, 100, 2000)
+    world.answer("r1", "200", 0.1)
+    world.metrics.transferred(NAME, 50, 0)
+    world.answer("r1", "500", 0.1)
+    world.metrics.transferred(NAME, 7, 7, demand=False)  # the controller's probe: not usage
+    world.answer("r1", "200", 0.1, demand=False)
+    assert world.analytics.traffic() == {"u1": (KEY, 2, 150, 2000)}  # the tap taken: exact now
+    await world.round()  # a round takes nothing from the totals
+    world.answer("r1", "200", 0.1)
+    assert world.analytics.traffic() == {"u1": (KEY, 3, 150, 2000)}
+
+
 def test_the_tap_is_off_until_asked_for():
     metrics = ProxyMetrics(PendingCounter(), dict)
     metrics.answered(NAME, "r1", "200", 0.1)

@@ -156,7 +156,7 @@ def test_the_dashboard_uses_no_route_outside_the_public_api():
     """Every path the scripts build is one the README documents for clients."""
     api = (STATIC / "api.js").read_text()
     built = set(re.findall(r"`(/[^`$?]*)", api)) | set(re.findall(r'"(/[^"]+)"', api))
-    public = ("/api/whoami-v2", "/v2/endpoint/", "/v2/provider/", "/v2/audit/", "/api/v1/catalog",
+    public = ("/api/whoami-v2", "/v2/endpoint/", "/v2/provider/", "/v2/audit/", "/v2/usage/", "/api/v1/catalog",
               "/v2/engines/suggest", "/endpoints/")
     assert built and all(path.startswith(public) for path in built), sorted(built)
 

@@ -16,8 +16,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from autoscaler.observe.engine_metrics import (
     NO_METRICS_RETRY_S,
     STALE_AFTER,
+    EngineCounters,
     EngineScraper,
     EngineSignals,
+    counters,
     parse,
     signals,
 )
@@ -181,6 +183,57 @@ def test_each_engines_metrics_become_the_same_three_signals(body, expected):
     assert signals(parse(body)) == expected
 
 
+# The token counters as each engine writes them (llama.cpp's from the endpointd/llama-cpp image's
+# server after two identical chats of 38 prompt tokens: the second reused 37 from its cache).
+VLLM_TOKENS = f"""# HELP vllm:prompt_tokens_total Number of prefill tokens processed.
+# TYPE vllm:prompt_tokens_total counter
+vllm:prompt_tokens_total{{engine="0",{MODEL}}} 1200.0
+vllm:prompt_tokens_total{{engine="1",{MODEL}}} 300.0
+vllm:prompt_tokens_created{{engine="0",{MODEL}}} 1.75e+09
+# HELP vllm:generation_tokens_total Number of generation tokens processed.
+# TYPE vllm:generation_tokens_total counter
+vllm:generation_tokens_total{{engine="0",{MODEL}}} 640.0
+"""
+TGI_TOKENS = """# TYPE tgi_request_input_length histogram
+tgi_request_input_length_bucket{le="100"} 3
+tgi_request_input_length_sum 210
+tgi_request_input_length_count 4
+# TYPE tgi_request_generated_tokens histogram
+tgi_request_generated_tokens_bucket{le="100"} 4
+tgi_request_generated_tokens_sum 77
+tgi_request_generated_tokens_count 4
+"""
+SGLANG_TOKENS = f"""sglang:prompt_tokens_total{{{MODEL},tp_rank="0"}} 7.0
+sglang:generation_tokens_total{{{MODEL},tp_rank="0"}} 8.0
+sglang:cached_tokens_total{{{MODEL},tp_rank="0"}} 5.0
+"""
+LLAMACPP_TOKENS = """# TYPE llamacpp:prompt_tokens_total counter
+llamacpp:prompt_tokens_total 39
+# TYPE llamacpp:prompt_tokens_cached_total counter
+llamacpp:prompt_tokens_cached_total 37
+# TYPE llamacpp:tokens_predicted_total counter
+llamacpp:tokens_predicted_total 10
+# TYPE llamacpp:tokens_predicted_seconds_total counter
+llamacpp:tokens_predicted_seconds_total 0.097635
+"""
+
+
+@pytest.mark.parametrize("body, expected", [
+    (VLLM_TOKENS, EngineCounters(tokens_in=1500.0, tokens_out=640.0)),  # summed over engines; _created is not a count
+    (TGI_TOKENS, EngineCounters(tokens_in=210.0, tokens_out=77.0)),  # the histograms' sums
+    (SGLANG_TOKENS, EngineCounters(tokens_in=7.0, tokens_out=8.0)),
+    (LLAMACPP_TOKENS, EngineCounters(tokens_in=76.0, tokens_out=10.0)),  # 2 x 38: processed + reused
+    (LLAMACPP, EngineCounters(tokens_in=6886.0, tokens_out=None)),  # an older build without the cached count
+    (VLLM_V1, EngineCounters()),  # gauges only
+    (TEI, EngineCounters()),  # embeddings: TEI counts no tokens
+    ("llamacpp:prompt_tokens_cached_total 5\n", EngineCounters()),  # the addend alone is no count
+    ("vllm:prompt_tokens_total -3\n", EngineCounters(tokens_in=0.0)),  # never negative
+])
+def test_token_counters_of_each_engine(body, expected):
+    assert counters(parse(body)) == expected
+    assert bool(counters(parse(body))) == (expected != EngineCounters())
+
+
 def test_parse_keeps_only_the_wanted_names_with_every_sample():
     assert parse(VLLM_DATA_PARALLEL) == {
         "vllm:num_requests_running": [2.0, 5.0], "vllm:num_requests_waiting": [1.0, 0.0],
@@ -263,6 +316,14 @@ async def test_each_replica_is_scraped_with_its_own_key(engines):
     }
     assert latest["a"].key == KEY
     assert sorted(engines.asked) == ["key-a", "key-b"]
+
+
+async def test_an_engine_with_counters_and_no_gauges_is_kept_for_its_counters(engines):
+    engines.bodies = {"k": TGI_TOKENS}
+    scraper = scraper_for(engines, [Replica("t", engines.address, api_key="k")], Clock())
+    await scraper.poll()
+    [scraped] = scraper.latest().values()
+    assert scraped.signals == EngineSignals() and scraped.counters == EngineCounters(210.0, 77.0)
 
 
 async def test_an_engine_without_metrics_is_asked_again_only_after_a_while(engines):

@@ -552,3 +552,34 @@ async def test_replica_that_sends_no_headers_is_504_after_the_response_start_tim
         assert (await r.json())["error"] == "replica r0 of endpoint acme/e1 sent no response headers within 0.1 s"
     assert harness.pending() == 0
     await asyncio.wait_for(up.cancelled.wait(), 5)  # the upstream call was given up, not left hanging
+
+
+async def test_the_tap_keeps_the_body_bytes_of_each_endpoint(harness):
+    """What the usage meter counts as bytes in and out: request and response bodies, per endpoint,
+    whether the body came whole, chunked or streamed; requests refused before admission carry none."""
+    async def big(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(3):
+            await response.write(b"y" * 1000)
+        await response.write_eof()
+        return response
+
+    up = await harness.upstream(big)
+    harness.endpoint(upstreams=(up,), auth=AuthType.AUTHENTICATED)
+    await harness.start(tap=True)
+
+    async def chunks():
+        yield b"a" * 10
+        yield b"b" * 20
+
+    async with harness.request("POST", EP, data=b"x" * 100, headers=bearer("owner")) as r:
+        assert r.status == 200 and len(await r.read()) == 3000
+    async with harness.request("POST", EP, data=chunks(), headers=bearer("owner")) as r:
+        assert r.status == 200 and len(await r.read()) == 3000
+    async with harness.request("POST", EP, data=b"z" * 50) as r:  # no token: refused before admission
+        assert r.status == 401
+    [answers] = harness.pipeline.metrics.take_answers().values()
+    assert (answers.bytes_in, answers.bytes_out) == (130, 6000)
+    assert harness.pipeline.metrics.take_answers() == {}

@@ -83,7 +83,7 @@ def user_version(path) -> int:
 
 async def test_open_creates_the_directory_and_the_file_at_the_latest_schema(store, db_path):
     assert db_path.is_file()
-    assert user_version(db_path) == len(MIGRATIONS) == 7
+    assert user_version(db_path) == len(MIGRATIONS) == 8
     with opened(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)  # persistent: every later connection
 

@@ -259,3 +259,37 @@ async def test_a_replica_is_not_put_to_sleep_before_its_route_answered_once(worl
     idle(w)
     await w.settle()
     assert w.launcher.slept == [rid] and w.status().state is State.RUNNING
+
+
+async def test_usage_meters_every_replica_that_holds_resources_and_no_parked_one(world):
+    """Controller.holding(): what the usage meter counts replica-seconds of: starting, ready and
+    sleeping replicas, and a deleted endpoint's while they drain; parked ones are listed apart."""
+    w = world
+    w.launcher.auto = False
+    w.controller.apply(intent(min_replicas=0, max_replicas=2))
+    await w.settle()
+    (rid,) = w.phases()
+    assert w.phases() == {rid: Phase.STARTING}
+    [(held, holding, parked)] = w.controller.holding()
+    assert (held.key, holding, parked) == (KEY, [rid], [])
+    w.launcher.ready(rid)
+    await w.settle()
+    idle(w)
+    await w.settle()
+    assert w.phases() == {rid: Phase.SLEEPING} and w.controller.holding()[0][1:] == ([rid], [])
+    w.scale_to_zero()
+    await w.settle()
+    assert w.phases() == {rid: Phase.PARKED} and w.controller.holding()[0][1:] == ([], [rid])
+
+
+async def test_usage_meters_a_deleted_endpoints_replicas_until_they_are_gone(world):
+    w = world
+    rid = await running(w)
+    w.in_flight["acme/e1"] = {rid: 1}  # a request still streams from it
+    w.controller.delete(KEY)
+    await w.settle()
+    assert w.controller.keys() == [] and [h[1] for h in w.controller.holding()] == [[rid]]
+    w.in_flight.clear()
+    w.now += 10
+    await w.settle()
+    assert w.controller.holding() == []

@@ -50,7 +50,7 @@ TO_MAIN = [
     Admit(12, "acme", None),
     Release(11),
     Wake("alice", "chat"),
-    TappedAnswers({"alice/chat": Answers([("r1", "200", 0.25), ("", "503", None)], {("r1", "200"): 4})}),
+    TappedAnswers({"alice/chat": Answers([("r1", "200", 0.25), ("", "503", None)], {("r1", "200"): 4}, 120, 4096)}),
     Families(9, [("endpointd_proxy_requests", "Requests", "counter", "",
                   [("endpointd_proxy_requests_total", {"code": "200"}, 3.0)])]),
 ]
