@@ -131,7 +131,8 @@ def test_engines_are_isolated_and_powerless(serve):
     HfApi(endpoint=serve.url, token=serve.alice).delete_inference_endpoint("a")
     wait_for(lambda: not serve.containers("label=endpointd.namespace=alice", all_states=True), 60, "a's replica gone")
     wait_for(lambda: not subprocess.run(
-        ["/usr/bin/docker", "network", "ls", "-q", "--filter", "label=endpointd.namespace=alice"],
+        ["/usr/bin/docker", "network", "ls", "-q", "--filter", "label=endpointd.namespace=alice",
+         "--filter", f"label=endpointd.instance={serve.instance}"],
         capture_output=True, text=True, check=True).stdout.strip(), 60, "a's network removed with it")
 
 

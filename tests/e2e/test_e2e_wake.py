@@ -37,7 +37,8 @@ def serve(tmp_path, docker_engine, monkeypatch):
 
 
 def containers(serve: Serve, name: str) -> list[str]:
-    return serve.containers(f"label=endpointd.name={name}", all_states=True)
+    """The endpoint's running containers (at zero a parked one is kept, stopped)."""
+    return serve.containers(f"label=endpointd.name={name}")
 
 
 async def send(url: str, n: int, hold_s: int | None) -> list[tuple[int, str]]:
