@@ -131,7 +131,11 @@ def replicas_fitting(quota: Quota, use: Use, need: Use) -> int | None:
 def _fitting(limit: float | None, used: float, each: float) -> int | None:
     if limit is None or each <= 0:
         return None
-    return max(0, math.floor((limit - used) / each + EPSILON))
+    if isinstance(limit, int) and isinstance(used, int) and isinstance(each, int):
+        return max(0, (limit - used) // each)  # GPUs, bytes, counts: exact, no rounding to trust
+    # CPUs (fractions): the count the division gives, less one if it rounded up past the limit.
+    count = max(0, math.floor((limit - used) / each + EPSILON))
+    return count - 1 if count and used + count * each > limit + EPSILON else count
 
 
 def holding(quota: Quota, use: Use, need: Use, namespace: str, what: str = "a replica") -> str:

@@ -80,7 +80,8 @@ def intent(key: EndpointKey, image: dict, *, repository: str, accelerator="cpu",
     """What the launcher reads of an Intent: its key, revision and spec."""
     model = SimpleNamespace(repository=repository, revision=None, image=image, env=env or {}, secrets={},
                             command=None, args=None, task=None, framework=None, download_pattern=None)
-    compute = SimpleNamespace(accelerator=accelerator, instance_type=instance_type, instance_size=instance_size)
+    compute = SimpleNamespace(accelerator=accelerator, instance_type=instance_type, instance_size=instance_size,
+                              scaling=SimpleNamespace(sleep_after_s=None))
     return SimpleNamespace(key=key, revision=1, spec=SimpleNamespace(name=key.name, compute=compute, model=model))
 
 
