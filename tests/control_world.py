@@ -58,25 +58,24 @@ class HandLauncher:
         info = await self.runtime.start(intent.key, replica_id, str(intent.revision), spec,
                                         on_created=lambda: mark("created"))
         mark("started")
+        await self._until_released(replica_id)
+        return info
+
+    async def _until_released(self, replica_id: str) -> None:
+        """Unless `auto`, the start waits until the test says ready() or fail()."""
         if not self.auto:
             gate = self.gates[replica_id] = asyncio.get_running_loop().create_future()
             try:
                 await gate
             finally:
                 self.gates.pop(replica_id, None)
-        return info
 
     async def unpark(self, intent, replica_id, report, mark=lambda point: None):
         self.unparked.append(replica_id)
         mark("unparking")
         info = await self.runtime.unpark(replica_id)
         mark("started")
-        if not self.auto:
-            gate = self.gates[replica_id] = asyncio.get_running_loop().create_future()
-            try:
-                await gate
-            finally:
-                self.gates.pop(replica_id, None)
+        await self._until_released(replica_id)
         return info
 
     def sleeps_by_itself(self, intent) -> bool:
